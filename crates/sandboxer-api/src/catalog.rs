@@ -1,0 +1,237 @@
+//! The catalog: profiles (recipes for sandboxes) and extensions (backends).
+//! These are both the YAML files under `profiles/` and `extensions/` and what
+//! `GET /v1/profiles` and `GET /v1/extensions` answer.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A profile: which backend, what isolation and network, which inputs, how long.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// `profile.<name>`.
+    pub id: String,
+    /// Bumped whenever the recipe changes; recorded on each sandbox.
+    pub version: u32,
+    #[serde(default)]
+    pub description: String,
+    /// The extension this profile is bound to (`ext.<name>`).
+    pub extension: String,
+    /// `process` | `container` | `gvisor` | `microvm` | `saas`.
+    pub isolation: Isolation,
+    #[serde(default)]
+    pub network: NetworkPolicy,
+    #[serde(default)]
+    pub workspace: WorkspaceSpec,
+    /// Declared inputs by name.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputSpec>,
+    pub ttl: TtlSpec,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub setup: Setup,
+    #[serde(default)]
+    pub placement: PlacementSpec,
+    /// How a consumer reaches the sandbox (`local`, `compose`, ...).
+    pub reachability: String,
+    /// A coarse price tier for people (`free`, `standard`, ...).
+    #[serde(default = "default_cost_class")]
+    pub cost_class: String,
+}
+
+fn default_cost_class() -> String {
+    "standard".to_owned()
+}
+
+/// How a sandbox is isolated from its host.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    Process,
+    Container,
+    Gvisor,
+    Microvm,
+    Saas,
+}
+
+/// Network policy of a sandbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// Destinations reachable with `mode: egress` (`host:port` or CIDR).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+/// `none` (default: loopback only), `egress` (an allow-list) or `open`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    #[default]
+    None,
+    Egress,
+    Open,
+}
+
+/// How the workspace starts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSpec {
+    /// `empty` (a fresh directory) or `copy` (filled from the input named in `from_input`).
+    #[serde(default = "default_workspace_mode")]
+    pub mode: String,
+    /// The input whose directory fills the workspace, for `copy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_input: Option<String>,
+}
+
+fn default_workspace_mode() -> String {
+    "empty".to_owned()
+}
+
+impl Default for WorkspaceSpec {
+    fn default() -> Self {
+        Self {
+            mode: default_workspace_mode(),
+            from_input: None,
+        }
+    }
+}
+
+/// A declared input of a profile.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Lifetime rules, as humantime durations.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TtlSpec {
+    /// Lifetime when a create names none.
+    pub default: String,
+    /// Hard ceiling counted from creation; extend never goes past it.
+    pub max: String,
+    /// Destroy after this long without activity (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_reap: Option<String>,
+}
+
+/// Resources a sandbox may use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// e.g. `512MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// e.g. `2GiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+}
+
+/// What is set up inside a sandbox when it is provisioned.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Setup {
+    /// Environment variables of the sandbox.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Preferred and fallback hosts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    #[serde(default)]
+    pub prefer: Vec<String>,
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+/// An extension: a backend that provisions sandboxes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionSpec {
+    /// `ext.<name>`.
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    /// `self-hosted` or `saas`.
+    pub class: ExtensionClass,
+    pub capabilities: Capabilities,
+    pub pricing: Pricing,
+    /// Hosts (self-hosted) or regions (SaaS) it can place on.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Whether an extension runs on our hosts or is a provider's service.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtensionClass {
+    SelfHosted,
+    Saas,
+}
+
+/// What an extension can do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub snapshot: bool,
+    #[serde(default)]
+    pub restore: bool,
+    pub isolation: Vec<Isolation>,
+    pub network_policies: Vec<NetworkMode>,
+}
+
+/// Prices in integer credits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    pub credits_per_hour: i64,
+    #[serde(default)]
+    pub credits_per_snapshot_gib: i64,
+}
+
+/// An extension with its live availability, as `GET /v1/extensions` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Extension {
+    #[serde(flatten)]
+    pub spec: ExtensionSpec,
+    pub availability: Availability,
+}
+
+/// Whether an extension can provision right now, and why not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Availability {
+    pub available: bool,
+    /// Why it is unavailable (e.g. `bwrap` not found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

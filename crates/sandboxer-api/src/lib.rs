@@ -1,0 +1,31 @@
+//! The HTTP contract of sand-boxer (see `shared/API.md`): every type that
+//! crosses the wire, shared by the daemon and the client so they can never
+//! drift apart. OpenAPI schemas are derived behind the `openapi` feature.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod problem;
+pub mod sandbox;
+
+pub use catalog::*;
+pub use problem::Problem;
+pub use sandbox::*;
+
+use serde::{Deserialize, Serialize};
+
+/// A page of a list: `items` plus the cursor of the next page (`null` on the last).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `?cursor=` to get the next page; `null` when there is none.
+    pub next_cursor: Option<String>,
+}
+
+/// Answer of `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Health {
+    /// `ok`, or `starting` while the daemon is not ready.
+    pub status: String,
+}

@@ -1,0 +1,223 @@
+//! Sandboxes, their lifecycle states and events.
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a sandbox is in its lifecycle.
+///
+/// `requested → provisioning → ready → active → destroying → destroyed`,
+/// with `failed` (provisioning or teardown went wrong) and `expired` (its TTL
+/// passed; teardown follows).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Requested,
+    Provisioning,
+    Ready,
+    Active,
+    Destroying,
+    Destroyed,
+    Failed,
+    Expired,
+}
+
+impl SandboxState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [SandboxState; 8] = [
+        SandboxState::Requested,
+        SandboxState::Provisioning,
+        SandboxState::Ready,
+        SandboxState::Active,
+        SandboxState::Destroying,
+        SandboxState::Destroyed,
+        SandboxState::Failed,
+        SandboxState::Expired,
+    ];
+
+    /// The wire name (`ready`, `destroying`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Requested => "requested",
+            SandboxState::Provisioning => "provisioning",
+            SandboxState::Ready => "ready",
+            SandboxState::Active => "active",
+            SandboxState::Destroying => "destroying",
+            SandboxState::Destroyed => "destroyed",
+            SandboxState::Failed => "failed",
+            SandboxState::Expired => "expired",
+        }
+    }
+
+    /// Whether a consumer can use the sandbox in this state.
+    pub fn is_live(self) -> bool {
+        matches!(self, SandboxState::Ready | SandboxState::Active)
+    }
+
+    /// Whether nothing more will happen to the sandbox on its own.
+    pub fn is_settled(self) -> bool {
+        matches!(self, SandboxState::Destroyed | SandboxState::Failed)
+    }
+}
+
+impl std::fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SandboxState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SandboxState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SandboxState::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown state `{s}` (one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// Who a sandbox belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    /// `adm` (a person), `agt` (an agent) or `atm` (an automation).
+    pub actor_type: String,
+    /// Who, e.g. `glas-harness`.
+    pub actor: String,
+    /// The project the sandbox is billed to and scoped by.
+    pub project: String,
+}
+
+/// Why a sandbox failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Failure {
+    /// Stable code, e.g. `backend_unavailable`, `provision_failed`, `not_ready_in_time`.
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// What a sandbox is expected to cost and has cost so far, in integer credits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Cost {
+    pub estimate_credits: i64,
+    pub accrued_credits: i64,
+}
+
+/// A sandbox as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Sandbox {
+    /// `sbx_` followed by a ULID.
+    pub id: String,
+    pub profile: String,
+    pub profile_version: u32,
+    pub extension: String,
+    pub host: String,
+    pub state: SandboxState,
+    pub consumer: Consumer,
+    pub inputs: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Starts at 1; each recreate adds one.
+    pub generation: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ready_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub destroyed_at: Option<DateTime<Utc>>,
+    /// The latest activity (create, touch, extend): idle reap counts from it.
+    pub last_activity_at: DateTime<Utc>,
+    /// How to get in; `null` until the sandbox is ready. The `kind` field
+    /// says which shape it has (`local`: `workdir`, `pid`, `enter`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub reachability: Option<serde_json::Value>,
+    pub failure: Option<Failure>,
+    pub cost: Cost,
+}
+
+/// Where to place a sandbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// A host id; must be one the profile's extension serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// Body of `POST /v1/sandboxes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// A profile id, e.g. `profile.local-shell`.
+    pub profile: String,
+    /// Values for the profile's declared inputs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+    /// Lifetime as a humantime duration (`30m`, `4h`); defaults to the profile's `ttl.default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Free-form labels for filtering (`?label=k=v`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Who the sandbox is for; defaults to the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<Consumer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Body of `POST /v1/sandboxes/{id}/recreate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RecreateSandbox {
+    /// Fresh lifetime; defaults to the profile's `ttl.default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// Body of `PATCH /v1/sandboxes/{id}/ttl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExtendTtl {
+    /// How far to move `expires_at` forward (`30m`, `2h`).
+    pub duration: String,
+}
+
+/// Answer of `PATCH /v1/sandboxes/{id}/ttl`: the sandbox and whether the
+/// extension was cut at the profile's `ttl.max`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExtendedSandbox {
+    #[serde(flatten)]
+    pub sandbox: Sandbox,
+    /// True when `expires_at` stopped at `created_at + ttl.max`.
+    pub ttl_capped: bool,
+}
+
+/// One lifecycle transition of a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Event {
+    /// `evt_` followed by a ULID.
+    pub id: String,
+    pub sandbox_id: String,
+    /// The generation the transition belongs to.
+    pub generation: u32,
+    /// `null` for the first event of a sandbox.
+    pub from_state: Option<SandboxState>,
+    pub to_state: SandboxState,
+    /// Why the transition happened.
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}

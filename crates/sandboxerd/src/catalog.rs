@@ -1,0 +1,214 @@
+//! The catalog: profiles and extensions loaded from YAML at start and
+//! validated against each other and against the backends compiled in.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sandboxer_api::{ExtensionSpec, Profile};
+
+use crate::extensions::Registry;
+
+/// A catalog file that cannot be used; names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct CatalogError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// A profile with its durations parsed.
+#[derive(Debug, Clone)]
+pub struct LoadedProfile {
+    pub spec: Profile,
+    pub ttl_default: Duration,
+    pub ttl_max: Duration,
+    pub idle_reap: Option<Duration>,
+}
+
+/// Profiles and extensions by id.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub profiles: BTreeMap<String, LoadedProfile>,
+    pub extensions: BTreeMap<String, ExtensionSpec>,
+}
+
+impl Catalog {
+    /// Load and cross-check both folders.
+    pub fn load(
+        profiles_dir: &Path,
+        extensions_dir: &Path,
+        registry: &Registry,
+    ) -> Result<Catalog, CatalogError> {
+        let mut catalog = Catalog::default();
+        for (path, spec) in read_dir::<ExtensionSpec>(extensions_dir)? {
+            let err = |message: String| CatalogError {
+                path: path.clone(),
+                message,
+            };
+            if !spec.id.starts_with("ext.") {
+                return Err(err(format!(
+                    "field `id`: `{}` must start with `ext.`",
+                    spec.id
+                )));
+            }
+            if registry.get(&spec.id).is_none() {
+                let known: Vec<&str> = registry.ids().collect();
+                return Err(err(format!(
+                    "field `id`: no backend named `{}` is built into this sandboxerd (built in: {})",
+                    spec.id,
+                    known.join(", ")
+                )));
+            }
+            if spec.pricing.credits_per_hour < 0 || spec.pricing.credits_per_snapshot_gib < 0 {
+                return Err(err("field `pricing`: prices cannot be negative".into()));
+            }
+            if catalog
+                .extensions
+                .insert(spec.id.clone(), spec.clone())
+                .is_some()
+            {
+                return Err(err(format!("field `id`: `{}` is defined twice", spec.id)));
+            }
+        }
+        for (path, spec) in read_dir::<Profile>(profiles_dir)? {
+            let loaded = validate_profile(&catalog, spec).map_err(|message| CatalogError {
+                path: path.clone(),
+                message,
+            })?;
+            let id = loaded.spec.id.clone();
+            if catalog.profiles.insert(id.clone(), loaded).is_some() {
+                return Err(CatalogError {
+                    path,
+                    message: format!("field `id`: `{id}` is defined twice"),
+                });
+            }
+        }
+        Ok(catalog)
+    }
+}
+
+fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, String> {
+    if !spec.id.starts_with("profile.") {
+        return Err(format!(
+            "field `id`: `{}` must start with `profile.`",
+            spec.id
+        ));
+    }
+    if spec.version == 0 {
+        return Err("field `version`: must be 1 or more".into());
+    }
+    let Some(ext) = catalog.extensions.get(&spec.extension) else {
+        return Err(format!(
+            "field `extension`: `{}` is not in the extension catalog",
+            spec.extension
+        ));
+    };
+    if !ext.capabilities.isolation.contains(&spec.isolation) {
+        return Err(format!(
+            "field `isolation`: `{:?}` is not offered by {}",
+            spec.isolation, ext.id
+        ));
+    }
+    if !ext
+        .capabilities
+        .network_policies
+        .contains(&spec.network.mode)
+    {
+        return Err(format!(
+            "field `network.mode`: `{:?}` is not offered by {}",
+            spec.network.mode, ext.id
+        ));
+    }
+    let dur = |field: &str, v: &str| {
+        humantime::parse_duration(v)
+            .map_err(|e| format!("field `{field}`: `{v}` is not a duration ({e})"))
+    };
+    let ttl_default = dur("ttl.default", &spec.ttl.default)?;
+    let ttl_max = dur("ttl.max", &spec.ttl.max)?;
+    let idle_reap = spec
+        .ttl
+        .idle_reap
+        .as_deref()
+        .map(|v| dur("ttl.idle_reap", v))
+        .transpose()?;
+    if ttl_default.is_zero() || ttl_default > ttl_max {
+        return Err("field `ttl.default`: must be more than zero and at most `ttl.max`".into());
+    }
+    match (spec.workspace.mode.as_str(), &spec.workspace.from_input) {
+        ("empty", None) => {}
+        ("copy", Some(input)) if spec.inputs.contains_key(input) => {}
+        ("copy", Some(input)) => {
+            return Err(format!(
+                "field `workspace.from_input`: `{input}` is not a declared input"
+            ))
+        }
+        ("copy", None) => {
+            return Err("field `workspace.from_input`: required with mode `copy`".into())
+        }
+        ("empty", Some(_)) => {
+            return Err("field `workspace.from_input`: only with mode `copy`".into())
+        }
+        (other, _) => {
+            return Err(format!(
+                "field `workspace.mode`: `{other}` is not one of `empty`, `copy`"
+            ))
+        }
+    }
+    for host in spec.placement.prefer.iter().chain(&spec.placement.fallback) {
+        if !ext.hosts.contains(host) {
+            return Err(format!(
+                "field `placement`: host `{host}` is not a host of {}",
+                ext.id
+            ));
+        }
+    }
+    Ok(LoadedProfile {
+        spec,
+        ttl_default,
+        ttl_max,
+        idle_reap,
+    })
+}
+
+/// Every `*.yaml`/`*.yml` file of a folder, parsed, in name order.
+fn read_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>, CatalogError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CatalogError {
+        path: dir.to_owned(),
+        message: format!("cannot read the folder: {e}"),
+    })?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| CatalogError {
+            path: dir.to_owned(),
+            message: format!("cannot list the folder: {e}"),
+        })?;
+        let path = entry.path();
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    if paths.is_empty() {
+        return Err(CatalogError {
+            path: dir.to_owned(),
+            message: "no *.yaml files in this folder".into(),
+        });
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).map_err(|e| CatalogError {
+                path: path.clone(),
+                message: format!("cannot read: {e}"),
+            })?;
+            let value = serde_yaml::from_str::<T>(&text).map_err(|e| CatalogError {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            Ok((path, value))
+        })
+        .collect()
+}

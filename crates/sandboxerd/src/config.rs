@@ -1,0 +1,141 @@
+//! Configuration: defaults in code, then the TOML file, then `SANDBOXER_*`
+//! environment variables, then command-line flags.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The shipped example configuration (`sandboxerd --print-default-config`).
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/sandboxerd.example.toml");
+
+/// Everything `sandboxerd` can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address to serve the API on.
+    pub listen: String,
+    /// Where the SQLite file and the sandboxes' workspaces live.
+    pub data_dir: PathBuf,
+    /// Folder of `profile.*` YAML files.
+    pub profiles_dir: PathBuf,
+    /// Folder of `ext.*` YAML files.
+    pub extensions_dir: PathBuf,
+    /// `pretty` or `json`.
+    pub log_format: String,
+    /// How long a backend may take to report a sandbox ready.
+    pub provision_timeout: String,
+    /// How long in-flight requests get to finish on shutdown.
+    pub shutdown_grace: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7443".into(),
+            data_dir: PathBuf::from("data"),
+            profiles_dir: PathBuf::from("profiles"),
+            extensions_dir: PathBuf::from("extensions"),
+            log_format: "pretty".into(),
+            provision_timeout: "60s".into(),
+            shutdown_grace: "10s".into(),
+        }
+    }
+}
+
+/// Values given on the command line; each wins over file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub profiles_dir: Option<PathBuf>,
+    pub extensions_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+}
+
+/// Configuration checked and parsed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub profiles_dir: PathBuf,
+    pub extensions_dir: PathBuf,
+    pub json_logs: bool,
+    pub provision_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Layer defaults, `file`, the environment and `overrides`.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Config::default())?);
+        if let Some(path) = file {
+            if !path.is_file() {
+                anyhow::bail!("config file {}: not found or not a file", path.display());
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("SANDBOXER")
+                .prefix_separator("_")
+                .separator("__"),
+        );
+        let mut cfg: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| match file {
+                Some(p) => anyhow::anyhow!("config {}: {e}", p.display()),
+                None => anyhow::anyhow!("config: {e}"),
+            })?;
+        if let Some(v) = overrides.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = overrides.data_dir {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = overrides.profiles_dir {
+            cfg.profiles_dir = v;
+        }
+        if let Some(v) = overrides.extensions_dir {
+            cfg.extensions_dir = v;
+        }
+        if let Some(v) = overrides.log_format {
+            cfg.log_format = v;
+        }
+        Ok(cfg)
+    }
+
+    /// Check every value; errors name the key.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let listen: SocketAddr = self.listen.parse().map_err(|e| {
+            anyhow::anyhow!("config `listen`: `{}` is not an address ({e})", self.listen)
+        })?;
+        let dur = |key: &str, v: &str| {
+            humantime::parse_duration(v)
+                .map_err(|e| anyhow::anyhow!("config `{key}`: `{v}` is not a duration ({e})"))
+        };
+        let json_logs = match self.log_format.as_str() {
+            "json" => true,
+            "pretty" => false,
+            other => anyhow::bail!("config `log_format`: `{other}` is not `pretty` or `json`"),
+        };
+        Ok(Settings {
+            listen,
+            data_dir: absolute(&self.data_dir)?,
+            profiles_dir: absolute(&self.profiles_dir)?,
+            extensions_dir: absolute(&self.extensions_dir)?,
+            json_logs,
+            provision_timeout: dur("provision_timeout", &self.provision_timeout)?,
+            shutdown_grace: dur("shutdown_grace", &self.shutdown_grace)?,
+        })
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}

@@ -1,0 +1,470 @@
+//! `ext.local`: a bubblewrap sandbox per request on the daemon's own machine.
+//!
+//! Each sandbox gets a directory `<data_dir>/sandboxes/<id>/` holding its
+//! `workspace/` (bound read-write at `/workspace` inside), bubblewrap's
+//! `info.json` (the host pid of the sandbox's pid 1) and `bwrap.log`. The
+//! sandbox runs in new pid, mount, net, ipc, uts (and cgroup, where allowed)
+//! namespaces with read-only system directories and only loopback. Its init
+//! (bubblewrap's reaper as pid 1, `sleep infinity` under it) lives until
+//! teardown. It is spawned in its own process group and never waited on, so
+//! it outlives a restart or `kill -9` of the daemon; everything needed to find
+//! it again is on disk.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sandboxer_api::Availability;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo};
+
+/// The one host `ext.local` places on.
+pub const LOCAL_HOST: &str = "local";
+
+/// Directories bound read-only into every sandbox (when they exist).
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc", "/opt",
+];
+
+/// `ext.local` over bubblewrap.
+pub struct LocalExtension {
+    root: PathBuf,
+    bwrap: Option<PathBuf>,
+    nsenter: Option<PathBuf>,
+}
+
+/// What is kept on the sandbox row for `ext.local`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LocalState {
+    dir: PathBuf,
+    #[serde(default)]
+    pid: Option<i32>,
+    /// Start time of `pid` (clock ticks since boot), so a reused pid is never killed.
+    #[serde(default)]
+    pid_start: Option<u64>,
+}
+
+impl LocalExtension {
+    /// A backend keeping its sandboxes under `<data_dir>/sandboxes`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            root: data_dir.join("sandboxes"),
+            bwrap: find_in_path("bwrap"),
+            nsenter: find_in_path("nsenter"),
+        }
+    }
+
+    fn dir_of(&self, sandbox_id: &str) -> PathBuf {
+        self.root.join(sandbox_id)
+    }
+
+    fn bwrap_args(&self, req: &ProvisionRequest, workspace: &Path) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--info-fd",
+            "1",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--new-session",
+            "--clearenv",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let short = req.sandbox_id.to_lowercase();
+        let hostname = format!("sbx-{}", &short[short.len().saturating_sub(10)..]);
+        args.extend(["--hostname".into(), hostname]);
+        for dir in SYSTEM_DIRS {
+            let path = Path::new(dir);
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(path) {
+                        args.extend([
+                            "--symlink".into(),
+                            target.to_string_lossy().into_owned(),
+                            dir.to_string(),
+                        ]);
+                    }
+                }
+                Ok(meta) if meta.is_dir() => {
+                    args.extend(["--ro-bind".into(), dir.to_string(), dir.to_string()]);
+                }
+                _ => {}
+            }
+        }
+        args.extend(
+            [
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend([
+            "--bind".into(),
+            workspace.to_string_lossy().into_owned(),
+            "/workspace".into(),
+            "--chdir".into(),
+            "/workspace".into(),
+        ]);
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert(
+            "PATH".into(),
+            "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
+        );
+        env.insert("HOME".into(), "/workspace".into());
+        env.insert("SANDBOX_ID".into(), req.sandbox_id.clone());
+        env.extend(req.profile.setup.env.clone());
+        for (k, v) in env {
+            args.extend(["--setenv".into(), k, v]);
+        }
+        args.extend(["--".into(), "sleep".into(), "infinity".into()]);
+        args
+    }
+
+    fn enter_prefix(&self, pid: i32) -> Vec<String> {
+        let nsenter = self
+            .nsenter
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "nsenter".into());
+        let mut argv = vec![nsenter, "--target".into(), pid.to_string()];
+        if !nix::unistd::geteuid().is_root() {
+            // Unprivileged bubblewrap lives in a user namespace of its own.
+            argv.extend(["--user".into(), "--preserve-credentials".into()]);
+        }
+        argv.extend(
+            [
+                "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        argv
+    }
+
+    fn load_state(&self, sandbox_id: &str, state: Option<&BackendState>) -> LocalState {
+        let mut st: LocalState = state
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        // The directory is always derived from the id: a row never points us
+        // at another path to delete.
+        st.dir = self.dir_of(sandbox_id);
+        if st.pid.is_none() {
+            if let Some(pid) = read_info_pid(&st.dir.join("info.json")) {
+                st.pid = Some(pid);
+            }
+        }
+        st
+    }
+}
+
+#[async_trait]
+impl Extension for LocalExtension {
+    fn id(&self) -> &'static str {
+        "ext.local"
+    }
+
+    async fn availability(&self) -> Availability {
+        if self.bwrap.is_none() {
+            return Availability {
+                available: false,
+                reason: Some(
+                    "bubblewrap (`bwrap`) is not installed or not on PATH; install it with `apt-get install bubblewrap`"
+                        .into(),
+                ),
+            };
+        }
+        if self.nsenter.is_none() {
+            return Availability {
+                available: false,
+                reason: Some("`nsenter` (util-linux) is not on PATH".into()),
+            };
+        }
+        Availability {
+            available: true,
+            reason: None,
+        }
+    }
+
+    fn hosts(&self) -> Vec<String> {
+        vec![LOCAL_HOST.to_owned()]
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %req.sandbox_id))]
+    async fn provision(&self, req: &ProvisionRequest) -> Result<BackendState, ExtError> {
+        let Some(bwrap) = self.bwrap.clone() else {
+            return Err(ExtError::new(
+                "backend_unavailable",
+                "bubblewrap (`bwrap`) is not installed; install it with `apt-get install bubblewrap`",
+            ));
+        };
+        let dir = self.dir_of(&req.sandbox_id);
+        let workspace = dir.join("workspace");
+        let copy_from = match (
+            req.profile.workspace.mode.as_str(),
+            &req.profile.workspace.from_input,
+        ) {
+            ("copy", Some(input)) => req.inputs.get(input).map(PathBuf::from),
+            _ => None,
+        };
+        let dir2 = dir.clone();
+        let workspace2 = workspace.clone();
+        tokio::task::spawn_blocking(move || prepare_dir(&dir2, &workspace2, copy_from.as_deref()))
+            .await
+            .map_err(|e| ExtError::new("provision_failed", format!("workspace task: {e}")))??;
+
+        let info = std::fs::File::create(dir.join("info.json"))
+            .map_err(|e| ExtError::new("provision_failed", format!("creating info.json: {e}")))?;
+        let log = std::fs::File::create(dir.join("bwrap.log"))
+            .map_err(|e| ExtError::new("provision_failed", format!("creating bwrap.log: {e}")))?;
+        let mut cmd = tokio::process::Command::new(&bwrap);
+        cmd.args(self.bwrap_args(req, &workspace))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(info))
+            .stderr(Stdio::from(log))
+            // Its own process group: a Ctrl-C to the daemon's terminal does not reach it.
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = cmd.spawn().map_err(|e| {
+            ExtError::new(
+                "provision_failed",
+                format!("starting {}: {e}", bwrap.display()),
+            )
+        })?;
+        // Never waited on: dropping the handle leaves the sandbox running and
+        // lets tokio reap the process whenever it exits.
+        drop(child);
+        Ok(serde_json::to_value(LocalState {
+            dir,
+            pid: None,
+            pid_start: None,
+        })
+        .unwrap_or_default())
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id))]
+    async fn wait_ready(
+        &self,
+        sandbox_id: &str,
+        state: &BackendState,
+        timeout: Duration,
+    ) -> Result<ReadyInfo, ExtError> {
+        let st = self.load_state(sandbox_id, Some(state));
+        let info_path = st.dir.join("info.json");
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(250);
+        loop {
+            if let Some(pid) = read_info_pid(&info_path) {
+                if let Some((proc_state, start)) = proc_stat(pid) {
+                    if proc_state != 'Z' && proc_state != 'X' && has_child(pid) {
+                        let workdir = st.dir.join("workspace");
+                        let reachability = json!({
+                            "kind": "local",
+                            "workdir": workdir,
+                            "pid": pid,
+                            "enter": self.enter_prefix(pid),
+                        });
+                        let backend_state = serde_json::to_value(LocalState {
+                            dir: st.dir.clone(),
+                            pid: Some(pid),
+                            pid_start: Some(start),
+                        })
+                        .unwrap_or_default();
+                        return Ok(ReadyInfo {
+                            reachability,
+                            backend_state,
+                        });
+                    }
+                    if proc_state == 'Z' || proc_state == 'X' {
+                        return Err(exited_error(&st.dir));
+                    }
+                } else {
+                    return Err(exited_error(&st.dir));
+                }
+            } else if bwrap_exited(&st.dir) {
+                return Err(exited_error(&st.dir));
+            }
+            if started.elapsed() >= timeout {
+                return Err(ExtError::new(
+                    "not_ready_in_time",
+                    format!("bubblewrap did not report the sandbox within {timeout:?}"),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id))]
+    async fn teardown(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        let st = self.load_state(sandbox_id, state);
+        if let Some(pid) = st.pid {
+            if owns_pid(pid, st.pid_start) {
+                // SIGKILL to the namespace's pid 1 ends every process in it.
+                match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => {
+                        return Err(ExtError::new(
+                            "teardown_failed",
+                            format!("killing sandbox init {pid}: {e}"),
+                        ))
+                    }
+                }
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while owns_pid(pid, st.pid_start) && !is_zombie(pid) {
+                    if Instant::now() > deadline {
+                        return Err(ExtError::new(
+                            "teardown_failed",
+                            format!("sandbox init {pid} still alive 10s after SIGKILL"),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+        let dir = st.dir.clone();
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ExtError::new(
+                "teardown_failed",
+                format!("removing {}: {e}", dir.display()),
+            )),
+        })
+        .await
+        .map_err(|e| ExtError::new("teardown_failed", format!("teardown task: {e}")))?
+    }
+
+    async fn probe(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<Liveness, ExtError> {
+        let st = self.load_state(sandbox_id, state);
+        Ok(match st.pid {
+            Some(pid) if owns_pid(pid, st.pid_start) && !is_zombie(pid) => Liveness::Alive,
+            _ => Liveness::Gone,
+        })
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn prepare_dir(dir: &Path, workspace: &Path, copy_from: Option<&Path>) -> Result<(), ExtError> {
+    let io =
+        |what: &str, e: std::io::Error| ExtError::new("provision_failed", format!("{what}: {e}"));
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&format!("clearing {}", dir.display()), e)),
+    }
+    std::fs::create_dir_all(workspace)
+        .map_err(|e| io(&format!("creating {}", workspace.display()), e))?;
+    if let Some(src) = copy_from {
+        if !src.is_dir() {
+            return Err(ExtError::new(
+                "provision_failed",
+                format!("workspace source {} is not a directory", src.display()),
+            ));
+        }
+        let out = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.display()))
+            .arg(workspace)
+            .output()
+            .map_err(|e| io("running cp", e))?;
+        if !out.status.success() {
+            return Err(ExtError::new(
+                "provision_failed",
+                format!(
+                    "copying {} into the workspace: {}",
+                    src.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The host pid of the sandbox's pid 1, once bubblewrap has written it.
+fn read_info_pid(path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value
+        .get("child-pid")?
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+}
+
+/// State letter and start time of a process, from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn is_zombie(pid: i32) -> bool {
+    matches!(proc_stat(pid), Some(('Z' | 'X', _)) | None)
+}
+
+/// Whether `pid` is still the process we started (same start time when known).
+fn owns_pid(pid: i32, start: Option<u64>) -> bool {
+    match (proc_stat(pid), start) {
+        (Some((_, actual)), Some(expected)) => actual == expected,
+        (Some(_), None) => std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .next()
+                    .is_some_and(|argv0| argv0.ends_with(b"bwrap"))
+            })
+            .unwrap_or(false),
+        (None, _) => false,
+    }
+}
+
+/// Whether the sandbox init has started the command under it yet.
+fn has_child(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|c| !c.trim().is_empty())
+        .unwrap_or(false)
+}
+
+fn bwrap_exited(dir: &Path) -> bool {
+    // bubblewrap writes nothing to its log unless it failed.
+    std::fs::metadata(dir.join("bwrap.log"))
+        .map(|m| m.len() > 0)
+        .unwrap_or(false)
+}
+
+fn exited_error(dir: &Path) -> ExtError {
+    let log = std::fs::read_to_string(dir.join("bwrap.log")).unwrap_or_default();
+    let log = log.trim();
+    ExtError::new(
+        "provision_failed",
+        if log.is_empty() {
+            "bubblewrap exited before the sandbox was ready".to_owned()
+        } else {
+            format!("bubblewrap failed: {log}")
+        },
+    )
+}

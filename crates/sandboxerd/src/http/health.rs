@@ -1,0 +1,64 @@
+//! `/healthz`, `/readyz`, `/metrics`.
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use sandboxer_api::Health;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ApiResult;
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// 200 while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// 200 once the database and catalog are loaded, else 503.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Health), (status = 503, description = "Still starting", body = Health))
+)]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    if state.ready.load(Ordering::SeqCst) && !state.db.writer.is_closed() {
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok".into(),
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "starting".into(),
+            }),
+        )
+    }
+}
+
+/// Prometheus text: sandboxes by state, create→ready latency, HTTP requests.
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
+)]
+async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let by_state = state.db.count_by_state().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&by_state),
+    ))
+}

@@ -1,0 +1,107 @@
+//! The HTTP API: one module per resource, each with its own router, joined
+//! here with the OpenAPI document generated from the same handlers.
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::AppState;
+
+pub mod caller;
+pub mod catalog;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod sandboxes;
+
+use error::ApiError;
+
+/// Largest request body accepted (413 above).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sand-boxer",
+        description = "Establishes sandboxes for agents, CI and validators: pick a profile, get a ready sandbox, \
+                       with its lifecycle recorded, its TTL enforced and its cost metered.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "sandboxes", description = "Create, inspect, extend and destroy sandboxes"),
+        (name = "catalog", description = "Profiles and extensions"),
+        (name = "health", description = "Liveness, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+fn routers() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .merge(catalog::router())
+        .merge(sandboxes::router())
+}
+
+/// The OpenAPI document of everything the daemon serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut api) = routers().split_for_parts();
+    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    api
+}
+
+/// The whole application.
+pub fn app(state: AppState) -> Router {
+    let (router, api) = routers().split_for_parts();
+    let mut api = api;
+    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { Json(api) }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Long-polls block for at most 10 minutes; nothing runs longer.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(660),
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await.into_response();
+    state
+        .metrics
+        .count_request(&route, &method, resp.status().as_u16());
+    resp
+}

@@ -1,0 +1,132 @@
+//! sandboxerd: the sand-boxer daemon as a library, so tests and benchmarks
+//! can start the real thing on port 0.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
+
+pub mod catalog;
+pub mod config;
+pub mod extensions;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod store;
+
+use catalog::Catalog;
+use config::Settings;
+use extensions::Registry;
+use metrics::Metrics;
+use store::Db;
+
+/// The one context every handler and background task shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub catalog: Arc<Catalog>,
+    pub extensions: Arc<Registry>,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    /// Ids of sandboxes whose row just changed, for long-polls.
+    pub events: broadcast::Sender<Arc<str>>,
+    pub locks: Arc<lifecycle::Locks>,
+    /// Lifecycle tasks in flight, awaited on shutdown.
+    pub tasks: TaskTracker,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Tell long-polls that sandbox `id` changed.
+    pub fn notify(&self, id: &str) {
+        let _ = self.events.send(Arc::from(id));
+    }
+
+    /// Run a lifecycle task in the background, tracked for shutdown.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
+        self.tasks.spawn(fut);
+    }
+}
+
+/// The backends compiled into this daemon.
+pub fn registry(settings: &Settings) -> Registry {
+    let mut registry = Registry::default();
+    registry.insert(Arc::new(extensions::local::LocalExtension::new(
+        &settings.data_dir,
+    )));
+    registry
+}
+
+/// Open the database, load the catalog, and finish what a previous run left
+/// in flight. Any failure names the path at fault and nothing is served.
+pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("data dir {}: cannot create", settings.data_dir.display()))?;
+    let registry = registry(&settings);
+    let catalog = Catalog::load(&settings.profiles_dir, &settings.extensions_dir, &registry)
+        .context("loading the catalog")?;
+    let db_path = settings.data_dir.join("sandboxer.db");
+    let db = Db::open(&db_path).await?;
+    let (events, _) = broadcast::channel(4096);
+    let state = AppState {
+        db,
+        catalog: Arc::new(catalog),
+        extensions: Arc::new(registry),
+        settings: Arc::new(settings),
+        metrics: Arc::new(Metrics::default()),
+        events,
+        locks: Arc::new(lifecycle::Locks::default()),
+        tasks: TaskTracker::new(),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let recovered = lifecycle::recover::recover(&state).await?;
+    if recovered > 0 {
+        tracing::info!(
+            recovered,
+            "finished sandboxes left in flight by the previous run"
+        );
+    }
+    state.ready.store(true, Ordering::SeqCst);
+    Ok(state)
+}
+
+/// Serve the API on `listener` until `shutdown` resolves, then let in-flight
+/// requests and lifecycle tasks finish within the configured grace.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = state.settings.shutdown_grace;
+    let app = http::app(state.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let server = tokio::spawn(async move { server.await });
+    let mut stop_rx2 = stop_rx.clone();
+    // Once asked to stop, give the server `grace` to drain before cutting it off.
+    let drained = async {
+        let _ = stop_rx2.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        res = server => { res.context("server task")?.context("serving HTTP")?; }
+        _ = drained => { tracing::warn!(?grace, "in-flight requests did not finish in time"); }
+    }
+    state.tasks.close();
+    if tokio::time::timeout(grace, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("lifecycle tasks still running at shutdown; the next start finishes them");
+    }
+    state.db.close().await;
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! The lifecycle: provisioning and teardown tasks, waiting for a state, and
+//! the start-up pass that finishes what a previous run left in flight.
+//!
+//! Every step is written to SQLite before the side effect it leads to; each
+//! sandbox's steps run one at a time under a per-sandbox lock.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sandboxer_api::{Failure, Sandbox, SandboxState};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::extensions::{BackendState, ExtError, ProvisionRequest};
+use crate::store::{Change, StoreError, Transition};
+use crate::AppState;
+
+pub mod recover;
+
+/// Per-sandbox async locks, so provision, teardown and recreate of one
+/// sandbox never overlap while different sandboxes never wait on each other.
+#[derive(Default)]
+pub struct Locks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Locks {
+    /// Hold the lock of one sandbox.
+    pub async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 1024 {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            map.entry(id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// States a provision task may act on.
+const LIVE_OR_COMING: [SandboxState; 4] = [
+    SandboxState::Requested,
+    SandboxState::Provisioning,
+    SandboxState::Ready,
+    SandboxState::Active,
+];
+
+/// Bring sandbox `id` (at `generation`) up: `requested → provisioning →
+/// ready`, or `failed` with the backend's reason. For a recreate, `old`
+/// is the previous generation's backend state, torn down first.
+#[tracing::instrument(skip_all, fields(sandbox_id = %id, generation))]
+pub async fn provision(state: AppState, id: String, generation: u32, old: Option<BackendState>) {
+    if let Err(e) = provision_inner(&state, &id, generation, old).await {
+        tracing::error!(error = %e, "provisioning stopped on a storage error");
+    }
+    state.notify(&id);
+}
+
+async fn provision_inner(
+    state: &AppState,
+    id: &str,
+    generation: u32,
+    old: Option<BackendState>,
+) -> Result<(), StoreError> {
+    let _guard = state.locks.lock(id).await;
+    let Some(row) = state.db.get_row(id, None).await? else {
+        return Ok(());
+    };
+    if row.generation != generation {
+        return Ok(());
+    }
+    let current = row.state()?;
+    match current {
+        SandboxState::Requested => {
+            let reason = format!("provisioning on {} at {}", row.extension, row.host);
+            let change = Change {
+                reason: &reason,
+                generation: Some(generation),
+                ..Change::default()
+            };
+            match state
+                .db
+                .transition(
+                    id,
+                    &[SandboxState::Requested],
+                    SandboxState::Provisioning,
+                    change,
+                )
+                .await?
+            {
+                Transition::Done { .. } => state.notify(id),
+                _ => return Ok(()),
+            }
+        }
+        SandboxState::Provisioning => {}
+        _ => return Ok(()),
+    }
+    let Some(ext) = state.extensions.get(&row.extension) else {
+        fail(
+            state,
+            id,
+            generation,
+            None,
+            ExtError::new(
+                "backend_unavailable",
+                format!("no backend `{}` in this daemon", row.extension),
+            ),
+        )
+        .await?;
+        return Ok(());
+    };
+    let Some(profile) = state.catalog.profiles.get(&row.profile) else {
+        fail(
+            state,
+            id,
+            generation,
+            None,
+            ExtError::new(
+                "profile_not_found",
+                format!("profile `{}` is no longer in the catalog", row.profile),
+            ),
+        )
+        .await?;
+        return Ok(());
+    };
+    if let Some(old) = old {
+        if let Err(e) = ext.teardown(id, Some(&old)).await {
+            fail(state, id, generation, Some(old), e).await?;
+            return Ok(());
+        }
+    }
+    let sandbox = row.into_api()?;
+    let req = ProvisionRequest {
+        sandbox_id: id.to_owned(),
+        generation,
+        profile: profile.spec.clone(),
+        inputs: sandbox.inputs.clone(),
+        host: sandbox.host.clone(),
+    };
+    let backend_state = match ext.provision(&req).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ext.teardown(id, None).await;
+            fail(state, id, generation, None, e).await?;
+            return Ok(());
+        }
+    };
+    state
+        .db
+        .set_backend_state(id, generation, &backend_state)
+        .await?;
+    match ext
+        .wait_ready(id, &backend_state, state.settings.provision_timeout)
+        .await
+    {
+        Ok(info) => {
+            let change = Change {
+                reason: "backend reports the sandbox reachable",
+                generation: Some(generation),
+                set_ready_at: true,
+                reachability: Some(Some(info.reachability)),
+                backend_state: Some(Some(info.backend_state)),
+                ..Change::default()
+            };
+            if let Transition::Done { sandbox, .. } = state
+                .db
+                .transition(
+                    id,
+                    &[SandboxState::Provisioning],
+                    SandboxState::Ready,
+                    change,
+                )
+                .await?
+            {
+                let secs = (sandbox.ready_at.unwrap_or(sandbox.updated_at) - sandbox.created_at)
+                    .num_microseconds()
+                    .unwrap_or(0) as f64
+                    / 1e6;
+                state.metrics.observe_create_ready(secs);
+                tracing::info!(seconds = secs, "sandbox ready");
+            }
+            // Refused: a destroy came in meanwhile; its task tears down next.
+        }
+        Err(e) => {
+            let _ = ext.teardown(id, Some(&backend_state)).await;
+            fail(state, id, generation, Some(backend_state), e).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn fail(
+    state: &AppState,
+    id: &str,
+    generation: u32,
+    backend_state: Option<BackendState>,
+    e: ExtError,
+) -> Result<(), StoreError> {
+    tracing::warn!(code = e.code, message = %e.message, "provisioning failed");
+    state.metrics.count_failure(e.code);
+    let reason = format!("{}: {}", e.code, e.message);
+    let change = Change {
+        reason: &reason,
+        generation: Some(generation),
+        failure: Some(Some(Failure {
+            code: e.code.to_owned(),
+            message: e.message,
+        })),
+        backend_state: backend_state.map(Some),
+        ..Change::default()
+    };
+    state
+        .db
+        .transition(id, &LIVE_OR_COMING, SandboxState::Failed, change)
+        .await?;
+    Ok(())
+}
+
+/// Tear sandbox `id` down (it is in `destroying` or `expired`) and mark it
+/// `destroyed`. A failing backend is retried with backoff; after the last
+/// try the sandbox is `failed` with `teardown_failed`.
+#[tracing::instrument(skip_all, fields(sandbox_id = %id))]
+pub async fn destroy(state: AppState, id: String) {
+    if let Err(e) = destroy_inner(&state, &id).await {
+        tracing::error!(error = %e, "teardown stopped on a storage error");
+    }
+    state.notify(&id);
+}
+
+async fn destroy_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
+    let _guard = state.locks.lock(id).await;
+    let Some(row) = state.db.get_row(id, None).await? else {
+        return Ok(());
+    };
+    let from = row.state()?;
+    if !matches!(from, SandboxState::Destroying | SandboxState::Expired) {
+        return Ok(());
+    }
+    let Some(ext) = state.extensions.get(&row.extension) else {
+        return Ok(());
+    };
+    let backend_state = row.backend_state();
+    let mut delay = Duration::from_millis(200);
+    let mut last_err = None;
+    for attempt in 1..=6 {
+        match ext.teardown(id, backend_state.as_ref()).await {
+            Ok(()) => {
+                last_err = None;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "teardown failed; retrying");
+                last_err = Some(e);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    let (to, change) = match &last_err {
+        None => (
+            SandboxState::Destroyed,
+            Change {
+                reason: "backend torn down",
+                set_destroyed_at: true,
+                reachability: Some(None),
+                ..Change::default()
+            },
+        ),
+        Some(e) => (
+            SandboxState::Failed,
+            Change {
+                reason: "teardown failed",
+                failure: Some(Some(Failure {
+                    code: "teardown_failed".into(),
+                    message: e.message.clone(),
+                })),
+                ..Change::default()
+            },
+        ),
+    };
+    state
+        .db
+        .transition(
+            id,
+            &[SandboxState::Destroying, SandboxState::Expired],
+            to,
+            change,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Wait until `done` holds for the sandbox's state, or `timeout` passes;
+/// answers the sandbox as it is then.
+pub async fn wait_for(
+    state: &AppState,
+    id: &str,
+    project: Option<&str>,
+    timeout: Duration,
+    done: impl Fn(SandboxState) -> bool,
+) -> Result<Option<Sandbox>, StoreError> {
+    let mut rx = state.events.subscribe();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let Some(sbx) = state.db.get_sandbox(id, project).await? else {
+            return Ok(None);
+        };
+        if done(sbx.state) || Instant::now() >= deadline {
+            return Ok(Some(sbx));
+        }
+        // Wait for a change of this sandbox (or a lag, which may hide one).
+        loop {
+            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Err(_) => break,
+                Ok(Ok(changed)) if &*changed == id => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    return state.db.get_sandbox(id, project).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `sandboxerd`: the sand-boxer daemon.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sandboxerd::config::{Config, Overrides, EXAMPLE_CONFIG};
+
+/// The sand-boxer daemon: provisions sandboxes by profile, enforces their TTLs, tears them down.
+#[derive(Parser, Debug)]
+#[command(name = "sandboxerd", version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "SANDBOXER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve on [default: 127.0.0.1:7443].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Where the database and workspaces live [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Folder of profile YAML files [default: ./profiles].
+    #[arg(long)]
+    profiles: Option<PathBuf>,
+    /// Folder of extension YAML files [default: ./extensions].
+    #[arg(long)]
+    extensions: Option<PathBuf>,
+    /// `pretty` or `json` [default: pretty].
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Print the shipped example configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the OpenAPI document of the API and exit.
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{EXAMPLE_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Openapi) = args.command {
+        match sandboxerd::http::openapi().to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("sandboxerd: cannot render the OpenAPI document: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        profiles_dir: args.profiles,
+        extensions_dir: args.extensions,
+        log_format: args.log_format,
+    };
+    let settings = match Config::load(args.config.as_deref(), overrides).and_then(|c| c.settings())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sandboxerd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(settings.json_logs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandboxerd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sandboxerd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: sandboxerd::config::Settings) -> anyhow::Result<()> {
+    if !settings.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {}: no API tokens are configured, so only a loopback address \
+             (127.0.0.1 or [::1]) may be served",
+            settings.listen
+        );
+    }
+    let listen = settings.listen;
+    let state = sandboxerd::build_state(settings).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "sandboxerd serving");
+    sandboxerd::serve(state, listener, shutdown_signal()).await?;
+    tracing::info!("sandboxerd stopped; sandboxes keep running");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SANDBOXER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

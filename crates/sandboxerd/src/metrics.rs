@@ -1,0 +1,112 @@
+//! Prometheus metrics, kept in memory and rendered as text on `/metrics`.
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Upper bounds (seconds) of the create→ready histogram buckets.
+const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Counters and histograms of the daemon.
+#[derive(Default)]
+pub struct Metrics {
+    http: Mutex<BTreeMap<(String, String, u16), u64>>,
+    failures: Mutex<BTreeMap<String, u64>>,
+    ready_buckets: [AtomicU64; BUCKETS.len()],
+    ready_count: AtomicU64,
+    /// Sum of observations in microseconds.
+    ready_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Count one HTTP request by route template, method and status.
+    pub fn count_request(&self, route: &str, method: &str, status: u16) {
+        let mut map = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((route.to_owned(), method.to_owned(), status))
+            .or_default() += 1;
+    }
+
+    /// Count one failed provision by failure code.
+    pub fn count_failure(&self, code: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(code.to_owned()).or_default() += 1;
+    }
+
+    /// Record one create→ready latency.
+    pub fn observe_create_ready(&self, seconds: f64) {
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.ready_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.ready_count.fetch_add(1, Ordering::Relaxed);
+        self.ready_sum_us
+            .fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The text exposition, with `by_state` counted from the database.
+    pub fn render(&self, by_state: &[(String, i64)]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP sandboxer_sandboxes Sandboxes by lifecycle state.\n# TYPE sandboxer_sandboxes gauge\n");
+        for st in sandboxer_api::SandboxState::ALL {
+            let n = by_state
+                .iter()
+                .find(|(s, _)| s == st.as_str())
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            let _ = writeln!(out, "sandboxer_sandboxes{{state=\"{}\"}} {n}", st.as_str());
+        }
+        out.push_str("# HELP sandboxer_create_ready_seconds Time from create to ready.\n# TYPE sandboxer_create_ready_seconds histogram\n");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sandboxer_create_ready_seconds_bucket{{le=\"{le}\"}} {}",
+                self.ready_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.ready_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "sandboxer_create_ready_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "sandboxer_create_ready_seconds_sum {}",
+            self.ready_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "sandboxer_create_ready_seconds_count {count}");
+        out.push_str("# HELP sandboxer_provision_failures_total Failed provisions by failure code.\n# TYPE sandboxer_provision_failures_total counter\n");
+        for (code, n) in self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "sandboxer_provision_failures_total{{code=\"{}\"}} {n}",
+                escape(code)
+            );
+        }
+        out.push_str("# HELP sandboxer_http_requests_total HTTP requests by route, method and status.\n# TYPE sandboxer_http_requests_total counter\n");
+        for ((route, method, status), n) in
+            self.http.lock().unwrap_or_else(|p| p.into_inner()).iter()
+        {
+            let _ = writeln!(
+                out,
+                "sandboxer_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                escape(route),
+                escape(method)
+            );
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,684 @@
+//! SQLite storage. One writer connection (SQLite has one writer; routing every
+//! write through one connection is what keeps `database is locked` away) and
+//! a small pool of readers, in WAL mode so reads never wait on the writer.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sandboxer_api::{Consumer, Cost, Event, Failure, Sandbox, SandboxState};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
+
+mod rows;
+pub use rows::SandboxRow;
+
+/// Storage failures. Client mistakes never end up here; these are 500s.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("migrating database {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error("corrupt row {id}: {what}")]
+    Corrupt { id: String, what: String },
+}
+
+/// Milliseconds since the epoch, the unit of every time column.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// A stored time as UTC.
+pub fn to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// The database: a writer pool of one and a reader pool.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub reader: SqlitePool,
+    pub writer: SqlitePool,
+}
+
+impl Db {
+    /// Open (creating if missing) and migrate the database at `path`.
+    pub async fn open(path: &Path) -> Result<Db, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-8000");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("../../migrations")
+            .run(&writer)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(open_err)?;
+        Ok(Db { reader, writer })
+    }
+
+    /// Close both pools (on shutdown).
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// A sandbox about to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewSandbox {
+    pub id: String,
+    pub profile: String,
+    pub profile_version: u32,
+    pub extension: String,
+    pub host: String,
+    pub consumer: Consumer,
+    pub inputs: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub now: i64,
+    pub expires_at: i64,
+    pub max_expires_at: i64,
+    pub estimate_credits: i64,
+}
+
+/// What an idempotent create found.
+#[derive(Debug)]
+pub enum Created {
+    /// A new sandbox was inserted.
+    New(Sandbox),
+    /// The same key and body were seen before: this is that sandbox.
+    Replayed(Sandbox),
+    /// The key was used before with another body.
+    KeyConflict,
+}
+
+/// Filters of `GET /v1/sandboxes`.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub states: Vec<SandboxState>,
+    pub include_all: bool,
+    pub profile: Option<String>,
+    pub extension: Option<String>,
+    pub host: Option<String>,
+    pub project: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub cursor: Option<String>,
+    pub limit: u32,
+}
+
+/// A state change and the columns that go with it.
+#[derive(Debug, Default)]
+pub struct Change<'a> {
+    pub reason: &'a str,
+    /// Only when the row's generation is this one (a provision task of an
+    /// older generation must not touch a recreated sandbox).
+    pub generation: Option<u32>,
+    pub set_ready_at: bool,
+    pub set_destroyed_at: bool,
+    pub reachability: Option<Option<serde_json::Value>>,
+    pub backend_state: Option<Option<serde_json::Value>>,
+    pub failure: Option<Option<Failure>>,
+    /// Recreate: bump the generation and start a fresh lifetime.
+    pub new_generation: Option<NewLifetime>,
+}
+
+/// The lifetime a recreated sandbox starts with.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLifetime {
+    pub expires_at: i64,
+    pub max_expires_at: i64,
+}
+
+/// Outcome of a conditional transition.
+#[derive(Debug)]
+pub enum Transition {
+    Done {
+        from: SandboxState,
+        sandbox: Sandbox,
+    },
+    /// The row exists but was in a state (or generation) the change does not apply to.
+    Refused(Sandbox),
+    NotFound,
+}
+
+const SELECT: &str = "SELECT id, profile, profile_version, extension, host, state, actor_type, actor, project, \
+     inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
+     last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits \
+     FROM sandboxes";
+
+impl Db {
+    /// Insert a sandbox in `requested`, honouring an `Idempotency-Key`.
+    pub async fn create_sandbox(
+        &self,
+        new: NewSandbox,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Created, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        if let Some((key, hash)) = idempotency {
+            let seen: Option<(String, String)> = sqlx::query_as(
+                "SELECT request_hash, sandbox_id FROM idempotency_keys WHERE project = ? AND key = ?",
+            )
+            .bind(&new.consumer.project)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((seen_hash, sandbox_id)) = seen {
+                tx.rollback().await?;
+                if seen_hash != hash {
+                    return Ok(Created::KeyConflict);
+                }
+                return match self.get_sandbox(&sandbox_id, None).await? {
+                    Some(sbx) => Ok(Created::Replayed(sbx)),
+                    None => Err(StoreError::Corrupt {
+                        id: sandbox_id,
+                        what: "idempotency key points at a missing sandbox".into(),
+                    }),
+                };
+            }
+        }
+        sqlx::query(
+            "INSERT INTO sandboxes (id, profile, profile_version, extension, host, state, actor_type, actor, project, \
+             inputs, labels, generation, created_at, updated_at, expires_at, max_expires_at, last_activity_at, estimate_credits) \
+             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&new.id)
+        .bind(&new.profile)
+        .bind(new.profile_version)
+        .bind(&new.extension)
+        .bind(&new.host)
+        .bind(&new.consumer.actor_type)
+        .bind(&new.consumer.actor)
+        .bind(&new.consumer.project)
+        .bind(serde_json::to_string(&new.inputs).unwrap_or_else(|_| "{}".into()))
+        .bind(serde_json::to_string(&new.labels).unwrap_or_else(|_| "{}".into()))
+        .bind(new.now)
+        .bind(new.now)
+        .bind(new.expires_at)
+        .bind(new.max_expires_at)
+        .bind(new.now)
+        .bind(new.estimate_credits)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            &new.id,
+            1,
+            None,
+            SandboxState::Requested,
+            "create requested",
+            new.now,
+        )
+        .await?;
+        if let Some((key, hash)) = idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (project, key, request_hash, sandbox_id, created_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&new.consumer.project)
+            .bind(key)
+            .bind(hash)
+            .bind(&new.id)
+            .bind(new.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let sbx = fetch_in(&mut tx, &new.id).await?;
+        tx.commit().await?;
+        match sbx {
+            Some(row) => Ok(Created::New(row.into_api()?)),
+            None => Err(StoreError::Corrupt {
+                id: new.id,
+                what: "inserted row not found".into(),
+            }),
+        }
+    }
+
+    /// One sandbox; with `project`, only if it belongs to that project.
+    pub async fn get_sandbox(
+        &self,
+        id: &str,
+        project: Option<&str>,
+    ) -> Result<Option<Sandbox>, StoreError> {
+        match self.get_row(id, project).await? {
+            Some(row) => Ok(Some(row.into_api()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One sandbox row with its backend state.
+    pub async fn get_row(
+        &self,
+        id: &str,
+        project: Option<&str>,
+    ) -> Result<Option<SandboxRow>, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(SELECT);
+        qb.push(" WHERE id = ").push_bind(id);
+        if let Some(p) = project {
+            qb.push(" AND project = ").push_bind(p);
+        }
+        Ok(qb
+            .build_query_as::<SandboxRow>()
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    /// A page of sandboxes, newest first.
+    pub async fn list_sandboxes(
+        &self,
+        f: &ListFilter,
+    ) -> Result<(Vec<Sandbox>, Option<String>), StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(SELECT);
+        qb.push(" WHERE 1 = 1");
+        if !f.states.is_empty() {
+            qb.push(" AND state IN (");
+            let mut sep = qb.separated(", ");
+            for s in &f.states {
+                sep.push_bind(s.as_str());
+            }
+            qb.push(")");
+        } else if !f.include_all {
+            qb.push(" AND state <> 'destroyed'");
+        }
+        for (col, val) in [
+            ("profile", &f.profile),
+            ("extension", &f.extension),
+            ("host", &f.host),
+            ("project", &f.project),
+        ] {
+            if let Some(v) = val {
+                qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+        for (k, v) in &f.labels {
+            qb.push(" AND json_extract(labels, ")
+                .push_bind(json_path(k))
+                .push(") = ")
+                .push_bind(v.clone());
+        }
+        if let Some(c) = &f.cursor {
+            qb.push(" AND id < ").push_bind(c.clone());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(f.limit) + 1);
+        let mut rows = qb
+            .build_query_as::<SandboxRow>()
+            .fetch_all(&self.reader)
+            .await?;
+        let next = if rows.len() > f.limit as usize {
+            rows.truncate(f.limit as usize);
+            rows.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        let items = rows
+            .into_iter()
+            .map(SandboxRow::into_api)
+            .collect::<Result<_, _>>()?;
+        Ok((items, next))
+    }
+
+    /// Move a sandbox from one of `from` to `to`, appending the event in the
+    /// same transaction. Refused (nothing written) when the row is elsewhere.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[SandboxState],
+        to: SandboxState,
+        change: Change<'_>,
+    ) -> Result<Transition, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let Some(row) = fetch_in(&mut tx, id).await? else {
+            return Ok(Transition::NotFound);
+        };
+        let current = row.state()?;
+        let generation_ok = change.generation.is_none_or(|g| g == row.generation);
+        if !from.contains(&current) || !generation_ok {
+            tx.rollback().await?;
+            return Ok(Transition::Refused(row.into_api()?));
+        }
+        let now = now_ms();
+        let mut generation = row.generation;
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE sandboxes SET state = ");
+        qb.push_bind(to.as_str())
+            .push(", updated_at = ")
+            .push_bind(now);
+        if change.set_ready_at {
+            qb.push(", ready_at = ").push_bind(now);
+        }
+        if change.set_destroyed_at {
+            qb.push(", destroyed_at = ").push_bind(now);
+        }
+        if let Some(r) = &change.reachability {
+            qb.push(", reachability = ")
+                .push_bind(r.as_ref().map(|v| v.to_string()));
+        }
+        if let Some(b) = &change.backend_state {
+            qb.push(", backend_state = ")
+                .push_bind(b.as_ref().map(|v| v.to_string()));
+        }
+        if let Some(f) = &change.failure {
+            qb.push(", failure_code = ")
+                .push_bind(f.as_ref().map(|f| f.code.clone()))
+                .push(", failure_message = ")
+                .push_bind(f.as_ref().map(|f| f.message.clone()));
+        }
+        if let Some(life) = change.new_generation {
+            generation += 1;
+            qb.push(", generation = ")
+                .push_bind(generation)
+                .push(", created_at = ")
+                .push_bind(now)
+                .push(", expires_at = ")
+                .push_bind(life.expires_at)
+                .push(", max_expires_at = ")
+                .push_bind(life.max_expires_at)
+                .push(", last_activity_at = ")
+                .push_bind(now)
+                .push(", ready_at = NULL, destroyed_at = NULL");
+        }
+        qb.push(" WHERE id = ").push_bind(id);
+        qb.build().execute(&mut *tx).await?;
+        insert_event(
+            &mut tx,
+            id,
+            generation,
+            Some(current),
+            to,
+            change.reason,
+            now,
+        )
+        .await?;
+        let sbx = fetch_in(&mut tx, id).await?;
+        tx.commit().await?;
+        match sbx {
+            Some(row) => Ok(Transition::Done {
+                from: current,
+                sandbox: row.into_api()?,
+            }),
+            None => Ok(Transition::NotFound),
+        }
+    }
+
+    /// Record the backend's handle without a state change (written before the
+    /// sandbox is reported ready, so a restart can always find it).
+    pub async fn set_backend_state(
+        &self,
+        id: &str,
+        generation: u32,
+        state: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sandboxes SET backend_state = ?, updated_at = ? WHERE id = ? AND generation = ?")
+            .bind(state.to_string())
+            .bind(now_ms())
+            .bind(id)
+            .bind(generation)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Move `expires_at` forward by `by_ms`, never past `max_expires_at`, in
+    /// one conditional statement. `None` when the sandbox is not extendable.
+    pub async fn extend_ttl(
+        &self,
+        id: &str,
+        project: Option<&str>,
+        by_ms: i64,
+    ) -> Result<Option<(Sandbox, bool)>, StoreError> {
+        let now = now_ms();
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("UPDATE sandboxes SET expires_at = MIN(expires_at + ");
+        qb.push_bind(by_ms)
+            .push(", max_expires_at), updated_at = ")
+            .push_bind(now)
+            .push(", last_activity_at = ")
+            .push_bind(now)
+            .push(" WHERE id = ")
+            .push_bind(id)
+            .push(" AND state IN ('requested','provisioning','ready','active') AND expires_at > ")
+            .push_bind(now);
+        if let Some(p) = project {
+            qb.push(" AND project = ").push_bind(p);
+        }
+        let mut tx = self.writer.begin().await?;
+        let before: Option<(i64,)> =
+            sqlx::query_as("SELECT expires_at FROM sandboxes WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let done = qb.build().execute(&mut *tx).await?.rows_affected() == 1;
+        let row = fetch_in(&mut tx, id).await?;
+        tx.commit().await?;
+        match (done, before, row) {
+            (true, Some((before,)), Some(row)) => {
+                let capped = before.saturating_add(by_ms) > row.max_expires_at;
+                Ok(Some((row.into_api()?, capped)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Mark activity; `ready` becomes `active` (with an event).
+    pub async fn touch(&self, id: &str) -> Result<Transition, StoreError> {
+        let now = now_ms();
+        sqlx::query("UPDATE sandboxes SET last_activity_at = ? WHERE id = ? AND state IN ('ready','active')")
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        match self
+            .transition(
+                id,
+                &[SandboxState::Ready],
+                SandboxState::Active,
+                Change {
+                    reason: "touched",
+                    ..Change::default()
+                },
+            )
+            .await?
+        {
+            Transition::Refused(sbx) if sbx.state == SandboxState::Active => Ok(Transition::Done {
+                from: SandboxState::Active,
+                sandbox: sbx,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Events of one sandbox, oldest first, after the sequence `after`.
+    pub async fn events(
+        &self,
+        id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<Event>, Option<String>), StoreError> {
+        let rows: Vec<(
+            i64,
+            String,
+            String,
+            i64,
+            Option<String>,
+            String,
+            String,
+            i64,
+        )> = sqlx::query_as(
+            "SELECT seq, id, sandbox_id, generation, from_state, to_state, reason, at FROM events \
+             WHERE sandbox_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for (seq, eid, sid, generation, from, to, reason, at) in
+            rows.into_iter().take(limit as usize)
+        {
+            let parse = |s: &str| {
+                SandboxState::from_str(s).map_err(|what| StoreError::Corrupt {
+                    id: eid.clone(),
+                    what,
+                })
+            };
+            items.push(Event {
+                from_state: from.as_deref().map(parse).transpose()?,
+                to_state: parse(&to)?,
+                id: eid.clone(),
+                sandbox_id: sid,
+                generation: u32::try_from(generation).unwrap_or(0),
+                reason,
+                at: to_time(at),
+            });
+            last = Some(seq);
+        }
+        Ok((
+            items,
+            if more {
+                last.map(|s| s.to_string())
+            } else {
+                None
+            },
+        ))
+    }
+
+    /// Sandboxes by state, for `/metrics`.
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes GROUP BY state")
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    /// Rows that are not settled, for the start-up pass.
+    pub async fn unsettled(&self) -> Result<Vec<SandboxRow>, StoreError> {
+        Ok(sqlx::query_as::<_, SandboxRow>(&format!(
+            "{SELECT} WHERE state IN ('requested','provisioning','destroying','expired')"
+        ))
+        .fetch_all(&self.reader)
+        .await?)
+    }
+}
+
+fn json_path(key: &str) -> String {
+    // Quote the key so dots and brackets in label names are taken literally.
+    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+async fn fetch_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+) -> Result<Option<SandboxRow>, sqlx::Error> {
+    sqlx::query_as::<_, SandboxRow>(&format!("{SELECT} WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    sandbox_id: &str,
+    generation: u32,
+    from: Option<SandboxState>,
+    to: SandboxState,
+    reason: &str,
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (id, sandbox_id, generation, from_state, to_state, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(format!("evt_{}", ulid::Ulid::new()))
+    .bind(sandbox_id)
+    .bind(generation)
+    .bind(from.map(|s| s.as_str()))
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl SandboxRow {
+    /// The row as the API shows it.
+    pub fn into_api(self) -> Result<Sandbox, StoreError> {
+        let state = self.state()?;
+        let corrupt = |what: String| StoreError::Corrupt {
+            id: self.id.clone(),
+            what,
+        };
+        let inputs =
+            serde_json::from_str(&self.inputs).map_err(|e| corrupt(format!("inputs: {e}")))?;
+        let labels =
+            serde_json::from_str(&self.labels).map_err(|e| corrupt(format!("labels: {e}")))?;
+        let reachability = match &self.reachability {
+            Some(r) => {
+                Some(serde_json::from_str(r).map_err(|e| corrupt(format!("reachability: {e}")))?)
+            }
+            None => None,
+        };
+        let failure = self.failure_code.clone().map(|code| Failure {
+            code,
+            message: self.failure_message.clone().unwrap_or_default(),
+        });
+        Ok(Sandbox {
+            profile_version: self.profile_version,
+            generation: self.generation,
+            created_at: to_time(self.created_at),
+            updated_at: to_time(self.updated_at),
+            ready_at: self.ready_at.map(to_time),
+            expires_at: to_time(self.expires_at),
+            destroyed_at: self.destroyed_at.map(to_time),
+            last_activity_at: to_time(self.last_activity_at),
+            consumer: Consumer {
+                actor_type: self.actor_type,
+                actor: self.actor,
+                project: self.project,
+            },
+            inputs,
+            labels,
+            state,
+            reachability,
+            failure,
+            cost: Cost {
+                estimate_credits: self.estimate_credits,
+                accrued_credits: self.accrued_credits,
+            },
+            id: self.id,
+            profile: self.profile,
+            extension: self.extension,
+            host: self.host,
+        })
+    }
+}

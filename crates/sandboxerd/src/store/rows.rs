@@ -1,0 +1,53 @@
+//! Row types as stored.
+use std::str::FromStr;
+
+use sandboxer_api::SandboxState;
+
+use super::StoreError;
+
+/// A `sandboxes` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SandboxRow {
+    pub id: String,
+    pub profile: String,
+    pub profile_version: u32,
+    pub extension: String,
+    pub host: String,
+    pub state: String,
+    pub actor_type: String,
+    pub actor: String,
+    pub project: String,
+    pub inputs: String,
+    pub labels: String,
+    pub generation: u32,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub ready_at: Option<i64>,
+    pub expires_at: i64,
+    pub max_expires_at: i64,
+    pub destroyed_at: Option<i64>,
+    pub last_activity_at: i64,
+    pub reachability: Option<String>,
+    pub backend_state: Option<String>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub estimate_credits: i64,
+    pub accrued_credits: i64,
+}
+
+impl SandboxRow {
+    /// The lifecycle state.
+    pub fn state(&self) -> Result<SandboxState, StoreError> {
+        SandboxState::from_str(&self.state).map_err(|what| StoreError::Corrupt {
+            id: self.id.clone(),
+            what,
+        })
+    }
+
+    /// The extension's handle, if one was recorded.
+    pub fn backend_state(&self) -> Option<serde_json::Value> {
+        self.backend_state
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+    }
+}
