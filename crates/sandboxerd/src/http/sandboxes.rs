@@ -21,7 +21,9 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{duration, limit, only_params, query_pairs, single, ApiJson, MAX_WAIT};
 use crate::catalog::LoadedProfile;
 use crate::lifecycle;
-use crate::store::{now_ms, Change, Created, ListFilter, NewLifetime, NewSandbox, Transition};
+use crate::store::{
+    new_id, now_ms, Change, Created, ListFilter, NewLifetime, NewSandbox, Transition,
+};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -277,7 +279,7 @@ fn validate_create(
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let max_ms = i64::try_from(profile.ttl_max.as_millis()).unwrap_or(i64::MAX);
     Ok(NewSandbox {
-        id: format!("sbx_{}", ulid::Ulid::new()),
+        id: new_id("sbx"),
         profile: spec.id.clone(),
         profile_version: spec.version,
         extension: spec.extension.clone(),

@@ -3,7 +3,6 @@
 //! a small pool of readers, in WAL mode so reads never wait on the writer.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -12,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 mod rows;
-pub use rows::SandboxRow;
+pub use rows::{EventRow, SandboxRow};
 
 /// Storage failures. Client mistakes never end up here; these are 500s.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +27,18 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("corrupt row {id}: {what}")]
     Corrupt { id: String, what: String },
+}
+
+/// A new id: `prefix` + a ULID that sorts after every id this process made
+/// before (monotonic within a millisecond), so "newest first" is id order.
+pub fn new_id(prefix: &str) -> String {
+    static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut guard = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    let ulid = guard
+        .get_or_insert_with(ulid::Generator::new)
+        .generate()
+        .unwrap_or_else(|_| ulid::Ulid::new());
+    format!("{prefix}_{ulid}")
 }
 
 /// Milliseconds since the epoch, the unit of every time column.
@@ -521,16 +532,7 @@ impl Db {
         after: i64,
         limit: u32,
     ) -> Result<(Vec<Event>, Option<String>), StoreError> {
-        let rows: Vec<(
-            i64,
-            String,
-            String,
-            i64,
-            Option<String>,
-            String,
-            String,
-            i64,
-        )> = sqlx::query_as(
+        let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT seq, id, sandbox_id, generation, from_state, to_state, reason, at FROM events \
              WHERE sandbox_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
@@ -542,25 +544,9 @@ impl Db {
         let more = rows.len() > limit as usize;
         let mut items = Vec::with_capacity(rows.len());
         let mut last = None;
-        for (seq, eid, sid, generation, from, to, reason, at) in
-            rows.into_iter().take(limit as usize)
-        {
-            let parse = |s: &str| {
-                SandboxState::from_str(s).map_err(|what| StoreError::Corrupt {
-                    id: eid.clone(),
-                    what,
-                })
-            };
-            items.push(Event {
-                from_state: from.as_deref().map(parse).transpose()?,
-                to_state: parse(&to)?,
-                id: eid.clone(),
-                sandbox_id: sid,
-                generation: u32::try_from(generation).unwrap_or(0),
-                reason,
-                at: to_time(at),
-            });
-            last = Some(seq);
+        for row in rows.into_iter().take(limit as usize) {
+            last = Some(row.seq);
+            items.push(row.into_api()?);
         }
         Ok((
             items,
@@ -618,7 +604,7 @@ async fn insert_event(
     sqlx::query(
         "INSERT INTO events (id, sandbox_id, generation, from_state, to_state, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(format!("evt_{}", ulid::Ulid::new()))
+    .bind(new_id("evt"))
     .bind(sandbox_id)
     .bind(generation)
     .bind(from.map(|s| s.as_str()))

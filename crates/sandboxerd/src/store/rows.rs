@@ -1,7 +1,9 @@
 //! Row types as stored.
 use std::str::FromStr;
 
-use sandboxer_api::SandboxState;
+use sandboxer_api::{Event, SandboxState};
+
+use super::to_time;
 
 use super::StoreError;
 
@@ -49,5 +51,39 @@ impl SandboxRow {
         self.backend_state
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok())
+    }
+}
+
+/// An `events` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub seq: i64,
+    pub id: String,
+    pub sandbox_id: String,
+    pub generation: u32,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub reason: String,
+    pub at: i64,
+}
+
+impl EventRow {
+    /// The event as the API shows it.
+    pub fn into_api(self) -> Result<Event, StoreError> {
+        let parse = |s: &str| {
+            SandboxState::from_str(s).map_err(|what| StoreError::Corrupt {
+                id: self.id.clone(),
+                what,
+            })
+        };
+        Ok(Event {
+            from_state: self.from_state.as_deref().map(parse).transpose()?,
+            to_state: parse(&self.to_state)?,
+            generation: self.generation,
+            at: to_time(self.at),
+            id: self.id,
+            sandbox_id: self.sandbox_id,
+            reason: self.reason,
+        })
     }
 }

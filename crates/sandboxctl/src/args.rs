@@ -1,0 +1,273 @@
+//! The command line: global options, subcommands, and the parsers of their values.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use sandboxer_api::SandboxState;
+
+/// Drive a sand-boxer daemon: create, inspect, extend and destroy sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "sandboxctl", version, propagate_version = true)]
+pub struct Cli {
+    /// Base URL of the daemon.
+    #[arg(
+        long,
+        global = true,
+        env = "SANDBOXER_URL",
+        default_value = "http://127.0.0.1:7443"
+    )]
+    pub url: String,
+    /// Bearer token (not needed for a loopback daemon without tokens).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "SANDBOXER_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the JSON the API answers instead of human output.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a sandbox and (by default) wait until it is ready.
+    Create(CreateArgs),
+    /// Show one sandbox.
+    Get {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+    },
+    /// List sandboxes.
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Destroy a sandbox and (by default) wait until it is gone.
+    #[command(visible_alias = "rm")]
+    Destroy {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Return as soon as teardown has started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Tear a sandbox down and provision it again: same id, fresh TTL.
+    Recreate {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Fresh lifetime (`30m`, `4h`); defaults to the profile's.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Move a sandbox's expiry forward (never past its profile's ttl.max).
+    ExtendTtl {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// How far to move it (`30m`, `2h`).
+        duration: String,
+    },
+    /// Mark activity on a sandbox, so the idle reaper leaves it alone.
+    Touch {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+    },
+    /// Show the lifecycle transitions of a sandbox.
+    Events {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+    },
+    /// List the profiles, or show one.
+    Profiles {
+        /// A profile id (`profile.…`).
+        id: Option<String>,
+    },
+    /// List the extensions with their availability, or show one.
+    Extensions {
+        /// An extension id (`ext.…`).
+        id: Option<String>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Arguments of `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Profile id (`profile.…`).
+    pub profile: String,
+    /// Lifetime (`30m`, `2h`); defaults to the profile's.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// A label `key=value`; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub labels: Vec<(String, String)>,
+    /// A profile input `name=value`; repeatable.
+    #[arg(long = "input", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    pub inputs: Vec<(String, String)>,
+    /// Place the sandbox on this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Return as soon as the sandbox is requested.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the sandbox to become ready.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Retrying with the same key and request returns the same sandbox.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only sandboxes in this state.
+    #[arg(long)]
+    pub state: Option<SandboxState>,
+    /// Only sandboxes of this profile.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Only sandboxes on this extension.
+    #[arg(long)]
+    pub extension: Option<String>,
+    /// Only sandboxes on this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only sandboxes of this project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only sandboxes with this label `key=value`; repeatable (all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Include destroyed sandboxes.
+    #[arg(long)]
+    pub all: bool,
+    /// Fetch one page of at most this many (default: every page).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+}
+
+/// Parses `key=value` (split at the first `=`; the value may be empty or hold `=`).
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, got `{s}`"));
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("the key is empty in `{s}`"));
+    }
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("the key `{key}` contains whitespace"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// Parses a humantime duration (`90s`, `2m`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 90s or 2m: {e}"))
+}
+
+/// Collects `key=value` pairs into a map; a key given twice is an error
+/// (`what` names the option in the message).
+pub fn to_map(pairs: &[(String, String)], what: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for (k, v) in pairs {
+        if map.insert(k.clone(), v.clone()).is_some() {
+            return Err(format!("--{what} `{k}` is given more than once"));
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn key_value_pairs() {
+        assert_eq!(parse_key_value("team=x"), Ok(("team".into(), "x".into())));
+        assert_eq!(parse_key_value("url=a=b"), Ok(("url".into(), "a=b".into())));
+        assert_eq!(
+            parse_key_value("empty="),
+            Ok(("empty".into(), String::new()))
+        );
+        assert!(parse_key_value("novalue")
+            .unwrap_err()
+            .contains("KEY=VALUE"));
+        assert!(parse_key_value("=v").unwrap_err().contains("empty"));
+        assert!(parse_key_value("a b=v").unwrap_err().contains("whitespace"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let pairs = vec![
+            ("a".to_owned(), "1".to_owned()),
+            ("a".to_owned(), "2".to_owned()),
+        ];
+        assert!(to_map(&pairs, "label").unwrap_err().contains("--label `a`"));
+        let pairs = vec![
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned()),
+        ];
+        assert_eq!(to_map(&pairs, "label").map(|m| m.len()), Ok(2));
+    }
+
+    #[test]
+    fn create_parses_repeated_options() {
+        let cli = Cli::try_parse_from([
+            "sandboxctl",
+            "create",
+            "profile.local-shell",
+            "--label",
+            "a=1",
+            "--label",
+            "b=2",
+            "--input",
+            "repo=/src",
+            "--timeout",
+            "5m",
+            "--json",
+        ])
+        .expect("valid command line");
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(
+            args.labels,
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        assert_eq!(args.inputs, [("repo".into(), "/src".into())]);
+        assert_eq!(args.timeout, Duration::from_secs(300));
+        assert!(cli.json);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for argv in [
+            &["sandboxctl", "create", "p", "--label", "nokey"][..],
+            &["sandboxctl", "create", "p", "--timeout", "soon"],
+            &["sandboxctl", "list", "--state", "sleeping"],
+            &["sandboxctl", "list", "--limit", "0"],
+        ] {
+            let err = Cli::try_parse_from(argv).expect_err("should be refused");
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{argv:?}");
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+}

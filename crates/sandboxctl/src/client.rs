@@ -1,0 +1,792 @@
+//! [`Client`]: one method per endpoint of the sand-boxer API, answering the
+//! shared wire types, with every failure folded into [`ClientError`].
+
+// `ClientError::Api` carries the whole `Problem` unboxed so callers can match
+// on `problem.code` directly; errors are rare next to a network round trip,
+// so the larger `Result` costs nothing that matters.
+#![allow(clippy::result_large_err)]
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::{Method, StatusCode, Url};
+use sandboxer_api::{
+    CreateSandbox, Event, ExtendTtl, ExtendedSandbox, Extension, Health, Page, Problem, Profile,
+    RecreateSandbox, Sandbox,
+};
+use serde::de::DeserializeOwned;
+
+/// How long to wait for a TCP/TLS connection to the daemon.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole request may take. A long-poll may take its wait plus
+/// [`LONG_POLL_MARGIN`] instead, when that is longer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Extra time a long-poll request gets beyond the wait it asks the server for,
+/// so the server's own answer at the end of the wait is not cut off.
+pub const LONG_POLL_MARGIN: Duration = Duration::from_secs(30);
+/// Error bodies that are not problem+json are cut to this many bytes in
+/// the synthesized problem's `detail` (a proxy's HTML page is of no use whole).
+const MAX_DETAIL_BYTES: usize = 4096;
+
+/// Everything that can go wrong talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a non-2xx status. `problem` is its
+    /// problem+json body, or one synthesized with code `http_<status>` and
+    /// the body text as detail when the body was not a problem.
+    #[error("{} ({}), HTTP {status}", problem.detail, problem.code)]
+    Api {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// The problem the server reported.
+        problem: Problem,
+    },
+    /// The daemon could not be reached, or the request timed out; the
+    /// message names the URL.
+    #[error("{0}")]
+    Transport(String),
+    /// The server answered 2xx but with a body that is not what the API promises.
+    #[error("{0}")]
+    Decode(String),
+    /// The client or request could not be built from the given input
+    /// (a malformed base URL, a token or idempotency key that is not a valid
+    /// header value, an empty id); nothing was sent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// The HTTP status when the server answered, else `None`.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The problem's stable `code` when the server answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { problem, .. } => Some(problem.code.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// Filters and paging of `GET /v1/sandboxes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only sandboxes in this state (`ready`, `destroyed`, ...).
+    pub state: Option<String>,
+    /// Only sandboxes of this profile id.
+    pub profile: Option<String>,
+    /// Only sandboxes on this extension id.
+    pub extension: Option<String>,
+    /// Only sandboxes placed on this host.
+    pub host: Option<String>,
+    /// Only sandboxes of this project (operators; a consumer sees only its own).
+    pub project: Option<String>,
+    /// Only sandboxes carrying all these labels; each is sent as `label=k=v`.
+    pub labels: Vec<(String, String)>,
+    /// Include destroyed sandboxes (`include=all`).
+    pub include_all: bool,
+    /// Page size (`limit`); the server defaults to 100 and caps at 1000.
+    pub limit: Option<u32>,
+    /// Start at this page (`cursor`, from a previous page's `next_cursor`).
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The query pairs in the order they are sent.
+    pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        let optional = [
+            ("state", &self.state),
+            ("profile", &self.profile),
+            ("extension", &self.extension),
+            ("host", &self.host),
+            ("project", &self.project),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                pairs.push((name, value.clone()));
+            }
+        }
+        for (k, v) in &self.labels {
+            pairs.push(("label", format!("{k}={v}")));
+        }
+        if self.include_all {
+            pairs.push(("include", "all".to_owned()));
+        }
+        if let Some(limit) = self.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &self.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        pairs
+    }
+}
+
+/// A client of one sand-boxer daemon. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    has_token: bool,
+}
+
+impl std::fmt::Debug for Client {
+    // By hand so the token can never end up in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field(
+                "token",
+                &if self.has_token {
+                    "<redacted>"
+                } else {
+                    "<none>"
+                },
+            )
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client of the daemon at `base_url` (e.g. `http://127.0.0.1:7443`,
+    /// optionally with a path prefix), sending `Authorization: Bearer <token>`
+    /// when a token is given.
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let base = parse_base_url(base_url)?;
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ClientError::Invalid(
+                    "the token contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers.clone())
+            .user_agent(concat!("sandboxctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                ClientError::Invalid(format!("cannot build the HTTP client: {}", chain(&e)))
+            })?;
+        Ok(Client {
+            http,
+            base,
+            has_token: headers.contains_key(AUTHORIZATION),
+        })
+    }
+
+    /// The base URL requests are sent under.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// `POST /v1/sandboxes[?wait=..]`: asks for a sandbox. With `wait` the
+    /// server answers 201 once it is ready, 200/2xx with state `failed`, or
+    /// 202 when the wait ran out; without, 202 at once. Answers the status
+    /// and the sandbox. `idempotency_key` is sent as `Idempotency-Key`.
+    pub async fn create(
+        &self,
+        req: &CreateSandbox,
+        wait: Option<Duration>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, Sandbox), ClientError> {
+        let url = self.endpoint(&["v1", "sandboxes"], &wait_pairs(wait));
+        let mut extra = HeaderMap::new();
+        if let Some(key) = idempotency_key {
+            let value = HeaderValue::from_str(key).map_err(|_| {
+                ClientError::Invalid(
+                    "the idempotency key contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
+            extra.insert("idempotency-key", value);
+        }
+        self.call(Method::POST, url, Some(to_json(req)?), extra, wait)
+            .await
+    }
+
+    /// `GET /v1/sandboxes/{id}`; with `wait_for_ready`, long-polls
+    /// (`?wait_for=ready&timeout=..`) until the sandbox is ready or the wait runs out.
+    pub async fn get(
+        &self,
+        id: &str,
+        wait_for_ready: Option<Duration>,
+    ) -> Result<Sandbox, ClientError> {
+        let id = check_id(id)?;
+        let mut query = Vec::new();
+        if let Some(wait) = wait_for_ready {
+            query.push(("wait_for", "ready".to_owned()));
+            query.push(("timeout", format_duration(wait)));
+        }
+        let url = self.endpoint(&["v1", "sandboxes", id], &query);
+        self.call_ok(Method::GET, url, None, wait_for_ready).await
+    }
+
+    /// `GET /v1/sandboxes`: one page of sandboxes matching `q`.
+    pub async fn list(&self, q: &ListQuery) -> Result<Page<Sandbox>, ClientError> {
+        let url = self.endpoint(&["v1", "sandboxes"], &q.to_pairs());
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `GET /v1/sandboxes`, following `next_cursor` from `q.cursor` until the
+    /// last page; `q.limit` is the page size.
+    pub async fn list_all(&self, q: &ListQuery) -> Result<Vec<Sandbox>, ClientError> {
+        let mut q = q.clone();
+        self.all_pages(q.cursor.take(), |cursor| {
+            q.cursor = cursor.map(str::to_owned);
+            self.endpoint(&["v1", "sandboxes"], &q.to_pairs())
+        })
+        .await
+    }
+
+    /// `DELETE /v1/sandboxes/{id}[?wait=..]`: starts teardown (202, `destroying`);
+    /// a destroyed sandbox answers 200 with itself. With `wait` the server
+    /// answers once it is destroyed or the wait ran out.
+    pub async fn destroy(
+        &self,
+        id: &str,
+        wait: Option<Duration>,
+    ) -> Result<(u16, Sandbox), ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id], &wait_pairs(wait));
+        self.call(Method::DELETE, url, None, HeaderMap::new(), wait)
+            .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/recreate`: same id, next generation, fresh TTL
+    /// (`ttl`, else the profile's default).
+    pub async fn recreate(&self, id: &str, ttl: Option<String>) -> Result<Sandbox, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id, "recreate"], &[]);
+        let body = to_json(&RecreateSandbox { ttl })?;
+        self.call_ok(Method::POST, url, Some(body), None).await
+    }
+
+    /// `PATCH /v1/sandboxes/{id}/ttl`: moves `expires_at` forward by
+    /// `duration` (humantime), never past the profile's `ttl.max`.
+    pub async fn extend_ttl(
+        &self,
+        id: &str,
+        duration: &str,
+    ) -> Result<ExtendedSandbox, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id, "ttl"], &[]);
+        let body = to_json(&ExtendTtl {
+            duration: duration.to_owned(),
+        })?;
+        self.call_ok(Method::PATCH, url, Some(body), None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/touch`: marks activity (`ready` → `active`).
+    pub async fn touch(&self, id: &str) -> Result<Sandbox, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id, "touch"], &[]);
+        self.call_ok(Method::POST, url, None, None).await
+    }
+
+    /// `GET /v1/sandboxes/{id}/events`: every lifecycle transition, oldest
+    /// first, all pages followed (the answer's `next_cursor` is `None`).
+    pub async fn events(&self, id: &str) -> Result<Page<Event>, ClientError> {
+        let id = check_id(id)?;
+        let items = self
+            .all_pages(None, |cursor| {
+                let query: Vec<(&str, String)> = cursor
+                    .map(|c| ("cursor", c.to_owned()))
+                    .into_iter()
+                    .collect();
+                self.endpoint(&["v1", "sandboxes", id, "events"], &query)
+            })
+            .await?;
+        Ok(Page {
+            items,
+            next_cursor: None,
+        })
+    }
+
+    /// `GET /v1/profiles`: the profile catalog.
+    pub async fn profiles(&self) -> Result<Page<Profile>, ClientError> {
+        let url = self.endpoint(&["v1", "profiles"], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `GET /v1/profiles/{id}`: one profile.
+    pub async fn profile(&self, id: &str) -> Result<Profile, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "profiles", id], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `GET /v1/extensions`: the extension catalog with live availability.
+    pub async fn extensions(&self) -> Result<Page<Extension>, ClientError> {
+        let url = self.endpoint(&["v1", "extensions"], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `GET /v1/extensions/{id}`: one extension with its availability.
+    pub async fn extension(&self, id: &str) -> Result<Extension, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "extensions", id], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `GET /healthz`: 200 while the process serves.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        let url = self.endpoint(&["healthz"], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `GET /readyz`: 200 once the daemon is ready; a 503 comes back as
+    /// [`ClientError::Api`] with status 503.
+    pub async fn ready(&self) -> Result<Health, ClientError> {
+        let url = self.endpoint(&["readyz"], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// Escape hatch for tests: sends `method` to `path` (which may carry a
+    /// query string, e.g. `/v1/sandboxes?limit=0`) with an optional JSON body
+    /// and answers the status and body whatever the status is. An empty body
+    /// is `null`; a body that is not JSON comes back as a JSON string.
+    /// Only transport failures are errors.
+    pub async fn request_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), ClientError> {
+        let url = self.raw_endpoint(path)?;
+        let (status, bytes) = self
+            .send(method, &url, body, HeaderMap::new(), None)
+            .await?;
+        let value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            })
+        };
+        Ok((status.as_u16(), value))
+    }
+
+    /// The URL of `segments` under the base URL (each segment
+    /// percent-encoded, so an id can never escape its path position), with
+    /// `query` appended.
+    fn endpoint(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.base.clone();
+        // `parse_base_url` rejected URLs that cannot take path segments.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    /// `path` (with an optional query) under the base URL, taken as written.
+    fn raw_endpoint(&self, path: &str) -> Result<Url, ClientError> {
+        let base = self.base.as_str().trim_end_matches('/');
+        let path = path.trim_start_matches('/');
+        Url::parse(&format!("{base}/{path}"))
+            .map_err(|e| ClientError::Invalid(format!("invalid request path `{path}`: {e}")))
+    }
+
+    /// Sends a request and decodes a 2xx answer as `T`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+        headers: HeaderMap,
+        long_poll: Option<Duration>,
+    ) -> Result<(u16, T), ClientError> {
+        let (status, bytes) = self
+            .send(method.clone(), &url, body, headers, long_poll)
+            .await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Decode(format!(
+                "unexpected answer to {method} {url} (HTTP {}): {e}",
+                status.as_u16()
+            ))
+        })?;
+        Ok((status.as_u16(), value))
+    }
+
+    /// [`Client::call`] for endpoints whose success status carries no meaning.
+    async fn call_ok<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+        long_poll: Option<Duration>,
+    ) -> Result<T, ClientError> {
+        self.call(method, url, body, HeaderMap::new(), long_poll)
+            .await
+            .map(|(_, value)| value)
+    }
+
+    /// Sends one request and reads the whole answer.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<serde_json::Value>,
+        headers: HeaderMap,
+        long_poll: Option<Duration>,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .headers(headers);
+        if let Some(body) = &body {
+            req = req.json(body);
+        }
+        if let Some(wait) = long_poll {
+            req = req.timeout(request_timeout(wait));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(&method, url, &e))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&method, url, &e))?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// Fetches pages from `first` on, following `next_cursor` until it is null.
+    async fn all_pages<T: DeserializeOwned>(
+        &self,
+        first: Option<String>,
+        mut url_for: impl FnMut(Option<&str>) -> Url,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        let mut cursor = first;
+        let mut seen = HashSet::new();
+        loop {
+            let url = url_for(cursor.as_deref());
+            let page: Page<T> = self.call_ok(Method::GET, url.clone(), None, None).await?;
+            items.extend(page.items);
+            match page.next_cursor {
+                None => return Ok(items),
+                Some(next) => {
+                    // A server that hands out a cursor twice would keep us here forever.
+                    if !seen.insert(next.clone()) {
+                        return Err(ClientError::Decode(format!(
+                            "GET {url} answered the cursor `{next}` a second time; stopping"
+                        )));
+                    }
+                    cursor = Some(next);
+                }
+            }
+        }
+    }
+}
+
+/// Parses and checks the base URL: http(s), able to take path segments.
+fn parse_base_url(base_url: &str) -> Result<Url, ClientError> {
+    let url = Url::parse(base_url.trim())
+        .map_err(|e| ClientError::Invalid(format!("invalid daemon URL `{base_url}`: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host().is_none() {
+        return Err(ClientError::Invalid(format!(
+            "invalid daemon URL `{base_url}`: expected http://host:port or https://host:port"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ClientError::Invalid(format!(
+            "invalid daemon URL `{base_url}`: it must not carry a query or fragment"
+        )));
+    }
+    Ok(url)
+}
+
+/// Rejects ids that would not name one path segment.
+fn check_id(id: &str) -> Result<&str, ClientError> {
+    // `.` and `..` are dropped by URL path normalization and would silently
+    // hit another endpoint.
+    if id.is_empty() || id == "." || id == ".." {
+        return Err(ClientError::Invalid(format!("invalid id `{id}`")));
+    }
+    Ok(id)
+}
+
+/// `?wait=<duration>` when there is a wait.
+fn wait_pairs(wait: Option<Duration>) -> Vec<(&'static str, String)> {
+    wait.map(|w| ("wait", format_duration(w)))
+        .into_iter()
+        .collect()
+}
+
+/// A duration as a humantime string the server parses: whole seconds
+/// (`60s`), or milliseconds when there is a fraction of a second (`1500ms`).
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The client-side timeout of a request that asks the server to wait `wait`.
+fn request_timeout(wait: Duration) -> Duration {
+    REQUEST_TIMEOUT.max(wait.saturating_add(LONG_POLL_MARGIN))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ClientError> {
+    serde_json::to_value(value)
+        .map_err(|e| ClientError::Invalid(format!("cannot encode the request body: {e}")))
+}
+
+/// Maps a non-2xx answer to [`ClientError::Api`]: its problem+json body, or
+/// a problem made up from the status and the body text.
+pub(crate) fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let code = status.as_u16();
+    if let Ok(problem) = serde_json::from_slice::<Problem>(body) {
+        return ClientError::Api {
+            status: code,
+            problem,
+        };
+    }
+    let title = status.canonical_reason().unwrap_or("HTTP error").to_owned();
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let detail = if text.is_empty() {
+        format!("HTTP {code} {title} with an empty body")
+    } else {
+        truncate(text, MAX_DETAIL_BYTES)
+    };
+    ClientError::Api {
+        status: code,
+        problem: Problem {
+            kind: "about:blank".to_owned(),
+            title,
+            status: code,
+            detail,
+            code: format!("http_{code}"),
+            field: None,
+        },
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes more)", &s[..end], s.len() - end)
+}
+
+/// A reqwest failure as [`ClientError::Transport`], naming the URL.
+fn transport_error(method: &Method, url: &Url, err: &reqwest::Error) -> ClientError {
+    let what = if err.is_timeout() {
+        "timed out waiting for"
+    } else if err.is_connect() {
+        "could not connect to"
+    } else {
+        "could not reach"
+    };
+    ClientError::Transport(format!("{what} {url} ({method}): {}", chain(err)))
+}
+
+/// An error and its sources as one line, without repeating a message or the URL.
+fn chain(err: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    // reqwest's own message embeds the URL, which the caller already names.
+    let without_url = {
+        let msg = err.to_string();
+        match err.url() {
+            Some(url) => msg.replace(&format!(" for url ({url})"), ""),
+            None => msg,
+        }
+    };
+    parts.push(without_url);
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        let msg = e.to_string();
+        if parts.last() != Some(&msg) {
+            parts.push(msg);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::new("http://127.0.0.1:7443", None).expect("valid URL")
+    }
+
+    #[test]
+    fn list_query_sends_repeated_labels_in_order() {
+        let q = ListQuery {
+            state: Some("ready".into()),
+            profile: Some("profile.local-shell".into()),
+            labels: vec![("team".into(), "x".into()), ("run".into(), "a=b c".into())],
+            include_all: true,
+            limit: Some(10),
+            cursor: Some("abc".into()),
+            ..Default::default()
+        };
+        let url = client().endpoint(&["v1", "sandboxes"], &q.to_pairs());
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7443/v1/sandboxes?state=ready&profile=profile.local-shell\
+             &label=team%3Dx&label=run%3Da%3Db+c&include=all&limit=10&cursor=abc"
+        );
+        let labels: Vec<String> = url
+            .query_pairs()
+            .filter(|(k, _)| k == "label")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(labels, ["team=x", "run=a=b c"]);
+    }
+
+    #[test]
+    fn empty_query_leaves_no_question_mark() {
+        let url = client().endpoint(&["v1", "sandboxes"], &ListQuery::default().to_pairs());
+        assert_eq!(url.as_str(), "http://127.0.0.1:7443/v1/sandboxes");
+    }
+
+    #[test]
+    fn base_url_with_prefix_and_trailing_slash() {
+        let c = Client::new("https://example.com/sandboxer/", None).expect("valid URL");
+        let url = c.endpoint(
+            &["v1", "sandboxes", "sbx_1"],
+            &wait_pairs(Some(Duration::from_secs(60))),
+        );
+        assert_eq!(
+            url.as_str(),
+            "https://example.com/sandboxer/v1/sandboxes/sbx_1?wait=60s"
+        );
+        assert_eq!(
+            c.raw_endpoint("/v1/sandboxes?limit=1")
+                .expect("valid path")
+                .as_str(),
+            "https://example.com/sandboxer/v1/sandboxes?limit=1"
+        );
+    }
+
+    #[test]
+    fn ids_cannot_escape_their_segment() {
+        let url = client().endpoint(&["v1", "sandboxes", "a/../b?x"], &[]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7443/v1/sandboxes/a%2F..%2Fb%3Fx"
+        );
+        assert!(matches!(check_id(".."), Err(ClientError::Invalid(_))));
+        assert!(matches!(check_id(""), Err(ClientError::Invalid(_))));
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused() {
+        for bad in [
+            "",
+            "127.0.0.1:7443",
+            "ftp://host",
+            "http://host/?x=1",
+            "mailto:a@b",
+        ] {
+            assert!(
+                matches!(Client::new(bad, None), Err(ClientError::Invalid(_))),
+                "{bad} should be refused"
+            );
+        }
+        assert!(matches!(
+            Client::new("http://h", Some("bad\ntoken".into())),
+            Err(ClientError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let c = Client::new("http://h", Some("s3cret".into())).expect("valid");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        assert_eq!(format_duration(Duration::from_secs(60)), "60s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(request_timeout(Duration::from_secs(30)), REQUEST_TIMEOUT);
+        assert_eq!(
+            request_timeout(Duration::from_secs(300)),
+            Duration::from_secs(330)
+        );
+    }
+
+    #[test]
+    fn problem_bodies_are_kept() {
+        let body = br#"{"type":"about:blank","title":"Not Found","status":404,
+            "detail":"no sandbox sbx_1","code":"sandbox_not_found"}"#;
+        match api_error(StatusCode::NOT_FOUND, body) {
+            ClientError::Api { status, problem } => {
+                assert_eq!(status, 404);
+                assert_eq!(problem.code, "sandbox_not_found");
+                assert_eq!(problem.detail, "no sandbox sbx_1");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_problem_bodies_become_problems() {
+        let err = api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            b"Failed to deserialize the JSON body\n",
+        );
+        match err {
+            ClientError::Api { status, problem } => {
+                assert_eq!(status, 422);
+                assert_eq!(problem.code, "http_422");
+                assert_eq!(problem.status, 422);
+                assert_eq!(problem.title, "Unprocessable Entity");
+                assert_eq!(problem.detail, "Failed to deserialize the JSON body");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // JSON that is not a problem, and an empty body.
+        let err = api_error(StatusCode::SERVICE_UNAVAILABLE, br#"{"status":"starting"}"#);
+        assert_eq!(err.code(), Some("http_503"));
+        let err = api_error(StatusCode::BAD_GATEWAY, b"");
+        match err {
+            ClientError::Api { problem, .. } => {
+                assert!(problem.detail.contains("502"), "{}", problem.detail)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn huge_error_bodies_are_cut_on_a_char_boundary() {
+        let body = "é".repeat(MAX_DETAIL_BYTES);
+        match api_error(StatusCode::INTERNAL_SERVER_ERROR, body.as_bytes()) {
+            ClientError::Api { problem, .. } => {
+                assert!(problem.detail.len() < MAX_DETAIL_BYTES + 64);
+                assert!(problem.detail.ends_with("bytes more)"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

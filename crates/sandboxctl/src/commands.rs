@@ -1,0 +1,378 @@
+//! What each subcommand does: call the client, then print JSON or human output.
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sandboxctl::api::{CreateSandbox, Placement, Sandbox, SandboxState};
+use sandboxctl::{Client, ClientError, ListQuery};
+use serde::Serialize;
+
+use crate::args::{to_map, Command, CreateArgs, ListArgs};
+use crate::render;
+
+/// How long `create` asks the server to hold the first request.
+const CREATE_WAIT: Duration = Duration::from_secs(60);
+/// How long each long-poll for readiness asks the server to hold.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+/// How long `destroy` asks the server to wait for teardown.
+const DESTROY_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a command did not succeed; [`CliError::exit_code`] says how the process ends.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The API call failed (boxed: a problem body is large next to the other variants).
+    #[error(transparent)]
+    Client(Box<ClientError>),
+    /// The call worked but the outcome is a failure (a sandbox that failed or
+    /// did not become ready in time).
+    #[error("{0}")]
+    Failed(String),
+    /// The command line is valid for clap but not for us (a key given twice).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> CliError {
+        CliError::Client(Box::new(e))
+    }
+}
+
+impl CliError {
+    /// 1 for API errors and failed outcomes, 2 for usage errors, 3 when the
+    /// daemon could not be reached.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(e) if matches!(**e, ClientError::Transport(_)) => 3,
+            CliError::Client(e) if matches!(**e, ClientError::Invalid(_)) => 2,
+            CliError::Usage(_) => 2,
+            CliError::Client(_) | CliError::Failed(_) => 1,
+        }
+    }
+
+    /// The one line printed to stderr.
+    pub fn message(&self) -> String {
+        let client_error = match self {
+            CliError::Client(e) => Some(&**e),
+            _ => None,
+        };
+        match client_error {
+            Some(ClientError::Api { problem, .. }) => {
+                let detail = render::clean(&problem.detail);
+                let code = render::clean(&problem.code);
+                match &problem.field {
+                    Some(field) => {
+                        format!("error: {detail} ({code}, field: {})", render::clean(field))
+                    }
+                    None => format!("error: {detail} ({code})"),
+                }
+            }
+            Some(ClientError::Transport(msg)) => format!(
+                "error: {}\n(is sandboxerd running there? set --url or SANDBOXER_URL)",
+                render::clean(msg)
+            ),
+            _ => format!("error: {}", render::clean(&self.to_string())),
+        }
+    }
+}
+
+/// Runs one subcommand against `client`. `completions` is handled by the caller.
+pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), CliError> {
+    let now = Utc::now;
+    match command {
+        Command::Create(args) => create(client, args, json).await,
+        Command::Get { id } => {
+            let s = client.get(&id, None).await?;
+            emit_or(json, &s, || render::sandbox_details(&s, true, now()))
+        }
+        Command::List(args) => list(client, args, json).await,
+        Command::Destroy { id, no_wait } => {
+            let wait = (!no_wait).then_some(DESTROY_WAIT);
+            let (_, s) = client.destroy(&id, wait).await?;
+            emit_or(json, &s, || {
+                let mut out = format!("{} {}\n", s.id, s.state);
+                if s.state != SandboxState::Destroyed {
+                    out.push_str(&format!(
+                        "teardown continues in the background; check with `sandboxctl get {}`\n",
+                        s.id
+                    ));
+                }
+                out
+            })
+        }
+        Command::Recreate { id, ttl } => {
+            let s = client.recreate(&id, ttl).await?;
+            emit_or(json, &s, || render::sandbox_details(&s, false, now()))
+        }
+        Command::ExtendTtl { id, duration } => {
+            let ext = client.extend_ttl(&id, &duration).await?;
+            emit_or(json, &ext, || {
+                let s = &ext.sandbox;
+                let mut out = format!(
+                    "{} now expires at {} ({})\n",
+                    s.id,
+                    render::timestamp(s.expires_at),
+                    render::relative(s.expires_at, now())
+                );
+                if ext.ttl_capped {
+                    out.push_str(
+                        "capped at the profile's ttl.max: it cannot be extended further\n",
+                    );
+                }
+                out
+            })
+        }
+        Command::Touch { id } => {
+            let s = client.touch(&id).await?;
+            emit_or(json, &s, || {
+                format!(
+                    "{} {} (last activity {}, expires {})\n",
+                    s.id,
+                    s.state,
+                    render::timestamp(s.last_activity_at),
+                    render::relative(s.expires_at, now())
+                )
+            })
+        }
+        Command::Events { id } => {
+            let page = client.events(&id).await?;
+            emit_or(json, &page.items, || render::events_table(&page.items))
+        }
+        Command::Profiles { id: Some(id) } => {
+            let p = client.profile(&id).await?;
+            emit_or(json, &p, || render::profile_details(&p))
+        }
+        Command::Profiles { id: None } => {
+            let page = client.profiles().await?;
+            emit_or(json, &page.items, || render::profiles_table(&page.items))
+        }
+        Command::Extensions { id: Some(id) } => {
+            let e = client.extension(&id).await?;
+            emit_or(json, &e, || render::extension_details(&e))
+        }
+        Command::Extensions { id: None } => {
+            let page = client.extensions().await?;
+            emit_or(json, &page.items, || render::extensions_table(&page.items))
+        }
+        Command::Completions { .. } => Ok(()),
+    }
+}
+
+/// `create`: ask, then (unless `--no-wait`) long-poll until ready, failed or the timeout.
+async fn create(client: &Client, args: CreateArgs, json: bool) -> Result<(), CliError> {
+    let req = CreateSandbox {
+        profile: args.profile.clone(),
+        inputs: to_map(&args.inputs, "input").map_err(CliError::Usage)?,
+        ttl: args.ttl,
+        labels: to_map(&args.labels, "label").map_err(CliError::Usage)?,
+        consumer: None,
+        placement: args.host.map(|host| Placement { host: Some(host) }),
+    };
+    let spinner = Spinner::new();
+    spinner.show(format!("creating a sandbox of {}", args.profile));
+    let deadline = Instant::now() + args.timeout;
+    let first_wait = (!args.no_wait).then(|| CREATE_WAIT.min(args.timeout));
+    let (_, mut s) = client
+        .create(&req, first_wait, args.idempotency_key.as_deref())
+        .await?;
+    if !args.no_wait {
+        s = wait_until_ready(client, s, deadline, args.timeout, &spinner).await?;
+    }
+    drop(spinner);
+    emit_or(json, &s, || render::sandbox_details(&s, false, Utc::now()))?;
+    match &s.failure {
+        Some(f) if s.state == SandboxState::Failed => Err(CliError::Failed(format!(
+            "sandbox {} failed: {} ({})",
+            s.id, f.message, f.code
+        ))),
+        None if s.state == SandboxState::Failed => {
+            Err(CliError::Failed(format!("sandbox {} failed", s.id)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Long-polls `GET /v1/sandboxes/{id}?wait_for=ready` until the sandbox is
+/// live or failed; any other end, or the deadline, is an error.
+async fn wait_until_ready(
+    client: &Client,
+    mut s: Sandbox,
+    deadline: Instant,
+    timeout: Duration,
+    spinner: &Spinner,
+) -> Result<Sandbox, CliError> {
+    loop {
+        spinner.show(format!("{} {}", s.id, s.state));
+        match s.state {
+            SandboxState::Ready | SandboxState::Active | SandboxState::Failed => return Ok(s),
+            SandboxState::Destroying | SandboxState::Destroyed | SandboxState::Expired => {
+                return Err(CliError::Failed(format!(
+                    "sandbox {} became {} while waiting for it to be ready",
+                    s.id, s.state
+                )));
+            }
+            SandboxState::Requested | SandboxState::Provisioning => {}
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(CliError::Failed(format!(
+                "sandbox {} is still {} after {}; follow it with `sandboxctl get {}` \
+                 or remove it with `sandboxctl destroy {}`",
+                s.id,
+                s.state,
+                humantime::format_duration(timeout),
+                s.id,
+                s.id
+            )));
+        }
+        // Whole seconds keep the server's wait parameter simple; never below 1s.
+        let wait = Duration::from_secs(POLL_WAIT.min(remaining).as_secs().max(1));
+        let asked = Instant::now();
+        s = client.get(&s.id, Some(wait)).await?;
+        // A server that answers a long-poll at once must not make us spin.
+        if asked.elapsed() < Duration::from_secs(1) && !s.state.is_live() && !s.state.is_settled() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(Duration::from_secs(1).min(remaining)).await;
+        }
+    }
+}
+
+/// `list`: one page with `--limit`, else every page.
+async fn list(client: &Client, args: ListArgs, json: bool) -> Result<(), CliError> {
+    let q = ListQuery {
+        state: args.state.map(|s| s.as_str().to_owned()),
+        profile: args.profile,
+        extension: args.extension,
+        host: args.host,
+        project: args.project,
+        labels: args.labels,
+        include_all: args.all,
+        limit: args.limit,
+        cursor: None,
+    };
+    let (items, more) = if args.limit.is_some() {
+        let page = client.list(&q).await?;
+        (page.items, page.next_cursor.is_some())
+    } else {
+        (client.list_all(&q).await?, false)
+    };
+    if json {
+        return emit_json(&items);
+    }
+    if items.is_empty() {
+        note("no sandboxes found");
+        return Ok(());
+    }
+    emit(&render::sandboxes_table(&items, Utc::now()));
+    if more {
+        note("more sandboxes match; raise --limit or leave it out to see them all");
+    }
+    Ok(())
+}
+
+/// Prints `value` as pretty JSON with `--json`, else the human text.
+fn emit_or<T: Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    if json {
+        emit_json(value)
+    } else {
+        emit(&human());
+        Ok(())
+    }
+}
+
+fn emit_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::Failed(format!("cannot encode the answer as JSON: {e}")))?;
+    emit(&format!("{text}\n"));
+    Ok(())
+}
+
+/// Writes to stdout. Errors are dropped on purpose: a closed pipe
+/// (`sandboxctl list | head`) must not turn into a panic or an error.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Writes one line to stderr, ignoring a closed stderr.
+pub fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// A spinner on stderr showing what we wait for, drawn only when stderr is
+/// a terminal; cleared when dropped so errors print on a clean line.
+struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    fn new() -> Spinner {
+        if !std::io::stderr().is_terminal() {
+            return Spinner(None);
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Spinner(Some(bar))
+    }
+
+    fn show(&self, msg: String) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(render::clean(&msg).into_owned());
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sandboxctl::api::Problem;
+
+    use super::*;
+
+    fn api(field: Option<&str>) -> CliError {
+        CliError::from(ClientError::Api {
+            status: 422,
+            problem: Problem {
+                kind: "about:blank".into(),
+                title: "Unprocessable Entity".into(),
+                status: 422,
+                detail: "ttl 9d is over the max 1d".into(),
+                code: "ttl_too_long".into(),
+                field: field.map(str::to_owned),
+            },
+        })
+    }
+
+    #[test]
+    fn error_lines_and_exit_codes() {
+        assert_eq!(
+            api(None).message(),
+            "error: ttl 9d is over the max 1d (ttl_too_long)"
+        );
+        assert_eq!(
+            api(Some("ttl")).message(),
+            "error: ttl 9d is over the max 1d (ttl_too_long, field: ttl)"
+        );
+        assert_eq!(api(None).exit_code(), 1);
+        let transport = CliError::from(ClientError::Transport(
+            "could not connect to http://x/".into(),
+        ));
+        assert_eq!(transport.exit_code(), 3);
+        assert!(transport.message().contains("http://x/"));
+        assert_eq!(CliError::Usage("dup".into()).exit_code(), 2);
+        assert_eq!(CliError::Failed("failed".into()).exit_code(), 1);
+    }
+}

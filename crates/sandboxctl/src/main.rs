@@ -1,0 +1,40 @@
+//! `sandboxctl`: the command line of sand-boxer.
+//!
+//! Exit codes: 0 success, 1 the API refused or the sandbox failed, 2 usage
+//! errors, 3 the daemon could not be reached.
+#![forbid(unsafe_code)]
+
+mod args;
+mod commands;
+mod render;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use sandboxctl::Client;
+
+use crate::args::{Cli, Command};
+use crate::commands::CliError;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "sandboxctl", &mut script);
+        commands::emit(&String::from_utf8_lossy(&script));
+        return ExitCode::SUCCESS;
+    }
+    let result = match Client::new(&cli.url, cli.token) {
+        Ok(client) => commands::run(&client, cli.command, cli.json).await,
+        Err(e) => Err(CliError::from(e)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            commands::note(&e.message());
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

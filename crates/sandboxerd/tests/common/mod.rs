@@ -1,0 +1,162 @@
+//! Test helpers: a fresh in-process app per test, and the real daemon binary
+//! started on port 0 for end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sandboxerd::config::Settings;
+
+/// The repository root (profiles/ and extensions/ live there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// Fail with a clear message when bubblewrap is missing.
+pub fn require_bwrap() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "bubblewrap (`bwrap`) is not installed: these tests run real sandboxes; install it with `apt-get install -y bubblewrap`"
+    );
+}
+
+/// Settings for a daemon whose data lives in `data_dir`.
+pub fn settings(data_dir: &Path) -> Settings {
+    let root = repo_root();
+    Settings {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data_dir.to_owned(),
+        profiles_dir: root.join("profiles"),
+        extensions_dir: root.join("extensions"),
+        json_logs: false,
+        provision_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// The real `sandboxerd` binary, started on a free loopback port.
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub client: sandboxctl::Client,
+}
+
+impl Daemon {
+    /// Start the daemon on `data_dir` and wait until it serves.
+    pub fn start(data_dir: &Path) -> Daemon {
+        Self::start_with(data_dir, &[], &[])
+    }
+
+    /// Start with extra arguments and environment variables.
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let root = repo_root();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandboxerd"));
+        cmd.current_dir(&root)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn sandboxerd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Read the log: the first line naming the bound address tells the port;
+        // everything is echoed so a failing test shows the daemon's log.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[sandboxerd] {line}");
+                if !sent {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if let Some(addr) = v.get("addr").and_then(|a| a.as_str()) {
+                            let _ = tx.send(addr.to_owned());
+                            sent = true;
+                        }
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let status = child.try_wait().ok().flatten();
+                panic!("sandboxerd did not start serving within 60s (exit status: {status:?}); see its log above");
+            }
+        };
+        let url = format!("http://{addr}");
+        let client = sandboxctl::Client::new(&url, None).expect("client");
+        Daemon {
+            child,
+            url,
+            data_dir: data_dir.to_owned(),
+            client,
+        }
+    }
+
+    /// `kill -9` the daemon and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a process is alive (and not a zombie).
+pub fn alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Run `argv` inside a sandbox through its `enter` prefix; returns stdout.
+pub fn run_inside(reachability: &serde_json::Value, argv: &[&str]) -> String {
+    let enter: Vec<String> = reachability["enter"]
+        .as_array()
+        .expect("enter is an array")
+        .iter()
+        .map(|v| v.as_str().expect("enter item").to_owned())
+        .collect();
+    let out = Command::new(&enter[0])
+        .args(&enter[1..])
+        .args(argv)
+        .output()
+        .expect("run enter");
+    assert!(
+        out.status.success(),
+        "command inside the sandbox failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
