@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sandboxer_api::SandboxState;
+use sandboxer_api::{SandboxState, SnapshotState};
 
 /// Drive a sand-boxer daemon: create, inspect, extend and destroy sandboxes.
 #[derive(Debug, Parser)]
@@ -71,6 +71,16 @@ pub enum Command {
         /// How far to move it (`30m`, `2h`).
         duration: String,
     },
+    /// Snapshots of sandbox workspaces: create, list, show, delete.
+    #[command(subcommand, visible_alias = "snap")]
+    Snapshot(SnapshotCommand),
+    /// Roll a sandbox's workspace back to a snapshot, in place.
+    Restore {
+        /// Sandbox id (`sbx_…`).
+        sandbox: String,
+        /// Snapshot id (`snap_…`).
+        snapshot: String,
+    },
     /// Mark activity on a sandbox, so the idle reaper leaves it alone.
     Touch {
         /// Sandbox id (`sbx_…`).
@@ -98,11 +108,61 @@ pub enum Command {
     },
 }
 
+/// The `snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a sandbox's workspace and (by default) wait until it is ready.
+    Create {
+        /// Sandbox id (`sbx_…`).
+        sandbox: String,
+        /// Free text to recognise the snapshot by.
+        #[arg(long)]
+        label: Option<String>,
+        /// Return as soon as the capture has started.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the capture.
+        #[arg(long, default_value = "300s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// List snapshots (of one sandbox with `--sandbox`).
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only snapshots of this sandbox.
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// Only snapshots in this state.
+        #[arg(long)]
+        state: Option<SnapshotState>,
+        /// Include deleted snapshots.
+        #[arg(long)]
+        all: bool,
+        /// Fetch one page of at most this many (default: every page).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+    },
+    /// Show one snapshot.
+    Get {
+        /// Snapshot id (`snap_…`).
+        id: String,
+    },
+    /// Delete a snapshot (and its archive, unless another snapshot shares it).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Snapshot id (`snap_…`).
+        id: String,
+    },
+}
+
 /// Arguments of `create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Profile id (`profile.…`).
-    pub profile: String,
+    /// Profile id (`profile.…`); with `--from-snapshot`, defaults to the snapshot's.
+    #[arg(required_unless_present = "from_snapshot")]
+    pub profile: Option<String>,
+    /// Fork: start the workspace from this snapshot (`snap_…`).
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub from_snapshot: Option<String>,
     /// Lifetime (`30m`, `2h`); defaults to the profile's.
     #[arg(long)]
     pub ttl: Option<String>,
@@ -255,6 +315,49 @@ mod tests {
         assert_eq!(args.inputs, [("repo".into(), "/src".into())]);
         assert_eq!(args.timeout, Duration::from_secs(300));
         assert!(cli.json);
+    }
+
+    #[test]
+    fn snapshot_commands_and_forks_parse() {
+        let cli = Cli::try_parse_from([
+            "sandboxctl",
+            "snapshot",
+            "create",
+            "sbx_1",
+            "--label",
+            "before migration",
+        ])
+        .expect("valid command line");
+        let Command::Snapshot(SnapshotCommand::Create { sandbox, label, .. }) = cli.command else {
+            panic!("not snapshot create")
+        };
+        assert_eq!(
+            (sandbox.as_str(), label.as_deref()),
+            ("sbx_1", Some("before migration"))
+        );
+        let cli = Cli::try_parse_from(["sandboxctl", "snap", "ls", "--state", "ready"])
+            .expect("valid command line");
+        assert!(matches!(
+            cli.command,
+            Command::Snapshot(SnapshotCommand::List {
+                state: Some(SnapshotState::Ready),
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["sandboxctl", "restore", "sbx_1", "snap_2"])
+            .expect("valid command line");
+        assert!(matches!(cli.command, Command::Restore { .. }));
+        let cli = Cli::try_parse_from(["sandboxctl", "create", "--from-snapshot", "snap_2"])
+            .expect("a fork needs no profile");
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(
+            (args.profile, args.from_snapshot.as_deref()),
+            (None, Some("snap_2"))
+        );
+        let err = Cli::try_parse_from(["sandboxctl", "create"]).expect_err("no profile");
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode, Url};
 use sandboxer_api::{
-    CreateSandbox, Event, ExtendTtl, ExtendedSandbox, Extension, Health, Page, Problem, Profile,
-    RecreateSandbox, Sandbox,
+    CreateSandbox, CreateSnapshot, Event, ExtendTtl, ExtendedSandbox, Extension, Health, Page,
+    Problem, Profile, RecreateSandbox, RestoreSnapshot, Sandbox, Snapshot,
 };
 use serde::de::DeserializeOwned;
 
@@ -24,6 +24,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Extra time a long-poll request gets beyond the wait it asks the server for,
 /// so the server's own answer at the end of the wait is not cut off.
 pub const LONG_POLL_MARGIN: Duration = Duration::from_secs(30);
+/// How long a restore may take before the client gives up on the answer.
+pub const RESTORE_WAIT: Duration = Duration::from_secs(600);
 /// Error bodies that are not problem+json are cut to this many bytes in
 /// the synthesized problem's `detail` (a proxy's HTML page is of no use whole).
 const MAX_DETAIL_BYTES: usize = 4096;
@@ -114,6 +116,47 @@ impl ListQuery {
         }
         for (k, v) in &self.labels {
             pairs.push(("label", format!("{k}={v}")));
+        }
+        if self.include_all {
+            pairs.push(("include", "all".to_owned()));
+        }
+        if let Some(limit) = self.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &self.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        pairs
+    }
+}
+
+/// Filters and paging of the snapshot lists (`GET /v1/snapshots`, or
+/// `GET /v1/sandboxes/{id}/snapshots` when `sandbox` is set).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotQuery {
+    /// Only snapshots of this sandbox.
+    pub sandbox: Option<String>,
+    /// Only snapshots in this state (`ready`, `failed`, ...; comma-separated for several).
+    pub state: Option<String>,
+    /// Only snapshots of this project (operators; a consumer sees only its own).
+    pub project: Option<String>,
+    /// Include deleted snapshots (`include=all`).
+    pub include_all: bool,
+    /// Page size (`limit`); the server defaults to 100 and caps at 1000.
+    pub limit: Option<u32>,
+    /// Start at this page (`cursor`, from a previous page's `next_cursor`).
+    pub cursor: Option<String>,
+}
+
+impl SnapshotQuery {
+    /// The query pairs in the order they are sent (the sandbox goes in the path).
+    pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        if let Some(state) = &self.state {
+            pairs.push(("state", state.clone()));
+        }
+        if let Some(project) = &self.project {
+            pairs.push(("project", project.clone()));
         }
         if self.include_all {
             pairs.push(("include", "all".to_owned()));
@@ -336,6 +379,90 @@ impl Client {
         let id = check_id(id)?;
         let url = self.endpoint(&["v1", "extensions", id], &[]);
         self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/snapshots[?wait=..]`: snapshots the
+    /// sandbox's workspace. Without `wait`, 202 with the snapshot `creating`;
+    /// with it, 201 once `ready`, 200 when it `failed` (see `failure`), or
+    /// 202 when the wait ran out. Answers the status and the snapshot.
+    pub async fn create_snapshot(
+        &self,
+        sandbox_id: &str,
+        label: Option<String>,
+        wait: Option<Duration>,
+    ) -> Result<(u16, Snapshot), ClientError> {
+        let id = check_id(sandbox_id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id, "snapshots"], &wait_pairs(wait));
+        let body = to_json(&CreateSnapshot { label })?;
+        self.call(Method::POST, url, Some(body), HeaderMap::new(), wait)
+            .await
+    }
+
+    /// One page of snapshots matching `q` (of one sandbox when `q.sandbox` is set).
+    pub async fn list_snapshots(&self, q: &SnapshotQuery) -> Result<Page<Snapshot>, ClientError> {
+        let url = self.snapshots_url(q, q.cursor.as_deref())?;
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// Every snapshot matching `q`, following `next_cursor` from `q.cursor`.
+    pub async fn list_all_snapshots(
+        &self,
+        q: &SnapshotQuery,
+    ) -> Result<Vec<Snapshot>, ClientError> {
+        if let Some(sandbox) = &q.sandbox {
+            check_id(sandbox)?;
+        }
+        self.all_pages(q.cursor.clone(), |cursor| {
+            // The id was checked above, so building the URL cannot fail.
+            self.snapshots_url(q, cursor)
+                .unwrap_or_else(|_| self.base.clone())
+        })
+        .await
+    }
+
+    fn snapshots_url(&self, q: &SnapshotQuery, cursor: Option<&str>) -> Result<Url, ClientError> {
+        let mut q = q.clone();
+        q.cursor = cursor.map(str::to_owned);
+        Ok(match &q.sandbox {
+            Some(sandbox) => {
+                let id = check_id(sandbox)?;
+                self.endpoint(&["v1", "sandboxes", id, "snapshots"], &q.to_pairs())
+            }
+            None => self.endpoint(&["v1", "snapshots"], &q.to_pairs()),
+        })
+    }
+
+    /// `GET /v1/snapshots/{id}`: one snapshot.
+    pub async fn get_snapshot(&self, id: &str) -> Result<Snapshot, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "snapshots", id], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `DELETE /v1/snapshots/{id}`: deletes a snapshot (idempotent: a deleted
+    /// one answers itself again) and answers it, state `deleted`.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<Snapshot, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "snapshots", id], &[]);
+        self.call_ok(Method::DELETE, url, None, None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/restore`: rolls the sandbox's workspace back
+    /// to `snapshot_id` in place; answers the sandbox. A damaged archive is
+    /// a 409 `snapshot_corrupt` and leaves the workspace as it was.
+    pub async fn restore(
+        &self,
+        sandbox_id: &str,
+        snapshot_id: &str,
+    ) -> Result<Sandbox, ClientError> {
+        let id = check_id(sandbox_id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id, "restore"], &[]);
+        let body = to_json(&RestoreSnapshot {
+            snapshot_id: snapshot_id.to_owned(),
+        })?;
+        // A restore of a large archive takes a while; give it the long-poll margin.
+        self.call_ok(Method::POST, url, Some(body), Some(RESTORE_WAIT))
+            .await
     }
 
     /// `GET /healthz`: 200 while the process serves.

@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sandboxctl::api::{CreateSandbox, Placement, Sandbox, SandboxState};
-use sandboxctl::{Client, ClientError, ListQuery};
+use sandboxctl::api::{CreateSandbox, Placement, Sandbox, SandboxState, SnapshotState};
+use sandboxctl::{Client, ClientError, ListQuery, SnapshotQuery};
 use serde::Serialize;
 
-use crate::args::{to_map, Command, CreateArgs, ListArgs};
+use crate::args::{to_map, Command, CreateArgs, ListArgs, SnapshotCommand};
 use crate::render;
 
 /// How long `create` asks the server to hold the first request.
@@ -135,6 +135,16 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
                 )
             })
         }
+        Command::Snapshot(cmd) => snapshot(client, cmd, json).await,
+        Command::Restore { sandbox, snapshot } => {
+            let spinner = Spinner::new();
+            spinner.show(format!("restoring {sandbox} from {snapshot}"));
+            let s = client.restore(&sandbox, &snapshot).await?;
+            drop(spinner);
+            emit_or(json, &s, || {
+                format!("{} restored from {snapshot} ({})\n", s.id, s.state)
+            })
+        }
         Command::Events { id } => {
             let page = client.events(&id).await?;
             emit_or(json, &page.items, || render::events_table(&page.items))
@@ -162,15 +172,20 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
 /// `create`: ask, then (unless `--no-wait`) long-poll until ready, failed or the timeout.
 async fn create(client: &Client, args: CreateArgs, json: bool) -> Result<(), CliError> {
     let req = CreateSandbox {
-        profile: args.profile.clone(),
+        profile: args.profile.clone().unwrap_or_default(),
         inputs: to_map(&args.inputs, "input").map_err(CliError::Usage)?,
         ttl: args.ttl,
         labels: to_map(&args.labels, "label").map_err(CliError::Usage)?,
         consumer: None,
         placement: args.host.map(|host| Placement { host: Some(host) }),
+        from_snapshot: args.from_snapshot.clone(),
     };
     let spinner = Spinner::new();
-    spinner.show(format!("creating a sandbox of {}", args.profile));
+    spinner.show(match (&args.profile, &args.from_snapshot) {
+        (_, Some(snap)) => format!("creating a sandbox from {snap}"),
+        (Some(profile), None) => format!("creating a sandbox of {profile}"),
+        (None, None) => "creating a sandbox".to_owned(),
+    });
     let deadline = Instant::now() + args.timeout;
     let first_wait = (!args.no_wait).then(|| CREATE_WAIT.min(args.timeout));
     let (_, mut s) = client
@@ -234,6 +249,82 @@ async fn wait_until_ready(
         if asked.elapsed() < Duration::from_secs(1) && !s.state.is_live() && !s.state.is_settled() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(Duration::from_secs(1).min(remaining)).await;
+        }
+    }
+}
+
+/// `snapshot create|list|get|delete`.
+async fn snapshot(client: &Client, cmd: SnapshotCommand, json: bool) -> Result<(), CliError> {
+    let now = Utc::now;
+    match cmd {
+        SnapshotCommand::Create {
+            sandbox,
+            label,
+            no_wait,
+            timeout,
+        } => {
+            let spinner = Spinner::new();
+            spinner.show(format!("snapshotting {sandbox}"));
+            let wait = (!no_wait).then(|| timeout.min(Duration::from_secs(600)));
+            let (_, snap) = client.create_snapshot(&sandbox, label, wait).await?;
+            drop(spinner);
+            emit_or(json, &snap, || render::snapshot_details(&snap, now()))?;
+            match (&snap.state, &snap.failure) {
+                (SnapshotState::Failed, Some(f)) => Err(CliError::Failed(format!(
+                    "snapshot {} failed: {} ({})",
+                    snap.id, f.message, f.code
+                ))),
+                (SnapshotState::Failed, None) => {
+                    Err(CliError::Failed(format!("snapshot {} failed", snap.id)))
+                }
+                (SnapshotState::Creating, _) if !no_wait => Err(CliError::Failed(format!(
+                    "snapshot {} is still being captured after {}; follow it with `sandboxctl snapshot get {}`",
+                    snap.id,
+                    humantime::format_duration(timeout),
+                    snap.id
+                ))),
+                _ => Ok(()),
+            }
+        }
+        SnapshotCommand::List {
+            sandbox,
+            state,
+            all,
+            limit,
+        } => {
+            let q = SnapshotQuery {
+                sandbox,
+                state: state.map(|s| s.as_str().to_owned()),
+                include_all: all,
+                limit,
+                ..SnapshotQuery::default()
+            };
+            let (items, more) = if limit.is_some() {
+                let page = client.list_snapshots(&q).await?;
+                (page.items, page.next_cursor.is_some())
+            } else {
+                (client.list_all_snapshots(&q).await?, false)
+            };
+            if json {
+                return emit_json(&items);
+            }
+            if items.is_empty() {
+                note("no snapshots found");
+                return Ok(());
+            }
+            emit(&render::snapshots_table(&items, now()));
+            if more {
+                note("more snapshots match; raise --limit or leave it out to see them all");
+            }
+            Ok(())
+        }
+        SnapshotCommand::Get { id } => {
+            let snap = client.get_snapshot(&id).await?;
+            emit_or(json, &snap, || render::snapshot_details(&snap, now()))
+        }
+        SnapshotCommand::Delete { id } => {
+            let snap = client.delete_snapshot(&id).await?;
+            emit_or(json, &snap, || format!("{} {}\n", snap.id, snap.state))
         }
     }
 }

@@ -18,7 +18,7 @@
 
 pub mod client;
 
-pub use client::{Client, ClientError, ListQuery};
+pub use client::{Client, ClientError, ListQuery, SnapshotQuery};
 /// HTTP methods, for [`Client::request_json`].
 pub use reqwest::Method;
 /// The wire types of the API, re-exported so users need no second dependency.

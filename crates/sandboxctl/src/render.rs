@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sandboxer_api::{Event, Extension, Profile, Sandbox};
+use sandboxer_api::{Event, Extension, Profile, Sandbox, Snapshot};
 use serde_json::Value;
 
 use crate::table::Table;
@@ -293,6 +293,95 @@ pub fn sandboxes_table(items: &[Sandbox], now: DateTime<Utc>) -> String {
     t.render()
 }
 
+/// A byte count for people (`512 B`, `1.5 MiB`).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Snapshots as a table: ID, SANDBOX, STATE, SIZE, AGE/EXPIRES, LABEL.
+pub fn snapshots_table(items: &[Snapshot], now: DateTime<Utc>) -> String {
+    let mut t = Table::new(&["ID", "SANDBOX", "STATE", "SIZE", "AGE/EXPIRES", "LABEL"]);
+    for s in items {
+        let left = if s.deleted_at.is_some() {
+            "-".to_owned()
+        } else if s.expires_at <= now {
+            "expired".to_owned()
+        } else {
+            compact_duration(s.expires_at - now)
+        };
+        t.row(vec![
+            s.id.clone(),
+            s.sandbox_id.clone(),
+            s.state.to_string(),
+            s.size_bytes.map_or_else(|| "-".to_owned(), bytes),
+            format!("{}/{left}", compact_duration(now - s.created_at)),
+            s.label.clone().unwrap_or_default(),
+        ]);
+    }
+    t.render()
+}
+
+/// One snapshot as `key: value` lines.
+pub fn snapshot_details(s: &Snapshot, now: DateTime<Utc>) -> String {
+    let mut lines: Vec<(String, String)> = vec![
+        ("id".into(), s.id.clone()),
+        ("state".into(), s.state.to_string()),
+        (
+            "sandbox".into(),
+            format!("{} (generation {})", s.sandbox_id, s.sandbox_generation),
+        ),
+        (
+            "profile".into(),
+            format!("{} (v{})", s.profile, s.profile_version),
+        ),
+        ("extension".into(), format!("{} on {}", s.extension, s.host)),
+        ("project".into(), s.project.clone()),
+    ];
+    if let Some(label) = &s.label {
+        lines.push(("label".into(), label.clone()));
+    }
+    if let (Some(size), Some(content)) = (s.size_bytes, s.content_bytes) {
+        lines.push((
+            "size".into(),
+            format!(
+                "{} stored ({} before compression)",
+                bytes(size),
+                bytes(content)
+            ),
+        ));
+    }
+    if let Some(sha) = &s.sha256 {
+        lines.push(("sha256".into(), sha.clone()));
+    }
+    lines.push(("created_at".into(), timestamp(s.created_at)));
+    if let Some(deleted) = s.deleted_at {
+        lines.push(("deleted_at".into(), timestamp(deleted)));
+    } else {
+        lines.push((
+            "expires_at".into(),
+            format!(
+                "{} ({})",
+                timestamp(s.expires_at),
+                relative(s.expires_at, now)
+            ),
+        ));
+    }
+    if let Some(f) = &s.failure {
+        lines.push(("failure".into(), format!("{} ({})", f.message, f.code)));
+    }
+    key_values(&lines)
+}
+
 /// Events as a table, oldest first as the server answers them.
 pub fn events_table(items: &[Event]) -> String {
     let mut t = Table::new(&["AT", "GEN", "FROM", "TO", "REASON"]);
@@ -532,6 +621,15 @@ mod tests {
         let lines = reachability_lines(&r);
         assert_eq!(lines[0], ("ssh".into(), "ssh -p 2222 sbx@h1".into()));
         assert_eq!(lines[1], ("service web".into(), "c1 [8080]".into()));
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(100 << 20), "100.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]

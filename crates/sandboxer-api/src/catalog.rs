@@ -39,6 +39,40 @@ pub struct Profile {
     /// A coarse price tier for people (`free`, `standard`, ...).
     #[serde(default = "default_cost_class")]
     pub cost_class: String,
+    /// Limits of this profile's snapshots (all optional).
+    #[serde(default)]
+    pub snapshot: SnapshotPolicy,
+}
+
+/// Snapshot limits of a profile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotPolicy {
+    /// Largest workspace a capture may archive, before compression
+    /// (`2GiB`, `500MB`, `64KiB`); over it the capture fails with `snapshot_too_large`.
+    #[serde(default = "default_snapshot_max_size")]
+    pub max_size: String,
+    /// How long a snapshot is kept before the reaper deletes it (humantime).
+    #[serde(default = "default_snapshot_ttl")]
+    pub ttl: String,
+}
+
+fn default_snapshot_max_size() -> String {
+    "2GiB".to_owned()
+}
+
+fn default_snapshot_ttl() -> String {
+    "7d".to_owned()
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            max_size: default_snapshot_max_size(),
+            ttl: default_snapshot_ttl(),
+        }
+    }
 }
 
 fn default_cost_class() -> String {

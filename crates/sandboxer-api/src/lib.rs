@@ -6,10 +6,12 @@
 pub mod catalog;
 pub mod problem;
 pub mod sandbox;
+pub mod snapshot;
 
 pub use catalog::*;
 pub use problem::Problem;
 pub use sandbox::*;
+pub use snapshot::*;
 
 use serde::{Deserialize, Serialize};
 

@@ -157,7 +157,9 @@ pub struct Placement {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
-    /// A profile id, e.g. `profile.local-shell`.
+    /// A profile id, e.g. `profile.local-shell`. Required unless
+    /// `from_snapshot` is given, which defaults it to the snapshot's profile.
+    #[serde(default)]
     pub profile: String,
     /// Values for the profile's declared inputs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -173,6 +175,10 @@ pub struct CreateSandbox {
     pub consumer: Option<Consumer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// Fork: a snapshot (`snap_…`) whose workspace the new sandbox starts
+    /// from. `profile` may then name another profile on the same extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
 }
 
 /// Body of `POST /v1/sandboxes/{id}/recreate`.
@@ -220,4 +226,24 @@ pub struct Event {
     /// Why the transition happened.
     pub reason: String,
     pub at: DateTime<Utc>,
+}
+
+/// Body of `POST /v1/expire`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExpireRequest {
+    /// `false` (default): only list what is due. `true`: expire and destroy it now.
+    #[serde(default)]
+    pub apply: bool,
+}
+
+/// Answer of `POST /v1/expire`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExpireReport {
+    /// Whether the sandboxes were expired (`true`) or only listed.
+    pub applied: bool,
+    /// The sandboxes past `expires_at`: as they are (dry run) or as expired.
+    pub items: Vec<Sandbox>,
 }

@@ -23,7 +23,14 @@ pub struct LoadedProfile {
     pub ttl_default: Duration,
     pub ttl_max: Duration,
     pub idle_reap: Option<Duration>,
+    /// `snapshot.max_size` in bytes: the most a capture may archive (before compression).
+    pub snapshot_max_bytes: u64,
+    /// `snapshot.ttl`: how long a snapshot of this profile is kept.
+    pub snapshot_ttl: Duration,
 }
+
+/// `snapshot.max_size` when a profile names none (2 GiB).
+pub const DEFAULT_SNAPSHOT_MAX_BYTES: u64 = 2 << 30;
 
 /// Profiles and extensions by id.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +64,13 @@ impl Catalog {
                     "field `id`: no backend named `{}` is built into this sandboxerd (built in: {})",
                     spec.id,
                     known.join(", ")
+                )));
+            }
+            let code_snapshots = registry.get(&spec.id).is_some_and(|e| e.can_snapshot());
+            if (spec.capabilities.snapshot || spec.capabilities.restore) && !code_snapshots {
+                return Err(err(format!(
+                    "field `capabilities`: the `{}` backend built into this sandboxerd cannot snapshot or restore",
+                    spec.id
                 )));
             }
             if spec.pricing.credits_per_hour < 0 || spec.pricing.credits_per_snapshot_gib < 0 {
@@ -162,12 +176,48 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
             ));
         }
     }
+    let snapshot_max_bytes = parse_size(&spec.snapshot.max_size)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            format!(
+                "field `snapshot.max_size`: `{}` is not a size like `2GiB`, `500MB` or `64KiB`",
+                spec.snapshot.max_size
+            )
+        })?;
+    let snapshot_ttl = dur("snapshot.ttl", &spec.snapshot.ttl)?;
+    if snapshot_ttl.is_zero() {
+        return Err("field `snapshot.ttl`: must be more than zero".into());
+    }
     Ok(LoadedProfile {
         spec,
         ttl_default,
         ttl_max,
         idle_reap,
+        snapshot_max_bytes,
+        snapshot_ttl,
     })
+}
+
+/// A byte size: a whole number with an optional unit `B`, `KB`/`MB`/`GB`/`TB`
+/// (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 /// Every `*.yaml`/`*.yml` file of a folder, parsed, in name order.
@@ -211,4 +261,21 @@ fn read_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, 
             Ok((path, value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("64KiB"), Some(65_536));
+        assert_eq!(parse_size("500MB"), Some(500_000_000));
+        assert_eq!(parse_size("42"), Some(42));
+        assert_eq!(parse_size(" 1 MiB "), Some(1 << 20));
+        for bad in ["", "GiB", "1.5GiB", "-1B", "1 parsec", "99999999999TiB"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
 }

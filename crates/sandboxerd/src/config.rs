@@ -27,6 +27,12 @@ pub struct Config {
     pub provision_timeout: String,
     /// How long in-flight requests get to finish on shutdown.
     pub shutdown_grace: String,
+    /// How often the reaper sweeps for expired and idle sandboxes.
+    pub reaper_interval: String,
+    /// Where lifecycle events are POSTed; empty keeps them in the outbox table only.
+    pub state_hub_url: String,
+    /// Most snapshots (`creating` or `ready`) one project may hold.
+    pub snapshot_quota_per_project: u32,
 }
 
 impl Default for Config {
@@ -39,6 +45,9 @@ impl Default for Config {
             log_format: "pretty".into(),
             provision_timeout: "60s".into(),
             shutdown_grace: "10s".into(),
+            reaper_interval: "1s".into(),
+            state_hub_url: String::new(),
+            snapshot_quota_per_project: 100,
         }
     }
 }
@@ -63,6 +72,10 @@ pub struct Settings {
     pub json_logs: bool,
     pub provision_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub reaper_interval: Duration,
+    pub state_hub_url: Option<String>,
+    /// Most snapshots (`creating` or `ready`) one project may hold.
+    pub snapshot_quota_per_project: u32,
 }
 
 impl Config {
@@ -128,6 +141,22 @@ impl Config {
             json_logs,
             provision_timeout: dur("provision_timeout", &self.provision_timeout)?,
             shutdown_grace: dur("shutdown_grace", &self.shutdown_grace)?,
+            reaper_interval: match dur("reaper_interval", &self.reaper_interval)? {
+                d if d.is_zero() => {
+                    anyhow::bail!("config `reaper_interval`: must be more than zero")
+                }
+                d => d,
+            },
+            state_hub_url: match self.state_hub_url.trim() {
+                "" => None,
+                url if url.starts_with("http://") || url.starts_with("https://") => {
+                    Some(url.to_owned())
+                }
+                other => anyhow::bail!(
+                    "config `state_hub_url`: `{other}` is not an http:// or https:// URL"
+                ),
+            },
+            snapshot_quota_per_project: self.snapshot_quota_per_project,
         })
     }
 }

@@ -11,9 +11,12 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
+pub mod blobs;
 pub mod catalog;
 pub mod config;
+pub mod events;
 pub mod extensions;
+pub mod fault;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
@@ -36,6 +39,8 @@ pub struct AppState {
     /// Ids of sandboxes whose row just changed, for long-polls.
     pub events: broadcast::Sender<Arc<str>>,
     pub locks: Arc<lifecycle::Locks>,
+    /// Sandboxes whose teardown is running now.
+    pub teardowns_in_flight: Arc<lifecycle::InFlight>,
     /// Lifecycle tasks in flight, awaited on shutdown.
     pub tasks: TaskTracker,
     pub ready: Arc<AtomicBool>,
@@ -81,6 +86,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         metrics: Arc::new(Metrics::default()),
         events,
         locks: Arc::new(lifecycle::Locks::default()),
+        teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
         tasks: TaskTracker::new(),
         ready: Arc::new(AtomicBool::new(false)),
     };
@@ -104,6 +110,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = state.settings.shutdown_grace;
     let app = http::app(state.clone());
+    let background = start_background(&state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
@@ -120,6 +127,7 @@ pub async fn serve(
         res = server => { res.context("server task")?.context("serving HTTP")?; }
         _ = drained => { tracing::warn!(?grace, "in-flight requests did not finish in time"); }
     }
+    background.cancel();
     state.tasks.close();
     if tokio::time::timeout(grace, state.tasks.wait())
         .await
@@ -129,4 +137,26 @@ pub async fn serve(
     }
     state.db.close().await;
     Ok(())
+}
+
+/// Start the background tasks (reaper, event dispatcher); cancel the token
+/// to stop them.
+pub fn start_background(state: &AppState) -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    state.spawn(lifecycle::reaper::run(
+        state.clone(),
+        state.settings.reaper_interval,
+        stop.clone(),
+    ));
+    if let Some(url) = state.settings.state_hub_url.clone() {
+        state.spawn(events::run(state.clone(), url, stop.clone()));
+    }
+    // Expired snapshots (issue 4); the reaper may call
+    // `lifecycle::snapshots::sweep_expired_snapshots` on its tick instead.
+    state.spawn(lifecycle::snapshots::run_sweeper(
+        state.clone(),
+        lifecycle::snapshots::SWEEP_INTERVAL,
+        stop.clone(),
+    ));
+    stop
 }

@@ -9,9 +9,35 @@ const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// Plain counters: name (rendered `sandboxer_<name>_total`) and help text.
+pub const COUNTERS: &[(&str, &str)] = &[
+    ("reaper_sweeps", "Reaper sweeps run."),
+    ("sandboxes_expired", "Sandboxes expired by their TTL."),
+    (
+        "sandboxes_idle_reaped",
+        "Sandboxes destroyed for being idle.",
+    ),
+    ("teardown_retries", "Teardown attempts after a failed one."),
+    (
+        "sandboxes_backend_lost",
+        "Ready sandboxes found gone from their backend.",
+    ),
+    (
+        "events_delivered",
+        "Lifecycle events delivered to State Hub.",
+    ),
+    (
+        "event_delivery_failures",
+        "Failed deliveries of lifecycle events (retried).",
+    ),
+];
+
 /// Counters and histograms of the daemon.
 #[derive(Default)]
 pub struct Metrics {
+    counters: [AtomicU64; COUNTERS.len()],
+    /// Database time of the last reaper sweep, in microseconds.
+    last_sweep_us: AtomicU64,
     http: Mutex<BTreeMap<(String, String, u16), u64>>,
     failures: Mutex<BTreeMap<String, u64>>,
     ready_buckets: [AtomicU64; BUCKETS.len()],
@@ -26,6 +52,33 @@ impl Metrics {
         let mut map = self.http.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry((route.to_owned(), method.to_owned(), status))
             .or_default() += 1;
+    }
+
+    /// Add one to a counter of [`COUNTERS`] (unknown names are ignored).
+    pub fn count(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    /// Add `n` to a counter of [`COUNTERS`].
+    pub fn add(&self, name: &str, n: u64) {
+        if let Some(i) = COUNTERS.iter().position(|(c, _)| *c == name) {
+            self.counters[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The value of a counter.
+    pub fn get(&self, name: &str) -> u64 {
+        COUNTERS
+            .iter()
+            .position(|(c, _)| *c == name)
+            .map(|i| self.counters[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Record the database time of a reaper sweep.
+    pub fn observe_sweep(&self, seconds: f64) {
+        self.last_sweep_us
+            .store((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// Count one failed provision by failure code.
@@ -46,9 +99,28 @@ impl Metrics {
             .fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
     }
 
-    /// The text exposition, with `by_state` counted from the database.
-    pub fn render(&self, by_state: &[(String, i64)]) -> String {
+    /// The text exposition, with `by_state` and the outbox backlog counted
+    /// from the database.
+    pub fn render(&self, by_state: &[(String, i64)], outbox_backlog: i64) -> String {
         let mut out = String::new();
+        for (i, (name, help)) in COUNTERS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "# HELP sandboxer_{name}_total {help}\n# TYPE sandboxer_{name}_total counter\nsandboxer_{name}_total {}",
+                self.counters[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sandboxer_reaper_last_sweep_seconds Database time of the last reaper sweep.\n\
+             # TYPE sandboxer_reaper_last_sweep_seconds gauge\nsandboxer_reaper_last_sweep_seconds {}",
+            self.last_sweep_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sandboxer_outbox_backlog Lifecycle events not yet delivered.\n\
+             # TYPE sandboxer_outbox_backlog gauge\nsandboxer_outbox_backlog {outbox_backlog}"
+        );
         out.push_str("# HELP sandboxer_sandboxes Sandboxes by lifecycle state.\n# TYPE sandboxer_sandboxes gauge\n");
         for st in sandboxer_api::SandboxState::ALL {
             let n = by_state

@@ -24,7 +24,7 @@ fn pid_of(reachability: &serde_json::Value) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_lifecycle_on_real_bubblewrap() {
     require_bwrap();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let d = Daemon::start(dir.path());
     let c = &d.client;
 
@@ -188,7 +188,7 @@ async fn full_lifecycle_on_real_bubblewrap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idempotent_create_through_the_client() {
     require_bwrap();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let d = Daemon::start(dir.path());
     let c = &d.client;
     let req = local_shell();
@@ -228,7 +228,7 @@ async fn idempotent_create_through_the_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sandboxes_outlive_kill_9_of_the_daemon() {
     require_bwrap();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let mut d = Daemon::start(dir.path());
     let (_, sbx) = d
         .client
@@ -270,7 +270,7 @@ async fn sandboxes_outlive_kill_9_of_the_daemon() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_the_daemon_but_not_the_sandboxes() {
     require_bwrap();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let mut d = Daemon::start(dir.path());
     let (_, sbx) = d
         .client
@@ -291,7 +291,7 @@ async fn sigterm_stops_the_daemon_but_not_the_sandboxes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_bubblewrap_the_extension_says_so_and_creates_fail_with_a_reason() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     // A PATH with no bwrap on it.
     let bin = tempfile::tempdir().expect("bin");
     let d = Daemon::start_with(
@@ -335,7 +335,7 @@ fn run_daemon(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn a_bad_catalog_or_database_stops_the_start_naming_the_path() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let data = dir.path().join("data");
     let profiles = dir.path().join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");

@@ -254,8 +254,8 @@ async fn create_rejects_bad_input_naming_the_field() {
         (
             json!({}),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            None,
+            "missing_profile",
+            Some("profile"),
         ),
     ];
     for (body, status, code, field) in cases {
@@ -736,4 +736,149 @@ async fn openapi_document_is_checked_in_and_served() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_racing_expiry_has_exactly_one_outcome() {
+    let t = app().await;
+    let (mut extend_won, mut expiry_won) = (0, 0);
+    for i in 0..1000 {
+        // Expiring within a millisecond or two of the race.
+        let id = t.insert("p", &[], 1 + (i % 3), 3_600_000).await;
+        let (a, b) = (t.state.clone(), t.state.clone());
+        let (id_a, id_b) = (id.clone(), id.clone());
+        let extend = tokio::spawn(async move { a.db.extend_ttl(&id_a, None, 600_000).await });
+        let expire = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            sandboxerd::lifecycle::reaper::expire(&b, std::slice::from_ref(&id_b), now_ms()).await
+        });
+        let extended = extend.await.expect("join").expect("extend");
+        let expired = expire.await.expect("join").expect("expire");
+        let row = t
+            .state
+            .db
+            .get_sandbox(&id, None)
+            .await
+            .expect("get")
+            .expect("row");
+        match (extended, expired.is_empty()) {
+            (Some((sbx, _)), true) => {
+                extend_won += 1;
+                assert_eq!(sbx.state.as_str(), "requested");
+                assert!(row.expires_at > chrono::Utc::now(), "extended and alive");
+                assert!(!matches!(
+                    row.state.as_str(),
+                    "expired" | "destroying" | "destroyed"
+                ));
+            }
+            (None, false) => {
+                expiry_won += 1;
+                assert!(
+                    matches!(row.state.as_str(), "expired" | "destroyed"),
+                    "{:?}",
+                    row.state
+                );
+            }
+            (Some(_), false) => {
+                panic!("{id}: the extend answered 200 and the sandbox was expired anyway")
+            }
+            (None, true) => {
+                // Neither: the extend came after expiry time but before the sweep; the
+                // next sweep expires it. The extend correctly refused.
+                let again = sandboxerd::lifecycle::reaper::expire(
+                    &t.state,
+                    std::slice::from_ref(&id),
+                    now_ms(),
+                )
+                .await
+                .expect("expire");
+                assert_eq!(again.len(), 1);
+                expiry_won += 1;
+            }
+        }
+    }
+    assert_eq!(extend_won + expiry_won, 1000);
+}
+
+#[tokio::test]
+async fn expire_endpoint_dry_runs_then_applies() {
+    let t = app().await;
+    let due = t.insert("p", &[], -1000, 3_600_000).await;
+    let fresh = t.insert("p", &[], 3_600_000, 7_200_000).await;
+    let (s, _, b) = t.call(Method::POST, "/v1/expire", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["applied"], false);
+    assert_eq!(b["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(b["items"][0]["id"], due);
+    assert_eq!(
+        b["items"][0]["state"], "requested",
+        "a dry run changes nothing"
+    );
+    let (s, _, b) = t
+        .call(Method::POST, "/v1/expire", Some(json!({"apply": true})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["applied"], true);
+    assert_eq!(b["items"][0]["state"], "expired");
+    let (_, _, b) = t
+        .call(
+            Method::GET,
+            &format!("/v1/sandboxes/{due}?wait_for=destroyed&timeout=10s"),
+            None,
+        )
+        .await;
+    assert_eq!(b["state"], "destroyed");
+    let (_, _, b) = t
+        .call(Method::GET, &format!("/v1/sandboxes/{fresh}"), None)
+        .await;
+    assert_eq!(b["state"], "requested");
+    let got = t
+        .call(Method::POST, "/v1/expire", Some(json!({"apply": "yes"})))
+        .await;
+    assert_problem(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", None);
+
+    // Events across sandboxes, oldest first, with a cursor.
+    let (s, _, b) = t.call(Method::GET, "/v1/events?limit=2", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["items"][0]["sandbox_id"], due);
+    assert_eq!(b["items"][0]["to_state"], "requested");
+    let next = b["next_cursor"].as_str().expect("cursor").to_owned();
+    let (_, _, b) = t
+        .call(Method::GET, &format!("/v1/events?after={next}"), None)
+        .await;
+    let states: Vec<&str> = b["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["to_state"].as_str().expect("s"))
+        .collect();
+    assert_eq!(states, ["expired", "destroyed"]);
+    let got = t.call(Method::GET, "/v1/events?after=evt_nope", None).await;
+    assert_problem(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid_cursor",
+        Some("after"),
+    );
+}
+
+#[tokio::test]
+async fn errors_from_the_framework_are_problems_too() {
+    let t = app().await;
+    // A path segment that is not UTF-8 once decoded.
+    let got = t.call(Method::GET, "/v1/sandboxes/%FF", None).await;
+    assert_eq!(got.1, "application/problem+json", "{:?}", got.2);
+    assert!(got.0.is_client_error());
+    // An oversized body on a route that reads raw bytes.
+    let big = format!("{{\"ttl\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let req = Request::post("/v1/sandboxes/sbx_x/recreate")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(big))
+        .expect("req");
+    assert_problem(
+        &t.send(req).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
 }

@@ -21,7 +21,11 @@ use sandboxer_api::Availability;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo};
+use super::archive::{self, ExtractError, WriteError};
+use super::{
+    BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo, SnapshotArchive,
+    SnapshotSource,
+};
 
 /// The one host `ext.local` places on.
 pub const LOCAL_HOST: &str = "local";
@@ -74,6 +78,10 @@ impl LocalExtension {
             "--unshare-cgroup-try",
             "--new-session",
             "--clearenv",
+            // Root inside gets no capabilities: it cannot remount the
+            // read-only system directories or reach the host's devices.
+            "--cap-drop",
+            "ALL",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -211,14 +219,23 @@ impl Extension for LocalExtension {
             req.profile.workspace.mode.as_str(),
             &req.profile.workspace.from_input,
         ) {
+            // A fork starts from its snapshot, not from the profile's source.
+            _ if req.from_snapshot.is_some() => None,
             ("copy", Some(input)) => req.inputs.get(input).map(PathBuf::from),
             _ => None,
         };
         let dir2 = dir.clone();
         let workspace2 = workspace.clone();
-        tokio::task::spawn_blocking(move || prepare_dir(&dir2, &workspace2, copy_from.as_deref()))
-            .await
-            .map_err(|e| ExtError::new("provision_failed", format!("workspace task: {e}")))??;
+        let from_snapshot = req.from_snapshot.clone();
+        tokio::task::spawn_blocking(move || {
+            prepare_dir(&dir2, &workspace2, copy_from.as_deref())?;
+            match &from_snapshot {
+                Some(src) => fill_from_snapshot(&workspace2, src),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| ExtError::new("provision_failed", format!("workspace task: {e}")))??;
 
         let info = std::fs::File::create(dir.join("info.json"))
             .map_err(|e| ExtError::new("provision_failed", format!("creating info.json: {e}")))?;
@@ -356,6 +373,270 @@ impl Extension for LocalExtension {
             Some(pid) if owns_pid(pid, st.pid_start) && !is_zombie(pid) => Liveness::Alive,
             _ => Liveness::Gone,
         })
+    }
+
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    async fn snapshot(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+        dest: &Path,
+        max_content_bytes: u64,
+    ) -> Result<SnapshotArchive, ExtError> {
+        let dir = self.dir_of(sandbox_id);
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || {
+            // Never archive a half-swapped tree.
+            finish_interrupted_restore(&dir)?;
+            let workspace = dir.join("workspace");
+            if !workspace.is_dir() {
+                return Err(ExtError::new(
+                    "snapshot_failed",
+                    format!("workspace {} does not exist", workspace.display()),
+                ));
+            }
+            match archive::write_archive(&workspace, &dest, max_content_bytes) {
+                Ok(info) => {
+                    if info.skipped > 0 {
+                        tracing::info!(
+                            skipped = info.skipped,
+                            "sockets, FIFOs or device nodes left out of the snapshot"
+                        );
+                    }
+                    Ok(SnapshotArchive {
+                        sha256: info.sha256,
+                        size_bytes: info.size_bytes,
+                        content_bytes: info.content_bytes,
+                    })
+                }
+                Err(WriteError::TooLarge { limit }) => Err(ExtError::new(
+                    "snapshot_too_large",
+                    format!(
+                        "the workspace is larger than the profile's snapshot.max_size ({limit} bytes before compression)"
+                    ),
+                )),
+                Err(WriteError::Io(msg)) => Err(ExtError::new("snapshot_failed", msg)),
+            }
+        })
+        .await
+        .map_err(|e| ExtError::new("snapshot_failed", format!("capture task: {e}")))?
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id, snapshot_id = %src.id))]
+    async fn restore(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+        src: &SnapshotSource,
+    ) -> Result<(), ExtError> {
+        let dir = self.dir_of(sandbox_id);
+        let src = src.clone();
+        tokio::task::spawn_blocking(move || restore_in_place(&dir, &src))
+            .await
+            .map_err(|e| ExtError::new("restore_failed", format!("restore task: {e}")))?
+    }
+
+    async fn recover_workspace(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        let dir = self.dir_of(sandbox_id);
+        tokio::task::spawn_blocking(move || finish_interrupted_restore(&dir))
+            .await
+            .map_err(|e| ExtError::new("restore_failed", format!("recovery task: {e}")))?
+    }
+}
+
+/// Beside `workspace/` in the sandbox dir (so renames stay on one file
+/// system): the extracted snapshot, the entries moved out of the workspace,
+/// and the marker saying which half of the swap is under way.
+const RESTORE_NEW: &str = "restore-new";
+const RESTORE_OLD: &str = "restore-old";
+/// Present while new entries are moved in (the old ones are all out).
+const RESTORE_SWAPPING: &str = "restore-swapping";
+/// Present once every new entry is in: what is left is clean-up.
+const RESTORE_DONE: &str = "restore-done";
+
+fn restore_err(what: impl std::fmt::Display) -> ExtError {
+    ExtError::new("restore_failed", what.to_string())
+}
+
+/// Fill a fresh workspace from a snapshot (fork), verifying the archive.
+fn fill_from_snapshot(workspace: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
+    let root = archive::extract_archive(&src.path, &src.sha256, workspace)
+        .map_err(|e| extract_error(src, e, "provision_failed"))?;
+    archive::apply_root_meta(workspace, root).map_err(|e| {
+        ExtError::new(
+            "provision_failed",
+            format!("workspace of snapshot {}: {e}", src.id),
+        )
+    })
+}
+
+fn extract_error(src: &SnapshotSource, e: ExtractError, io_code: &'static str) -> ExtError {
+    match e {
+        ExtractError::Corrupt(msg) => ExtError::new(
+            "snapshot_corrupt",
+            format!("snapshot {} is damaged: {msg}", src.id),
+        ),
+        ExtractError::Io(msg) => ExtError::new(io_code, msg),
+    }
+}
+
+/// Restore in place. The bubblewrap sandbox holds `workspace/` itself (a
+/// bind mount pins the directory, not its path), so the tree is replaced
+/// inside that directory: the snapshot is extracted beside it (and verified)
+/// first; then the old entries move out into `restore-old/`, the new ones
+/// move in, and the old ones are deleted. Each move is a rename on one file
+/// system. A failure rolls the moves back, and a crash is rolled back by
+/// [`finish_interrupted_restore`], so the workspace ends either exactly as
+/// it was or exactly as the snapshot.
+fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
+    let workspace = dir.join("workspace");
+    if !workspace.is_dir() {
+        return Err(restore_err(format!(
+            "workspace {} does not exist",
+            workspace.display()
+        )));
+    }
+    finish_interrupted_restore(dir)?;
+    let new = dir.join(RESTORE_NEW);
+    let old = dir.join(RESTORE_OLD);
+    // 1. Extract beside the workspace, verifying the hash; nothing touched yet.
+    let root = match archive::extract_archive(&src.path, &src.sha256, &new) {
+        Ok(root) => root,
+        Err(e) => {
+            let _ = remove_tree(&new);
+            return Err(extract_error(src, e, "restore_failed"));
+        }
+    };
+    // 2. Move the old entries out.
+    std::fs::create_dir(&old)
+        .map_err(|e| restore_err(format!("creating {}: {e}", old.display())))?;
+    sync_dir(dir);
+    if let Err(e) = move_entries(&workspace, &old) {
+        let back = move_entries(&old, &workspace);
+        let _ = remove_tree(&old);
+        let _ = remove_tree(&new);
+        return Err(restore_err(format!(
+            "moving the old workspace aside: {e}{}",
+            rollback_note(back)
+        )));
+    }
+    let swapping = dir.join(RESTORE_SWAPPING);
+    let marked = std::fs::File::create(&swapping).and_then(|f| f.sync_all());
+    sync_dir(dir);
+    crate::fault::hit("restore.after_move_out");
+    // 3. Move the new entries in.
+    let moved_in = marked.map_err(|e| e.to_string()).and_then(|()| {
+        if fault_error("restore.before_move_in") {
+            return Err("fault injected at restore.before_move_in".to_owned());
+        }
+        move_entries(&new, &workspace).map_err(|e| e.to_string())
+    });
+    if let Err(e) = moved_in {
+        let back = roll_back_swap(dir);
+        return Err(restore_err(format!(
+            "moving the snapshot in: {e}{}",
+            rollback_note(back)
+        )));
+    }
+    let _ = std::fs::rename(&swapping, dir.join(RESTORE_DONE));
+    sync_dir(dir);
+    if let Err(e) = archive::apply_root_meta(&workspace, root) {
+        tracing::warn!(error = %e, "could not apply the snapshot's workspace mode and mtime");
+    }
+    // 4. Clean up; a crash here is finished by the next start.
+    finish_interrupted_restore(dir)
+}
+
+fn rollback_note(back: std::io::Result<()>) -> String {
+    match back {
+        Ok(()) => "; the workspace was left as it was".to_owned(),
+        Err(e) => format!("; rolling back failed too ({e}), the next start finishes it"),
+    }
+}
+
+/// Whether the test-only fault `point` is set to make an operation fail
+/// (`SANDBOXER_FAULT=<point>`, debug builds only).
+fn fault_error(point: &str) -> bool {
+    cfg!(debug_assertions) && std::env::var("SANDBOXER_FAULT").is_ok_and(|v| v == point)
+}
+
+/// Put a workspace an interrupted restore left behind back in order:
+/// finished swaps are cleaned up, unfinished ones rolled back.
+fn finish_interrupted_restore(dir: &Path) -> Result<(), ExtError> {
+    let new = dir.join(RESTORE_NEW);
+    let old = dir.join(RESTORE_OLD);
+    let done = dir.join(RESTORE_DONE);
+    let swapping = dir.join(RESTORE_SWAPPING);
+    if done.exists() {
+        remove_tree(&old).map_err(|e| restore_err(format!("removing {}: {e}", old.display())))?;
+        remove_tree(&new).map_err(|e| restore_err(format!("removing {}: {e}", new.display())))?;
+        remove_tree(&done).map_err(|e| restore_err(format!("removing {}: {e}", done.display())))?;
+        return Ok(());
+    }
+    if swapping.exists() || old.exists() {
+        tracing::warn!(dir = %dir.display(), "rolling back an interrupted restore");
+        roll_back_swap(dir).map_err(|e| restore_err(format!("rolling back a restore: {e}")))?;
+    }
+    remove_tree(&new).map_err(|e| restore_err(format!("removing {}: {e}", new.display())))
+}
+
+/// Undo a swap: with the marker, the workspace holds new entries (moved
+/// back to `restore-new/`); then every old entry moves back in.
+fn roll_back_swap(dir: &Path) -> std::io::Result<()> {
+    let workspace = dir.join("workspace");
+    let new = dir.join(RESTORE_NEW);
+    let old = dir.join(RESTORE_OLD);
+    let swapping = dir.join(RESTORE_SWAPPING);
+    if swapping.exists() {
+        std::fs::create_dir_all(&new)?;
+        move_entries(&workspace, &new)?;
+    }
+    if old.exists() {
+        move_entries(&old, &workspace)?;
+    }
+    sync_dir(dir);
+    remove_tree(&swapping)?;
+    remove_tree(&old)?;
+    remove_tree(&new)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Rename every entry of `from` into `to` (same file system, no name clashes).
+fn move_entries(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::rename(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+/// Remove a file or a tree; gone already is fine.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let res = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match res {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Make renames in `dir` durable (best effort: a failure here only weakens
+/// crash ordering, which the recovery copes with).
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
     }
 }
 

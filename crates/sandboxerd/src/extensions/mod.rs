@@ -1,12 +1,14 @@
 //! Backends behind one trait. A backend is one module here plus one YAML
 //! file under `extensions/`; the catalog binds the two by id.
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sandboxer_api::{Availability, Profile};
 
+pub mod archive;
 pub mod local;
 
 /// What a backend needs to provision one sandbox.
@@ -17,6 +19,31 @@ pub struct ProvisionRequest {
     pub profile: Profile,
     pub inputs: BTreeMap<String, String>,
     pub host: String,
+    /// Fork: the workspace starts from this snapshot, filled before the
+    /// sandbox's init starts (its archive verified on the way).
+    pub from_snapshot: Option<SnapshotSource>,
+}
+
+/// A stored snapshot archive to restore or fork from.
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    /// The snapshot id (`snap_…`), for messages.
+    pub id: String,
+    /// The archive on the daemon's disk.
+    pub path: PathBuf,
+    /// What the archive must hash to (SHA-256, hex); anything else is `snapshot_corrupt`.
+    pub sha256: String,
+}
+
+/// What a capture wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotArchive {
+    /// SHA-256 (hex) of the archive written.
+    pub sha256: String,
+    /// Bytes written (compressed).
+    pub size_bytes: u64,
+    /// Bytes of the workspace as archived, before compression.
+    pub content_bytes: u64,
 }
 
 /// A backend's view of a running sandbox, kept on the sandbox row as JSON so a
@@ -92,6 +119,58 @@ pub trait Extension: Send + Sync {
         sandbox_id: &str,
         state: Option<&BackendState>,
     ) -> Result<Liveness, ExtError>;
+
+    /// Whether this backend implements [`Extension::snapshot`] and
+    /// [`Extension::restore`] (and so forks through [`ProvisionRequest::from_snapshot`]).
+    fn can_snapshot(&self) -> bool {
+        false
+    }
+
+    /// Capture the sandbox's workspace as an archive (see `extensions::archive`)
+    /// written to the new file `dest`, hashed while written and synced. Over
+    /// `max_content_bytes` before compression it fails with `snapshot_too_large`.
+    /// The caller removes `dest` after any failure.
+    async fn snapshot(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+        dest: &Path,
+        max_content_bytes: u64,
+    ) -> Result<SnapshotArchive, ExtError> {
+        let _ = (sandbox_id, state, dest, max_content_bytes);
+        Err(ExtError::new(
+            "snapshot_unsupported",
+            format!("{} cannot snapshot sandboxes", self.id()),
+        ))
+    }
+
+    /// Replace the running sandbox's workspace with the archive `src`, seen
+    /// from inside the sandbox. The archive's hash is checked before the
+    /// workspace is touched (`snapshot_corrupt`); on any failure the
+    /// workspace is left exactly as it was.
+    async fn restore(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+        src: &SnapshotSource,
+    ) -> Result<(), ExtError> {
+        let _ = (sandbox_id, state, src);
+        Err(ExtError::new(
+            "snapshot_unsupported",
+            format!("{} cannot restore snapshots", self.id()),
+        ))
+    }
+
+    /// At start-up: finish (by rolling back) a restore that a crash of the
+    /// daemon interrupted, so the workspace is whole again.
+    async fn recover_workspace(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        let _ = (sandbox_id, state);
+        Ok(())
+    }
 }
 
 /// The extensions the daemon has code for, by id.

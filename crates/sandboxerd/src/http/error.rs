@@ -35,6 +35,7 @@ impl ApiError {
             "sandbox" => "sandbox_not_found",
             "profile" => "profile_not_found",
             "extension" => "extension_not_found",
+            "snapshot" => "snapshot_not_found",
             _ => "not_found",
         };
         Self::new(

@@ -1,12 +1,13 @@
 //! Extractors whose rejections are problems with stable codes.
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiResult};
 
 /// JSON body; malformed, mistyped, oversized or mislabelled bodies are problems.
 pub struct ApiJson<T>(pub T);
@@ -142,4 +143,22 @@ pub fn limit(pairs: &[(String, String)]) -> Result<u32, ApiError> {
             )),
         },
     }
+}
+
+/// A JSON body that may be empty (then the type's default).
+pub fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                e.to_string(),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())
+        }
+    })
 }

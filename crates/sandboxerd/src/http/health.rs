@@ -57,8 +57,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
 )]
 async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     let by_state = state.db.count_by_state().await?;
+    let backlog = state.db.outbox_backlog().await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&by_state),
+        state.metrics.render(&by_state, backlog),
     ))
 }

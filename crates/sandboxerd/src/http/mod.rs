@@ -16,9 +16,11 @@ use crate::AppState;
 pub mod caller;
 pub mod catalog;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod sandboxes;
+pub mod snapshots;
 
 use error::ApiError;
 
@@ -35,7 +37,9 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
     ),
     tags(
         (name = "sandboxes", description = "Create, inspect, extend and destroy sandboxes"),
+        (name = "snapshots", description = "Checkpoint a workspace, restore it in place, fork sandboxes from it"),
         (name = "catalog", description = "Profiles and extensions"),
+        (name = "events", description = "Lifecycle events and expiry"),
         (name = "health", description = "Liveness, readiness, metrics"),
     )
 )]
@@ -46,6 +50,8 @@ fn routers() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(catalog::router())
         .merge(sandboxes::router())
+        .merge(snapshots::router())
+        .merge(events::router())
 }
 
 /// The OpenAPI document of everything the daemon serves.
@@ -77,6 +83,8 @@ pub fn app(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(660),
         ))
+        // Outermost, so it also sees what the layers above answer themselves.
+        .layer(middleware::map_response(problem_for_plain_errors))
         .with_state(state)
 }
 
@@ -90,6 +98,44 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method",
     )
+}
+
+/// Errors answered by axum or tower themselves (a path that does not
+/// decode, a body over the limit, a timeout) come as plain text; turn them
+/// into problems so every error a client sees has the same shape.
+async fn problem_for_plain_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => "timeout",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let detail = match (status, text.is_empty()) {
+        (StatusCode::SERVICE_UNAVAILABLE, true) => {
+            "the request took too long and was cut off".to_owned()
+        }
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => "the request body is larger than 1 MiB".to_owned(),
+        (_, true) => status.canonical_reason().unwrap_or("error").to_owned(),
+        (_, false) => text,
+    };
+    ApiError::new(status, code, detail).into_response()
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {

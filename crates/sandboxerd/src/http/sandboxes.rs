@@ -18,7 +18,9 @@ use utoipa_axum::routes;
 
 use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
-use super::extract::{duration, limit, only_params, query_pairs, single, ApiJson, MAX_WAIT};
+use super::extract::{
+    duration, limit, only_params, optional_json, query_pairs, single, ApiJson, MAX_WAIT,
+};
 use crate::catalog::LoadedProfile;
 use crate::lifecycle;
 use crate::store::{
@@ -67,11 +69,11 @@ struct CreateHeaders {
         (status = 202, description = "Accepted; provisioning goes on. `Location` names the sandbox", body = Sandbox,
             headers(("Location" = String, description = "/v1/sandboxes/{id}"))),
         (status = 400, description = "Malformed JSON, query or header", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown profile (`profile_not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Idempotency-Key used with another body (`idempotency_conflict`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown profile (`profile_not_found`) or `from_snapshot` (`snapshot_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key used with another body (`idempotency_conflict`); `from_snapshot` not ready (`invalid_state`) or its extension cannot fork (`snapshot_unsupported`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field: inputs, ttl, labels, consumer, placement", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field: profile (`missing_profile`, or `snapshot_incompatible` with `from_snapshot`), inputs, ttl, labels, consumer, placement", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_sandbox(
@@ -88,13 +90,16 @@ async fn create_sandbox(
         .transpose()?;
     let idempotency_key = idempotency_key(&headers)?;
 
+    let req = super::snapshots::resolve_fork(&state, &caller, req).await?;
     let new = validate_create(&state, &caller, &req)?;
+    super::snapshots::record_fork(&state, &new.id, &req).await?;
     let hash = idempotency_key
         .as_ref()
         .map(|_| request_hash(&new.consumer.project, &req));
     let idem = idempotency_key.as_deref().zip(hash.as_deref());
     let sandbox = match state.db.create_sandbox(new, idem).await? {
         Created::New(sbx) => {
+            crate::fault::hit("create.after_insert");
             state.spawn(lifecycle::provision(
                 state.clone(),
                 sbx.id.clone(),
@@ -678,23 +683,6 @@ async fn recreate_sandbox(
         )),
         Transition::NotFound => Err(ApiError::not_found("sandbox", &id)),
     }
-}
-
-fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
-                e.to_string(),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())
-        }
-    })
 }
 
 /// Move `expires_at` forward; never past `created_at + ttl.max`.

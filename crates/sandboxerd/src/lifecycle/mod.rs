@@ -11,10 +11,12 @@ use sandboxer_api::{Failure, Sandbox, SandboxState};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::extensions::{BackendState, ExtError, ProvisionRequest};
-use crate::store::{Change, StoreError, Transition};
+use crate::store::{now_ms, Change, StoreError, Transition};
 use crate::AppState;
 
+pub mod reaper;
 pub mod recover;
+pub mod snapshots;
 
 /// Per-sandbox async locks, so provision, teardown and recreate of one
 /// sandbox never overlap while different sandboxes never wait on each other.
@@ -32,6 +34,33 @@ impl Locks {
             map.entry(id.to_owned()).or_default().clone()
         };
         lock.lock_owned().await
+    }
+}
+
+/// Ids with a task in flight (e.g. teardowns), so sweeps never start a second.
+#[derive(Default)]
+pub struct InFlight(Mutex<std::collections::HashSet<String>>);
+
+impl InFlight {
+    /// Claim `id`; false when it is already claimed.
+    pub fn begin(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned())
+    }
+
+    /// Release `id`.
+    pub fn end(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Whether `id` is claimed.
+    pub fn contains(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 }
 
@@ -89,6 +118,7 @@ async fn provision_inner(
                 Transition::Done { .. } => state.notify(id),
                 _ => return Ok(()),
             }
+            crate::fault::hit("provision.after_provisioning");
         }
         SandboxState::Provisioning => {}
         _ => return Ok(()),
@@ -128,14 +158,25 @@ async fn provision_inner(
         }
     }
     let sandbox = row.into_api()?;
+    // A fork's workspace comes from its snapshot, held until it is filled.
+    let fork = match snapshots::fork_source(state, id).await? {
+        Ok(fork) => fork,
+        Err(e) => {
+            fail(state, id, generation, None, e).await?;
+            return Ok(());
+        }
+    };
     let req = ProvisionRequest {
         sandbox_id: id.to_owned(),
         generation,
         profile: profile.spec.clone(),
         inputs: sandbox.inputs.clone(),
         host: sandbox.host.clone(),
+        from_snapshot: fork.source.clone(),
     };
-    let backend_state = match ext.provision(&req).await {
+    let provisioned = ext.provision(&req).await;
+    drop(fork);
+    let backend_state = match provisioned {
         Ok(s) => s,
         Err(e) => {
             let _ = ext.teardown(id, None).await;
@@ -143,10 +184,12 @@ async fn provision_inner(
             return Ok(());
         }
     };
+    crate::fault::hit("provision.after_spawn");
     state
         .db
         .set_backend_state(id, generation, &backend_state)
         .await?;
+    crate::fault::hit("provision.after_backend_state");
     match ext
         .wait_ready(id, &backend_state, state.settings.provision_timeout)
         .await
@@ -215,13 +258,18 @@ async fn fail(
 }
 
 /// Tear sandbox `id` down (it is in `destroying` or `expired`) and mark it
-/// `destroyed`. A failing backend is retried with backoff; after the last
-/// try the sandbox is `failed` with `teardown_failed`.
+/// `destroyed`. A failing backend leaves the row where it is, with the time
+/// of the next attempt, for the reaper to retry.
 #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
 pub async fn destroy(state: AppState, id: String) {
+    // One teardown of a sandbox at a time; a sweep finding it again skips it.
+    if !state.teardowns_in_flight.begin(&id) {
+        return;
+    }
     if let Err(e) = destroy_inner(&state, &id).await {
         tracing::error!(error = %e, "teardown stopped on a storage error");
     }
+    state.teardowns_in_flight.end(&id);
     state.notify(&id);
 }
 
@@ -234,54 +282,46 @@ async fn destroy_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
     if !matches!(from, SandboxState::Destroying | SandboxState::Expired) {
         return Ok(());
     }
-    let Some(ext) = state.extensions.get(&row.extension) else {
-        return Ok(());
-    };
-    let backend_state = row.backend_state();
-    let mut delay = Duration::from_millis(200);
-    let mut last_err = None;
-    for attempt in 1..=6 {
-        match ext.teardown(id, backend_state.as_ref()).await {
-            Ok(()) => {
-                last_err = None;
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "teardown failed; retrying");
-                last_err = Some(e);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
+    crate::fault::hit("teardown.after_destroying");
+    if row.teardown_attempts > 0 {
+        state.metrics.count("teardown_retries");
     }
-    let (to, change) = match &last_err {
-        None => (
-            SandboxState::Destroyed,
-            Change {
-                reason: "backend torn down",
-                set_destroyed_at: true,
-                reachability: Some(None),
-                ..Change::default()
-            },
-        ),
-        Some(e) => (
-            SandboxState::Failed,
-            Change {
-                reason: "teardown failed",
-                failure: Some(Some(Failure {
-                    code: "teardown_failed".into(),
-                    message: e.message.clone(),
-                })),
-                ..Change::default()
-            },
-        ),
+    let result = match state.extensions.get(&row.extension) {
+        Some(ext) => ext.teardown(id, row.backend_state().as_ref()).await,
+        None => Err(ExtError::new(
+            "backend_unavailable",
+            format!("no backend `{}` in this daemon", row.extension),
+        )),
+    };
+    if let Err(e) = result {
+        // Never dropped: the row stays on its way out and the reaper tries
+        // again after a backoff that doubles up to five minutes.
+        let attempts = row.teardown_attempts + 1;
+        let backoff_ms = 1000i64
+            .saturating_mul(1 << attempts.clamp(0, 8))
+            .min(300_000);
+        tracing::warn!(attempts, backoff_ms, error = %e, "teardown failed; will retry");
+        state
+            .db
+            .teardown_failed(id, attempts, now_ms() + backoff_ms, &e.to_string())
+            .await?;
+        return Ok(());
+    }
+    crate::fault::hit("teardown.after_backend");
+    let change = Change {
+        reason: "backend torn down",
+        set_destroyed_at: true,
+        reachability: Some(None),
+        failure: Some(None),
+        teardown_retry: Some(None),
+        ..Change::default()
     };
     state
         .db
         .transition(
             id,
             &[SandboxState::Destroying, SandboxState::Expired],
-            to,
+            SandboxState::Destroyed,
             change,
         )
         .await?;

@@ -1,43 +1,178 @@
-//! The start-up pass: rows a previous run left in flight are finished before
-//! the API serves, so no sandbox stays in a state nobody will move it out of.
+//! The start-up reconciler: before the API serves, every row a previous run
+//! left unsettled is brought to a state that matches what the backend holds.
+//!
+//! - `requested`: nothing was made yet; provisioning starts now.
+//! - `provisioning`: if the backend holds a running sandbox it is finished
+//!   (`ready`); otherwise whatever was made is torn down and the row is
+//!   `failed` (`interrupted`).
+//! - `ready`/`active` whose backend no longer holds them: torn down (to clear
+//!   leftovers) and `failed` (`backend_lost`). Nothing is reported ready that
+//!   the backend does not confirm.
+//! - `destroying`/`expired`: teardown runs again until it succeeds.
+//!
+//! A TTL that passed while the daemon was down is enforced by the reaper's
+//! first sweep, right after start.
+use std::time::Duration;
+
 use sandboxer_api::{Failure, SandboxState};
 
-use crate::store::{Change, StoreError};
+use crate::extensions::Liveness;
+use crate::store::{Change, SandboxRow, StoreError};
 use crate::AppState;
 
-/// Finish every unsettled row: interrupted provisions are torn down and
-/// `failed` (`interrupted`); interrupted teardowns run again.
+/// How long a half-made sandbox may take to report ready during recovery.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reconcile every unsettled row; answers how many rows were looked at.
 pub async fn recover(state: &AppState) -> Result<usize, StoreError> {
+    // Interrupted captures and restores first (see `snapshots::recover`).
+    super::snapshots::recover(state).await?;
     let rows = state.db.unsettled().await?;
     let count = rows.len();
     for row in rows {
-        let current = row.state()?;
-        match current {
-            SandboxState::Requested | SandboxState::Provisioning => {
-                let _guard = state.locks.lock(&row.id).await;
-                if let Some(ext) = state.extensions.get(&row.extension) {
-                    if let Err(e) = ext.teardown(&row.id, row.backend_state().as_ref()).await {
-                        tracing::warn!(sandbox_id = %row.id, error = %e, "teardown of an interrupted provision failed");
-                    }
-                }
+        match row.state()? {
+            SandboxState::Requested => {
+                state.spawn(super::provision(
+                    state.clone(),
+                    row.id.clone(),
+                    row.generation,
+                    None,
+                ));
+            }
+            SandboxState::Provisioning => finish_or_fail(state, row).await?,
+            SandboxState::Ready | SandboxState::Active => check_live(state, row).await?,
+            SandboxState::Destroying | SandboxState::Expired => {
+                state.spawn(super::destroy(state.clone(), row.id.clone()));
+            }
+            SandboxState::Destroyed | SandboxState::Failed => {}
+        }
+    }
+    Ok(count)
+}
+
+async fn finish_or_fail(state: &AppState, row: SandboxRow) -> Result<(), StoreError> {
+    let _guard = state.locks.lock(&row.id).await;
+    let Some(ext) = state.extensions.get(&row.extension) else {
+        return fail(
+            state,
+            &row,
+            "backend_unavailable",
+            format!("no backend `{}` in this daemon", row.extension),
+        )
+        .await;
+    };
+    let backend_state = row.backend_state();
+    if let Some(bs) = &backend_state {
+        if let Ok(Liveness::Alive) = ext.probe(&row.id, Some(bs)).await {
+            if let Ok(info) = ext.wait_ready(&row.id, bs, FINISH_TIMEOUT).await {
                 let change = Change {
-                    reason: "interrupted: the daemon stopped while provisioning",
-                    failure: Some(Some(Failure {
-                        code: "interrupted".into(),
-                        message: "sandboxerd stopped while this sandbox was being provisioned; it was torn down".into(),
-                    })),
+                    reason: "recovered after restart: backend reports the sandbox reachable",
+                    generation: Some(row.generation),
+                    set_ready_at: true,
+                    reachability: Some(Some(info.reachability)),
+                    backend_state: Some(Some(info.backend_state)),
                     ..Change::default()
                 };
                 state
                     .db
-                    .transition(&row.id, &[current], SandboxState::Failed, change)
+                    .transition(
+                        &row.id,
+                        &[SandboxState::Provisioning],
+                        SandboxState::Ready,
+                        change,
+                    )
                     .await?;
+                return Ok(());
             }
-            SandboxState::Destroying | SandboxState::Expired => {
-                tokio::spawn(super::destroy(state.clone(), row.id.clone()));
-            }
-            _ => {}
         }
     }
-    Ok(count)
+    if let Err(e) = ext.teardown(&row.id, backend_state.as_ref()).await {
+        tracing::warn!(sandbox_id = %row.id, error = %e, "teardown of an interrupted provision failed");
+        // Leave it to the reaper: on its way out, retried until it succeeds.
+        let change = Change {
+            reason: "interrupted: the daemon stopped while provisioning; teardown pending",
+            failure: Some(Some(Failure {
+                code: "interrupted".into(),
+                message: format!("sandboxerd stopped while provisioning; teardown failed: {e}"),
+            })),
+            ..Change::default()
+        };
+        state
+            .db
+            .transition(
+                &row.id,
+                &[SandboxState::Provisioning],
+                SandboxState::Destroying,
+                change,
+            )
+            .await?;
+        return Ok(());
+    }
+    fail(
+        state,
+        &row,
+        "interrupted",
+        "sandboxerd stopped while this sandbox was being provisioned; what was made was torn down"
+            .into(),
+    )
+    .await
+}
+
+async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError> {
+    let Some(ext) = state.extensions.get(&row.extension) else {
+        return Ok(());
+    };
+    let backend_state = row.backend_state();
+    match ext.probe(&row.id, backend_state.as_ref()).await {
+        Ok(Liveness::Alive) => Ok(()),
+        Ok(Liveness::Gone) => {
+            let _guard = state.locks.lock(&row.id).await;
+            state.metrics.count("sandboxes_backend_lost");
+            if let Err(e) = ext.teardown(&row.id, backend_state.as_ref()).await {
+                tracing::warn!(sandbox_id = %row.id, error = %e, "clearing a lost sandbox failed");
+            }
+            fail(
+                state,
+                &row,
+                "backend_lost",
+                "the backend no longer holds this sandbox (found at daemon start)".into(),
+            )
+            .await
+        }
+        // The backend cannot answer now (e.g. a host is down): nothing is
+        // known, so nothing changes.
+        Err(e) => {
+            tracing::warn!(sandbox_id = %row.id, error = %e, "cannot probe sandbox at start");
+            Ok(())
+        }
+    }
+}
+
+async fn fail(
+    state: &AppState,
+    row: &SandboxRow,
+    code: &str,
+    message: String,
+) -> Result<(), StoreError> {
+    let reason = format!("{code}: {message}");
+    let change = Change {
+        reason: &reason,
+        failure: Some(Some(Failure {
+            code: code.into(),
+            message,
+        })),
+        reachability: Some(None),
+        ..Change::default()
+    };
+    let from = [
+        SandboxState::Requested,
+        SandboxState::Provisioning,
+        SandboxState::Ready,
+        SandboxState::Active,
+    ];
+    state
+        .db
+        .transition(&row.id, &from, SandboxState::Failed, change)
+        .await?;
+    Ok(())
 }

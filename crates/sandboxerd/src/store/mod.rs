@@ -10,8 +10,13 @@ use sandboxer_api::{Consumer, Cost, Event, Failure, Sandbox, SandboxState};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
+mod outbox;
+mod reaper;
 mod rows;
+mod snapshots;
+pub use outbox::OutboxEvent;
 pub use rows::{EventRow, SandboxRow};
+pub use snapshots::{Captured, NewSnapshot, SnapshotCreated, SnapshotFilter, SnapshotRow};
 
 /// Storage failures. Client mistakes never end up here; these are 500s.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +165,12 @@ pub struct Change<'a> {
     pub failure: Option<Option<Failure>>,
     /// Recreate: bump the generation and start a fresh lifetime.
     pub new_generation: Option<NewLifetime>,
+    /// Only when `expires_at` is at or before this time (expiry by the reaper).
+    pub expired_by: Option<i64>,
+    /// Only when the last activity is at or before this time (idle reap).
+    pub idle_since: Option<i64>,
+    /// Set (or clear) the next teardown attempt and the attempts so far.
+    pub teardown_retry: Option<Option<(i64, i64)>>,
 }
 
 /// The lifetime a recreated sandbox starts with.
@@ -181,9 +192,10 @@ pub enum Transition {
     NotFound,
 }
 
-const SELECT: &str = "SELECT id, profile, profile_version, extension, host, state, actor_type, actor, project, \
+pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension, host, state, actor_type, actor, project, \
      inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
-     last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits \
+     last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
+     teardown_attempts, next_teardown_at \
      FROM sandboxes";
 
 impl Db {
@@ -370,8 +382,13 @@ impl Db {
             return Ok(Transition::NotFound);
         };
         let current = row.state()?;
-        let generation_ok = change.generation.is_none_or(|g| g == row.generation);
-        if !from.contains(&current) || !generation_ok {
+        // Read and write happen in one transaction on the one writer
+        // connection, so these checks and the update below cannot interleave
+        // with another write (an extend racing an expiry has one outcome).
+        let guards_ok = change.generation.is_none_or(|g| g == row.generation)
+            && change.expired_by.is_none_or(|t| row.expires_at <= t)
+            && change.idle_since.is_none_or(|t| row.last_activity_at <= t);
+        if !from.contains(&current) || !guards_ok {
             tx.rollback().await?;
             return Ok(Transition::Refused(row.into_api()?));
         }
@@ -414,6 +431,16 @@ impl Db {
                 .push(", last_activity_at = ")
                 .push_bind(now)
                 .push(", ready_at = NULL, destroyed_at = NULL");
+        }
+        if let Some(retry) = change.teardown_retry {
+            let (at, attempts) = match retry {
+                Some((at, attempts)) => (Some(at), attempts),
+                None => (None, 0),
+            };
+            qb.push(", next_teardown_at = ")
+                .push_bind(at)
+                .push(", teardown_attempts = ")
+                .push_bind(attempts);
         }
         qb.push(" WHERE id = ").push_bind(id);
         qb.build().execute(&mut *tx).await?;
@@ -570,7 +597,7 @@ impl Db {
     /// Rows that are not settled, for the start-up pass.
     pub async fn unsettled(&self) -> Result<Vec<SandboxRow>, StoreError> {
         Ok(sqlx::query_as::<_, SandboxRow>(&format!(
-            "{SELECT} WHERE state IN ('requested','provisioning','destroying','expired')"
+            "{SELECT} WHERE state NOT IN ('destroyed','failed')"
         ))
         .fetch_all(&self.reader)
         .await?)

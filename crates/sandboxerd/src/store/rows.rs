@@ -35,6 +35,8 @@ pub struct SandboxRow {
     pub failure_message: Option<String>,
     pub estimate_credits: i64,
     pub accrued_credits: i64,
+    pub teardown_attempts: i64,
+    pub next_teardown_at: Option<i64>,
 }
 
 impl SandboxRow {

@@ -39,6 +39,9 @@ pub fn settings(data_dir: &Path) -> Settings {
         json_logs: false,
         provision_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        reaper_interval: Duration::from_millis(200),
+        state_hub_url: None,
+        snapshot_quota_per_project: 100,
     }
 }
 
@@ -159,4 +162,42 @@ pub fn run_inside(reachability: &serde_json::Value, argv: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A temporary data dir that, when dropped (also when a test panics), kills
+/// every process still running from it (daemons and sandboxes), so a failing
+/// test leaks nothing onto the machine.
+pub struct TestDir(tempfile::TempDir);
+
+impl TestDir {
+    pub fn new() -> Self {
+        TestDir(tempfile::tempdir().expect("tempdir"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let marker = self.0.path().to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,451 @@
+//! Snapshots: capture (`POST /v1/sandboxes/{id}/snapshots`), list, get,
+//! delete, restore in place (`POST /v1/sandboxes/{id}/restore`), and the
+//! fork side of `POST /v1/sandboxes` (`from_snapshot`).
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sandboxer_api::{
+    CreateSandbox, CreateSnapshot, Page, Problem, RestoreSnapshot, Sandbox, Snapshot, SnapshotState,
+};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::{
+    duration, limit, only_params, optional_json, query_pairs, single, ApiJson, MAX_WAIT,
+};
+use crate::lifecycle::snapshots::{self as lifecycle, capable, Capability, RestoreError};
+use crate::store::{new_id, now_ms, NewSnapshot, SnapshotCreated, SnapshotFilter};
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_snapshot, list_sandbox_snapshots))
+        .routes(routes!(list_snapshots))
+        .routes(routes!(get_snapshot, delete_snapshot))
+        .routes(routes!(restore_sandbox))
+}
+
+/// Query of `POST /v1/sandboxes/{id}/snapshots`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct CreateParams {
+    /// Answer once the snapshot is ready (201) or failed (200), or 202 when this runs out (max 10m).
+    #[param(example = "60s")]
+    wait: Option<String>,
+}
+
+/// Snapshot a sandbox's workspace.
+///
+/// The capture runs in the background under the sandbox's lock (provision,
+/// restore and teardown of that sandbox wait for it). A capture over the
+/// profile's `snapshot.max_size` ends `failed` with `snapshot_too_large`.
+#[utoipa::path(
+    post, path = "/v1/sandboxes/{id}/snapshots", tag = "snapshots",
+    params(("id" = String, Path, description = "Sandbox id (`sbx_…`)"), CreateParams),
+    request_body(content = Option<CreateSnapshot>, description = "Optional; an empty body takes no label"),
+    responses(
+        (status = 201, description = "Ready (with `?wait=`)", body = Snapshot),
+        (status = 200, description = "Failed while waiting (with `?wait=`): see `failure`", body = Snapshot),
+        (status = 202, description = "Accepted; the capture goes on (`creating`). `Location` names the snapshot", body = Snapshot,
+            headers(("Location" = String, description = "/v1/snapshots/{id}"))),
+        (status = 400, description = "Malformed JSON or query", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The extension cannot snapshot (`snapshot_unsupported`), the sandbox is not `ready`/`active` (`invalid_state`), or the project holds its quota of snapshots (`snapshot_quota_exceeded`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `label` or `wait`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let pairs = query_pairs(query.as_deref())?;
+    only_params(&pairs, &["wait"])?;
+    let wait = single(&pairs, "wait")?
+        .map(|v| duration("wait", v, Some(MAX_WAIT)))
+        .transpose()?;
+    let req: CreateSnapshot = optional_json(&body)?;
+    if let Some(label) = &req.label {
+        if label.chars().count() > 256 || label.chars().any(char::is_control) {
+            return Err(ApiError::unprocessable(
+                "invalid_label",
+                "label",
+                "`label` must be at most 256 characters without control characters",
+            ));
+        }
+    }
+    let Some(row) = state.db.get_row(&id, caller.scope()).await? else {
+        return Err(ApiError::not_found("sandbox", &id));
+    };
+    if !capable(&state, &row.extension, Capability::Snapshot) {
+        return Err(ApiError::conflict(
+            "snapshot_unsupported",
+            format!("extension {} cannot snapshot sandboxes", row.extension),
+        ));
+    }
+    let sbx_state = row.state()?;
+    if !sbx_state.is_live() {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!(
+                "sandbox {id} is `{sbx_state}`; only ready or active sandboxes can be snapshotted"
+            ),
+        ));
+    }
+    let now = now_ms();
+    let ttl = state
+        .catalog
+        .profiles
+        .get(&row.profile)
+        .map(|p| p.snapshot_ttl)
+        .unwrap_or(std::time::Duration::from_secs(7 * 86_400));
+    let new = NewSnapshot {
+        id: new_id("snap"),
+        sandbox_id: row.id.clone(),
+        sandbox_generation: row.generation,
+        profile: row.profile.clone(),
+        profile_version: row.profile_version,
+        extension: row.extension.clone(),
+        host: row.host.clone(),
+        project: row.project.clone(),
+        label: req.label.clone(),
+        now,
+        expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+    };
+    let quota = state.settings.snapshot_quota_per_project;
+    let snap = match state.db.create_snapshot(new, quota).await? {
+        SnapshotCreated::New(snap) => *snap,
+        SnapshotCreated::OverQuota { quota } => {
+            return Err(ApiError::conflict(
+                "snapshot_quota_exceeded",
+                format!(
+                    "project {} already holds {quota} snapshots (the quota); delete some first",
+                    row.project
+                ),
+            ))
+        }
+    };
+    state.spawn(lifecycle::capture(state.clone(), snap.id.clone()));
+    let snap = match wait {
+        Some(timeout) => lifecycle::wait_settled(&state, &snap.id, None, timeout)
+            .await?
+            .unwrap_or(snap),
+        None => snap,
+    };
+    let status = match (wait.is_some(), snap.state) {
+        (true, SnapshotState::Ready) => StatusCode::CREATED,
+        (true, SnapshotState::Failed) => StatusCode::OK,
+        _ => StatusCode::ACCEPTED,
+    };
+    let mut resp = (status, Json(&snap)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/snapshots/{}", snap.id)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+/// Query of the snapshot lists.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Only these states (comma-separated). Deleted snapshots are listed only when asked for here or with `include=all`.
+    state: Option<String>,
+    /// `all`: include deleted snapshots.
+    include: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Query of `GET /v1/snapshots`: the list filters plus these.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AllParams {
+    /// Only snapshots of this sandbox.
+    sandbox: Option<String>,
+    /// Only snapshots of this project (operators; a consumer sees only its own).
+    project: Option<String>,
+}
+
+/// Snapshots of one sandbox, newest first.
+#[utoipa::path(
+    get, path = "/v1/sandboxes/{id}/snapshots", tag = "snapshots",
+    params(("id" = String, Path, description = "Sandbox id (`sbx_…`)"), ListParams),
+    responses(
+        (status = 200, body = Page<Snapshot>),
+        (status = 400, description = "Unknown or malformed query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_sandbox_snapshots(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Page<Snapshot>>> {
+    let pairs = query_pairs(query.as_deref())?;
+    only_params(&pairs, &["state", "include", "limit", "cursor"])?;
+    let mut f = filter(&pairs)?;
+    if state.db.get_row(&id, caller.scope()).await?.is_none() {
+        return Err(ApiError::not_found("sandbox", &id));
+    }
+    f.sandbox_id = Some(id);
+    f.project = caller.scope().map(str::to_owned);
+    let (items, next_cursor) = state.db.list_snapshots(&f).await?;
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Every snapshot the caller can see, newest first.
+#[utoipa::path(
+    get, path = "/v1/snapshots", tag = "snapshots",
+    params(ListParams, AllParams),
+    responses(
+        (status = 200, body = Page<Snapshot>),
+        (status = 400, description = "Unknown or malformed query parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_snapshots(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Page<Snapshot>>> {
+    let pairs = query_pairs(query.as_deref())?;
+    only_params(
+        &pairs,
+        &["state", "include", "limit", "cursor", "sandbox", "project"],
+    )?;
+    let mut f = filter(&pairs)?;
+    f.sandbox_id = single(&pairs, "sandbox")?.map(str::to_owned);
+    f.project = match (caller.scope(), single(&pairs, "project")?) {
+        (Some(own), _) => Some(own.to_owned()),
+        (None, p) => p.map(str::to_owned),
+    };
+    let (items, next_cursor) = state.db.list_snapshots(&f).await?;
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// `state`, `include`, `limit` and `cursor` of a snapshot list.
+fn filter(pairs: &[(String, String)]) -> ApiResult<SnapshotFilter> {
+    let mut f = SnapshotFilter {
+        limit: limit(pairs)?,
+        ..SnapshotFilter::default()
+    };
+    if let Some(states) = single(pairs, "state")? {
+        for s in states.split(',').filter(|s| !s.is_empty()) {
+            f.states.push(s.parse().map_err(|e| {
+                ApiError::bad_request("invalid_query", "state", format!("`state`: {e}"))
+            })?);
+        }
+    }
+    f.include_all = match single(pairs, "include")? {
+        None => false,
+        Some("all") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "include",
+                format!("`include`: `{other}` is not `all`"),
+            ))
+        }
+    };
+    f.cursor = single(pairs, "cursor")?
+        .map(|c| {
+            if c.starts_with("snap_")
+                && c.len() <= 64
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                Ok(c.to_owned())
+            } else {
+                Err(ApiError::bad_request(
+                    "invalid_cursor",
+                    "cursor",
+                    "`cursor` is not a cursor this API gave out",
+                ))
+            }
+        })
+        .transpose()?;
+    Ok(f)
+}
+
+/// One snapshot.
+#[utoipa::path(
+    get, path = "/v1/snapshots/{id}", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id (`snap_…`)")),
+    responses(
+        (status = 200, body = Snapshot),
+        (status = 404, description = "`snapshot_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Snapshot>> {
+    state
+        .db
+        .get_snapshot(&id, caller.scope())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("snapshot", &id))
+}
+
+/// Delete a snapshot (idempotent). Its archive is removed unless another
+/// snapshot of the same content holds it. A capture still running is
+/// dropped when it ends.
+#[utoipa::path(
+    delete, path = "/v1/snapshots/{id}", tag = "snapshots",
+    params(("id" = String, Path, description = "Snapshot id (`snap_…`)")),
+    responses(
+        (status = 200, description = "Deleted (or deleted already): the snapshot, state `deleted`", body = Snapshot),
+        (status = 404, description = "`snapshot_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Snapshot>> {
+    lifecycle::delete(&state, &id, caller.scope())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("snapshot", &id))
+}
+
+/// Roll a sandbox's workspace back to a snapshot, in place.
+///
+/// The archive is verified before the workspace is touched; processes in
+/// the sandbox keep running and see the restored tree at `/workspace`. On
+/// any failure the workspace is left exactly as it was. The snapshot may be
+/// of another sandbox on the same extension.
+#[utoipa::path(
+    post, path = "/v1/sandboxes/{id}/restore", tag = "snapshots",
+    params(("id" = String, Path, description = "Sandbox id (`sbx_…`)")),
+    request_body = RestoreSnapshot,
+    responses(
+        (status = 200, description = "Restored: the sandbox", body = Sandbox),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sandbox_not_found` or `snapshot_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The extension cannot restore (`snapshot_unsupported`), the sandbox is not `ready`/`active` or the snapshot not `ready` (`invalid_state`), or the archive is damaged (`snapshot_corrupt`; the workspace is untouched)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Missing `snapshot_id`, or a snapshot of another extension (`snapshot_incompatible`)", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The backend failed (`restore_failed`); the workspace is as it was", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn restore_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RestoreSnapshot>,
+) -> ApiResult<Json<Sandbox>> {
+    match lifecycle::restore(&state, &id, &req.snapshot_id, caller.scope()).await {
+        Ok(sandbox) => {
+            state.notify(&id);
+            Ok(Json(sandbox))
+        }
+        Err(e) => Err(match e {
+            RestoreError::SandboxNotFound(id) => ApiError::not_found("sandbox", &id),
+            RestoreError::SnapshotNotFound(snap) => {
+                ApiError::not_found("snapshot", &snap).field("snapshot_id")
+            }
+            RestoreError::Unsupported(msg) => ApiError::conflict("snapshot_unsupported", msg),
+            RestoreError::Incompatible(msg) => {
+                ApiError::unprocessable("snapshot_incompatible", "snapshot_id", msg)
+            }
+            RestoreError::SandboxState(msg) => ApiError::conflict("invalid_state", msg),
+            RestoreError::SnapshotState(msg) => {
+                ApiError::conflict("invalid_state", msg).field("snapshot_id")
+            }
+            RestoreError::Backend(e) if e.code == "snapshot_corrupt" => {
+                ApiError::conflict("snapshot_corrupt", e.message).field("snapshot_id")
+            }
+            RestoreError::Backend(e) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "restore_failed",
+                format!("{}; the workspace was left as it was", e.message),
+            ),
+            RestoreError::Store(e) => e.into(),
+        }),
+    }
+}
+
+/// The fork side of `POST /v1/sandboxes`: check `from_snapshot` and fill in
+/// the profile (the snapshot's, unless the request names another profile on
+/// the same extension). Without `from_snapshot`, only checks that a profile
+/// is named.
+pub async fn resolve_fork(
+    state: &AppState,
+    caller: &Caller,
+    mut req: CreateSandbox,
+) -> ApiResult<CreateSandbox> {
+    let Some(snap_id) = req.from_snapshot.clone() else {
+        if req.profile.is_empty() {
+            return Err(ApiError::unprocessable(
+                "missing_profile",
+                "profile",
+                "`profile` is required (unless `from_snapshot` is given)",
+            ));
+        }
+        return Ok(req);
+    };
+    let Some(snap) = state.db.get_snapshot(&snap_id, caller.scope()).await? else {
+        return Err(ApiError::not_found("snapshot", &snap_id).field("from_snapshot"));
+    };
+    if snap.state != SnapshotState::Ready {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!(
+                "snapshot {snap_id} is `{}`; only ready snapshots can be forked",
+                snap.state
+            ),
+        )
+        .field("from_snapshot"));
+    }
+    if req.profile.is_empty() {
+        req.profile = snap.profile.clone();
+    }
+    let Some(profile) = state.catalog.profiles.get(&req.profile) else {
+        return Err(ApiError::not_found("profile", &req.profile).field("profile"));
+    };
+    if profile.spec.extension != snap.extension {
+        return Err(ApiError::unprocessable(
+            "snapshot_incompatible",
+            "profile",
+            format!(
+                "profile {} runs on {}, but snapshot {snap_id} was taken on {}",
+                req.profile, profile.spec.extension, snap.extension
+            ),
+        ));
+    }
+    if !capable(state, &snap.extension, Capability::Restore) {
+        return Err(ApiError::conflict(
+            "snapshot_unsupported",
+            format!(
+                "extension {} cannot start sandboxes from snapshots",
+                snap.extension
+            ),
+        ));
+    }
+    Ok(req)
+}
+
+/// Record that the sandbox about to be inserted as `sandbox_id` is a fork
+/// (before its row, so its first provision always finds the source).
+pub async fn record_fork(state: &AppState, sandbox_id: &str, req: &CreateSandbox) -> ApiResult<()> {
+    if let Some(snap) = &req.from_snapshot {
+        state.db.set_fork_source(sandbox_id, snap).await?;
+    }
+    Ok(())
+}

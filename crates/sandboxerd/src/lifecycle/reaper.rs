@@ -1,0 +1,116 @@
+//! The reaper: on every tick, expire what is past `expires_at`, destroy what
+//! has been idle too long, and retry teardowns that failed. Expiry lives in
+//! the database, so it survives restarts; nothing rests on in-memory timers.
+use std::time::{Duration, Instant};
+
+use sandboxer_api::SandboxState;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{now_ms, Change, StoreError, Transition};
+use crate::AppState;
+
+/// The most rows one sweep takes of each kind; the next tick takes the rest.
+const BATCH: u32 = 10_000;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    pub expired: usize,
+    pub idle_reaped: usize,
+    pub teardowns_started: usize,
+}
+
+/// Run sweeps every `interval` until `stop` is cancelled.
+pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sweep(&state).await {
+            tracing::error!(error = %e, "reaper sweep failed; retrying next tick");
+        }
+    }
+}
+
+/// One sweep.
+pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
+    let mut done = Sweep::default();
+    let now = now_ms();
+    let started = Instant::now();
+    let due = state.db.due_expiries(now, BATCH).await?;
+    state.metrics.observe_sweep(started.elapsed().as_secs_f64());
+    state.metrics.count("reaper_sweeps");
+    done.expired = expire(state, &due, now).await?.len();
+
+    for (profile_id, profile) in state.catalog.profiles.iter() {
+        let Some(idle) = profile.idle_reap else {
+            continue;
+        };
+        let cutoff = now - i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        for id in state.db.due_idle(profile_id, cutoff, BATCH).await? {
+            let reason = format!("idle for more than {}", humantime::format_duration(idle));
+            let change = Change {
+                reason: &reason,
+                idle_since: Some(cutoff),
+                ..Change::default()
+            };
+            let from = [SandboxState::Ready, SandboxState::Active];
+            if let Transition::Done { .. } = state
+                .db
+                .transition(&id, &from, SandboxState::Destroying, change)
+                .await?
+            {
+                state.metrics.count("sandboxes_idle_reaped");
+                state.notify(&id);
+                done.idle_reaped += 1;
+                state.spawn(super::destroy(state.clone(), id));
+            }
+        }
+    }
+
+    for id in state.db.due_teardowns(now, BATCH).await? {
+        if !state.teardowns_in_flight.contains(&id) {
+            done.teardowns_started += 1;
+            state.spawn(super::destroy(state.clone(), id));
+        }
+    }
+    Ok(done)
+}
+
+/// Expire the sandboxes among `ids` that are still past their expiry at
+/// `now` (one conditional transition each) and start their teardown.
+/// Answers the ones this call expired.
+pub async fn expire(
+    state: &AppState,
+    ids: &[String],
+    now: i64,
+) -> Result<Vec<sandboxer_api::Sandbox>, StoreError> {
+    let mut expired = Vec::new();
+    for id in ids {
+        let change = Change {
+            reason: "ttl expired",
+            expired_by: Some(now),
+            ..Change::default()
+        };
+        let from = [
+            SandboxState::Requested,
+            SandboxState::Provisioning,
+            SandboxState::Ready,
+            SandboxState::Active,
+        ];
+        if let Transition::Done { sandbox, .. } = state
+            .db
+            .transition(id, &from, SandboxState::Expired, change)
+            .await?
+        {
+            state.metrics.count("sandboxes_expired");
+            state.notify(id);
+            state.spawn(super::destroy(state.clone(), id.clone()));
+            expired.push(sandbox);
+        }
+    }
+    Ok(expired)
+}
