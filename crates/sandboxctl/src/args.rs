@@ -101,6 +101,27 @@ pub enum Command {
         /// An extension id (`ext.…`).
         id: Option<String>,
     },
+    /// Operator: list the sandboxes past their expiry; with `--apply`, expire and destroy them now.
+    Expire {
+        /// Expire them (default: a dry run that only lists).
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Operator: the audit trail of mutating requests, newest first.
+    Audit {
+        /// Only this project's requests.
+        #[arg(long)]
+        project: Option<String>,
+        /// Only requests about this sandbox.
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete in.
@@ -373,4 +394,25 @@ mod tests {
             assert_eq!(err.exit_code(), 2);
         }
     }
+}
+
+/// The `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a fresh random token and print it with the `[[tokens]]` block
+    /// (hash only) to paste into sandboxerd's configuration.
+    New {
+        /// `adm` (a person), `agt` (an agent) or `atm` (an automation).
+        #[arg(long, default_value = "agt", value_parser = ["adm", "agt", "atm"])]
+        actor_type: String,
+        /// Who the token is for, e.g. `glas-harness`.
+        #[arg(long)]
+        actor: String,
+        /// The project its sandboxes belong to.
+        #[arg(long)]
+        project: String,
+        /// `consumer` (its own project only) or `operator` (everything).
+        #[arg(long, default_value = "consumer", value_parser = ["consumer", "operator"])]
+        role: String,
+    },
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode, Url};
 use sandboxer_api::{
-    CreateSandbox, CreateSnapshot, Event, ExtendTtl, ExtendedSandbox, Extension, Health, Page,
-    Problem, Profile, RecreateSandbox, RestoreSnapshot, Sandbox, Snapshot,
+    AuditEntry, CreateSandbox, CreateSnapshot, Event, ExpireReport, ExtendTtl, ExtendedSandbox,
+    Extension, Health, Page, Problem, Profile, RecreateSandbox, RestoreSnapshot, Sandbox, Snapshot,
 };
 use serde::de::DeserializeOwned;
 
@@ -327,6 +327,37 @@ impl Client {
             duration: duration.to_owned(),
         })?;
         self.call_ok(Method::PATCH, url, Some(body), None).await
+    }
+
+    /// `POST /v1/expire` (operator): the sandboxes past their expiry; with
+    /// `apply`, expired and torn down now.
+    pub async fn expire(&self, apply: bool) -> Result<ExpireReport, ClientError> {
+        let url = self.endpoint(&["v1", "expire"], &[]);
+        self.call_ok(
+            Method::POST,
+            url,
+            Some(serde_json::json!({ "apply": apply })),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/audit` (operator): one page of the audit trail, newest first.
+    pub async fn audit(
+        &self,
+        project: Option<&str>,
+        sandbox_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<AuditEntry>, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(p) = project {
+            query.push(("project", p.to_owned()));
+        }
+        if let Some(s) = sandbox_id {
+            query.push(("sandbox_id", s.to_owned()));
+        }
+        let url = self.endpoint(&["v1", "audit"], &query);
+        self.call_ok(Method::GET, url, None, None).await
     }
 
     /// `POST /v1/sandboxes/{id}/touch`: marks activity (`ready` → `active`).

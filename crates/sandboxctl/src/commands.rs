@@ -165,7 +165,36 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
             let page = client.extensions().await?;
             emit_or(json, &page.items, || render::extensions_table(&page.items))
         }
-        Command::Completions { .. } => Ok(()),
+        Command::Expire { apply } => {
+            let report = client.expire(apply).await?;
+            emit_or(json, &report, || {
+                let verb = if report.applied {
+                    "expired"
+                } else {
+                    "due (dry run; --apply to expire)"
+                };
+                format!(
+                    "{} sandbox(es) {verb}\n{}",
+                    report.items.len(),
+                    if report.items.is_empty() {
+                        String::new()
+                    } else {
+                        render::sandboxes_table(&report.items, now())
+                    }
+                )
+            })
+        }
+        Command::Audit {
+            project,
+            sandbox,
+            limit,
+        } => {
+            let page = client
+                .audit(project.as_deref(), sandbox.as_deref(), limit)
+                .await?;
+            emit_or(json, &page.items, || render::audit_table(&page.items))
+        }
+        Command::Completions { .. } | Command::Token(_) => Ok(()),
     }
 }
 

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod token;
 
 pub use client::{Client, ClientError, ListQuery, SnapshotQuery};
 /// HTTP methods, for [`Client::request_json`].

@@ -14,12 +14,32 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use sandboxctl::Client;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, TokenCommand};
 use crate::commands::CliError;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Token(TokenCommand::New {
+        actor_type,
+        actor,
+        project,
+        role,
+    }) = &cli.command
+    {
+        return match sandboxctl::token::new_token() {
+            Ok(token) => {
+                commands::emit(&sandboxctl::token::config_block(
+                    &token, actor_type, actor, project, role,
+                ));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Completions { shell } = cli.command {
         let mut script = Vec::new();
         clap_complete::generate(shell, &mut Cli::command(), "sandboxctl", &mut script);

@@ -489,11 +489,11 @@ pub fn extensions_table(items: &[Extension]) -> String {
     let mut t = Table::new(&["ID", "CLASS", "AVAILABLE", "CREDITS/H", "HOSTS", "REASON"]);
     for e in items {
         t.row(vec![
-            e.spec.id.clone(),
-            wire_name(&e.spec.class),
+            e.id.clone(),
+            wire_name(&e.class),
             yes_no(e.availability.available).to_owned(),
-            e.spec.pricing.credits_per_hour.to_string(),
-            list_or_dash(&e.spec.hosts),
+            e.pricing.credits_per_hour.to_string(),
+            list_or_dash(&e.hosts),
             e.availability.reason.clone().unwrap_or_default(),
         ]);
     }
@@ -502,7 +502,7 @@ pub fn extensions_table(items: &[Extension]) -> String {
 
 /// One extension as `key: value` lines.
 pub fn extension_details(e: &Extension) -> String {
-    let s = &e.spec;
+    let s = e;
     let mut available = yes_no(e.availability.available).to_owned();
     if let Some(reason) = &e.availability.reason {
         available.push_str(&format!(" ({reason})"));
@@ -552,6 +552,22 @@ fn list_or_dash(items: &[String]) -> String {
     } else {
         items.join(",")
     }
+}
+
+/// The audit trail as a table.
+pub fn audit_table(items: &[sandboxer_api::AuditEntry]) -> String {
+    let mut t = Table::new(&["AT", "WHO", "ROLE", "REQUEST", "STATUS", "CODE"]);
+    for e in items {
+        t.row(vec![
+            timestamp(e.at),
+            format!("{}/{} ({})", e.actor_type, e.actor, e.project),
+            e.role.clone(),
+            format!("{} {}", e.method, e.path),
+            e.status.to_string(),
+            e.code.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t.render()
 }
 
 #[cfg(test)]

@@ -188,6 +188,11 @@ pub struct Setup {
     /// Environment variables of the sandbox.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables filled from secrets named in the daemon's
+    /// configuration (`[secrets.<name>]`), resolved at provision time and
+    /// never stored or shown: variable name → secret name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_refs: BTreeMap<String, String>,
 }
 
 /// Preferred and fallback hosts.
@@ -255,9 +260,30 @@ pub struct Pricing {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Extension {
-    #[serde(flatten)]
-    pub spec: ExtensionSpec,
+    pub id: String,
+    pub description: String,
+    pub class: ExtensionClass,
+    pub capabilities: Capabilities,
+    pub pricing: Pricing,
+    pub hosts: Vec<String>,
     pub availability: Availability,
+}
+
+impl Extension {
+    /// A catalog entry with its availability. (Fields are spelled out, not
+    /// flattened: the YAML type refuses unknown fields, and a flattened
+    /// strict schema would refuse `availability` in the OpenAPI document.)
+    pub fn new(spec: ExtensionSpec, availability: Availability) -> Self {
+        Self {
+            id: spec.id,
+            description: spec.description,
+            class: spec.class,
+            capabilities: spec.capabilities,
+            pricing: spec.pricing,
+            hosts: spec.hosts,
+            availability,
+        }
+    }
 }
 
 /// Whether an extension can provision right now, and why not.

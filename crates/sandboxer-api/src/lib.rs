@@ -31,3 +31,25 @@ pub struct Health {
     /// `ok`, or `starting` while the daemon is not ready.
     pub status: String,
 }
+
+/// One mutating request, as `GET /v1/audit` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    /// Position in the trail (newest is highest).
+    pub seq: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub actor_type: String,
+    pub actor: String,
+    pub project: String,
+    /// `consumer` or `operator`.
+    pub role: String,
+    pub method: String,
+    pub path: String,
+    /// The sandbox the request was about, when there was one.
+    pub sandbox_id: Option<String>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The problem code, when the request failed.
+    pub code: Option<String>,
+}

@@ -1,5 +1,6 @@
 //! Configuration: defaults in code, then the TOML file, then `SANDBOXER_*`
 //! environment variables, then command-line flags.
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,68 @@ pub struct Config {
     pub state_hub_url: String,
     /// Most snapshots (`creating` or `ready`) one project may hold.
     pub snapshot_quota_per_project: u32,
+    /// API tokens (stored as SHA-256). None: loopback only, one local operator.
+    pub tokens: Vec<TokenConfig>,
+    /// Abuse limits.
+    pub limits: Limits,
+    /// Named secrets that profiles refer to in `setup.secret_refs`.
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+/// One `[[tokens]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Hex SHA-256 of the bearer token (`sandboxctl token new` prints it).
+    pub token_sha256: String,
+    /// `adm` | `agt` | `atm`.
+    pub actor_type: String,
+    pub actor: String,
+    pub project: String,
+    /// `consumer` | `operator`.
+    pub role: String,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Sustained requests per second allowed per token (0: no limit).
+    pub requests_per_second: u32,
+    /// Requests a token may make at once above the sustained rate.
+    pub burst: u32,
+    /// Most live (requested, provisioning, ready, active) sandboxes per project (0: no cap).
+    pub live_sandboxes_per_project: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 50,
+            burst: 200,
+            live_sandboxes_per_project: 200,
+        }
+    }
+}
+
+/// Where a named secret's value is read from, at provision time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// An environment variable of the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A file (its content, trailing newline removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// A configured token: the hash to compare against and who it stands for.
+#[derive(Debug, Clone)]
+pub struct TokenEntry {
+    pub sha256: [u8; 32],
+    pub consumer: sandboxer_api::Consumer,
+    pub operator: bool,
 }
 
 impl Default for Config {
@@ -48,6 +111,9 @@ impl Default for Config {
             reaper_interval: "1s".into(),
             state_hub_url: String::new(),
             snapshot_quota_per_project: 100,
+            tokens: Vec::new(),
+            limits: Limits::default(),
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -76,6 +142,9 @@ pub struct Settings {
     pub state_hub_url: Option<String>,
     /// Most snapshots (`creating` or `ready`) one project may hold.
     pub snapshot_quota_per_project: u32,
+    pub tokens: Vec<TokenEntry>,
+    pub limits: Limits,
+    pub secrets: BTreeMap<String, SecretSource>,
 }
 
 impl Config {
@@ -157,6 +226,66 @@ impl Config {
                 ),
             },
             snapshot_quota_per_project: self.snapshot_quota_per_project,
+            tokens: self
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| t.entry(i))
+                .collect::<anyhow::Result<_>>()?,
+            limits: self.limits.clone(),
+            secrets: {
+                for (name, src) in &self.secrets {
+                    if src.env.is_some() == src.file.is_some() {
+                        anyhow::bail!(
+                            "config `secrets.{name}`: give exactly one of `env` or `file`"
+                        );
+                    }
+                }
+                self.secrets.clone()
+            },
+        })
+    }
+}
+
+impl TokenConfig {
+    fn entry(&self, i: usize) -> anyhow::Result<TokenEntry> {
+        let key = |field: &str| format!("config `tokens[{i}].{field}`");
+        let hex = self.token_sha256.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            anyhow::bail!(
+                "{}: must be 64 hex digits (the SHA-256 of the token)",
+                key("token_sha256")
+            );
+        }
+        let mut sha256 = [0u8; 32];
+        for (j, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * j..2 * j + 2], 16)?;
+        }
+        if !matches!(self.actor_type.as_str(), "adm" | "agt" | "atm") {
+            anyhow::bail!(
+                "{}: `{}` is not adm, agt or atm",
+                key("actor_type"),
+                self.actor_type
+            );
+        }
+        let operator = match self.role.as_str() {
+            "operator" => true,
+            "consumer" => false,
+            other => anyhow::bail!("{}: `{other}` is not consumer or operator", key("role")),
+        };
+        for (field, v) in [("actor", &self.actor), ("project", &self.project)] {
+            if v.is_empty() {
+                anyhow::bail!("{}: must not be empty", key(field));
+            }
+        }
+        Ok(TokenEntry {
+            sha256,
+            consumer: sandboxer_api::Consumer {
+                actor_type: self.actor_type.clone(),
+                actor: self.actor.clone(),
+                project: self.project.clone(),
+            },
+            operator,
         })
     }
 }

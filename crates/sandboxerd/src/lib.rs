@@ -20,6 +20,7 @@ pub mod fault;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod secrets;
 pub mod store;
 
 use catalog::Catalog;
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Ids of sandboxes whose row just changed, for long-polls.
     pub events: broadcast::Sender<Arc<str>>,
     pub locks: Arc<lifecycle::Locks>,
+    /// Per-token request buckets.
+    pub rate_limiter: Arc<http::auth::RateLimiter>,
     /// Sandboxes whose teardown is running now.
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
     /// Lifecycle tasks in flight, awaited on shutdown.
@@ -87,6 +90,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         events,
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
+        rate_limiter: Arc::new(http::auth::RateLimiter::default()),
         tasks: TaskTracker::new(),
         ready: Arc::new(AtomicBool::new(false)),
     };

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: sandboxerd::config::Settings) -> anyhow::Result<()> {
-    if !settings.listen.ip().is_loopback() {
+    if settings.tokens.is_empty() && !settings.listen.ip().is_loopback() {
         anyhow::bail!(
             "refusing to listen on {}: no API tokens are configured, so only a loopback address \
              (127.0.0.1 or [::1]) may be served",

@@ -38,6 +38,9 @@ struct Args {
     /// Print the table header before the row.
     #[arg(long)]
     header: bool,
+    /// Also time the parts of a restore (extract, remove a tree) on stderr.
+    #[arg(long)]
+    breakdown: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -121,6 +124,29 @@ async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         anyhow::ensure!(
             !workspace.join("added-by-bench").exists(),
             "restore left an added file"
+        );
+    }
+
+    if args.breakdown {
+        let scratch = data_dir.join("breakdown");
+        let started = Instant::now();
+        let root =
+            sandboxerd::extensions::archive::extract_archive(&src.path, &src.sha256, &scratch)
+                .map_err(|e| anyhow::anyhow!("extract: {e}"))?;
+        let extract = started.elapsed();
+        sandboxerd::extensions::archive::apply_root_meta(&scratch, root)?;
+        let started = Instant::now();
+        let hashed = sandboxerd::extensions::archive::sha256_file(&src.path)?;
+        let hash = started.elapsed();
+        anyhow::ensure!(hashed == src.sha256, "hash mismatch");
+        let started = Instant::now();
+        std::fs::remove_dir_all(&scratch)?;
+        let remove = started.elapsed();
+        eprintln!(
+            "breakdown: extract+verify {:.0} ms, hash alone {:.0} ms, remove a tree {:.0} ms",
+            extract.as_secs_f64() * 1e3,
+            hash.as_secs_f64() * 1e3,
+            remove.as_secs_f64() * 1e3
         );
     }
 

@@ -67,7 +67,10 @@ impl LocalExtension {
         self.root.join(sandbox_id)
     }
 
-    fn bwrap_args(&self, req: &ProvisionRequest, workspace: &Path) -> Vec<String> {
+    /// The bubblewrap arguments (everything after `bwrap`) that start the
+    /// sandbox of `req` with `workspace` bound at `/workspace`. Public so the
+    /// benchmark can time bubblewrap alone with exactly the daemon's flags.
+    pub fn bwrap_args(&self, req: &ProvisionRequest, workspace: &Path) -> Vec<String> {
         let mut args: Vec<String> = [
             "--info-fd",
             "1",
@@ -77,7 +80,6 @@ impl LocalExtension {
             "--unshare-uts",
             "--unshare-cgroup-try",
             "--new-session",
-            "--clearenv",
             // Root inside gets no capabilities: it cannot remount the
             // read-only system directories or reach the host's devices.
             "--cap-drop",
@@ -243,6 +245,11 @@ impl Extension for LocalExtension {
             .map_err(|e| ExtError::new("provision_failed", format!("creating bwrap.log: {e}")))?;
         let mut cmd = tokio::process::Command::new(&bwrap);
         cmd.args(self.bwrap_args(req, &workspace))
+            // bubblewrap passes its own environment on: only the secrets,
+            // which thus never appear on a command line (`ps` shows argv to
+            // every user; environ only to the same user).
+            .env_clear()
+            .envs(req.secrets.iter().map(|(k, v)| (k, v.expose())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(info))
             .stderr(Stdio::from(log))
@@ -507,6 +514,7 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
     finish_interrupted_restore(dir)?;
     let new = dir.join(RESTORE_NEW);
     let old = dir.join(RESTORE_OLD);
+    let t0 = std::time::Instant::now();
     // 1. Extract beside the workspace, verifying the hash; nothing touched yet.
     let root = match archive::extract_archive(&src.path, &src.sha256, &new) {
         Ok(root) => root,
@@ -515,6 +523,7 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
             return Err(extract_error(src, e, "restore_failed"));
         }
     };
+    eprintln!("PROBE extract {:?}", t0.elapsed());
     // 2. Move the old entries out.
     std::fs::create_dir(&old)
         .map_err(|e| restore_err(format!("creating {}: {e}", old.display())))?;
@@ -532,6 +541,7 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
     let marked = std::fs::File::create(&swapping).and_then(|f| f.sync_all());
     sync_dir(dir);
     crate::fault::hit("restore.after_move_out");
+    eprintln!("PROBE moved out {:?}", t0.elapsed());
     // 3. Move the new entries in.
     let moved_in = marked.map_err(|e| e.to_string()).and_then(|()| {
         if fault_error("restore.before_move_in") {
@@ -551,8 +561,11 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
     if let Err(e) = archive::apply_root_meta(&workspace, root) {
         tracing::warn!(error = %e, "could not apply the snapshot's workspace mode and mtime");
     }
+    eprintln!("PROBE moved in {:?}", t0.elapsed());
     // 4. Clean up; a crash here is finished by the next start.
-    finish_interrupted_restore(dir)
+    let r = finish_interrupted_restore(dir);
+    eprintln!("PROBE cleaned {:?}", t0.elapsed());
+    r
 }
 
 fn rollback_note(back: std::io::Result<()>) -> String {
@@ -635,6 +648,9 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
 /// Make renames in `dir` durable (best effort: a failure here only weakens
 /// crash ordering, which the recovery copes with).
 fn sync_dir(dir: &Path) {
+    if std::env::var_os("NOSYNC").is_some() {
+        return;
+    }
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
     }

@@ -22,6 +22,8 @@ pub struct ProvisionRequest {
     /// Fork: the workspace starts from this snapshot, filled before the
     /// sandbox's init starts (its archive verified on the way).
     pub from_snapshot: Option<SnapshotSource>,
+    /// Secret environment variables (`setup.secret_refs`, resolved).
+    pub secrets: BTreeMap<String, crate::secrets::Secret>,
 }
 
 /// A stored snapshot archive to restore or fork from.

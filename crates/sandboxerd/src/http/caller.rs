@@ -1,7 +1,8 @@
-//! Who is calling. Without tokens configured (the only mode so far) the
-//! daemon serves loopback only, and every caller is the one local operator.
+//! Who is calling: resolved from the bearer token by the auth middleware
+//! (see `auth.rs`) and handed to handlers as an extractor.
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use sandboxer_api::Consumer;
 
 use super::error::ApiError;
@@ -12,10 +13,12 @@ pub struct Caller {
     pub consumer: Consumer,
     /// Operators see and act on every project.
     pub operator: bool,
+    /// Index of the token in the configuration (`None`: the local operator).
+    pub token: Option<usize>,
 }
 
 impl Caller {
-    /// The single local operator of a daemon without tokens.
+    /// The single local operator of a daemon without tokens (loopback only).
     pub fn local_operator() -> Self {
         Self {
             consumer: Consumer {
@@ -24,6 +27,7 @@ impl Caller {
                 project: "default".into(),
             },
             operator: true,
+            token: None,
         }
     }
 
@@ -35,12 +39,40 @@ impl Caller {
             Some(&self.consumer.project)
         }
     }
+
+    /// `consumer` or `operator`.
+    pub fn role(&self) -> &'static str {
+        if self.operator {
+            "operator"
+        } else {
+            "consumer"
+        }
+    }
+
+    /// Refuse a consumer on an operator route.
+    pub fn require_operator(&self, what: &str) -> Result<(), ApiError> {
+        if self.operator {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("{what} is for operators; this token has the consumer role"),
+            ))
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Caller::local_operator())
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this route needs `Authorization: Bearer <token>`",
+            )
+        })
     }
 }

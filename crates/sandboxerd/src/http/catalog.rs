@@ -59,10 +59,7 @@ async fn with_availability(state: &AppState, spec: &sandboxer_api::ExtensionSpec
             reason: Some("no backend of this id is built into this daemon".into()),
         },
     };
-    Extension {
-        spec: spec.clone(),
-        availability,
-    }
+    Extension::new(spec.clone(), availability)
 }
 
 /// Every extension, with whether it can provision right now.

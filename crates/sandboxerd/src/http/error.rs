@@ -85,6 +85,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The problem code of an error answer, left on the response for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
@@ -93,6 +97,7 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        resp.extensions_mut().insert(ProblemCode(self.code));
         resp
     }
 }

@@ -2,9 +2,8 @@
 //! scheduled jobs).
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
 use axum::Json;
-use sandboxer_api::{Event, ExpireReport, ExpireRequest, Page, Problem};
+use sandboxer_api::{AuditEntry, Event, ExpireReport, ExpireRequest, Page, Problem};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -13,13 +12,14 @@ use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{limit, only_params, optional_json, query_pairs, single};
 use crate::lifecycle::reaper;
-use crate::store::now_ms;
+use crate::store::{now_ms, AuditFilter};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_events))
         .routes(routes!(expire))
+        .routes(routes!(list_audit))
 }
 
 /// Query of `GET /v1/events`.
@@ -80,13 +80,7 @@ async fn expire(
     caller: Caller,
     body: Bytes,
 ) -> ApiResult<Json<ExpireReport>> {
-    if !caller.operator {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "POST /v1/expire is for operators",
-        ));
-    }
+    caller.require_operator("POST /v1/expire")?;
     let req: ExpireRequest = optional_json(&body)?;
     let now = now_ms();
     let mut items = Vec::new();
@@ -115,4 +109,63 @@ async fn expire(
         applied: req.apply,
         items,
     }))
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AuditParams {
+    project: Option<String>,
+    actor: Option<String>,
+    sandbox_id: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Operator: the audit trail of mutating requests, newest first.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "events",
+    params(AuditParams),
+    responses(
+        (status = 200, body = Page<AuditEntry>),
+        (status = 400, description = "Unknown or malformed query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator (`forbidden`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Page<AuditEntry>>> {
+    caller.require_operator("GET /v1/audit")?;
+    let pairs = query_pairs(query.as_deref())?;
+    only_params(
+        &pairs,
+        &["project", "actor", "sandbox_id", "limit", "cursor"],
+    )?;
+    let before = single(&pairs, "cursor")?
+        .map(|c| {
+            c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "cursor",
+                    "`cursor` is not a cursor this API gave out",
+                )
+            })
+        })
+        .transpose()?;
+    let filter = AuditFilter {
+        project: single(&pairs, "project")?.map(str::to_owned),
+        actor: single(&pairs, "actor")?.map(str::to_owned),
+        sandbox_id: single(&pairs, "sandbox_id")?.map(str::to_owned),
+        before,
+        limit: limit(&pairs)?,
+    };
+    let (items, next_cursor) = state.db.audit_entries(&filter).await?;
+    Ok(Json(Page { items, next_cursor }))
 }

@@ -97,7 +97,11 @@ async fn create_sandbox(
         .as_ref()
         .map(|_| request_hash(&new.consumer.project, &req));
     let idem = idempotency_key.as_deref().zip(hash.as_deref());
-    let sandbox = match state.db.create_sandbox(new, idem).await? {
+    let cap = match state.settings.limits.live_sandboxes_per_project {
+        0 => None,
+        n => Some(i64::from(n)),
+    };
+    let sandbox = match state.db.create_sandbox_capped(new, idem, cap).await? {
         Created::New(sbx) => {
             crate::fault::hit("create.after_insert");
             state.spawn(lifecycle::provision(
@@ -109,6 +113,17 @@ async fn create_sandbox(
             sbx
         }
         Created::Replayed(sbx) => sbx,
+        Created::OverCap { cap } => {
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sandboxes",
+                format!("project already has {cap} live sandboxes (the configured cap); destroy some first"),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            return Ok(resp);
+        }
         Created::KeyConflict => {
             return Err(ApiError::conflict(
                 "idempotency_conflict",
@@ -215,6 +230,12 @@ fn validate_create(
     validate_labels(&req.labels)?;
     let consumer = match &req.consumer {
         None => caller.consumer.clone(),
+        Some(c) if !caller.operator && *c != caller.consumer => return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "`consumer`: a consumer token creates sandboxes only for itself; leave `consumer` out",
+        )
+        .field("consumer")),
         Some(c) => {
             if !matches!(c.actor_type.as_str(), "adm" | "agt" | "atm") {
                 return Err(ApiError::unprocessable(

@@ -166,6 +166,14 @@ async fn provision_inner(
             return Ok(());
         }
     };
+    let secrets =
+        match crate::secrets::resolve(&profile.spec.setup.secret_refs, &state.settings.secrets) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(state, id, generation, None, e).await?;
+                return Ok(());
+            }
+        };
     let req = ProvisionRequest {
         sandbox_id: id.to_owned(),
         generation,
@@ -173,6 +181,7 @@ async fn provision_inner(
         inputs: sandbox.inputs.clone(),
         host: sandbox.host.clone(),
         from_snapshot: fork.source.clone(),
+        secrets,
     };
     let provisioned = ext.provision(&req).await;
     drop(fork);

@@ -10,10 +10,12 @@ use sandboxer_api::{Consumer, Cost, Event, Failure, Sandbox, SandboxState};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
+mod audit;
 mod outbox;
 mod reaper;
 mod rows;
 mod snapshots;
+pub use audit::{AuditFilter, NewAudit};
 pub use outbox::OutboxEvent;
 pub use rows::{EventRow, SandboxRow};
 pub use snapshots::{Captured, NewSnapshot, SnapshotCreated, SnapshotFilter, SnapshotRow};
@@ -135,6 +137,8 @@ pub enum Created {
     Replayed(Sandbox),
     /// The key was used before with another body.
     KeyConflict,
+    /// The project already has `cap` live sandboxes.
+    OverCap { cap: i64 },
 }
 
 /// Filters of `GET /v1/sandboxes`.
@@ -205,6 +209,18 @@ impl Db {
         new: NewSandbox,
         idempotency: Option<(&str, &str)>,
     ) -> Result<Created, StoreError> {
+        self.create_sandbox_capped(new, idempotency, None).await
+    }
+
+    /// [`Db::create_sandbox`], refused when the project already has `cap`
+    /// live sandboxes (counted in the same transaction, so concurrent
+    /// creates can never overshoot it).
+    pub async fn create_sandbox_capped(
+        &self,
+        new: NewSandbox,
+        idempotency: Option<(&str, &str)>,
+        cap: Option<i64>,
+    ) -> Result<Created, StoreError> {
         let mut tx = self.writer.begin().await?;
         if let Some((key, hash)) = idempotency {
             let seen: Option<(String, String)> = sqlx::query_as(
@@ -226,6 +242,18 @@ impl Db {
                         what: "idempotency key points at a missing sandbox".into(),
                     }),
                 };
+            }
+        }
+        if let Some(cap) = cap {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active')",
+            )
+            .bind(&new.consumer.project)
+            .fetch_one(&mut *tx)
+            .await?;
+            if live >= cap {
+                tx.rollback().await?;
+                return Ok(Created::OverCap { cap });
             }
         }
         sqlx::query(

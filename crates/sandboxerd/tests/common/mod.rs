@@ -31,18 +31,17 @@ pub fn require_bwrap() {
 /// Settings for a daemon whose data lives in `data_dir`.
 pub fn settings(data_dir: &Path) -> Settings {
     let root = repo_root();
-    Settings {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data_dir.to_owned(),
-        profiles_dir: root.join("profiles"),
-        extensions_dir: root.join("extensions"),
-        json_logs: false,
-        provision_timeout: Duration::from_secs(30),
-        shutdown_grace: Duration::from_secs(5),
-        reaper_interval: Duration::from_millis(200),
-        state_hub_url: None,
-        snapshot_quota_per_project: 100,
-    }
+    let mut s = sandboxerd::config::Config::default()
+        .settings()
+        .expect("default settings");
+    s.listen = "127.0.0.1:0".parse().expect("addr");
+    s.data_dir = data_dir.to_owned();
+    s.profiles_dir = root.join("profiles");
+    s.extensions_dir = root.join("extensions");
+    s.provision_timeout = Duration::from_secs(30);
+    s.shutdown_grace = Duration::from_secs(5);
+    s.reaper_interval = Duration::from_millis(200);
+    s
 }
 
 /// The real `sandboxerd` binary, started on a free loopback port.
@@ -51,6 +50,8 @@ pub struct Daemon {
     pub url: String,
     pub data_dir: PathBuf,
     pub client: sandboxctl::Client,
+    /// Every line the daemon logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -80,10 +81,15 @@ impl Daemon {
         let (tx, rx) = std::sync::mpsc::channel();
         // Read the log: the first line naming the bound address tells the port;
         // everything is echoed so a failing test shows the daemon's log.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[sandboxerd] {line}");
+                if let Ok(mut l) = log2.lock() {
+                    l.push(line.clone());
+                }
                 if !sent {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                         if let Some(addr) = v.get("addr").and_then(|a| a.as_str()) {
@@ -108,6 +114,7 @@ impl Daemon {
             url,
             data_dir: data_dir.to_owned(),
             client,
+            log,
         }
     }
 
@@ -122,6 +129,18 @@ impl Daemon {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         self.child.wait().expect("wait")
+    }
+}
+
+impl Daemon {
+    /// A client of this daemon with a bearer token.
+    pub fn client_with(&self, token: &str) -> sandboxctl::Client {
+        sandboxctl::Client::new(&self.url, Some(token.to_owned())).expect("client")
+    }
+
+    /// The daemon's log so far, one string.
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 }
 
