@@ -2,8 +2,8 @@
 //! the daemon's own flags (the floor), and `ext.local` driven in-process
 //! (no HTTP, no database), so the daemon's overhead can be split.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -22,6 +22,8 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Latency of every request of the window.
     pub latencies: Samples,
+    /// CPU time (user + system) each watched process used in the window.
+    pub cpu: Vec<Duration>,
 }
 
 impl LoadResult {
@@ -42,17 +44,26 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// GET `url` from `connections` connections for `warmup` (not counted),
-/// then for `duration` or until `max_requests` were sent.
+/// then for `duration` or until `max_requests` were sent, accounting the
+/// CPU time of the processes `watch` over the measured window.
 pub async fn hammer(
     url: &str,
     connections: usize,
     warmup: Duration,
     duration: Duration,
     max_requests: u64,
+    watch: &[u32],
 ) -> anyhow::Result<LoadResult> {
     let budget = Arc::new(AtomicU64::new(max_requests));
     let start = Instant::now() + warmup;
     let end = start + duration;
+    let cpu_at_start = {
+        let pids = watch.to_vec();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            pids.iter().map(|p| cpu_time(*p)).collect::<Vec<_>>()
+        })
+    };
     let mut tasks = Vec::with_capacity(connections);
     for _ in 0..connections {
         let client = client()?;
@@ -106,13 +117,40 @@ pub async fn hammer(
     // Requests in flight at `end` finish after it and are counted: the
     // window runs until the last one is answered.
     let finished = Instant::now();
+    let cpu_at_end: Vec<_> = watch.iter().map(|p| cpu_time(*p)).collect();
+    let cpu_at_start = cpu_at_start.await.context("CPU sampler")?;
+    let cpu = cpu_at_start
+        .iter()
+        .zip(&cpu_at_end)
+        .map(|(a, b)| b.saturating_sub(*a))
+        .collect();
     Ok(LoadResult {
         ok,
         errors,
         first_error,
         elapsed: finished.saturating_duration_since(start),
         latencies: Samples::new(all),
+        cpu,
     })
+}
+
+/// CPU time (user + system) `pid` has used so far; zero when unknown.
+pub fn cpu_time(pid: u32) -> Duration {
+    // Linux reports these in USER_HZ ticks, 100 per second on every architecture.
+    const TICKS_PER_SECOND: u64 = 100;
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command (which may hold spaces) and its `)`:
+            // state is field 3, utime 14, stime 15.
+            let rest = s.get(s.rfind(')')? + 1..)?.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
 }
 
 /// Time `n` sequential GETs of `url` (after `warmup` untimed ones); every

@@ -234,23 +234,38 @@ async fn with_daemon(
     let client = Client::new(&daemon.url, None)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = daemon.memory()?;
+    // Resident memory after each phase, to tell which one makes it grow.
+    let mut phases = Vec::new();
 
     eprintln!("== list: {} calls", plan.list_calls);
     let list = list_section(plan, daemon, &client).await?;
+    phases.push(("list calls".to_owned(), daemon.memory()?));
     eprintln!(
         "== GET throughput: {} connections for {:?}",
         plan.connections, plan.get_duration
     );
     let get = get_section(plan, daemon, &client).await?;
+    phases.push((
+        format!("GET load, {} connections", plan.connections),
+        daemon.memory()?,
+    ));
     eprintln!("== create→ready: {} sequential creates", plan.creates);
     let floor = Arc::new(Floor::new(&scratch.join("floor"), profile.clone())?);
     let inproc = InProcess::new(&scratch.join("inproc"), profile);
     let creates = create_section(plan, &client, floor, &inproc).await?;
+    phases.push((
+        format!("{} sequential creates", plan.creates),
+        daemon.memory()?,
+    ));
     eprintln!("== {} concurrent creates", plan.concurrent);
     let (concurrent, peak) = concurrent_section(plan, daemon, &client).await?;
+    phases.push((
+        format!("{} concurrent creates", plan.concurrent),
+        daemon.memory()?,
+    ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = daemon.memory()?;
-    let memory = memory_section(plan, idle, peak, after);
+    let memory = memory_section(plan, idle, &phases, peak, after);
     Ok(vec![creates, get, list, concurrent, memory])
 }
 
@@ -368,11 +383,18 @@ async fn get_section(plan: &Plan, daemon: &Daemon, client: &Client) -> anyhow::R
         plan.get_warmup,
         plan.get_duration,
         50_000_000,
+        &[daemon.pid(), std::process::id()],
     )
     .await?;
     let (status, _) = client.destroy(&sbx.id, Some(WAIT)).await?;
     ensure!(status == 200, "destroying {} answered {status}", sbx.id);
     let rate = res.rate();
+    let per_request = |cpu: Option<&Duration>| {
+        cpu.map(|c| c.as_secs_f64() / (res.ok + res.errors).max(1) as f64)
+            .unwrap_or(0.0)
+    };
+    let (daemon_cpu, bench_cpu) = (per_request(res.cpu.first()), per_request(res.cpu.get(1)));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut rows = vec![
         Row::judged(
             "throughput",
@@ -385,6 +407,18 @@ async fn get_section(plan: &Plan, daemon: &Daemon, client: &Client) -> anyhow::R
         Row::info(
             "requests answered 200",
             format!("{} in {:.1} s", res.ok, res.elapsed.as_secs_f64()),
+        ),
+        Row::info(
+            "daemon CPU per request (user + system)",
+            format!(
+                "{:.0} µs: {:.0} req/s if the daemon had all {cores} cores",
+                daemon_cpu * 1e6,
+                cores / daemon_cpu.max(1e-9)
+            ),
+        ),
+        Row::info(
+            "load generator CPU per request",
+            format!("{:.0} µs", bench_cpu * 1e6),
         ),
         Row::judged(
             "other answers or transport errors",
@@ -458,14 +492,17 @@ async fn list_section(plan: &Plan, daemon: &Daemon, client: &Client) -> anyhow::
     .await?;
     let ten = Duration::from_millis(10);
     Ok(Section {
-        title: format!("3. List: one page of 100 out of {} rows", plan.list_rows),
+        title: format!(
+            "3. List: one page of 100 out of {} rows",
+            thousands(plan.list_rows)
+        ),
         note: format!(
             "{rows} rows written into the daemon's SQLite before it starts (state `failed`, so the \
              start-up pass has nothing to reconcile and the default list shows them all; labels \
              `bench=list` and `shard=0..99`). {n} sequential calls each (after 10 not counted), one \
              keep-alive connection, timed to the last byte of the body. The label filter \
              `shard=7` matches 1% of the rows, so the page needs a scan of the whole table.",
-            rows = plan.list_rows,
+            rows = thousands(plan.list_rows),
             n = plan.list_calls
         ),
         rows: vec![
@@ -498,8 +535,8 @@ impl Outcomes {
     }
 }
 
-/// 4. Many creates at once, then destroying them all at once; answers the
-/// section and the highest RSS sampled meanwhile.
+/// Section 4: many creates at once, then destroying them all at once;
+/// answers the section and the highest RSS sampled meanwhile.
 async fn concurrent_section(
     plan: &Plan,
     daemon: &Daemon,
@@ -692,8 +729,48 @@ async fn concurrent_section(
 }
 
 /// 5. Resident memory of the daemon.
-fn memory_section(plan: &Plan, idle: Memory, peak_kib: u64, after: Memory) -> Section {
+fn memory_section(
+    plan: &Plan,
+    idle: Memory,
+    phases: &[(String, Memory)],
+    peak_kib: u64,
+    after: Memory,
+) -> Section {
     let limit = 40 * 1024;
+    let mut rows = vec![Row::judged(
+        format!(
+            "idle after start, {} rows (VmRSS)",
+            thousands(plan.list_rows)
+        ),
+        mib(idle.rss_kib),
+        "≤ 40 MiB",
+        idle.rss_kib <= limit,
+    )];
+    for (phase, m) in phases {
+        rows.push(Row::info(
+            format!("right after the {phase} (VmRSS)"),
+            mib(m.rss_kib),
+        ));
+    }
+    rows.extend([
+        Row::judged(
+            "idle, 2 s after the whole run (VmRSS)",
+            mib(after.rss_kib),
+            "≤ 40 MiB",
+            after.rss_kib <= limit,
+        ),
+        Row::info(
+            format!(
+                "peak during the {} concurrent creates (VmRSS sampled)",
+                plan.concurrent
+            ),
+            mib(peak_kib),
+        ),
+        Row::info(
+            "high-water mark over the whole run (VmHWM)",
+            mib(after.hwm_kib),
+        ),
+    ]);
     Section {
         title: "5. Daemon memory".into(),
         note: format!(
@@ -701,35 +778,24 @@ fn memory_section(plan: &Plan, idle: Memory, peak_kib: u64, after: Memory) -> Se
              request, with the {rows} fixture rows in the database; and again 2 s after the whole \
              run. The peak is the highest `VmRSS` sampled every 5 ms during the {c} concurrent \
              creates and their destruction.",
-            rows = plan.list_rows,
+            rows = thousands(plan.list_rows),
             c = plan.concurrent
         ),
-        rows: vec![
-            Row::judged(
-                format!("idle after start, {} rows (VmRSS)", plan.list_rows),
-                mib(idle.rss_kib),
-                "≤ 40 MiB",
-                idle.rss_kib <= limit,
-            ),
-            Row::judged(
-                "idle after the run (VmRSS)",
-                mib(after.rss_kib),
-                "≤ 40 MiB",
-                after.rss_kib <= limit,
-            ),
-            Row::info(
-                format!(
-                    "peak during {} concurrent creates (VmRSS sampled)",
-                    plan.concurrent
-                ),
-                mib(peak_kib),
-            ),
-            Row::info(
-                "high-water mark over the whole run (VmHWM)",
-                mib(after.hwm_kib),
-            ),
-        ],
+        rows,
     }
+}
+
+/// `12345` as `12,345`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// 6. The reaper's sweep query over a big table.
@@ -765,17 +831,18 @@ async fn reaper_section(plan: &Plan, db_path: &Path) -> anyhow::Result<Section> 
     Ok(Section {
         title: format!(
             "6. Reaper sweep over {} rows, {} expired",
-            plan.reaper_rows, plan.reaper_expired
+            thousands(plan.reaper_rows),
+            thousands(plan.reaper_expired)
         ),
         note: format!(
             "A fresh database (`Db::open`, the daemon's pragmas and migrations) holding {} live rows \
              past `expires_at`, {} live rows not yet due and {} destroyed rows (expired long ago), \
              interleaved, written in one transaction in {}. Timed: \
              `Db::due_expiries(now, {})`, the sweep's query as the reaper runs it (what \
-             `reaper_sweep_seconds` observes), {} runs.",
-            shape.expired,
-            shape.live,
-            shape.destroyed,
+             `sandboxer_reaper_last_sweep_seconds` shows), {} runs.",
+            thousands(shape.expired),
+            thousands(shape.live),
+            thousands(shape.destroyed),
             ms(insert),
             plan.reaper_expired,
             plan.reaper_runs

@@ -12,11 +12,6 @@ impl Samples {
         Samples(samples)
     }
 
-    /// How many samples there are.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// The `p`-th percentile (nearest rank); zero when there are no samples.
     pub fn pct(&self, p: f64) -> Duration {
         if self.0.is_empty() {

@@ -283,7 +283,8 @@ impl Extension for LocalExtension {
         let st = self.load_state(sandbox_id, Some(state));
         let info_path = st.dir.join("info.json");
         let started = Instant::now();
-        let mut pause = Duration::from_micros(250);
+        // tokio's timer ticks in whole milliseconds: 1 ms is the finest poll.
+        let mut pause = Duration::from_millis(1);
         loop {
             if let Some(pid) = read_info_pid(&info_path) {
                 if let Some((proc_state, start)) = proc_stat(pid) {
@@ -322,7 +323,12 @@ impl Extension for LocalExtension {
                 ));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            // Bubblewrap starts in a few milliseconds, and each step of a
+            // back-off is added whole to a create's latency: poll every tick
+            // while a normal start is plausible, back off only for slow ones.
+            if started.elapsed() > Duration::from_millis(100) {
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
         }
     }
 
@@ -514,7 +520,6 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
     finish_interrupted_restore(dir)?;
     let new = dir.join(RESTORE_NEW);
     let old = dir.join(RESTORE_OLD);
-    let t0 = std::time::Instant::now();
     // 1. Extract beside the workspace, verifying the hash; nothing touched yet.
     let root = match archive::extract_archive(&src.path, &src.sha256, &new) {
         Ok(root) => root,
@@ -523,7 +528,6 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
             return Err(extract_error(src, e, "restore_failed"));
         }
     };
-    eprintln!("PROBE extract {:?}", t0.elapsed());
     // 2. Move the old entries out.
     std::fs::create_dir(&old)
         .map_err(|e| restore_err(format!("creating {}: {e}", old.display())))?;
@@ -541,7 +545,6 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
     let marked = std::fs::File::create(&swapping).and_then(|f| f.sync_all());
     sync_dir(dir);
     crate::fault::hit("restore.after_move_out");
-    eprintln!("PROBE moved out {:?}", t0.elapsed());
     // 3. Move the new entries in.
     let moved_in = marked.map_err(|e| e.to_string()).and_then(|()| {
         if fault_error("restore.before_move_in") {
@@ -561,11 +564,8 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
     if let Err(e) = archive::apply_root_meta(&workspace, root) {
         tracing::warn!(error = %e, "could not apply the snapshot's workspace mode and mtime");
     }
-    eprintln!("PROBE moved in {:?}", t0.elapsed());
     // 4. Clean up; a crash here is finished by the next start.
-    let r = finish_interrupted_restore(dir);
-    eprintln!("PROBE cleaned {:?}", t0.elapsed());
-    r
+    finish_interrupted_restore(dir)
 }
 
 fn rollback_note(back: std::io::Result<()>) -> String {
@@ -648,9 +648,6 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
 /// Make renames in `dir` durable (best effort: a failure here only weakens
 /// crash ordering, which the recovery copes with).
 fn sync_dir(dir: &Path) {
-    if std::env::var_os("NOSYNC").is_some() {
-        return;
-    }
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
     }
