@@ -188,7 +188,20 @@ fn extract_inner(src: &Path, dest: &Path) -> io::Result<(String, Option<RootMeta
         }
         dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
         for mut dir in dirs {
-            dir.unpack_in(dest)?;
+            let mtime = dir.header().mtime().ok();
+            let path = dir.path()?.into_owned();
+            if !dir.unpack_in(dest)? {
+                return Err(io::Error::other(format!(
+                    "entry `{}` points outside the workspace",
+                    path.display()
+                )));
+            }
+            // tar restores a directory's mode but not its mtime; children
+            // are all written by now (deepest first), so set it last.
+            if let Some(mtime) = mtime {
+                File::open(dest.join(&path))?
+                    .set_modified(UNIX_EPOCH + Duration::from_secs(mtime))?;
+            }
         }
     }
     // Read to the very end so every byte of the file goes through the hash

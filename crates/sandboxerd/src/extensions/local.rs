@@ -111,11 +111,28 @@ impl LocalExtension {
         }
         args.extend(
             [
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "--tmpfs",
+                "/run",
+                // Kernel settings stay read-only even for uid 0 inside.
+                "--ro-bind",
+                "/proc/sys",
+                "/proc/sys",
             ]
             .iter()
             .map(|s| s.to_string()),
         );
+        // Password hashes are no business of a sandbox.
+        for secret in ["/etc/shadow", "/etc/gshadow"] {
+            if Path::new(secret).exists() {
+                args.extend(["--ro-bind".into(), "/dev/null".into(), secret.into()]);
+            }
+        }
         args.extend([
             "--bind".into(),
             workspace.to_string_lossy().into_owned(),
@@ -362,6 +379,30 @@ impl Extension for LocalExtension {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
+        }
+        // Whatever else runs from this sandbox's workspace: a bubblewrap
+        // started by a daemon that died before it learnt the pid (or before
+        // bubblewrap reported it) is found by its command line.
+        let workspace = st.dir.join("workspace");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stray = pids_running(&workspace);
+            if stray.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(ExtError::new(
+                    "teardown_failed",
+                    format!(
+                        "processes {stray:?} of {} still alive 10s after SIGKILL",
+                        workspace.display()
+                    ),
+                ));
+            }
+            for pid in stray {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let dir = st.dir.clone();
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
@@ -695,6 +736,25 @@ fn prepare_dir(dir: &Path, workspace: &Path, copy_from: Option<&Path>) -> Result
         }
     }
     Ok(())
+}
+
+/// Live (not zombie) processes whose command line names `workspace` as an
+/// argument: the bubblewrap processes of one sandbox.
+fn pids_running(workspace: &Path) -> Vec<i32> {
+    let want = workspace.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|arg| arg == want))
+                .unwrap_or(false)
+        })
+        .filter(|pid| !is_zombie(*pid))
+        .collect()
 }
 
 /// The host pid of the sandbox's pid 1, once bubblewrap has written it.

@@ -23,7 +23,7 @@ use crate::store::NewAudit;
 use crate::AppState;
 
 /// Routes anyone may call.
-const PUBLIC: &[&str] = &["/healthz", "/readyz", "/openapi.json"];
+pub const PUBLIC: &[&str] = &["/healthz", "/readyz", "/openapi.json"];
 
 /// Token buckets per token index.
 #[derive(Default)]

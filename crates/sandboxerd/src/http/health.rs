@@ -9,6 +9,7 @@ use sandboxer_api::Health;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::caller::Caller;
 use super::error::ApiResult;
 use crate::AppState;
 
@@ -55,7 +56,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
 )]
-async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+async fn metrics(State(state): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+    // Counts span every project: operators only.
+    caller.require_operator("GET /metrics")?;
     let by_state = state.db.count_by_state().await?;
     let backlog = state.db.outbox_backlog().await?;
     Ok((

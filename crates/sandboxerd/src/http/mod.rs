@@ -58,15 +58,70 @@ fn routers() -> OpenApiRouter<AppState> {
 /// The OpenAPI document of everything the daemon serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut api) = routers().split_for_parts();
-    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    finish_document(&mut api);
     api
+}
+
+/// What every route shares, added once to the generated document: the
+/// version, the bearer scheme, and the answers of the auth middleware
+/// (401, 429) on every route that needs a token.
+fn finish_document(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::content::ContentBuilder;
+    use utoipa::openapi::response::ResponseBuilder;
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    use utoipa::openapi::Ref;
+
+    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in api.paths.paths.iter_mut() {
+        if auth::PUBLIC.contains(&path.as_str()) {
+            continue;
+        }
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            op.security = Some(vec![SecurityRequirement::new(
+                "bearer",
+                Vec::<String>::new(),
+            )]);
+            let responses = &mut op.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| {
+                problem("Missing or invalid bearer token (`unauthorized`)").into()
+            });
+            responses.entry("429".into()).or_insert_with(|| {
+                problem("Over the token's request rate (`rate_limited`); see `Retry-After`").into()
+            });
+        }
+    }
 }
 
 /// The whole application.
 pub fn app(state: AppState) -> Router {
-    let (router, api) = routers().split_for_parts();
-    let mut api = api;
-    api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let (router, mut api) = routers().split_for_parts();
+    finish_document(&mut api);
     router
         .route(
             "/openapi.json",

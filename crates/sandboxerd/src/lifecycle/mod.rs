@@ -307,7 +307,7 @@ async fn destroy_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
         // again after a backoff that doubles up to five minutes.
         let attempts = row.teardown_attempts + 1;
         let backoff_ms = 1000i64
-            .saturating_mul(1 << attempts.clamp(0, 8))
+            .saturating_mul(1 << attempts.clamp(0, 9))
             .min(300_000);
         tracing::warn!(attempts, backoff_ms, error = %e, "teardown failed; will retry");
         state

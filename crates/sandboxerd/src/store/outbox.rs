@@ -77,10 +77,16 @@ impl Db {
     ) -> Result<Option<(Vec<Event>, Option<String>)>, StoreError> {
         let after_seq: i64 = match after {
             None => 0,
-            Some(id) => match sqlx::query_scalar("SELECT seq FROM events WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await?
+            // Scoped like the list itself, so another project's event id
+            // is as unknown as one that never existed.
+            Some(id) => match sqlx::query_scalar(
+                "SELECT e.seq FROM events e JOIN sandboxes s ON s.id = e.sandbox_id \
+                 WHERE e.id = ?1 AND (?2 IS NULL OR s.project = ?2)",
+            )
+            .bind(id)
+            .bind(project)
+            .fetch_optional(&self.reader)
+            .await?
             {
                 Some(seq) => seq,
                 None => return Ok(None),
