@@ -12,9 +12,10 @@ run *ARGS:
 test:
     bash scripts/test
 
-# Run the benchmarks (there are no benchmark targets yet).
-bench:
-    cargo bench --workspace
+# Benchmark the real daemon on bubblewrap against DESIGN.md's targets; writes docs/benchmarks.md (`just bench --quick` for a short run).
+bench *ARGS:
+    cargo build --release -p sandboxerd
+    cargo run --release -p sandboxer-bench -- {{ARGS}}
 
 # Formatting and clippy, warnings as errors.
 lint:

@@ -101,6 +101,34 @@ pub enum Command {
         /// An extension id (`ext.…`).
         id: Option<String>,
     },
+    /// List the placement hosts with what was last seen of them, or show one.
+    Hosts {
+        /// A host id.
+        id: Option<String>,
+    },
+    /// Operator: live facts from a host, or what it holds that no sandbox owns.
+    #[command(subcommand)]
+    Inspect(crate::hosts_cmd::InspectCommand),
+    /// Prove a host end to end: create a `profile.sandbox-canary` sandbox on
+    /// it, wait until ready, destroy it, and report the timings.
+    Canary {
+        /// Host id.
+        host: String,
+        /// The canary stack on the daemon's machine (`tests/fixtures/compose-canary`).
+        #[arg(long)]
+        repo: String,
+        /// How long each of ready and destroyed may take.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Operator: remove what no live sandbox owns on a host (a dry run unless `--apply`).
+    ReapStale {
+        /// Host id.
+        id: String,
+        /// Remove them (default: a dry run that only lists).
+        #[arg(long)]
+        apply: bool,
+    },
     /// Operator: list the sandboxes past their expiry; with `--apply`, expire and destroy them now.
     Expire {
         /// Expire them (default: a dry run that only lists).
@@ -118,6 +146,32 @@ pub enum Command {
         /// At most this many entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// Credits of a project: balance, grants (operator), ledger.
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// What a sandbox of a profile would cost, and where it would run now.
+    Estimate {
+        /// Profile id (`profile.…`).
+        profile: String,
+        /// Lifetime to price (`30m`, `4h`); defaults to the profile's.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Per-sandbox usage for billing (a consumer sees its own project).
+    Usage {
+        /// Only this project (operators; default: every project).
+        #[arg(long)]
+        project: Option<String>,
+        /// RFC 3339: count debits at or after this time.
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339: count debits before this time.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print CSV (a header row, then one row per sandbox).
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
     },
     /// API tokens.
     #[command(subcommand)]
@@ -172,6 +226,41 @@ pub enum SnapshotCommand {
     Delete {
         /// Snapshot id (`snap_…`).
         id: String,
+    },
+}
+
+/// The `credits` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CreditsCommand {
+    /// Balance, reserved and available credits of a project.
+    Balance {
+        /// Project name.
+        project: String,
+    },
+    /// Operator: add credits to a project.
+    Grant {
+        /// Project name.
+        project: String,
+        /// Whole credits to add (1 or more).
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        amount: i64,
+        /// Why (an invoice, a trial, ...).
+        #[arg(long)]
+        reason: String,
+        /// Retrying with the same key grants once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// A project's ledger entries, newest first.
+    Ledger {
+        /// Project name.
+        project: String,
+        /// Only entries about this sandbox.
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// Fetch one page of at most this many (default: every page).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
     },
 }
 
@@ -379,6 +468,62 @@ mod tests {
         );
         let err = Cli::try_parse_from(["sandboxctl", "create"]).expect_err("no profile");
         assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn credits_estimate_and_usage_parse() {
+        let cli = Cli::try_parse_from([
+            "sandboxctl",
+            "credits",
+            "grant",
+            "demo",
+            "500",
+            "--reason",
+            "trial",
+        ])
+        .expect("valid command line");
+        let Command::Credits(CreditsCommand::Grant {
+            project,
+            amount,
+            reason,
+            ..
+        }) = cli.command
+        else {
+            panic!("not credits grant")
+        };
+        assert_eq!(
+            (project.as_str(), amount, reason.as_str()),
+            ("demo", 500, "trial")
+        );
+        let err = Cli::try_parse_from([
+            "sandboxctl",
+            "credits",
+            "grant",
+            "demo",
+            "0",
+            "--reason",
+            "x",
+        ])
+        .expect_err("zero credits");
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let cli = Cli::try_parse_from([
+            "sandboxctl",
+            "estimate",
+            "profile.local-shell",
+            "--ttl",
+            "2h",
+        ])
+        .expect("valid command line");
+        assert!(matches!(
+            cli.command,
+            Command::Estimate { ttl: Some(_), .. }
+        ));
+        let cli = Cli::try_parse_from(["sandboxctl", "usage", "--csv", "--project", "demo"])
+            .expect("valid command line");
+        assert!(matches!(cli.command, Command::Usage { csv: true, .. }));
+        let err = Cli::try_parse_from(["sandboxctl", "usage", "--csv", "--json"])
+            .expect_err("csv or json");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -11,8 +11,9 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode, Url};
 use sandboxer_api::{
-    AuditEntry, CreateSandbox, CreateSnapshot, Event, ExpireReport, ExtendTtl, ExtendedSandbox,
-    Extension, Health, Page, Problem, Profile, RecreateSandbox, RestoreSnapshot, Sandbox, Snapshot,
+    AuditEntry, Balance, CreateGrant, CreateSandbox, CreateSnapshot, Estimate, Event, ExpireReport,
+    ExtendTtl, ExtendedSandbox, Extension, Health, LedgerEntry, Page, Problem, Profile,
+    RecreateSandbox, RestoreSnapshot, Sandbox, Snapshot, UsageReport,
 };
 use serde::de::DeserializeOwned;
 
@@ -167,6 +168,35 @@ impl SnapshotQuery {
         if let Some(cursor) = &self.cursor {
             pairs.push(("cursor", cursor.clone()));
         }
+        pairs
+    }
+}
+
+/// Filters of `GET /v1/usage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// Only this project (a consumer always gets its own).
+    pub project: Option<String>,
+    /// RFC 3339: debits at or after this time.
+    pub from: Option<String>,
+    /// RFC 3339: debits before this time.
+    pub to: Option<String>,
+}
+
+impl UsageQuery {
+    /// The query pairs in the order they are sent, with `format`.
+    pub fn to_pairs(&self, format: &str) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        for (name, value) in [
+            ("project", &self.project),
+            ("from", &self.from),
+            ("to", &self.to),
+        ] {
+            if let Some(value) = value {
+                pairs.push((name, value.clone()));
+            }
+        }
+        pairs.push(("format", format.to_owned()));
         pairs
     }
 }
@@ -496,6 +526,112 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/estimate`: what a sandbox of `profile` living `ttl`
+    /// (humantime; the profile's default when `None`) would cost, and where
+    /// it would run now.
+    pub async fn estimate(
+        &self,
+        profile: &str,
+        ttl: Option<&str>,
+    ) -> Result<Estimate, ClientError> {
+        let mut query = vec![("profile", profile.to_owned())];
+        if let Some(ttl) = ttl {
+            query.push(("ttl", ttl.to_owned()));
+        }
+        let url = self.endpoint(&["v1", "estimate"], &query);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `GET /v1/credits/{project}`: balance, reserved and available credits.
+    pub async fn balance(&self, project: &str) -> Result<Balance, ClientError> {
+        let project = check_id(project)?;
+        let url = self.endpoint(&["v1", "credits", project], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `POST /v1/credits/{project}/grants` (operator): adds `amount` credits.
+    /// Answers the status (201 granted, 200 a retry of the grant made with
+    /// the same `idempotency_key`) and the ledger entry.
+    pub async fn grant(
+        &self,
+        project: &str,
+        amount: i64,
+        reason: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(u16, LedgerEntry), ClientError> {
+        let project = check_id(project)?;
+        let url = self.endpoint(&["v1", "credits", project, "grants"], &[]);
+        let mut extra = HeaderMap::new();
+        if let Some(key) = idempotency_key {
+            let value = HeaderValue::from_str(key).map_err(|_| {
+                ClientError::Invalid(
+                    "the idempotency key contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
+            extra.insert("idempotency-key", value);
+        }
+        let body = to_json(&CreateGrant {
+            amount,
+            reason: reason.to_owned(),
+        })?;
+        self.call(Method::POST, url, Some(body), extra, None).await
+    }
+
+    /// `GET /v1/credits/{project}/ledger`: one page of ledger entries, newest
+    /// first (of one sandbox with `sandbox_id`).
+    pub async fn ledger(
+        &self,
+        project: &str,
+        sandbox_id: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<LedgerEntry>, ClientError> {
+        let project = check_id(project)?;
+        let url = self.endpoint(
+            &["v1", "credits", project, "ledger"],
+            &ledger_pairs(sandbox_id, limit, cursor),
+        );
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// Every ledger entry of `project` (of one sandbox with `sandbox_id`),
+    /// newest first, following `next_cursor` to the last page.
+    pub async fn ledger_all(
+        &self,
+        project: &str,
+        sandbox_id: Option<&str>,
+    ) -> Result<Vec<LedgerEntry>, ClientError> {
+        let project = check_id(project)?;
+        self.all_pages(None, |cursor| {
+            self.endpoint(
+                &["v1", "credits", project, "ledger"],
+                &ledger_pairs(sandbox_id, Some(1000), cursor),
+            )
+        })
+        .await
+    }
+
+    /// `GET /v1/usage?format=json`: per-sandbox usage for billing.
+    pub async fn usage(&self, q: &UsageQuery) -> Result<UsageReport, ClientError> {
+        let url = self.endpoint(&["v1", "usage"], &q.to_pairs("json"));
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
+    /// `GET /v1/usage?format=csv`: the same as CSV text (a header row, then
+    /// one row per sandbox).
+    pub async fn usage_csv(&self, q: &UsageQuery) -> Result<String, ClientError> {
+        let url = self.endpoint(&["v1", "usage"], &q.to_pairs("csv"));
+        let (status, bytes) = self
+            .send(Method::GET, &url, None, HeaderMap::new(), None)
+            .await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        String::from_utf8(bytes).map_err(|e| {
+            ClientError::Decode(format!("GET {url} answered CSV that is not UTF-8: {e}"))
+        })
+    }
+
     /// `GET /healthz`: 200 while the process serves.
     pub async fn health(&self) -> Result<Health, ClientError> {
         let url = self.endpoint(&["healthz"], &[]);
@@ -679,6 +815,25 @@ fn check_id(id: &str) -> Result<&str, ClientError> {
         return Err(ClientError::Invalid(format!("invalid id `{id}`")));
     }
     Ok(id)
+}
+
+/// Query of the ledger list.
+fn ledger_pairs(
+    sandbox_id: Option<&str>,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut pairs = Vec::new();
+    if let Some(s) = sandbox_id {
+        pairs.push(("sandbox_id", s.to_owned()));
+    }
+    if let Some(l) = limit {
+        pairs.push(("limit", l.to_string()));
+    }
+    if let Some(c) = cursor {
+        pairs.push(("cursor", c.to_owned()));
+    }
+    pairs
 }
 
 /// `?wait=<duration>` when there is a wait.

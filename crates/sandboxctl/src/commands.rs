@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sandboxctl::api::{CreateSandbox, Placement, Sandbox, SandboxState, SnapshotState};
-use sandboxctl::{Client, ClientError, ListQuery, SnapshotQuery};
+use sandboxctl::{Client, ClientError, ListQuery, SnapshotQuery, UsageQuery};
 use serde::Serialize;
 
-use crate::args::{to_map, Command, CreateArgs, ListArgs, SnapshotCommand};
+use crate::args::{to_map, Command, CreateArgs, CreditsCommand, ListArgs, SnapshotCommand};
 use crate::render;
 
 /// How long `create` asks the server to hold the first request.
@@ -161,6 +161,10 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
             let e = client.extension(&id).await?;
             emit_or(json, &e, || render::extension_details(&e))
         }
+        cmd @ (Command::Hosts { .. }
+        | Command::Inspect(_)
+        | Command::ReapStale { .. }
+        | Command::Canary { .. }) => crate::hosts_cmd::run(client, cmd, json).await,
         Command::Extensions { id: None } => {
             let page = client.extensions().await?;
             emit_or(json, &page.items, || render::extensions_table(&page.items))
@@ -193,6 +197,25 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
                 .audit(project.as_deref(), sandbox.as_deref(), limit)
                 .await?;
             emit_or(json, &page.items, || render::audit_table(&page.items))
+        }
+        Command::Credits(cmd) => credits(client, cmd, json).await,
+        Command::Estimate { profile, ttl } => {
+            let e = client.estimate(&profile, ttl.as_deref()).await?;
+            emit_or(json, &e, || render::estimate_details(&e))
+        }
+        Command::Usage {
+            project,
+            from,
+            to,
+            csv,
+        } => {
+            let q = UsageQuery { project, from, to };
+            if csv {
+                emit(&client.usage_csv(&q).await?);
+                return Ok(());
+            }
+            let report = client.usage(&q).await?;
+            emit_or(json, &report, || render::usage_table(&report))
         }
         Command::Completions { .. } | Command::Token(_) => Ok(()),
     }
@@ -358,6 +381,67 @@ async fn snapshot(client: &Client, cmd: SnapshotCommand, json: bool) -> Result<(
     }
 }
 
+/// `credits balance|grant|ledger`.
+async fn credits(client: &Client, cmd: CreditsCommand, json: bool) -> Result<(), CliError> {
+    match cmd {
+        CreditsCommand::Balance { project } => {
+            let b = client.balance(&project).await?;
+            emit_or(json, &b, || render::balance_details(&b))
+        }
+        CreditsCommand::Grant {
+            project,
+            amount,
+            reason,
+            idempotency_key,
+        } => {
+            let (status, entry) = client
+                .grant(&project, amount, &reason, idempotency_key.as_deref())
+                .await?;
+            emit_or(json, &entry, || {
+                let again = if status == 200 {
+                    " (already granted with this idempotency key)"
+                } else {
+                    ""
+                };
+                format!(
+                    "granted {} credits to {} ({}){again}\n",
+                    entry.amount, entry.project, entry.id
+                )
+            })
+        }
+        CreditsCommand::Ledger {
+            project,
+            sandbox,
+            limit,
+        } => {
+            let (items, more) = match limit {
+                Some(limit) => {
+                    let page = client
+                        .ledger(&project, sandbox.as_deref(), Some(limit), None)
+                        .await?;
+                    (page.items, page.next_cursor.is_some())
+                }
+                None => (
+                    client.ledger_all(&project, sandbox.as_deref()).await?,
+                    false,
+                ),
+            };
+            if json {
+                return emit_json(&items);
+            }
+            if items.is_empty() {
+                note("no ledger entries");
+                return Ok(());
+            }
+            emit(&render::ledger_table(&items));
+            if more {
+                note("more entries; raise --limit or leave it out to see them all");
+            }
+            Ok(())
+        }
+    }
+}
+
 /// `list`: one page with `--limit`, else every page.
 async fn list(client: &Client, args: ListArgs, json: bool) -> Result<(), CliError> {
     let q = ListQuery {
@@ -405,7 +489,8 @@ fn emit_or<T: Serialize>(
     }
 }
 
-fn emit_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+/// Print `value` as pretty JSON.
+pub fn emit_json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::Failed(format!("cannot encode the answer as JSON: {e}")))?;
     emit(&format!("{text}\n"));

@@ -17,9 +17,10 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod hosts;
 pub mod token;
 
-pub use client::{Client, ClientError, ListQuery, SnapshotQuery};
+pub use client::{Client, ClientError, ListQuery, SnapshotQuery, UsageQuery};
 /// HTTP methods, for [`Client::request_json`].
 pub use reqwest::Method;
 /// The wire types of the API, re-exported so users need no second dependency.

@@ -6,6 +6,7 @@
 
 mod args;
 mod commands;
+mod hosts_cmd;
 mod render;
 mod table;
 

@@ -187,6 +187,9 @@ pub fn sandbox_details(s: &Sandbox, full: bool, now: DateTime<Utc>) -> String {
             ),
         );
     }
+    if let Some(r) = &s.route {
+        add("route", route_line(r));
+    }
     if let Some(f) = &s.failure {
         add("failure", format!("{}: {}", f.code, f.message));
     }
@@ -412,7 +415,7 @@ pub fn profiles_table(items: &[Profile]) -> String {
         t.row(vec![
             p.id.clone(),
             p.version.to_string(),
-            p.extension.clone(),
+            profile_backends(p),
             wire_name(&p.isolation),
             format!("{}/{}", p.ttl.default, p.ttl.max),
             p.description.clone(),
@@ -426,7 +429,7 @@ pub fn profile_details(p: &Profile) -> String {
     let mut lines: Vec<(String, String)> = vec![
         ("id".into(), format!("{} (v{})", p.id, p.version)),
         ("description".into(), p.description.clone()),
-        ("extension".into(), p.extension.clone()),
+        ("extension".into(), profile_backends(p)),
         ("isolation".into(), wire_name(&p.isolation)),
     ];
     let mut network = wire_name(&p.network.mode);
@@ -482,6 +485,111 @@ pub fn profile_details(p: &Profile) -> String {
         out.push_str(&t.render());
     }
     out
+}
+
+/// What a profile runs on: its extension, or its routing policy and candidates.
+pub fn profile_backends(p: &Profile) -> String {
+    match (&p.extension, &p.routing) {
+        (Some(ext), _) => ext.clone(),
+        (None, Some(r)) => format!("{}: {}", r.policy, r.candidates.join(",")),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+/// A router's decision as one line: policy, each candidate and why it was
+/// skipped, the one chosen.
+pub fn route_line(r: &sandboxer_api::Route) -> String {
+    let considered: Vec<String> = r
+        .considered
+        .iter()
+        .map(|c| match &c.skipped {
+            Some(why) => format!("{} (skipped: {why})", c.extension),
+            None if r.chosen.as_deref() == Some(c.extension.as_str()) => {
+                format!("{} (chosen, {} credits)", c.extension, c.estimate_credits)
+            }
+            None => format!("{} (not needed)", c.extension),
+        })
+        .collect();
+    format!("{}: {}", r.policy, considered.join("; "))
+}
+
+/// A balance as `key: value` lines.
+pub fn balance_details(b: &sandboxer_api::Balance) -> String {
+    key_values(&[
+        ("project".into(), b.project.clone()),
+        ("balance".into(), b.balance.to_string()),
+        ("reserved".into(), b.reserved.to_string()),
+        ("available".into(), b.available.to_string()),
+    ])
+}
+
+/// Ledger entries as a table.
+pub fn ledger_table(items: &[sandboxer_api::LedgerEntry]) -> String {
+    let mut t = Table::new(&["AT", "KIND", "AMOUNT", "SANDBOX", "REASON"]);
+    for e in items {
+        t.row(vec![
+            timestamp(e.created_at),
+            e.kind.to_string(),
+            e.amount.to_string(),
+            match (&e.sandbox_id, e.generation) {
+                (Some(s), Some(g)) if g > 1 => format!("{s} (gen {g})"),
+                (Some(s), _) => s.clone(),
+                (None, _) => "-".to_owned(),
+            },
+            e.reason.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// An estimate as `key: value` lines.
+pub fn estimate_details(e: &sandboxer_api::Estimate) -> String {
+    let b = &e.breakdown;
+    let mut lines: Vec<(String, String)> = vec![
+        ("profile".into(), e.profile.clone()),
+        ("extension".into(), e.extension.clone()),
+        ("credits".into(), e.credits.to_string()),
+        (
+            "breakdown".into(),
+            format!(
+                "{} credits/hour × {}% × {}s, rounded up",
+                b.credits_per_hour, b.price_factor_percent, b.seconds
+            ),
+        ),
+    ];
+    if let Some(r) = &e.route {
+        lines.push(("route".into(), route_line(r)));
+    }
+    key_values(&lines)
+}
+
+/// A usage report as a table and a total.
+pub fn usage_table(r: &sandboxer_api::UsageReport) -> String {
+    let mut t = Table::new(&[
+        "SANDBOX",
+        "PROJECT",
+        "PROFILE",
+        "EXTENSION",
+        "HOST",
+        "START",
+        "END",
+        "SECONDS",
+        "CREDITS",
+    ]);
+    for u in &r.items {
+        t.row(vec![
+            u.sandbox_id.clone(),
+            u.project.clone(),
+            u.profile.clone(),
+            u.extension.clone(),
+            u.host.clone(),
+            u.start.map(timestamp).unwrap_or_else(|| "-".into()),
+            u.end.map(timestamp).unwrap_or_else(|| "-".into()),
+            u.seconds.to_string(),
+            u.credits.to_string(),
+        ]);
+    }
+    format!("{}total: {} credits\n", t.render(), r.total_credits)
 }
 
 /// Extensions as a table with their availability.

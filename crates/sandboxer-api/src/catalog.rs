@@ -16,8 +16,13 @@ pub struct Profile {
     pub version: u32,
     #[serde(default)]
     pub description: String,
-    /// The extension this profile is bound to (`ext.<name>`).
-    pub extension: String,
+    /// The extension this profile is bound to (`ext.<name>`). Exactly one
+    /// of `extension` and `routing` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<String>,
+    /// A policy over candidate extensions, instead of one bound `extension`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<crate::Routing>,
     /// `process` | `container` | `gvisor` | `microvm` | `saas`.
     pub isolation: Isolation,
     #[serde(default)]
@@ -39,6 +44,10 @@ pub struct Profile {
     /// A coarse price tier for people (`free`, `standard`, ...).
     #[serde(default = "default_cost_class")]
     pub cost_class: String,
+    /// Scales the extension's `pricing.credits_per_hour` for this profile's
+    /// resources: 100 (the default) charges it as is, 200 twice, 50 half.
+    #[serde(default = "default_price_factor")]
+    pub price_factor_percent: u32,
     /// Limits of this profile's snapshots (all optional).
     #[serde(default)]
     pub snapshot: SnapshotPolicy,
@@ -77,6 +86,10 @@ impl Default for SnapshotPolicy {
 
 fn default_cost_class() -> String {
     "standard".to_owned()
+}
+
+fn default_price_factor() -> u32 {
+    100
 }
 
 /// How a sandbox is isolated from its host.
@@ -222,6 +235,15 @@ pub struct ExtensionSpec {
     /// Hosts (self-hosted) or regions (SaaS) it can place on.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// The backend compiled into sandboxerd that runs this entry, when it is
+    /// not the one named by `id`: several catalog entries (price tiers, a
+    /// pinned tool build) may share one backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Settings of the backend for this entry (for `ext.local`: `bwrap`,
+    /// `nsenter`, absolute paths of the tools to run).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 /// Whether an extension runs on our hosts or is a provider's service.

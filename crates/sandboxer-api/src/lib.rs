@@ -4,12 +4,18 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod credits;
+pub mod host;
 pub mod problem;
+pub mod routing;
 pub mod sandbox;
 pub mod snapshot;
 
 pub use catalog::*;
+pub use credits::*;
+pub use host::*;
 pub use problem::Problem;
+pub use routing::*;
 pub use sandbox::*;
 pub use snapshot::*;
 

@@ -107,7 +107,10 @@ pub struct Failure {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cost {
+    /// The price of its whole lifetime (`expires_at - created_at`) at its
+    /// extension's rate: what is reserved when credits are enforced.
     pub estimate_credits: i64,
+    /// Debited so far for its running time (every generation).
     pub accrued_credits: i64,
 }
 
@@ -140,6 +143,11 @@ pub struct Sandbox {
     pub reachability: Option<serde_json::Value>,
     pub failure: Option<Failure>,
     pub cost: Cost,
+    /// For profiles that route over candidates: which extensions were
+    /// considered, why each was skipped, which one was chosen. `null` for
+    /// profiles bound to one extension.
+    #[serde(default)]
+    pub route: Option<crate::Route>,
 }
 
 /// Where to place a sandbox.

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -14,17 +13,22 @@ use nix::unistd::Pid;
 use sandboxer_api::Profile;
 use sandboxerd::catalog::Catalog;
 use sandboxerd::extensions::local::{LocalExtension, LOCAL_HOST};
-use sandboxerd::extensions::{Extension, ProvisionRequest, Registry};
+use sandboxerd::extensions::{Extension, ProvisionRequest};
 
 /// The profile every benchmark sandbox uses.
 pub const PROFILE: &str = "profile.local-shell";
 
-/// The benchmark profile as the daemon loads it from `repo`.
+/// The benchmark profile as the daemon loads it from `repo`, checked
+/// against the backends the daemon is built with.
 pub fn load_profile(repo: &Path, scratch: &Path) -> anyhow::Result<Profile> {
-    let mut registry = Registry::default();
-    registry.insert(Arc::new(LocalExtension::new(scratch)));
-    let catalog = Catalog::load(&repo.join("profiles"), &repo.join("extensions"), &registry)
-        .context("loading the catalog")?;
+    let mut settings = sandboxerd::config::Config::default().settings()?;
+    settings.data_dir = scratch.to_owned();
+    let catalog = Catalog::load(
+        &repo.join("profiles"),
+        &repo.join("extensions"),
+        &sandboxerd::registry(&settings),
+    )
+    .context("loading the catalog")?;
     catalog
         .profiles
         .get(PROFILE)

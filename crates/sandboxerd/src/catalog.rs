@@ -58,15 +58,21 @@ impl Catalog {
                     spec.id
                 )));
             }
-            if registry.get(&spec.id).is_none() {
+            // An entry runs on the backend of its id, or the one it names.
+            let backend = spec.backend.as_deref().unwrap_or(&spec.id);
+            if registry.get(backend).is_none() {
                 let known: Vec<&str> = registry.ids().collect();
+                let field = if spec.backend.is_some() {
+                    "backend"
+                } else {
+                    "id"
+                };
                 return Err(err(format!(
-                    "field `id`: no backend named `{}` is built into this sandboxerd (built in: {})",
-                    spec.id,
+                    "field `{field}`: no backend named `{backend}` is built into this sandboxerd (built in: {})",
                     known.join(", ")
                 )));
             }
-            let code_snapshots = registry.get(&spec.id).is_some_and(|e| e.can_snapshot());
+            let code_snapshots = registry.get(backend).is_some_and(|e| e.can_snapshot());
             if (spec.capabilities.snapshot || spec.capabilities.restore) && !code_snapshots {
                 return Err(err(format!(
                     "field `capabilities`: the `{}` backend built into this sandboxerd cannot snapshot or restore",
@@ -75,6 +81,12 @@ impl Catalog {
             }
             if spec.pricing.credits_per_hour < 0 || spec.pricing.credits_per_snapshot_gib < 0 {
                 return Err(err("field `pricing`: prices cannot be negative".into()));
+            }
+            if spec.pricing.credits_per_hour > crate::ledger::MAX_CREDITS_PER_HOUR {
+                return Err(err(format!(
+                    "field `pricing.credits_per_hour`: at most {}",
+                    crate::ledger::MAX_CREDITS_PER_HOUR
+                )));
             }
             if catalog
                 .extensions
@@ -111,28 +123,13 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
     if spec.version == 0 {
         return Err("field `version`: must be 1 or more".into());
     }
-    let Some(ext) = catalog.extensions.get(&spec.extension) else {
+    if !(1..=10_000).contains(&spec.price_factor_percent) {
         return Err(format!(
-            "field `extension`: `{}` is not in the extension catalog",
-            spec.extension
-        ));
-    };
-    if !ext.capabilities.isolation.contains(&spec.isolation) {
-        return Err(format!(
-            "field `isolation`: `{:?}` is not offered by {}",
-            spec.isolation, ext.id
+            "field `price_factor_percent`: `{}` is not from 1 to 10000",
+            spec.price_factor_percent
         ));
     }
-    if !ext
-        .capabilities
-        .network_policies
-        .contains(&spec.network.mode)
-    {
-        return Err(format!(
-            "field `network.mode`: `{:?}` is not offered by {}",
-            spec.network.mode, ext.id
-        ));
-    }
+    let candidates = candidate_specs(catalog, &spec)?;
     let dur = |field: &str, v: &str| {
         humantime::parse_duration(v)
             .map_err(|e| format!("field `{field}`: `{v}` is not a duration ({e})"))
@@ -169,10 +166,11 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
         }
     }
     for host in spec.placement.prefer.iter().chain(&spec.placement.fallback) {
-        if !ext.hosts.contains(host) {
+        if !candidates.iter().any(|ext| ext.hosts.contains(host)) {
+            let ids: Vec<&str> = candidates.iter().map(|e| e.id.as_str()).collect();
             return Err(format!(
                 "field `placement`: host `{host}` is not a host of {}",
-                ext.id
+                ids.join(" or ")
             ));
         }
     }
@@ -196,6 +194,104 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
         snapshot_max_bytes,
         snapshot_ttl,
     })
+}
+
+/// The extensions a profile may run on: its bound `extension`, or its
+/// routing candidates. Exactly one of the two must be given; a bound
+/// extension must offer the profile's isolation and network mode, and at
+/// least one candidate must (the router skips the others).
+fn candidate_specs<'a>(
+    catalog: &'a Catalog,
+    spec: &Profile,
+) -> Result<Vec<&'a ExtensionSpec>, String> {
+    let fits = |ext: &ExtensionSpec| {
+        crate::routing::isolates_enough(&ext.capabilities.isolation, spec.isolation)
+            && ext
+                .capabilities
+                .network_policies
+                .contains(&spec.network.mode)
+    };
+    match (&spec.extension, &spec.routing) {
+        (Some(_), Some(_)) => {
+            Err("fields `extension` and `routing`: give exactly one of them, not both".into())
+        }
+        (None, None) => {
+            Err("field `extension`: required (or `routing` with a policy and candidates)".into())
+        }
+        (Some(id), None) => {
+            let Some(ext) = catalog.extensions.get(id) else {
+                return Err(format!(
+                    "field `extension`: `{id}` is not in the extension catalog"
+                ));
+            };
+            if !ext.capabilities.isolation.contains(&spec.isolation) {
+                return Err(format!(
+                    "field `isolation`: `{:?}` is not offered by {}",
+                    spec.isolation, ext.id
+                ));
+            }
+            if !ext
+                .capabilities
+                .network_policies
+                .contains(&spec.network.mode)
+            {
+                return Err(format!(
+                    "field `network.mode`: `{:?}` is not offered by {}",
+                    spec.network.mode, ext.id
+                ));
+            }
+            Ok(vec![ext])
+        }
+        (None, Some(routing)) => {
+            if routing.candidates.is_empty() {
+                return Err("field `routing.candidates`: name at least one extension".into());
+            }
+            let mut found = Vec::new();
+            for (i, id) in routing.candidates.iter().enumerate() {
+                if routing.candidates[..i].contains(id) {
+                    return Err(format!(
+                        "field `routing.candidates[{i}]`: `{id}` is listed twice"
+                    ));
+                }
+                let Some(ext) = catalog.extensions.get(id) else {
+                    return Err(format!(
+                        "field `routing.candidates[{i}]`: `{id}` is not in the extension catalog"
+                    ));
+                };
+                found.push(ext);
+            }
+            let usable = |ext: &&ExtensionSpec| {
+                fits(ext)
+                    && (!routing.requires_snapshot
+                        || (ext.capabilities.snapshot && ext.capabilities.restore))
+            };
+            if !found.iter().any(usable) {
+                return Err(format!(
+                    "field `routing.candidates`: none offers isolation `{:?}` (or stronger) with network mode `{:?}`{}",
+                    spec.isolation,
+                    spec.network.mode,
+                    if routing.requires_snapshot {
+                        " and snapshots"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            Ok(found)
+        }
+    }
+}
+
+impl LoadedProfile {
+    /// The extensions this profile may run on: the bound one, or the
+    /// routing candidates in listed order.
+    pub fn candidates(&self) -> Vec<&str> {
+        match (&self.spec.extension, &self.spec.routing) {
+            (Some(ext), _) => vec![ext.as_str()],
+            (None, Some(r)) => r.candidates.iter().map(String::as_str).collect(),
+            (None, None) => Vec::new(),
+        }
+    }
 }
 
 /// A byte size: a whole number with an optional unit `B`, `KB`/`MB`/`GB`/`TB`

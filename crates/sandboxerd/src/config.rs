@@ -30,6 +30,8 @@ pub struct Config {
     pub shutdown_grace: String,
     /// How often the reaper sweeps for expired and idle sandboxes.
     pub reaper_interval: String,
+    /// How often running sandboxes are metered (debited by the second).
+    pub metering_interval: String,
     /// Where lifecycle events are POSTed; empty keeps them in the outbox table only.
     pub state_hub_url: String,
     /// Most snapshots (`creating` or `ready`) one project may hold.
@@ -40,6 +42,21 @@ pub struct Config {
     pub limits: Limits,
     /// Named secrets that profiles refer to in `setup.secret_refs`.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// Placement hosts (`[[hosts]]`) for `ext.compose-ssh`.
+    pub hosts: Vec<crate::hosts::HostConfig>,
+    /// Credit enforcement.
+    pub credits: CreditsConfig,
+}
+
+/// `[credits]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreditsConfig {
+    /// `true`: a create reserves its estimate and an extend the extra, or is
+    /// refused with 402; metering never debits past what a sandbox holds.
+    /// `false`: usage is metered and debited all the same, and a balance may
+    /// go below zero.
+    pub enforce: bool,
 }
 
 /// One `[[tokens]]` entry.
@@ -109,11 +126,14 @@ impl Default for Config {
             provision_timeout: "60s".into(),
             shutdown_grace: "10s".into(),
             reaper_interval: "1s".into(),
+            metering_interval: "10s".into(),
             state_hub_url: String::new(),
             snapshot_quota_per_project: 100,
             tokens: Vec::new(),
             limits: Limits::default(),
             secrets: BTreeMap::new(),
+            hosts: Vec::new(),
+            credits: CreditsConfig::default(),
         }
     }
 }
@@ -139,12 +159,18 @@ pub struct Settings {
     pub provision_timeout: Duration,
     pub shutdown_grace: Duration,
     pub reaper_interval: Duration,
+    /// How often running sandboxes are metered.
+    pub metering_interval: Duration,
     pub state_hub_url: Option<String>,
     /// Most snapshots (`creating` or `ready`) one project may hold.
     pub snapshot_quota_per_project: u32,
     pub tokens: Vec<TokenEntry>,
     pub limits: Limits,
     pub secrets: BTreeMap<String, SecretSource>,
+    /// Placement hosts, checked.
+    pub hosts: Vec<crate::hosts::Host>,
+    /// Credit enforcement (`[credits]`).
+    pub credits: CreditsConfig,
 }
 
 impl Config {
@@ -216,6 +242,12 @@ impl Config {
                 }
                 d => d,
             },
+            metering_interval: match dur("metering_interval", &self.metering_interval)? {
+                d if d.is_zero() => {
+                    anyhow::bail!("config `metering_interval`: must be more than zero")
+                }
+                d => d,
+            },
             state_hub_url: match self.state_hub_url.trim() {
                 "" => None,
                 url if url.starts_with("http://") || url.starts_with("https://") => {
@@ -243,6 +275,8 @@ impl Config {
                 }
                 self.secrets.clone()
             },
+            hosts: crate::hosts::check_all(&self.hosts)?,
+            credits: self.credits.clone(),
         })
     }
 }

@@ -12,6 +12,10 @@ pub const POINTS: &[&str] = &[
     "teardown.after_backend",
 ];
 
+/// Crash points of the metering ticker, reached inside the transaction of
+/// a tick that debits (before it commits).
+pub const METERING_POINTS: &[&str] = &["metering.after_debit"];
+
 /// Abort the process here if the environment names this point.
 pub fn hit(point: &'static str) {
     #[cfg(debug_assertions)]

@@ -17,9 +17,12 @@ pub mod config;
 pub mod events;
 pub mod extensions;
 pub mod fault;
+pub mod hosts;
 pub mod http;
+pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
+pub mod routing;
 pub mod secrets;
 pub mod store;
 
@@ -35,6 +38,8 @@ pub struct AppState {
     pub db: Db,
     pub catalog: Arc<Catalog>,
     pub extensions: Arc<Registry>,
+    /// The `ext.compose-ssh` backend, for host telemetry (`/v1/hosts`).
+    pub compose: Arc<extensions::compose::ComposeExtension>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// Ids of sandboxes whose row just changed, for long-polls.
@@ -67,6 +72,9 @@ pub fn registry(settings: &Settings) -> Registry {
     registry.insert(Arc::new(extensions::local::LocalExtension::new(
         &settings.data_dir,
     )));
+    registry.insert(Arc::new(extensions::compose::ComposeExtension::new(
+        &settings.hosts,
+    )));
     registry
 }
 
@@ -75,9 +83,18 @@ pub fn registry(settings: &Settings) -> Registry {
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("data dir {}: cannot create", settings.data_dir.display()))?;
-    let registry = registry(&settings);
+    let compose = Arc::new(extensions::compose::ComposeExtension::new(&settings.hosts));
+    let mut registry = registry(&settings);
+    // The same instance serves sandboxes and `/v1/hosts` telemetry.
+    registry.insert(compose.clone());
     let catalog = Catalog::load(&settings.profiles_dir, &settings.extensions_dir, &registry)
         .context("loading the catalog")?;
+    registry.bind_catalog(&catalog).map_err(|e| {
+        anyhow::anyhow!(
+            "loading the catalog: {}: {e}",
+            settings.extensions_dir.display()
+        )
+    })?;
     let db_path = settings.data_dir.join("sandboxer.db");
     let db = Db::open(&db_path).await?;
     let (events, _) = broadcast::channel(4096);
@@ -85,6 +102,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         db,
         catalog: Arc::new(catalog),
         extensions: Arc::new(registry),
+        compose,
         settings: Arc::new(settings),
         metrics: Arc::new(Metrics::default()),
         events,
@@ -116,10 +134,14 @@ pub async fn serve(
     let app = http::app(state.clone());
     let background = start_background(&state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    // `into_make_service`: each connection shares the one router. Served as
+    // a plain `Router`, axum deep-copies every route and its layers for each
+    // new connection (about 1 MiB here), which glibc then keeps resident.
+    let server =
+        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
     let server = tokio::spawn(async move { server.await });
     let mut stop_rx2 = stop_rx.clone();
     // Once asked to stop, give the server `grace` to drain before cutting it off.
@@ -143,13 +165,18 @@ pub async fn serve(
     Ok(())
 }
 
-/// Start the background tasks (reaper, event dispatcher); cancel the token
-/// to stop them.
+/// Start the background tasks (reaper, metering ticker, event dispatcher);
+/// cancel the token to stop them.
 pub fn start_background(state: &AppState) -> tokio_util::sync::CancellationToken {
     let stop = tokio_util::sync::CancellationToken::new();
     state.spawn(lifecycle::reaper::run(
         state.clone(),
         state.settings.reaper_interval,
+        stop.clone(),
+    ));
+    state.spawn(lifecycle::metering::run(
+        state.clone(),
+        state.settings.metering_interval,
         stop.clone(),
     ));
     if let Some(url) = state.settings.state_hub_url.clone() {

@@ -30,6 +30,16 @@ pub const COUNTERS: &[(&str, &str)] = &[
         "event_delivery_failures",
         "Failed deliveries of lifecycle events (retried).",
     ),
+    ("metering_ticks", "Metering ticks run."),
+    ("credits_debited", "Credits debited for running time."),
+    (
+        "sandboxes_settled",
+        "Sandbox generations settled (final debit, rest released).",
+    ),
+    (
+        "route_failovers",
+        "Creates moved to the next routing candidate after failing before ready.",
+    ),
 ];
 
 /// Counters and histograms of the daemon.

@@ -131,6 +131,13 @@ fn populate(ws: &Path) {
         .expect("open")
         .set_modified(old)
         .expect("mtime");
+    // Directories keep their mtimes too (set last: writing inside moves them).
+    for d in ["src/deep", "empty"] {
+        std::fs::File::open(ws.join(d))
+            .expect("open dir")
+            .set_modified(old)
+            .expect("dir mtime");
+    }
 }
 
 /// Change, add and remove things in every way a restore must undo.
@@ -1033,6 +1040,12 @@ async fn an_extension_that_cannot_snapshot_answers_409() {
         .replace("restore: true", "restore: false");
     assert_ne!(off, yaml);
     std::fs::write(exts.path().join("ext.local.yaml"), off).expect("write");
+    // The other shipped profiles still need their extensions.
+    std::fs::copy(
+        common::repo_root().join("extensions/ext.compose-ssh.yaml"),
+        exts.path().join("ext.compose-ssh.yaml"),
+    )
+    .expect("copy ext.compose-ssh.yaml");
     let path = exts.path().to_owned();
     let t = app_with(move |s| s.extensions_dir = path).await;
     let sbx = t.sandbox().await;

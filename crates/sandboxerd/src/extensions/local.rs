@@ -37,9 +37,13 @@ const SYSTEM_DIRS: &[&str] = &[
 
 /// `ext.local` over bubblewrap.
 pub struct LocalExtension {
+    /// The catalog id it serves (`ext.local`, or an entry naming `backend: ext.local`).
+    id: &'static str,
     root: PathBuf,
     bwrap: Option<PathBuf>,
     nsenter: Option<PathBuf>,
+    /// The `bwrap` option of its catalog entry, for messages when it is missing.
+    bwrap_option: Option<PathBuf>,
 }
 
 /// What is kept on the sandbox row for `ext.local`.
@@ -57,9 +61,11 @@ impl LocalExtension {
     /// A backend keeping its sandboxes under `<data_dir>/sandboxes`.
     pub fn new(data_dir: &Path) -> Self {
         Self {
+            id: "ext.local",
             root: data_dir.join("sandboxes"),
             bwrap: find_in_path("bwrap"),
             nsenter: find_in_path("nsenter"),
+            bwrap_option: None,
         }
     }
 
@@ -195,10 +201,20 @@ impl LocalExtension {
 #[async_trait]
 impl Extension for LocalExtension {
     fn id(&self) -> &'static str {
-        "ext.local"
+        self.id
     }
 
     async fn availability(&self) -> Availability {
+        if let (None, Some(path)) = (&self.bwrap, &self.bwrap_option) {
+            return Availability {
+                available: false,
+                reason: Some(format!(
+                    "bubblewrap not found at {} (option `bwrap` of {})",
+                    path.display(),
+                    self.id
+                )),
+            };
+        }
         if self.bwrap.is_none() {
             return Availability {
                 available: false,
@@ -222,6 +238,43 @@ impl Extension for LocalExtension {
 
     fn hosts(&self) -> Vec<String> {
         vec![LOCAL_HOST.to_owned()]
+    }
+
+    /// Options: `bwrap` and `nsenter`, absolute paths of the tools to run
+    /// instead of the ones found on PATH. Every instance keeps its
+    /// sandboxes under the same `<data_dir>/sandboxes` (ids never clash).
+    fn instance(
+        &self,
+        id: &'static str,
+        options: &BTreeMap<String, String>,
+    ) -> Option<Result<std::sync::Arc<dyn Extension>, String>> {
+        let mut ext = LocalExtension {
+            id,
+            root: self.root.clone(),
+            bwrap: self.bwrap.clone(),
+            nsenter: self.nsenter.clone(),
+            bwrap_option: None,
+        };
+        for (key, value) in options {
+            if !matches!(key.as_str(), "bwrap" | "nsenter") {
+                return Some(Err(format!(
+                    "`{key}` is not an option of ext.local (it takes `bwrap`, `nsenter`)"
+                )));
+            }
+            let path = PathBuf::from(value);
+            if !path.is_absolute() {
+                return Some(Err(format!("`{key}`: `{value}` is not an absolute path")));
+            }
+            let found = path.is_file().then(|| path.clone());
+            match key.as_str() {
+                "bwrap" => {
+                    ext.bwrap = found;
+                    ext.bwrap_option = Some(path);
+                }
+                _ => ext.nsenter = found,
+            }
+        }
+        Some(Ok(std::sync::Arc::new(ext)))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %req.sandbox_id))]

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sandboxer_api::{Availability, Profile};
+use sandboxer_api::{Availability, CostBreakdown, Pricing, Profile};
 
 pub mod archive;
+pub mod compose;
 pub mod local;
 
 /// What a backend needs to provision one sandbox.
@@ -163,6 +164,32 @@ pub trait Extension: Send + Sync {
         ))
     }
 
+    /// What `ttl` of a sandbox costs here at `pricing` (this entry's YAML),
+    /// scaled by the profile's `price_factor_percent`. The default charges
+    /// the YAML price by the second, rounded up to whole credits, which is
+    /// also how the metering ticker charges running time.
+    fn estimate_cost(
+        &self,
+        pricing: &Pricing,
+        price_factor_percent: u32,
+        ttl: Duration,
+    ) -> CostBreakdown {
+        crate::ledger::estimate(pricing, price_factor_percent, ttl)
+    }
+
+    /// Another instance of this backend, serving the catalog entry `id`
+    /// (an extension YAML with `backend: <this id>`, or this id with
+    /// `options`) configured by `options`. `None` when this backend takes no
+    /// options and serves only its own id; `Err` names the option at fault.
+    fn instance(
+        &self,
+        id: &'static str,
+        options: &BTreeMap<String, String>,
+    ) -> Option<Result<Arc<dyn Extension>, String>> {
+        let _ = (id, options);
+        None
+    }
+
     /// At start-up: finish (by rolling back) a restore that a crash of the
     /// daemon interrupted, so the workspace is whole again.
     async fn recover_workspace(
@@ -182,8 +209,41 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Add (or replace) a backend under its id.
     pub fn insert(&mut self, ext: Arc<dyn Extension>) {
         self.by_id.insert(ext.id().to_owned(), ext);
+    }
+
+    /// Bind catalog entries that name another `backend` or carry `options`
+    /// to configured instances of that backend, registered under the
+    /// entry's id. Errors name the entry and the option.
+    pub fn bind_catalog(&mut self, catalog: &crate::catalog::Catalog) -> Result<(), String> {
+        for spec in catalog.extensions.values() {
+            let backend = spec.backend.as_deref().unwrap_or(&spec.id);
+            if backend == spec.id && spec.options.is_empty() {
+                continue;
+            }
+            let Some(base) = self.get(backend) else {
+                return Err(format!(
+                    "extension {}: field `backend`: no backend `{backend}` is built in",
+                    spec.id
+                ));
+            };
+            // Ids of catalog entries live as long as the daemon; an entry is
+            // bound once at start.
+            let id: &'static str = Box::leak(spec.id.clone().into_boxed_str());
+            match base.instance(id, &spec.options) {
+                Some(Ok(ext)) => self.insert(ext),
+                Some(Err(e)) => return Err(format!("extension {}: field `options`: {e}", spec.id)),
+                None => {
+                    return Err(format!(
+                        "extension {}: the `{backend}` backend takes no options and serves only its own id",
+                        spec.id
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<dyn Extension>> {

@@ -16,10 +16,12 @@ use crate::AppState;
 pub mod auth;
 pub mod caller;
 pub mod catalog;
+pub mod credits;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod hosts;
 pub mod sandboxes;
 pub mod snapshots;
 
@@ -39,9 +41,11 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
     tags(
         (name = "sandboxes", description = "Create, inspect, extend and destroy sandboxes"),
         (name = "snapshots", description = "Checkpoint a workspace, restore it in place, fork sandboxes from it"),
+        (name = "credits", description = "Balances, grants, the ledger, usage export and estimates"),
         (name = "catalog", description = "Profiles and extensions"),
         (name = "events", description = "Lifecycle events and expiry"),
         (name = "health", description = "Liveness, readiness, metrics"),
+        (name = "hosts", description = "Placement hosts and their telemetry"),
     )
 )]
 struct ApiDoc;
@@ -53,6 +57,8 @@ fn routers() -> OpenApiRouter<AppState> {
         .merge(sandboxes::router())
         .merge(snapshots::router())
         .merge(events::router())
+        .merge(hosts::router())
+        .merge(credits::router())
 }
 
 /// The OpenAPI document of everything the daemon serves.

@@ -23,8 +23,10 @@ use super::extract::{
 };
 use crate::catalog::LoadedProfile;
 use crate::lifecycle;
+use crate::routing::{self, Needs, PlaceError};
 use crate::store::{
-    new_id, now_ms, Change, Created, ListFilter, NewLifetime, NewSandbox, Transition,
+    new_id, now_ms, Billing, Change, Created, Escrow, Extended, ListFilter, NewLifetime,
+    NewSandbox, Transition,
 };
 use crate::AppState;
 
@@ -69,11 +71,13 @@ struct CreateHeaders {
         (status = 202, description = "Accepted; provisioning goes on. `Location` names the sandbox", body = Sandbox,
             headers(("Location" = String, description = "/v1/sandboxes/{id}"))),
         (status = 400, description = "Malformed JSON, query or header", body = Problem, content_type = "application/problem+json"),
+        (status = 402, description = "Credits are enforced and the project's available credits cannot cover the estimate (`insufficient_credits`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown profile (`profile_not_found`) or `from_snapshot` (`snapshot_not_found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key used with another body (`idempotency_conflict`); `from_snapshot` not ready (`invalid_state`) or its extension cannot fork (`snapshot_unsupported`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field: profile (`missing_profile`, or `snapshot_incompatible` with `from_snapshot`), inputs, ttl, labels, consumer, placement", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The profile's extension is not built in (`extension_unavailable`), or no routing candidate can take the sandbox now (`no_extension_available`; the detail says why for each)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_sandbox(
@@ -91,7 +95,7 @@ async fn create_sandbox(
     let idempotency_key = idempotency_key(&headers)?;
 
     let req = super::snapshots::resolve_fork(&state, &caller, req).await?;
-    let new = validate_create(&state, &caller, &req)?;
+    let (new, billing) = validate_create(&state, &caller, &req).await?;
     super::snapshots::record_fork(&state, &new.id, &req).await?;
     let hash = idempotency_key
         .as_ref()
@@ -101,7 +105,11 @@ async fn create_sandbox(
         0 => None,
         n => Some(i64::from(n)),
     };
-    let sandbox = match state.db.create_sandbox_capped(new, idem, cap).await? {
+    let sandbox = match state
+        .db
+        .create_sandbox_billed(new, idem, cap, &billing)
+        .await?
+    {
         Created::New(sbx) => {
             crate::fault::hit("create.after_insert");
             state.spawn(lifecycle::provision(
@@ -113,6 +121,13 @@ async fn create_sandbox(
             sbx
         }
         Created::Replayed(sbx) => sbx,
+        Created::InsufficientCredits(short) => {
+            return Err(super::credits::insufficient(
+                short,
+                &caller.consumer.project,
+                "this create",
+            ))
+        }
         Created::OverCap { cap } => {
             let mut resp = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -152,7 +167,7 @@ async fn create_sandbox(
     Ok(resp)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -178,12 +193,12 @@ fn request_hash(project: &str, req: &CreateSandbox) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Check a create against the catalog; every error names the field.
-fn validate_create(
+/// Check a create against the catalog and route it; every error names the field.
+async fn validate_create(
     state: &AppState,
     caller: &Caller,
     req: &CreateSandbox,
-) -> ApiResult<NewSandbox> {
+) -> ApiResult<(NewSandbox, Billing)> {
     let profile = state
         .catalog
         .profiles
@@ -264,65 +279,79 @@ fn validate_create(
             c.clone()
         }
     };
-    let ext = state.extensions.get(&spec.extension).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "extension_unavailable",
-            format!("extension {} is not built into this daemon", spec.extension),
-        )
-    })?;
-    let hosts = ext.hosts();
-    let host = match req.placement.as_ref().and_then(|p| p.host.as_ref()) {
-        Some(h) if hosts.contains(h) => h.clone(),
-        Some(h) => {
-            return Err(ApiError::unprocessable(
-                "unknown_host",
-                "placement.host",
-                format!(
-                    "`placement.host`: {} places on {}, not `{h}`",
-                    spec.extension,
-                    hosts.join(", ")
-                ),
-            ))
-        }
-        None => spec
-            .placement
-            .prefer
-            .iter()
-            .chain(&spec.placement.fallback)
-            .find(|h| hosts.contains(h))
-            .or(hosts.first())
-            .cloned()
-            .unwrap_or_default(),
+    // A fork of a routed profile runs where its snapshot was taken.
+    let fork_of = match (&req.from_snapshot, &spec.routing) {
+        (Some(snap), Some(_)) => state
+            .db
+            .get_snapshot(snap, caller.scope())
+            .await?
+            .map(|s| s.extension),
+        _ => None,
     };
-    let pricing = state
-        .catalog
-        .extensions
-        .get(&spec.extension)
-        .map(|e| e.pricing.credits_per_hour)
-        .unwrap_or(0);
+    let needs = Needs {
+        host: req.placement.as_ref().and_then(|p| p.host.clone()),
+        fork_of,
+    };
+    let placed = routing::place(state, profile, ttl, &needs)
+        .await
+        .map_err(|e| place_error(&spec.id, e))?;
     let now = now_ms();
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let max_ms = i64::try_from(profile.ttl_max.as_millis()).unwrap_or(i64::MAX);
-    Ok(NewSandbox {
+    let new = NewSandbox {
         id: new_id("sbx"),
         profile: spec.id.clone(),
         profile_version: spec.version,
-        extension: spec.extension.clone(),
-        host,
+        extension: placed.target.extension.clone(),
+        host: placed.target.host.clone(),
         consumer,
         inputs: req.inputs.clone(),
         labels: req.labels.clone(),
         now,
         expires_at: now.saturating_add(ttl_ms),
         max_expires_at: now.saturating_add(max_ms),
-        // Whole credits for the lifetime asked for, rounded up.
-        estimate_credits: (pricing.saturating_mul(ttl_ms) + 3_599_999) / 3_600_000,
-    })
+        // Whole credits for the lifetime asked for, rounded up (the same
+        // price `GET /v1/estimate` quotes).
+        estimate_credits: placed.target.estimate_credits,
+    };
+    let billing = Billing {
+        rate_centicredits: placed.target.rate_centicredits,
+        route: placed.route,
+        enforce: state.settings.credits.enforce,
+    };
+    Ok((new, billing))
+}
+
+/// A routing refusal as a problem.
+pub(super) fn place_error(profile: &str, e: PlaceError) -> ApiError {
+    match e {
+        PlaceError::UnknownHost { host, hosts } => ApiError::unprocessable(
+            "unknown_host",
+            "placement.host",
+            format!(
+                "`placement.host`: {profile} places on {}, not `{host}`",
+                hosts.join(", ")
+            ),
+        ),
+        PlaceError::NotBuiltIn(ext) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "extension_unavailable",
+            format!("extension {ext} is not built into this daemon"),
+        ),
+        PlaceError::NoCandidate(route) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_extension_available",
+            format!(
+                "no candidate of {profile} ({} policy) can take this sandbox now: {}",
+                route.policy,
+                routing::explain(&route)
+            ),
+        ),
+    }
 }
 
 /// The lifetime asked for (or the profile's default): more than zero, at most `ttl.max`.
-fn requested_ttl(ttl: Option<&str>, profile: &LoadedProfile) -> ApiResult<Duration> {
+pub(super) fn requested_ttl(ttl: Option<&str>, profile: &LoadedProfile) -> ApiResult<Duration> {
     let Some(v) = ttl else {
         return Ok(profile.ttl_default);
     };
@@ -607,6 +636,9 @@ async fn delete_sandbox(
         }
         Transition::Refused(sandbox) => sandbox,
         Transition::NotFound => return Err(ApiError::not_found("sandbox", &id)),
+        Transition::InsufficientCredits(short) => {
+            return Err(super::credits::insufficient(short, "", "a destroy"))
+        }
     };
     let sandbox = match (wait, sandbox.state) {
         (Some(timeout), SandboxState::Destroying | SandboxState::Expired) => {
@@ -635,6 +667,7 @@ async fn delete_sandbox(
     responses(
         (status = 202, description = "Recreating (`provisioning`, generation + 1)", body = Sandbox),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 402, description = "Credits are enforced and the new lifetime's estimate cannot be reserved (`insufficient_credits`); nothing changed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not `ready`, `active` or `failed` (`invalid_state`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
@@ -673,6 +706,9 @@ async fn recreate_sandbox(
         }),
         reachability: Some(None),
         failure: Some(None),
+        escrow: Some(Escrow {
+            enforce: state.settings.credits.enforce,
+        }),
         ..Change::default()
     };
     let from = [
@@ -703,6 +739,12 @@ async fn recreate_sandbox(
             ),
         )),
         Transition::NotFound => Err(ApiError::not_found("sandbox", &id)),
+        Transition::InsufficientCredits(short) => Err(super::credits::insufficient(
+            short,
+            &row.project,
+            "the recreated sandbox's lifetime",
+        )
+        .field("ttl")),
     }
 }
 
@@ -714,6 +756,7 @@ async fn recreate_sandbox(
     responses(
         (status = 200, description = "Extended; `ttl_capped` says whether the ceiling cut it", body = ExtendedSandbox),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 402, description = "Credits are enforced and the extra estimate cannot be reserved (`insufficient_credits`); nothing moved", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`destroying`, `destroyed`, `expired` or `failed` (`invalid_state`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
@@ -736,15 +779,32 @@ async fn extend_ttl(
         ));
     }
     let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-    match state.db.extend_ttl(&id, caller.scope(), by_ms).await? {
-        Some((sandbox, ttl_capped)) => {
+    let enforce = state.settings.credits.enforce;
+    match state
+        .db
+        .extend_ttl_billed(&id, caller.scope(), by_ms, enforce)
+        .await?
+    {
+        Extended::Done(sandbox, ttl_capped) => {
             state.notify(&id);
             Ok(Json(ExtendedSandbox {
-                sandbox,
+                sandbox: *sandbox,
                 ttl_capped,
             }))
         }
-        None => match state.db.get_sandbox(&id, caller.scope()).await? {
+        Extended::InsufficientCredits(short) => {
+            let project = match caller.scope() {
+                Some(p) => p.to_owned(),
+                None => state
+                    .db
+                    .get_sandbox(&id, None)
+                    .await?
+                    .map(|s| s.consumer.project)
+                    .unwrap_or_default(),
+            };
+            Err(super::credits::insufficient(short, &project, "this extension").field("duration"))
+        }
+        Extended::NotExtendable => match state.db.get_sandbox(&id, caller.scope()).await? {
             None => Err(ApiError::not_found("sandbox", &id)),
             Some(sbx) => Err(ApiError::conflict(
                 "invalid_state",
@@ -788,6 +848,9 @@ async fn touch_sandbox(
             ),
         )),
         Transition::NotFound => Err(ApiError::not_found("sandbox", &id)),
+        Transition::InsufficientCredits(short) => {
+            Err(super::credits::insufficient(short, "", "a touch"))
+        }
     }
 }
 

@@ -419,13 +419,15 @@ pub async fn resolve_fork(
     let Some(profile) = state.catalog.profiles.get(&req.profile) else {
         return Err(ApiError::not_found("profile", &req.profile).field("profile"));
     };
-    if profile.spec.extension != snap.extension {
+    if !profile.candidates().contains(&snap.extension.as_str()) {
         return Err(ApiError::unprocessable(
             "snapshot_incompatible",
             "profile",
             format!(
                 "profile {} runs on {}, but snapshot {snap_id} was taken on {}",
-                req.profile, profile.spec.extension, snap.extension
+                req.profile,
+                profile.candidates().join(" or "),
+                snap.extension
             ),
         ));
     }

@@ -14,6 +14,7 @@ use crate::extensions::{BackendState, ExtError, ProvisionRequest};
 use crate::store::{now_ms, Change, StoreError, Transition};
 use crate::AppState;
 
+pub mod metering;
 pub mod reaper;
 pub mod recover;
 pub mod snapshots;
@@ -77,10 +78,28 @@ const LIVE_OR_COMING: [SandboxState; 4] = [
 /// is the previous generation's backend state, torn down first.
 #[tracing::instrument(skip_all, fields(sandbox_id = %id, generation))]
 pub async fn provision(state: AppState, id: String, generation: u32, old: Option<BackendState>) {
-    if let Err(e) = provision_inner(&state, &id, generation, old).await {
-        tracing::error!(error = %e, "provisioning stopped on a storage error");
+    let mut old = old;
+    loop {
+        match provision_inner(&state, &id, generation, old.take()).await {
+            // Moved to the next routing candidate: provision it there. Each
+            // failover uses up one candidate, so this ends.
+            Ok(Step::FailedOver) => continue,
+            Ok(Step::Done) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "provisioning stopped on a storage error");
+                break;
+            }
+        }
     }
     state.notify(&id);
+}
+
+/// How a provision attempt ended.
+enum Step {
+    /// Ready, failed, or nothing to do.
+    Done,
+    /// Failed before ready and moved to another routing candidate.
+    FailedOver,
 }
 
 async fn provision_inner(
@@ -88,13 +107,13 @@ async fn provision_inner(
     id: &str,
     generation: u32,
     old: Option<BackendState>,
-) -> Result<(), StoreError> {
+) -> Result<Step, StoreError> {
     let _guard = state.locks.lock(id).await;
     let Some(row) = state.db.get_row(id, None).await? else {
-        return Ok(());
+        return Ok(Step::Done);
     };
     if row.generation != generation {
-        return Ok(());
+        return Ok(Step::Done);
     }
     let current = row.state()?;
     match current {
@@ -116,12 +135,12 @@ async fn provision_inner(
                 .await?
             {
                 Transition::Done { .. } => state.notify(id),
-                _ => return Ok(()),
+                _ => return Ok(Step::Done),
             }
             crate::fault::hit("provision.after_provisioning");
         }
         SandboxState::Provisioning => {}
-        _ => return Ok(()),
+        _ => return Ok(Step::Done),
     }
     let Some(ext) = state.extensions.get(&row.extension) else {
         fail(
@@ -135,7 +154,7 @@ async fn provision_inner(
             ),
         )
         .await?;
-        return Ok(());
+        return Ok(Step::Done);
     };
     let Some(profile) = state.catalog.profiles.get(&row.profile) else {
         fail(
@@ -149,12 +168,12 @@ async fn provision_inner(
             ),
         )
         .await?;
-        return Ok(());
+        return Ok(Step::Done);
     };
     if let Some(old) = old {
         if let Err(e) = ext.teardown(id, Some(&old)).await {
             fail(state, id, generation, Some(old), e).await?;
-            return Ok(());
+            return Ok(Step::Done);
         }
     }
     let sandbox = row.into_api()?;
@@ -163,7 +182,7 @@ async fn provision_inner(
         Ok(fork) => fork,
         Err(e) => {
             fail(state, id, generation, None, e).await?;
-            return Ok(());
+            return Ok(Step::Done);
         }
     };
     let secrets =
@@ -171,7 +190,7 @@ async fn provision_inner(
             Ok(s) => s,
             Err(e) => {
                 fail(state, id, generation, None, e).await?;
-                return Ok(());
+                return Ok(Step::Done);
             }
         };
     let req = ProvisionRequest {
@@ -188,9 +207,8 @@ async fn provision_inner(
     let backend_state = match provisioned {
         Ok(s) => s,
         Err(e) => {
-            let _ = ext.teardown(id, None).await;
-            fail(state, id, generation, None, e).await?;
-            return Ok(());
+            let torn_down = ext.teardown(id, None).await.is_ok();
+            return fail_or_failover(state, id, generation, None, e, torn_down).await;
         }
     };
     crate::fault::hit("provision.after_spawn");
@@ -232,11 +250,30 @@ async fn provision_inner(
             // Refused: a destroy came in meanwhile; its task tears down next.
         }
         Err(e) => {
-            let _ = ext.teardown(id, Some(&backend_state)).await;
-            fail(state, id, generation, Some(backend_state), e).await?;
+            let torn_down = ext.teardown(id, Some(&backend_state)).await.is_ok();
+            return fail_or_failover(state, id, generation, Some(backend_state), e, torn_down)
+                .await;
         }
     }
-    Ok(())
+    Ok(Step::Done)
+}
+
+/// A failure before ready: move the sandbox to its next routing candidate
+/// when it has one (and what was made here is gone, so nothing is left
+/// behind unowned), else mark it failed.
+async fn fail_or_failover(
+    state: &AppState,
+    id: &str,
+    generation: u32,
+    backend_state: Option<BackendState>,
+    e: ExtError,
+    torn_down: bool,
+) -> Result<Step, StoreError> {
+    if torn_down && crate::routing::failover(state, id, generation, &e).await? {
+        return Ok(Step::FailedOver);
+    }
+    fail(state, id, generation, backend_state, e).await?;
+    Ok(Step::Done)
 }
 
 async fn fail(
@@ -263,6 +300,8 @@ async fn fail(
         .db
         .transition(id, &LIVE_OR_COMING, SandboxState::Failed, change)
         .await?;
+    // Failure ends the generation: charge its use, release the rest.
+    metering::settle(state, id).await;
     Ok(())
 }
 
@@ -291,6 +330,9 @@ async fn destroy_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
     if !matches!(from, SandboxState::Destroying | SandboxState::Expired) {
         return Ok(());
     }
+    // Destroy and expiry end the generation (at the transition that led
+    // here): charge its use, release the rest.
+    metering::settle(state, id).await;
     crate::fault::hit("teardown.after_destroying");
     if row.teardown_attempts > 0 {
         state.metrics.count("teardown_retries");

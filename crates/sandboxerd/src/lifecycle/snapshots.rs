@@ -287,6 +287,19 @@ pub async fn fork_source(
             format!("snapshot {snapshot_id} to fork from does not exist"),
         )));
     };
+    // A router may place a fork on any candidate of its profile: only the
+    // snapshot's own extension can read its archive.
+    if let Some(row) = state.db.get_row(sandbox_id, None).await? {
+        if row.extension != snap.extension {
+            return Ok(Err(ExtError::new(
+                "snapshot_incompatible",
+                format!(
+                    "snapshot {snapshot_id} was taken on {}, but this sandbox was placed on {}",
+                    snap.extension, row.extension
+                ),
+            )));
+        }
+    }
     let Some(sha) = snap.sha256.clone().filter(|_| snap.state == "ready") else {
         return Ok(Err(ExtError::new(
             "snapshot_unavailable",

@@ -11,11 +11,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
 mod audit;
+mod ledger;
 mod outbox;
 mod reaper;
 mod rows;
 mod snapshots;
 pub use audit::{AuditFilter, NewAudit};
+pub use ledger::{
+    Billing, Escrow, Extended, Granted, LedgerFilter, Rerouted, Shortfall, UsageFilter,
+};
 pub use outbox::OutboxEvent;
 pub use rows::{EventRow, SandboxRow};
 pub use snapshots::{Captured, NewSnapshot, SnapshotCreated, SnapshotFilter, SnapshotRow};
@@ -139,6 +143,8 @@ pub enum Created {
     KeyConflict,
     /// The project already has `cap` live sandboxes.
     OverCap { cap: i64 },
+    /// Credits are enforced and the project cannot cover the estimate.
+    InsufficientCredits(Shortfall),
 }
 
 /// Filters of `GET /v1/sandboxes`.
@@ -175,6 +181,9 @@ pub struct Change<'a> {
     pub idle_since: Option<i64>,
     /// Set (or clear) the next teardown attempt and the attempts so far.
     pub teardown_retry: Option<Option<(i64, i64)>>,
+    /// With `new_generation`: settle the old generation's use and reserve
+    /// the new lifetime's estimate, in the same transaction.
+    pub escrow: Option<Escrow>,
 }
 
 /// The lifetime a recreated sandbox starts with.
@@ -194,12 +203,14 @@ pub enum Transition {
     /// The row exists but was in a state (or generation) the change does not apply to.
     Refused(Sandbox),
     NotFound,
+    /// Nothing was written: the change needs credits the project cannot cover.
+    InsufficientCredits(Shortfall),
 }
 
 pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension, host, state, actor_type, actor, project, \
      inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
      last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
-     teardown_attempts, next_teardown_at \
+     teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route \
      FROM sandboxes";
 
 impl Db {
@@ -220,6 +231,21 @@ impl Db {
         new: NewSandbox,
         idempotency: Option<(&str, &str)>,
         cap: Option<i64>,
+    ) -> Result<Created, StoreError> {
+        self.create_sandbox_billed(new, idempotency, cap, &Billing::default())
+            .await
+    }
+
+    /// [`Db::create_sandbox_capped`] that also records the sandbox's rate
+    /// and route and, with `billing.enforce`, reserves its estimate in the
+    /// same transaction: the available balance is read and reduced there,
+    /// so concurrent creates can never reserve more than the project has.
+    pub async fn create_sandbox_billed(
+        &self,
+        new: NewSandbox,
+        idempotency: Option<(&str, &str)>,
+        cap: Option<i64>,
+        billing: &Billing,
     ) -> Result<Created, StoreError> {
         let mut tx = self.writer.begin().await?;
         if let Some((key, hash)) = idempotency {
@@ -256,10 +282,20 @@ impl Db {
                 return Ok(Created::OverCap { cap });
             }
         }
+        if billing.enforce && new.estimate_credits > 0 {
+            if let Err(short) =
+                ledger::check_available(&mut tx, &new.consumer.project, new.estimate_credits)
+                    .await?
+            {
+                tx.rollback().await?;
+                return Ok(Created::InsufficientCredits(short));
+            }
+        }
         sqlx::query(
             "INSERT INTO sandboxes (id, profile, profile_version, extension, host, state, actor_type, actor, project, \
-             inputs, labels, generation, created_at, updated_at, expires_at, max_expires_at, last_activity_at, estimate_credits) \
-             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+             inputs, labels, generation, created_at, updated_at, expires_at, max_expires_at, last_activity_at, estimate_credits, \
+             rate_centicredits, route) \
+             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&new.id)
         .bind(&new.profile)
@@ -277,8 +313,25 @@ impl Db {
         .bind(new.max_expires_at)
         .bind(new.now)
         .bind(new.estimate_credits)
+        .bind(billing.rate_centicredits)
+        .bind(
+            billing
+                .route
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok()),
+        )
         .execute(&mut *tx)
         .await?;
+        if billing.enforce && new.estimate_credits > 0 {
+            ledger::reserve_new(
+                &mut tx,
+                &new.id,
+                &new.consumer.project,
+                new.estimate_credits,
+                new.now,
+            )
+            .await?;
+        }
         insert_event(
             &mut tx,
             &new.id,
@@ -421,6 +474,11 @@ impl Db {
             return Ok(Transition::Refused(row.into_api()?));
         }
         let now = now_ms();
+        if let (Some(escrow), Some(_)) = (change.escrow, change.new_generation) {
+            // The old generation's use ends here; it is charged and its
+            // reservation released before the new lifetime reserves its own.
+            ledger::settle_in(&mut tx, &row, now, escrow.enforce, now).await?;
+        }
         let mut generation = row.generation;
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE sandboxes SET state = ");
         qb.push_bind(to.as_str())
@@ -431,6 +489,18 @@ impl Db {
         }
         if change.set_destroyed_at {
             qb.push(", destroyed_at = ").push_bind(now);
+        }
+        if !matches!(
+            to,
+            SandboxState::Requested
+                | SandboxState::Provisioning
+                | SandboxState::Ready
+                | SandboxState::Active
+        ) {
+            // Billing stops when the sandbox stops being usable.
+            qb.push(", ended_at = COALESCE(ended_at, ")
+                .push_bind(now)
+                .push(")");
         }
         if let Some(r) = &change.reachability {
             qb.push(", reachability = ")
@@ -458,7 +528,15 @@ impl Db {
                 .push_bind(life.max_expires_at)
                 .push(", last_activity_at = ")
                 .push_bind(now)
-                .push(", ready_at = NULL, destroyed_at = NULL");
+                .push(", ready_at = NULL, destroyed_at = NULL, ended_at = NULL, settled_at = NULL");
+            if change.escrow.is_some() {
+                let ttl_ms = life.expires_at.saturating_sub(now);
+                qb.push(", estimate_credits = ")
+                    .push_bind(crate::ledger::credits_for(
+                        row.rate_centicredits,
+                        crate::ledger::billed_seconds(ttl_ms),
+                    ));
+            }
         }
         if let Some(retry) = change.teardown_retry {
             let (at, attempts) = match retry {
@@ -472,6 +550,14 @@ impl Db {
         }
         qb.push(" WHERE id = ").push_bind(id);
         qb.build().execute(&mut *tx).await?;
+        if let (Some(escrow), Some(_)) = (change.escrow, change.new_generation) {
+            if let Some(after) = fetch_in(&mut tx, id).await? {
+                if let Err(short) = ledger::rebalance(&mut tx, &after, escrow.enforce, now).await? {
+                    tx.rollback().await?;
+                    return Ok(Transition::InsufficientCredits(short));
+                }
+            }
+        }
         insert_event(
             &mut tx,
             id,
@@ -513,42 +599,16 @@ impl Db {
 
     /// Move `expires_at` forward by `by_ms`, never past `max_expires_at`, in
     /// one conditional statement. `None` when the sandbox is not extendable.
+    /// Nothing is reserved (see [`Db::extend_ttl_billed`]).
     pub async fn extend_ttl(
         &self,
         id: &str,
         project: Option<&str>,
         by_ms: i64,
     ) -> Result<Option<(Sandbox, bool)>, StoreError> {
-        let now = now_ms();
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("UPDATE sandboxes SET expires_at = MIN(expires_at + ");
-        qb.push_bind(by_ms)
-            .push(", max_expires_at), updated_at = ")
-            .push_bind(now)
-            .push(", last_activity_at = ")
-            .push_bind(now)
-            .push(" WHERE id = ")
-            .push_bind(id)
-            .push(" AND state IN ('requested','provisioning','ready','active') AND expires_at > ")
-            .push_bind(now);
-        if let Some(p) = project {
-            qb.push(" AND project = ").push_bind(p);
-        }
-        let mut tx = self.writer.begin().await?;
-        let before: Option<(i64,)> =
-            sqlx::query_as("SELECT expires_at FROM sandboxes WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let done = qb.build().execute(&mut *tx).await?.rows_affected() == 1;
-        let row = fetch_in(&mut tx, id).await?;
-        tx.commit().await?;
-        match (done, before, row) {
-            (true, Some((before,)), Some(row)) => {
-                let capped = before.saturating_add(by_ms) > row.max_expires_at;
-                Ok(Some((row.into_api()?, capped)))
-            }
-            _ => Ok(None),
+        match self.extend_ttl_billed(id, project, by_ms, false).await? {
+            Extended::Done(sbx, capped) => Ok(Some((*sbx, capped))),
+            Extended::NotExtendable | Extended::InsufficientCredits(_) => Ok(None),
         }
     }
 
@@ -689,6 +749,10 @@ impl SandboxRow {
             }
             None => None,
         };
+        let route = match &self.route {
+            Some(r) => Some(serde_json::from_str(r).map_err(|e| corrupt(format!("route: {e}")))?),
+            None => None,
+        };
         let failure = self.failure_code.clone().map(|code| Failure {
             code,
             message: self.failure_message.clone().unwrap_or_default(),
@@ -716,6 +780,7 @@ impl SandboxRow {
                 estimate_credits: self.estimate_credits,
                 accrued_credits: self.accrued_credits,
             },
+            route,
             id: self.id,
             profile: self.profile,
             extension: self.extension,

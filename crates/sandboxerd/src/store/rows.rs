@@ -37,6 +37,14 @@ pub struct SandboxRow {
     pub accrued_credits: i64,
     pub teardown_attempts: i64,
     pub next_teardown_at: Option<i64>,
+    /// Hundredths of a credit per hour of running time.
+    pub rate_centicredits: i64,
+    /// When this generation stopped being usable (billing ends).
+    pub ended_at: Option<i64>,
+    /// When this generation's use was settled.
+    pub settled_at: Option<i64>,
+    /// The router's decision (JSON), for routed profiles.
+    pub route: Option<String>,
 }
 
 impl SandboxRow {

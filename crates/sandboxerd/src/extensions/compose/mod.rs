@@ -1,0 +1,525 @@
+//! `ext.compose-ssh`: a compose stack per sandbox on a placement host,
+//! reached over SSH. The workspace is uploaded to `<workdir>/<sandbox id>`,
+//! the project is named after the sandbox id (lower case), and an override
+//! file labels every container, network and volume with
+//! `io.sandboxer.sandbox-id` and makes the project's networks internal
+//! (default-deny), so teardown and orphan sweeps find all of it by label.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sandboxer_api::{Availability, NetworkMode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo};
+use crate::hosts::{Engine, Host};
+
+pub mod project;
+pub mod ssh;
+pub mod telemetry;
+
+use project::{LABEL, OVERRIDE_FILE};
+use ssh::{sh_quote, HostPool};
+
+/// The catalog id.
+pub const ID: &str = "ext.compose-ssh";
+/// The input naming the repository to upload.
+pub const REPO_INPUT: &str = "repo";
+/// Written by the `up` command so a crashed daemon's teardown can stop it.
+const UP_PID_FILE: &str = ".sandboxer-up.pid";
+/// Time a probe or a status poll may take.
+const QUICK: Duration = Duration::from_secs(20);
+
+/// The engine binary and compose command found on a host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tooling {
+    /// `docker` or `podman`.
+    pub engine: String,
+    /// `docker compose`, `docker-compose` or `podman-compose`.
+    pub compose: String,
+}
+
+/// What the row keeps to find a stack again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComposeState {
+    pub host: String,
+    pub project: String,
+    pub dir: String,
+    pub compose_file: String,
+    pub services: Vec<String>,
+    pub tooling: Tooling,
+}
+
+/// The `ext.compose-ssh` backend: one SSH pool per configured host.
+pub struct ComposeExtension {
+    /// Pools in configuration order.
+    hosts: Vec<Arc<HostPool>>,
+    tooling: Mutex<BTreeMap<String, Tooling>>,
+}
+
+/// Facts about a host for `GET /v1/hosts`.
+#[derive(Debug, Clone, Default)]
+pub struct HostSeen {
+    /// The last connection attempt's outcome (`None`: not tried yet).
+    pub reachable: Option<bool>,
+    /// When (Unix ms).
+    pub checked_at_ms: Option<i64>,
+    /// The last connection error.
+    pub error: Option<String>,
+    /// The engine and compose command, once detected.
+    pub tooling: Option<Tooling>,
+}
+
+impl ComposeExtension {
+    /// A backend over the configured hosts (none is fine: it is then unavailable).
+    pub fn new(hosts: &[Host]) -> Self {
+        Self {
+            hosts: hosts
+                .iter()
+                .map(|h| Arc::new(HostPool::new(h.clone())))
+                .collect(),
+            tooling: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The pool of host `id`.
+    pub fn pool(&self, id: &str) -> Option<Arc<HostPool>> {
+        self.hosts.iter().find(|p| p.host.id == id).cloned()
+    }
+
+    /// What is known about host `id` without contacting it.
+    pub fn seen(&self, id: &str) -> Option<HostSeen> {
+        let pool = self.pool(id)?;
+        let seen = pool.seen();
+        Some(HostSeen {
+            reachable: seen.reachable,
+            checked_at_ms: seen.at_ms,
+            error: seen.error,
+            tooling: self.cached_tooling(id),
+        })
+    }
+
+    fn cached_tooling(&self, id: &str) -> Option<Tooling> {
+        self.tooling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn pool_or_err(&self, id: &str) -> Result<Arc<HostPool>, ExtError> {
+        self.pool(id).ok_or_else(|| {
+            ExtError::new(
+                "unknown_host",
+                format!("host `{id}` is not configured (`[[hosts]]`)"),
+            )
+        })
+    }
+
+    /// The engine and compose command of a host, detected once.
+    pub async fn tooling(&self, pool: &HostPool) -> Result<Tooling, ExtError> {
+        if let Some(t) = self.cached_tooling(&pool.host.id) {
+            return Ok(t);
+        }
+        let (try_docker, try_podman) = match pool.host.engine {
+            Engine::Docker => (true, false),
+            Engine::Podman => (false, true),
+            Engine::Auto => (true, true),
+        };
+        let mut script = String::new();
+        if try_docker {
+            script.push_str(
+                "if command -v docker >/dev/null 2>&1; then \
+                   if docker compose version >/dev/null 2>&1; then echo 'docker|docker compose'; exit 0; fi; \
+                   if command -v docker-compose >/dev/null 2>&1; then echo 'docker|docker-compose'; exit 0; fi; \
+                 fi; ",
+            );
+        }
+        if try_podman {
+            script.push_str(
+                "if command -v podman >/dev/null 2>&1 && command -v podman-compose >/dev/null 2>&1; then \
+                   echo 'podman|podman-compose'; exit 0; fi; ",
+            );
+        }
+        script.push_str("exit 3");
+        let out = pool.exec(&script, None, Some(QUICK)).await?;
+        let line = out.stdout_text();
+        let Some((engine, compose)) = line.trim().split_once('|') else {
+            return Err(ExtError::new(
+                "engine_not_found",
+                format!(
+                    "host {}: no compose tool found for engine `{}` (docker compose, docker-compose or podman-compose)",
+                    pool.host.id,
+                    pool.host.engine.as_str()
+                ),
+            ));
+        };
+        let t = Tooling {
+            engine: engine.to_owned(),
+            compose: compose.to_owned(),
+        };
+        self.tooling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pool.host.id.clone(), t.clone());
+        Ok(t)
+    }
+
+    fn dir(host: &Host, sandbox_id: &str) -> String {
+        format!("{}/{}", host.workdir, sandbox_id)
+    }
+
+    /// How many distinct sandboxes hold containers on the host.
+    async fn sandboxes_on(&self, pool: &HostPool, t: &Tooling) -> Result<usize, ExtError> {
+        let cmd = format!(
+            "{} ps -a --filter label={LABEL} --format '{{{{.Label \"{LABEL}\"}}}}' | sort -u",
+            t.engine
+        );
+        let out = pool.run(&cmd, "host_error", "listing sandboxes").await?;
+        Ok(out
+            .stdout_text()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count())
+    }
+
+    /// Remove everything sandbox `sandbox_id` holds on one host.
+    async fn teardown_on(
+        &self,
+        pool: &HostPool,
+        sandbox_id: &str,
+        known: Option<&ComposeState>,
+    ) -> Result<(), ExtError> {
+        let t = match known {
+            Some(s) => s.tooling.clone(),
+            None => self.tooling(pool).await?,
+        };
+        let dir = sh_quote(&Self::dir(&pool.host, sandbox_id));
+        let project = sh_quote(&sandbox_id.to_lowercase());
+        let label = sh_quote(&format!("{LABEL}={sandbox_id}"));
+        let (e, c) = (&t.engine, &t.compose);
+        let script = format!(
+            r#"d={dir}; p={project}
+if [ -f "$d/{UP_PID_FILE}" ]; then
+  pid=$(cat "$d/{UP_PID_FILE}")
+  if [ -n "$pid" ] && grep -q -- "$p" "/proc/$pid/cmdline" 2>/dev/null; then
+    kill "$pid" 2>/dev/null; i=0
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+    kill -9 "$pid" 2>/dev/null
+  fi
+fi
+if [ -d "$d" ] && [ -f "$d/{OVERRIDE_FILE}" ]; then
+  for f in e2e/docker-compose.yml docker-compose.yml; do
+    if [ -f "$d/$f" ]; then
+      (cd "$d" && {c} -p "$p" -f "$f" -f {OVERRIDE_FILE} down -v --remove-orphans -t 5) >/dev/null 2>&1
+      break
+    fi
+  done
+fi
+{e} ps -aq --filter label={label} | xargs -r {e} rm -f -v >/dev/null || exit 1
+{e} network ls -q --filter label={label} | xargs -r {e} network rm >/dev/null || exit 1
+{e} volume ls -q --filter label={label} | xargs -r {e} volume rm -f >/dev/null || exit 1
+rm -rf "$d" || exit 1
+"#
+        );
+        pool.run(&script, "teardown_failed", "teardown").await?;
+        Ok(())
+    }
+
+    /// Containers of the sandbox: (name, state, status, service, ports).
+    async fn containers(
+        &self,
+        pool: &HostPool,
+        t: &Tooling,
+        sandbox_id: &str,
+    ) -> Result<Vec<[String; 5]>, ExtError> {
+        let cmd = format!(
+            "{} ps -a --filter {} --format '{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Status}}}}\t{{{{.Label \"com.docker.compose.service\"}}}}\t{{{{.Ports}}}}'",
+            t.engine,
+            sh_quote(&format!("label={LABEL}={sandbox_id}"))
+        );
+        let out = pool.exec(&cmd, None, Some(QUICK)).await?;
+        if !out.success() {
+            return Err(ExtError::new(
+                "host_error",
+                format!(
+                    "host {}: listing containers failed: {}",
+                    pool.host.id,
+                    out.stderr_tail()
+                ),
+            ));
+        }
+        Ok(out
+            .stdout_text()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let mut parts = l.splitn(5, '\t').map(str::to_owned);
+                std::array::from_fn(|_| parts.next().unwrap_or_default())
+            })
+            .collect())
+    }
+}
+
+fn parse_state(state: Option<&BackendState>) -> Option<ComposeState> {
+    state.and_then(|s| serde_json::from_value(s.clone()).ok())
+}
+
+#[async_trait]
+impl Extension for ComposeExtension {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    async fn availability(&self) -> Availability {
+        if self.hosts.is_empty() {
+            return Availability {
+                available: false,
+                reason: Some("no placement hosts are configured (`[[hosts]]`)".into()),
+            };
+        }
+        if self.hosts.iter().all(|p| p.known_down()) {
+            return Availability {
+                available: false,
+                reason: Some("no configured host was reachable at the last attempt".into()),
+            };
+        }
+        Availability {
+            available: true,
+            reason: None,
+        }
+    }
+
+    /// Configured hosts, those that failed their last connection attempt last.
+    fn hosts(&self) -> Vec<String> {
+        let (up, down): (Vec<_>, Vec<_>) = self.hosts.iter().partition(|p| !p.known_down());
+        up.into_iter()
+            .chain(down)
+            .map(|p| p.host.id.clone())
+            .collect()
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %req.sandbox_id, host = %req.host))]
+    async fn provision(&self, req: &ProvisionRequest) -> Result<BackendState, ExtError> {
+        let pool = self.pool_or_err(&req.host)?;
+        let Some(repo) = req.inputs.get(REPO_INPUT) else {
+            return Err(ExtError::new(
+                "invalid_input",
+                format!("input `{REPO_INPUT}` is required by {ID}"),
+            ));
+        };
+        let internal = req.profile.network.mode != NetworkMode::Open;
+        let root = PathBuf::from(repo);
+        let id = req.sandbox_id.clone();
+        let workdir = pool.host.workdir.clone();
+        let (ws, tar) = tokio::task::spawn_blocking(move || {
+            let ws = project::prepare(&root, &id, &workdir, internal)?;
+            let tar = project::tar(&ws)?;
+            Ok::<_, ExtError>((ws, tar))
+        })
+        .await
+        .map_err(|e| ExtError::new("upload_failed", format!("packing the workspace: {e}")))??;
+        let t = self.tooling(&pool).await?;
+        if pool.host.max_sandboxes > 0
+            && self.sandboxes_on(&pool, &t).await? >= pool.host.max_sandboxes as usize
+        {
+            return Err(ExtError::new(
+                "host_full",
+                format!(
+                    "host {} already holds its `max_sandboxes` ({})",
+                    pool.host.id, pool.host.max_sandboxes
+                ),
+            ));
+        }
+        let dir = Self::dir(&pool.host, &req.sandbox_id);
+        let qdir = sh_quote(&dir);
+        let out = pool
+            .exec(
+                &format!("mkdir -p {qdir} && tar -x -C {qdir} -f -"),
+                Some(&tar),
+                None,
+            )
+            .await?;
+        if !out.success() {
+            return Err(ExtError::new(
+                "upload_failed",
+                format!(
+                    "host {}: unpacking into {dir} failed: {}",
+                    pool.host.id,
+                    out.stderr_tail()
+                ),
+            ));
+        }
+        let project = req.sandbox_id.to_lowercase();
+        let mut env = String::new();
+        for (k, v) in &req.profile.setup.env {
+            env.push_str(&format!("export {}={}; ", sh_quote(k), sh_quote(v)));
+        }
+        for (k, v) in &req.secrets {
+            env.push_str(&format!(
+                "export {}={}; ",
+                sh_quote(k),
+                sh_quote(v.expose())
+            ));
+        }
+        let up = format!(
+            "cd {qdir} && {env}echo $$ > {UP_PID_FILE} && exec {} -p {} -f {} -f {OVERRIDE_FILE} up -d --remove-orphans",
+            t.compose,
+            sh_quote(&project),
+            sh_quote(&ws.compose_file),
+        );
+        let out = pool.exec(&up, None, None).await?;
+        if !out.success() {
+            return Err(ExtError::new(
+                "compose_up_failed",
+                format!(
+                    "host {}: `{} up` failed (exit {:?}): {}",
+                    pool.host.id,
+                    t.compose,
+                    out.status,
+                    out.stderr_tail()
+                ),
+            ));
+        }
+        let state = ComposeState {
+            host: pool.host.id.clone(),
+            project,
+            dir,
+            compose_file: ws.compose_file,
+            services: ws.services,
+            tooling: t,
+        };
+        serde_json::to_value(&state)
+            .map_err(|e| ExtError::new("internal", format!("backend state: {e}")))
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    async fn wait_ready(
+        &self,
+        sandbox_id: &str,
+        state: &BackendState,
+        timeout: Duration,
+    ) -> Result<ReadyInfo, ExtError> {
+        let Some(s) = parse_state(Some(state)) else {
+            return Err(ExtError::new(
+                "internal",
+                "the sandbox's backend state is not a compose state",
+            ));
+        };
+        let pool = self.pool_or_err(&s.host)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let containers = self.containers(&pool, &s.tooling, sandbox_id).await?;
+            let mut waiting = Vec::new();
+            for [name, st, status, service, _] in &containers {
+                match st.as_str() {
+                    "running" => {
+                        if status.contains("health: starting") {
+                            waiting.push(format!("{service} ({name}) is not healthy yet"));
+                        } else if status.contains("unhealthy") {
+                            waiting.push(format!("{service} ({name}) is unhealthy"));
+                        }
+                    }
+                    "exited" | "dead" => {
+                        return Err(ExtError::new(
+                            "service_exited",
+                            format!("service `{service}` ({name}) stopped: {status}"),
+                        ))
+                    }
+                    _ => waiting.push(format!("{service} ({name}) is {st}")),
+                }
+            }
+            for svc in &s.services {
+                if !containers.iter().any(|c| &c[3] == svc) {
+                    waiting.push(format!("{svc} has no container yet"));
+                }
+            }
+            if waiting.is_empty() {
+                let services: serde_json::Map<String, serde_json::Value> = containers
+                    .iter()
+                    .map(|[name, _, _, service, ports]| {
+                        let ports: Vec<&str> = ports
+                            .split(", ")
+                            .map(str::trim)
+                            .filter(|p| !p.is_empty())
+                            .collect();
+                        (service.clone(), json!({"container": name, "ports": ports}))
+                    })
+                    .collect();
+                let reachability = json!({
+                    "kind": "compose",
+                    "host": pool.host.address,
+                    "host_id": pool.host.id,
+                    "port": pool.host.port,
+                    "user": pool.host.user,
+                    "workdir": s.dir,
+                    "project": s.project,
+                    "services": services,
+                });
+                return Ok(ReadyInfo {
+                    reachability,
+                    backend_state: state.clone(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(ExtError::new(
+                    "ready_timeout",
+                    format!("not ready within {timeout:?}: {}", waiting.join("; ")),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    async fn teardown(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        if let Some(s) = parse_state(state) {
+            let pool = self.pool_or_err(&s.host)?;
+            return self.teardown_on(&pool, sandbox_id, Some(&s)).await;
+        }
+        // Nothing recorded (a crash before the state was written): clear
+        // the sandbox's label and folder on every host.
+        let mut errors = Vec::new();
+        for pool in &self.hosts {
+            if let Err(e) = self.teardown_on(pool, sandbox_id, None).await {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ExtError::new("teardown_failed", errors.join("; ")))
+        }
+    }
+
+    async fn probe(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<Liveness, ExtError> {
+        let pools: Vec<Arc<HostPool>> = match parse_state(state) {
+            Some(s) => vec![self.pool_or_err(&s.host)?],
+            None => self.hosts.clone(),
+        };
+        for pool in pools {
+            let t = self.tooling(&pool).await?;
+            let cmd = format!(
+                "{} ps -q --filter {}",
+                t.engine,
+                sh_quote(&format!("label={LABEL}={sandbox_id}"))
+            );
+            let out = pool.run(&cmd, "host_error", "probing").await?;
+            if !out.stdout_text().trim().is_empty() {
+                return Ok(Liveness::Alive);
+            }
+        }
+        Ok(Liveness::Gone)
+    }
+}

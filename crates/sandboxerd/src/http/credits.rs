@@ -1,0 +1,416 @@
+//! Credits and cost: balances, grants, the ledger, usage export, estimates.
+//! A consumer sees only its own project; another project answers 404
+//! `project_not_found`, exactly like a project that does not exist.
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use sandboxer_api::{
+    Balance, CreateGrant, Estimate, LedgerEntry, Page, Problem, UsageRecord, UsageReport,
+};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::{limit, only_params, query_pairs, single, ApiJson};
+use crate::ledger::MAX_CREDITS;
+use crate::routing::{self, Needs};
+use crate::store::{now_ms, to_time, Granted, LedgerFilter, Shortfall, UsageFilter};
+use crate::AppState;
+
+/// The most one grant may add.
+pub const MAX_GRANT: i64 = 1_000_000_000_000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(estimate))
+        .routes(routes!(get_balance))
+        .routes(routes!(create_grant))
+        .routes(routes!(list_ledger))
+        .routes(routes!(usage))
+}
+
+/// 402 `insufficient_credits`, naming what is available and what `what` needs.
+pub fn insufficient(short: Shortfall, project: &str, what: &str) -> ApiError {
+    let whose = if project.is_empty() {
+        "the project".to_owned()
+    } else {
+        format!("project `{project}`")
+    };
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_credits",
+        format!(
+            "{whose} has {} credits available; {what} needs {} reserved",
+            short.available, short.needed
+        ),
+    )
+}
+
+/// Check that `caller` may see `project` (and that it is a project name).
+fn scoped(caller: &Caller, project: &str) -> ApiResult<()> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "project_not_found",
+            format!("project `{project}` not found"),
+        )
+    };
+    if !caller.operator && caller.consumer.project != project {
+        return Err(not_found());
+    }
+    if project.is_empty() || project.len() > 128 || project.chars().any(char::is_control) {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
+/// Query of `GET /v1/estimate`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct EstimateParams {
+    /// A profile id.
+    profile: String,
+    /// The lifetime to price (humantime); defaults to the profile's `ttl.default`.
+    #[param(example = "1h")]
+    ttl: Option<String>,
+}
+
+/// What a sandbox of a profile would cost, and where it would run now.
+#[utoipa::path(
+    get, path = "/v1/estimate", tag = "credits",
+    params(EstimateParams),
+    responses(
+        (status = 200, body = Estimate),
+        (status = 400, description = "Unknown or repeated query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`profile_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Missing `profile` (`missing_profile`); bad `ttl` (`invalid_duration`, `ttl_exceeds_max`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No routing candidate can take a sandbox now (`no_extension_available`), or the extension is not built in (`extension_unavailable`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn estimate(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Estimate>> {
+    let pairs = query_pairs(query.as_deref())?;
+    only_params(&pairs, &["profile", "ttl"])?;
+    let Some(profile_id) = single(&pairs, "profile")? else {
+        return Err(ApiError::unprocessable(
+            "missing_profile",
+            "profile",
+            "`profile` is required",
+        ));
+    };
+    let profile = state
+        .catalog
+        .profiles
+        .get(profile_id)
+        .ok_or_else(|| ApiError::not_found("profile", profile_id).field("profile"))?;
+    let ttl = super::sandboxes::requested_ttl(single(&pairs, "ttl")?, profile)?;
+    let placed = routing::place(&state, profile, ttl, &Needs::default())
+        .await
+        .map_err(|e| super::sandboxes::place_error(profile_id, e))?;
+    Ok(Json(Estimate {
+        profile: profile.spec.id.clone(),
+        extension: placed.target.extension,
+        credits: placed.target.estimate_credits,
+        breakdown: placed.target.breakdown,
+        route: placed.route,
+    }))
+}
+
+/// A project's balance, what is reserved for its live sandboxes, and what is available.
+#[utoipa::path(
+    get, path = "/v1/credits/{project}", tag = "credits",
+    params(("project" = String, Path, description = "Project name")),
+    responses(
+        (status = 200, body = Balance),
+        (status = 404, description = "Not the caller's project (`project_not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_balance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Balance>> {
+    scoped(&caller, &project)?;
+    Ok(Json(state.db.balance(&project).await?))
+}
+
+/// Headers of `POST /v1/credits/{project}/grants`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct GrantHeaders {
+    /// A retried grant with the same key, amount and reason answers the entry
+    /// written first (200) instead of granting twice; another amount or
+    /// reason is 409. 1-255 visible ASCII characters.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// Operator: add credits to a project.
+#[utoipa::path(
+    post, path = "/v1/credits/{project}/grants", tag = "credits",
+    params(("project" = String, Path, description = "Project name"), GrantHeaders),
+    request_body = CreateGrant,
+    responses(
+        (status = 201, description = "Granted: the ledger entry", body = LedgerEntry),
+        (status = 200, description = "A retry of an earlier grant (same `Idempotency-Key`): that entry", body = LedgerEntry),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator (`forbidden`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not a project name (`project_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`Idempotency-Key` used before for another grant (`idempotency_conflict`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`amount` not from 1 to 10^12 or over the balance limit (`invalid_amount`); `reason` empty or over 512 characters (`invalid_reason`); unknown field (`invalid_body`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_grant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreateGrant>,
+) -> ApiResult<Response> {
+    caller.require_operator("POST /v1/credits/{project}/grants")?;
+    scoped(&caller, &project)?;
+    let key = super::sandboxes::idempotency_key(&headers)?;
+    if !(1..=MAX_GRANT).contains(&req.amount) {
+        return Err(ApiError::unprocessable(
+            "invalid_amount",
+            "amount",
+            format!("`amount` must be a whole number of credits from 1 to {MAX_GRANT}"),
+        ));
+    }
+    let reason = req.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 512 || reason.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_reason",
+            "reason",
+            "`reason` must be 1 to 512 characters without control characters",
+        ));
+    }
+    match state
+        .db
+        .grant(&project, req.amount, reason, key.as_deref())
+        .await?
+    {
+        Granted::New(entry) => Ok((StatusCode::CREATED, Json(entry)).into_response()),
+        Granted::Replayed(entry) => Ok((StatusCode::OK, Json(entry)).into_response()),
+        Granted::KeyConflict => Err(ApiError::conflict(
+            "idempotency_conflict",
+            "this Idempotency-Key was already used for a different grant",
+        )
+        .field("Idempotency-Key")),
+        Granted::OverLimit { balance } => Err(ApiError::unprocessable(
+            "invalid_amount",
+            "amount",
+            format!(
+                "the balance ({balance}) plus `amount` would pass the most a project may hold ({MAX_CREDITS})"
+            ),
+        )),
+    }
+}
+
+/// Query of `GET /v1/credits/{project}/ledger`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct LedgerParams {
+    /// Only entries about this sandbox.
+    sandbox_id: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A project's ledger entries, newest first.
+#[utoipa::path(
+    get, path = "/v1/credits/{project}/ledger", tag = "credits",
+    params(("project" = String, Path, description = "Project name"), LedgerParams),
+    responses(
+        (status = 200, body = Page<LedgerEntry>),
+        (status = 400, description = "Unknown or malformed query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not the caller's project (`project_not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_ledger(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Page<LedgerEntry>>> {
+    scoped(&caller, &project)?;
+    let pairs = query_pairs(query.as_deref())?;
+    only_params(&pairs, &["sandbox_id", "limit", "cursor"])?;
+    let before = single(&pairs, "cursor")?
+        .map(|c| {
+            c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "cursor",
+                    "`cursor` is not a cursor this API gave out",
+                )
+            })
+        })
+        .transpose()?;
+    let filter = LedgerFilter {
+        project,
+        sandbox_id: single(&pairs, "sandbox_id")?.map(str::to_owned),
+        before,
+        limit: limit(&pairs)?,
+    };
+    let (items, next_cursor) = state.db.ledger_entries(&filter).await?;
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Query of `GET /v1/usage`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct UsageParams {
+    /// Only this project (a consumer's own by default; operators: every project).
+    project: Option<String>,
+    /// RFC 3339; debits at or after it count (default: the beginning).
+    from: Option<String>,
+    /// RFC 3339; debits before it count (default: now).
+    to: Option<String>,
+    /// `json` (default) or `csv` (`text/csv` with a header row).
+    format: Option<String>,
+}
+
+/// The CSV header of `GET /v1/usage?format=csv`.
+pub const USAGE_CSV_HEADER: &str =
+    "sandbox_id,project,profile,extension,host,generation,start,end,seconds,credits";
+
+/// Per-sandbox usage for billing export.
+#[utoipa::path(
+    get, path = "/v1/usage", tag = "credits",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "One record per sandbox debited in the window or running in it; `credits` sums its debits in the window", content(
+            (UsageReport = "application/json"),
+            (String = "text/csv")
+        )),
+        (status = 400, description = "Unknown or repeated query parameter; `format` not json or csv (`invalid_query`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not the caller's project (`project_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`from`/`to` not RFC 3339, or `from` after `to` (`invalid_time`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let pairs = query_pairs(query.as_deref())?;
+    only_params(&pairs, &["project", "from", "to", "format"])?;
+    let project = match (single(&pairs, "project")?, caller.scope()) {
+        (Some(p), _) => {
+            scoped(&caller, p)?;
+            Some(p.to_owned())
+        }
+        (None, Some(own)) => Some(own.to_owned()),
+        (None, None) => None,
+    };
+    let time = |field: &str| -> ApiResult<Option<i64>> {
+        single(&pairs, field)?
+            .map(|v| {
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&Utc).timestamp_millis())
+                    .map_err(|e| {
+                        ApiError::unprocessable(
+                            "invalid_time",
+                            field,
+                            format!("`{field}`: `{v}` is not an RFC 3339 time ({e})"),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    let from = time("from")?.unwrap_or(0);
+    let to = time("to")?.unwrap_or_else(|| now_ms() + 1);
+    if from > to {
+        return Err(ApiError::unprocessable(
+            "invalid_time",
+            "from",
+            "`from` is after `to`",
+        ));
+    }
+    let csv = match single(&pairs, "format")? {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "format",
+                format!("`format`: `{other}` is not `json` or `csv`"),
+            ))
+        }
+    };
+    let items = state
+        .db
+        .usage(&UsageFilter {
+            project: project.clone(),
+            from,
+            to,
+        })
+        .await?;
+    if csv {
+        let mut resp = usage_csv(&items).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
+    Ok(Json(UsageReport {
+        project,
+        from: to_time(from),
+        to: to_time(to),
+        total_credits: items.iter().map(|r| r.credits).sum(),
+        items,
+    })
+    .into_response())
+}
+
+/// Usage records as CSV (RFC 4180): a header row, then one row each.
+pub fn usage_csv(items: &[UsageRecord]) -> String {
+    let mut out = String::from(USAGE_CSV_HEADER);
+    out.push_str("\r\n");
+    let time = |t: &Option<DateTime<Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    };
+    for r in items {
+        let cells = [
+            r.sandbox_id.clone(),
+            r.project.clone(),
+            r.profile.clone(),
+            r.extension.clone(),
+            r.host.clone(),
+            r.generation.to_string(),
+            time(&r.start),
+            time(&r.end),
+            r.seconds.to_string(),
+            r.credits.to_string(),
+        ];
+        let row: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+        out.push_str(&row.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}

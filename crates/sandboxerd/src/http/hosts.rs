@@ -1,0 +1,238 @@
+//! `/v1/hosts`: the configured placement hosts and what was last seen of them.
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use sandboxer_api::{
+    Host, HostInspect, HostTelemetry, Page, Problem, ReapStale, SandboxState, StaleReport,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// The hosts routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_hosts))
+        .routes(routes!(get_host))
+        .routes(routes!(inspect_host))
+        .routes(routes!(stale))
+        .routes(routes!(reap_stale))
+}
+
+fn host_view(state: &AppState, host: &crate::hosts::Host) -> Host {
+    let seen = state.compose.seen(&host.id);
+    let extensions = if seen.is_some() {
+        vec![crate::extensions::compose::ID.to_owned()]
+    } else {
+        Vec::new()
+    };
+    let seen = seen.unwrap_or_default();
+    Host {
+        id: host.id.clone(),
+        address: host.address.clone(),
+        port: host.port,
+        user: host.user.clone(),
+        host_key: host.host_key.clone(),
+        engine: host.engine.as_str().to_owned(),
+        workdir: host.workdir.clone(),
+        labels: host.labels.clone(),
+        max_sandboxes: host.max_sandboxes,
+        extensions,
+        telemetry: HostTelemetry {
+            reachable: seen.reachable,
+            checked_at: seen
+                .checked_at_ms
+                .and_then(chrono::DateTime::from_timestamp_millis),
+            error: seen.error,
+            engine: seen.tooling.as_ref().map(|t| t.engine.clone()),
+            compose: seen.tooling.map(|t| t.compose),
+        },
+    }
+}
+
+/// Every configured placement host, in configuration order.
+#[utoipa::path(
+    get, path = "/v1/hosts", tag = "hosts",
+    responses((status = 200, body = Page<Host>))
+)]
+async fn list_hosts(State(state): State<AppState>, _caller: Caller) -> Json<Page<Host>> {
+    Json(Page {
+        items: state
+            .settings
+            .hosts
+            .iter()
+            .map(|h| host_view(&state, h))
+            .collect(),
+        next_cursor: None,
+    })
+}
+
+/// One placement host.
+#[utoipa::path(
+    get, path = "/v1/hosts/{id}", tag = "hosts",
+    params(("id" = String, Path, description = "Host id, as configured in `[[hosts]]`")),
+    responses(
+        (status = 200, body = Host),
+        (status = 404, description = "`host_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_host(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Host>> {
+    state
+        .settings
+        .hosts
+        .iter()
+        .find(|h| h.id == id)
+        .map(|h| Json(host_view(&state, h)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "host_not_found",
+                format!("host `{id}` not found"),
+            )
+        })
+}
+
+fn known(state: &AppState, id: &str) -> ApiResult<()> {
+    if state.settings.hosts.iter().any(|h| h.id == id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "host_not_found",
+            format!("host `{id}` not found"),
+        ))
+    }
+}
+
+/// A host that could not be asked: 502 with the backend's code.
+fn unreachable(e: crate::extensions::ExtError) -> ApiError {
+    tracing::warn!(code = e.code, message = %e.message, "host query failed");
+    ApiError::new(StatusCode::BAD_GATEWAY, e.code, e.message)
+}
+
+/// Live facts from a host: engine and version, load, memory, disk of the
+/// workdir, labelled containers and workspaces (operator).
+#[utoipa::path(
+    get, path = "/v1/hosts/{id}/inspect", tag = "hosts",
+    params(("id" = String, Path, description = "Host id")),
+    responses(
+        (status = 200, body = HostInspect),
+        (status = 403, description = "`forbidden`: operators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`host_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The host could not be asked (`host_timeout`, `host_key_mismatch`, ...)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn inspect_host(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HostInspect>> {
+    caller.require_operator("inspecting a host")?;
+    known(&state, &id)?;
+    state
+        .compose
+        .inspect(&id)
+        .await
+        .map(Json)
+        .map_err(unreachable)
+}
+
+/// What sand-boxer left on a host that no live sandbox owns.
+async fn stale_report(state: &AppState, id: &str) -> ApiResult<StaleReport> {
+    known(state, id)?;
+    let owned = state.compose.owned(id).await.map_err(unreachable)?;
+    let mut live = std::collections::BTreeMap::new();
+    let mut items = Vec::new();
+    for item in owned {
+        let is_live = match live.get(&item.sandbox_id) {
+            Some(v) => *v,
+            None => {
+                let v = match state.db.get_row(&item.sandbox_id, None).await? {
+                    Some(row) => {
+                        !matches!(row.state()?, SandboxState::Destroyed | SandboxState::Failed)
+                    }
+                    None => false,
+                };
+                live.insert(item.sandbox_id.clone(), v);
+                v
+            }
+        };
+        if !is_live {
+            items.push(item);
+        }
+    }
+    Ok(StaleReport {
+        host: id.to_owned(),
+        items,
+        applied: false,
+        errors: Vec::new(),
+    })
+}
+
+/// Labelled containers, networks, volumes and workdirs on a host that no
+/// live sandbox owns (operator).
+#[utoipa::path(
+    get, path = "/v1/hosts/{id}/stale", tag = "hosts",
+    params(("id" = String, Path, description = "Host id")),
+    responses(
+        (status = 200, body = StaleReport),
+        (status = 403, description = "`forbidden`: operators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`host_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The host could not be asked", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn stale(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StaleReport>> {
+    caller.require_operator("listing stale resources")?;
+    stale_report(&state, &id).await.map(Json)
+}
+
+/// Remove what no live sandbox owns on a host; a dry run unless `apply` (operator).
+#[utoipa::path(
+    post, path = "/v1/hosts/{id}/reap-stale", tag = "hosts",
+    params(("id" = String, Path, description = "Host id")),
+    request_body(content = Option<ReapStale>, description = "Optional; an empty body is a dry run"),
+    responses(
+        (status = 200, body = StaleReport),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown field", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: operators only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`host_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The host could not be asked", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn reap_stale(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<StaleReport>> {
+    caller.require_operator("reaping stale resources")?;
+    let req: ReapStale = super::extract::optional_json(&body)?;
+    let apply = req.apply;
+    let mut report = stale_report(&state, &id).await?;
+    if apply {
+        let ids: std::collections::BTreeSet<String> =
+            report.items.iter().map(|i| i.sandbox_id.clone()).collect();
+        for sandbox_id in ids {
+            // A sandbox being made or torn down right now is not touched.
+            let _guard = state.locks.lock(&sandbox_id).await;
+            if let Err(e) = state.compose.reap(&id, &sandbox_id).await {
+                report.errors.push(format!("{sandbox_id}: {e}"));
+            }
+        }
+        report.applied = true;
+    }
+    Ok(Json(report))
+}

@@ -1,0 +1,524 @@
+//! `ext.compose-ssh` for real: a throwaway `sshd` on a loopback port (keys
+//! generated here), Debian's `docker.io` + `docker-compose`, and a
+//! `local/busybox` image imported from `busybox-static` (nothing is pulled).
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, TestDir};
+use sandboxctl::api::{CreateSandbox, Placement, SandboxState};
+
+const LABEL: &str = "io.sandboxer.sandbox-id";
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn sh(script: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Make sure `dockerd` answers (starting it when it does not) and the
+/// `local/busybox` image exists. Panics naming what is missing.
+// dockerd, once started, is left running for later tests and runs.
+#[allow(clippy::zombie_processes)]
+fn require_docker() {
+    for tool in [
+        "docker",
+        "docker-compose",
+        "ssh-keygen",
+        "/usr/sbin/sshd",
+        "busybox",
+    ] {
+        assert!(
+            have(tool) || Path::new(tool).exists(),
+            "`{tool}` is not installed: these tests run real compose stacks; \
+             `apt-get install -y docker.io docker-compose busybox-static openssh-server`"
+        );
+    }
+    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
+    if *ready {
+        return;
+    }
+    if !sh("docker info >/dev/null 2>&1").0 {
+        let log = std::fs::File::create("/tmp/dockerd.log").expect("dockerd log");
+        Command::new("dockerd")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start dockerd (are you root?)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !sh("docker info >/dev/null 2>&1").0 {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer within 60s; see /tmp/dockerd.log"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    if !sh("docker image inspect local/busybox >/dev/null 2>&1").0 {
+        let root = tempfile::tempdir().expect("tempdir");
+        let bin = root.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("bin");
+        let (_, busybox) = sh("command -v busybox");
+        std::fs::copy(busybox.trim(), bin.join("busybox")).expect("copy busybox");
+        for applet in [
+            "sh", "sleep", "httpd", "nc", "cat", "ls", "echo", "wget", "true",
+        ] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
+        }
+        for d in ["tmp", "www", "data"] {
+            std::fs::create_dir_all(root.path().join(d)).expect("dir");
+        }
+        let (ok, out) = sh(&format!(
+            "tar -C {} -c . | docker import - local/busybox",
+            root.path().display()
+        ));
+        assert!(ok, "docker import of local/busybox failed: {out}");
+    }
+    *ready = true;
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn keygen(path: &Path) -> String {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success(), "ssh-keygen failed");
+    std::fs::read_to_string(path.with_extension("pub"))
+        .expect("public key")
+        .trim()
+        .to_owned()
+}
+
+/// A throwaway `sshd` on a loopback port, killed on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    /// The server's public key line.
+    host_key: String,
+    /// The client's private key.
+    identity: PathBuf,
+}
+
+impl Sshd {
+    fn start(dir: &Path) -> Sshd {
+        let dir = dir.join("sshd");
+        std::fs::create_dir_all(&dir).expect("sshd dir");
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let host_key = keygen(&dir.join("host_key"));
+        let client_pub = keygen(&dir.join("client_key"));
+        std::fs::write(dir.join("authorized_keys"), format!("{client_pub}\n")).expect("keys");
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             StrictModes no\nPidFile {d}/sshd.pid\nLogLevel ERROR\nMaxSessions 20\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("sshd_config"), config).expect("sshd_config");
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start /usr/sbin/sshd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not listen within 20s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Sshd {
+            child,
+            port,
+            identity: dir.join("client_key"),
+            dir,
+            host_key,
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon configuration with one host.
+fn config(dir: &Path, port: u16, identity: &Path, host_key: &str, workdir: &Path) -> PathBuf {
+    let path = dir.join("sandboxerd.toml");
+    let mut f = std::fs::File::create(&path).expect("config");
+    write!(
+        f,
+        "provision_timeout = \"90s\"\n\n[[hosts]]\nid = \"testhost\"\naddress = \"127.0.0.1\"\n\
+         port = {port}\nuser = \"root\"\nidentity_file = \"{}\"\nhost_key = \"{host_key}\"\n\
+         engine = \"docker\"\nworkdir = \"{}\"\nconnect_timeout = \"3s\"\ncommand_timeout = \"2m\"\n\
+         labels = {{ tier = \"test\" }}\n",
+        identity.display(),
+        workdir.display()
+    )
+    .expect("write config");
+    path
+}
+
+/// A repository with a two-service stack, a named volume and a `.git`.
+fn repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join(".git")).expect("repo");
+    std::fs::write(repo.join(".git/config"), "[core]\n").expect(".git");
+    std::fs::write(repo.join("hello.txt"), "hello from the repo\n").expect("file");
+    std::fs::write(
+        repo.join("docker-compose.yml"),
+        r#"version: "3.7"
+services:
+  web:
+    image: local/busybox
+    command: ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"]
+    healthcheck:
+      test: ["CMD", "/bin/busybox", "ls", "/"]
+      interval: 1s
+      retries: 30
+  worker:
+    image: local/busybox
+    command: ["/bin/busybox", "sleep", "3600"]
+    volumes: ["data:/data"]
+volumes:
+  data: {}
+"#,
+    )
+    .expect("compose file");
+    repo
+}
+
+fn create_req(repo: &Path) -> CreateSandbox {
+    CreateSandbox {
+        profile: "profile.compose-e2e".into(),
+        inputs: BTreeMap::from([("repo".into(), repo.display().to_string())]),
+        placement: Some(Placement {
+            host: Some("testhost".into()),
+        }),
+        ..CreateSandbox::default()
+    }
+}
+
+fn lines(script: &str) -> Vec<String> {
+    let (ok, out) = sh(script);
+    assert!(ok, "`{script}` failed: {out}");
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whatever the sandbox left on the host: containers, networks, volumes.
+fn leftovers(id: &str) -> Vec<String> {
+    let f = format!("--filter label={LABEL}={id}");
+    let mut all = lines(&format!("docker ps -aq {f}"));
+    all.extend(lines(&format!("docker network ls -q {f}")));
+    all.extend(lines(&format!("docker volume ls -q {f}")));
+    all
+}
+
+struct Setup {
+    dir: TestDir,
+    sshd: Sshd,
+    workdir: PathBuf,
+    repo: PathBuf,
+}
+
+fn setup() -> Setup {
+    require_docker();
+    let dir = TestDir::new();
+    let sshd = Sshd::start(dir.path());
+    let workdir = dir.path().join("remote");
+    let repo = repo(dir.path());
+    Setup {
+        dir,
+        sshd,
+        workdir,
+        repo,
+    }
+}
+
+fn start_daemon(s: &Setup, host_key: &str, port: u16, env: &[(&str, &str)]) -> Daemon {
+    let cfg = config(&s.sshd.dir, port, &s.sshd.identity, host_key, &s.workdir);
+    let data = s.dir.path().join("data");
+    Daemon::start_with(&data, &["--config", cfg.to_str().expect("utf-8 path")], env)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_service_stack_comes_up_labelled_and_goes_without_a_trace() {
+    let s = setup();
+    let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
+    let c = &d.client;
+
+    let hosts = c.hosts().await.expect("GET /v1/hosts");
+    assert_eq!(hosts.items[0].id, "testhost");
+    assert_eq!(hosts.items[0].labels["tier"], "test");
+
+    let (status, sbx) = c
+        .create(&create_req(&s.repo), Some(Duration::from_secs(120)), None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "ready within the wait: {sbx:?}");
+    assert_eq!(sbx.state, SandboxState::Ready);
+    assert_eq!(
+        (sbx.extension.as_str(), sbx.host.as_str()),
+        ("ext.compose-ssh", "testhost")
+    );
+    let reach = sbx.reachability.clone().expect("reachability");
+    assert_eq!(reach["kind"], "compose");
+    assert_eq!(reach["project"], sbx.id.to_lowercase());
+    assert_eq!(reach["port"], s.sshd.port);
+    assert_eq!(reach["user"], "root");
+    for svc in ["web", "worker"] {
+        assert!(
+            reach["services"][svc]["container"].is_string(),
+            "service {svc} in {reach}"
+        );
+    }
+
+    // Every container carries the label; the project's networks are internal.
+    let containers = lines(&format!("docker ps -q --filter label={LABEL}={}", sbx.id));
+    assert_eq!(containers.len(), 2, "two running containers");
+    let networks = lines(&format!(
+        "docker network ls --format '{{{{.Name}}}}' --filter label={LABEL}={}",
+        sbx.id
+    ));
+    assert!(!networks.is_empty(), "the project network is labelled");
+    for net in &networks {
+        let internal = lines(&format!(
+            "docker network inspect -f '{{{{.Internal}}}}' {net}"
+        ));
+        assert_eq!(internal, vec!["true"], "network {net} is internal");
+    }
+    assert_eq!(
+        lines(&format!(
+            "docker volume ls -q --filter label={LABEL}={}",
+            sbx.id
+        ))
+        .len(),
+        1,
+        "the named volume is labelled"
+    );
+
+    // The repository's files are in the workdir, without `.git`.
+    let workdir = PathBuf::from(reach["workdir"].as_str().expect("workdir"));
+    assert_eq!(workdir, s.workdir.join(&sbx.id));
+    assert_eq!(
+        std::fs::read_to_string(workdir.join("hello.txt")).expect("hello.txt"),
+        "hello from the repo\n"
+    );
+    assert!(!workdir.join(".git").exists(), ".git is not uploaded");
+
+    let (_, host) = c
+        .request_json(sandboxctl::Method::GET, "/v1/hosts/testhost", None)
+        .await
+        .expect("GET /v1/hosts/testhost");
+    assert_eq!(host["telemetry"]["reachable"], true, "{host}");
+    assert_eq!(host["telemetry"]["compose"], "docker-compose", "{host}");
+
+    let (_, gone) = c
+        .destroy(&sbx.id, Some(Duration::from_secs(90)))
+        .await
+        .expect("destroy");
+    assert_eq!(gone.state, SandboxState::Destroyed, "{gone:?}");
+    assert_eq!(leftovers(&sbx.id), Vec::<String>::new(), "nothing left");
+    assert!(!workdir.exists(), "the workdir is removed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_host_key_fails_with_host_key_mismatch() {
+    let s = setup();
+    let other = keygen(&s.dir.path().join("other_key"));
+    let d = start_daemon(&s, &other, s.sshd.port, &[]);
+    let (_, sbx) = d
+        .client
+        .create(&create_req(&s.repo), Some(Duration::from_secs(60)), None)
+        .await
+        .expect("create");
+    assert_eq!(sbx.state, SandboxState::Failed, "{sbx:?}");
+    let failure = sbx.failure.expect("failure");
+    assert_eq!(failure.code, "host_key_mismatch", "{failure:?}");
+    assert_eq!(d.client.health().await.expect("healthz").status, "ok");
+    assert!(!s.workdir.join(&sbx.id).exists(), "nothing was uploaded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_never_speaks_ssh_fails_within_the_timeout() {
+    let s = setup();
+    // Accepts TCP and never says a word.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let d = start_daemon(&s, &s.sshd.host_key, port, &[]);
+    let started = Instant::now();
+    let (_, sbx) = d
+        .client
+        .create(&create_req(&s.repo), Some(Duration::from_secs(60)), None)
+        .await
+        .expect("create");
+    assert_eq!(sbx.state, SandboxState::Failed, "{sbx:?}");
+    assert_eq!(sbx.failure.expect("failure").code, "host_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(d.client.health().await.expect("healthz").status, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_mid_provision_then_restart_leaves_nothing() {
+    let s = setup();
+    let mut d = start_daemon(
+        &s,
+        &s.sshd.host_key,
+        s.sshd.port,
+        &[("SANDBOXER_FAULT", "provision.after_spawn")],
+    );
+    let (_, sbx) = d
+        .client
+        .create(&create_req(&s.repo), None, None)
+        .await
+        .expect("create");
+    // The daemon aborts right after `compose up`, before it records anything.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while d.child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "the fault point was not reached");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !leftovers(&sbx.id).is_empty(),
+        "the stack was up when the daemon died"
+    );
+    d.kill9();
+    let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
+    let after = d.client.get(&sbx.id, None).await.expect("get");
+    assert_eq!(after.state, SandboxState::Failed, "{after:?}");
+    assert_eq!(after.failure.expect("failure").code, "interrupted");
+    assert_eq!(leftovers(&sbx.id), Vec::<String>::new(), "nothing left");
+    assert!(!s.workdir.join(&sbx.id).exists(), "the workdir is removed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphans_are_listed_as_stale_and_reaped_on_apply() {
+    let s = setup();
+    let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
+    let c = &d.client;
+    let orphan = format!(
+        "sbx_ORPHAN{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let (ok, out) = sh(&format!(
+        "docker run -d --network none --label {LABEL}={orphan} --label io.sandboxer.workdir={} \
+         local/busybox /bin/busybox sleep 600",
+        s.workdir.display()
+    ));
+    assert!(ok, "orphan container: {out}");
+    std::fs::create_dir_all(s.workdir.join(&orphan)).expect("orphan workdir");
+
+    let inspect = c.inspect_host("testhost").await.expect("inspect");
+    assert_eq!(inspect.engine, "docker");
+    assert!(inspect.labelled_containers >= 1, "{inspect:?}");
+    assert!(inspect.workspaces >= 1, "{inspect:?}");
+
+    let mine = |report: &sandboxctl::api::StaleReport| -> Vec<String> {
+        report
+            .items
+            .iter()
+            .filter(|i| i.sandbox_id == orphan)
+            .map(|i| i.kind.clone())
+            .collect()
+    };
+    let stale = c.stale("testhost").await.expect("stale");
+    assert_eq!(mine(&stale), vec!["container", "workdir"], "{stale:?}");
+
+    let dry = c.reap_stale("testhost", false).await.expect("dry run");
+    assert!(!dry.applied);
+    assert_eq!(leftovers(&orphan).len(), 1, "a dry run removes nothing");
+
+    let applied = c.reap_stale("testhost", true).await.expect("reap");
+    assert!(applied.applied, "{applied:?}");
+    assert!(applied.errors.is_empty(), "{applied:?}");
+    assert_eq!(
+        leftovers(&orphan),
+        Vec::<String>::new(),
+        "the orphan is gone"
+    );
+    assert!(!s.workdir.join(&orphan).exists(), "its workdir is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_canary_stack_comes_up_and_goes() {
+    let s = setup();
+    let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
+    let repo = common::repo_root().join("tests/fixtures/compose-canary");
+    let req = CreateSandbox {
+        profile: "profile.sandbox-canary".into(),
+        ..create_req(&repo)
+    };
+    let (status, sbx) = d
+        .client
+        .create(&req, Some(Duration::from_secs(120)), None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{sbx:?}");
+    let reach = sbx.reachability.clone().expect("reachability");
+    assert!(
+        reach["services"]["canary"]["container"].is_string(),
+        "{reach}"
+    );
+    let (_, gone) = d
+        .client
+        .destroy(&sbx.id, Some(Duration::from_secs(60)))
+        .await
+        .expect("destroy");
+    assert_eq!(gone.state, SandboxState::Destroyed);
+    assert_eq!(leftovers(&sbx.id), Vec::<String>::new());
+}
