@@ -146,14 +146,15 @@ impl InProcess {
         }
     }
 
-    /// One sandbox through the extension. Answers (provision→ready, teardown).
-    pub async fn run_once(&self, id: &str) -> anyhow::Result<(Duration, Duration)> {
+    /// One sandbox through the extension.
+    pub async fn run_once(&self, id: &str) -> anyhow::Result<InProcessTimes> {
         let started = Instant::now();
         let state = self
             .ext
             .provision(&request(id, &self.profile))
             .await
             .map_err(|e| anyhow::anyhow!("ext.local provision: {e}"))?;
+        let provision = started.elapsed();
         let info = self
             .ext
             .wait_ready(id, &state, Duration::from_secs(60))
@@ -165,8 +166,23 @@ impl InProcess {
             .teardown(id, Some(&info.backend_state))
             .await
             .map_err(|e| anyhow::anyhow!("ext.local teardown: {e}"))?;
-        Ok((ready, started.elapsed()))
+        Ok(InProcessTimes {
+            provision,
+            ready,
+            teardown: started.elapsed(),
+        })
     }
+}
+
+/// How long each step of [`InProcess::run_once`] took.
+#[derive(Debug, Clone, Copy)]
+pub struct InProcessTimes {
+    /// `provision`: the workspace made and bubblewrap spawned.
+    pub provision: Duration,
+    /// `provision` + `wait_ready`.
+    pub ready: Duration,
+    /// `teardown`.
+    pub teardown: Duration,
 }
 
 /// `child-pid` from bubblewrap's info fd, once written whole.

@@ -393,6 +393,44 @@ async fn unknown_routes_methods_and_ids_are_problems() {
     assert_problem(&got, StatusCode::NOT_FOUND, "sandbox_not_found", None);
 }
 
+/// The label filter's substring pre-check (`instr` on the stored JSON) must
+/// agree with `json_extract` for values JSON escapes and for keys with dots,
+/// spaces and non-ASCII, and must not match a value that merely starts with
+/// the one asked for.
+#[tokio::test]
+async fn list_label_filter_matches_escaped_pairs_exactly() {
+    let t = app().await;
+    let odd = t
+        .insert(
+            "alpha",
+            &[("dotted.ké y", "v\"a\\l ü/é"), ("team", "red")],
+            60_000,
+            120_000,
+        )
+        .await;
+    t.insert("alpha", &[("team", "redder")], 60_000, 120_000)
+        .await;
+    t.insert("alpha", &[("team", "re")], 60_000, 120_000).await;
+    let ids = |b: &Value| -> Vec<String> {
+        b["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let query = serde_urlencoded::to_string([("label", "dotted.ké y=v\"a\\l ü/é")]).expect("query");
+    let (s, _, b) = t
+        .call(Method::GET, &format!("/v1/sandboxes?{query}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(ids(&b), vec![odd.clone()]);
+    let (_, _, b) = t
+        .call(Method::GET, "/v1/sandboxes?label=team=red", None)
+        .await;
+    assert_eq!(ids(&b), vec![odd]);
+}
+
 #[tokio::test]
 async fn list_filters_and_paginates() {
     let t = app().await;

@@ -139,13 +139,22 @@ async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         let hashed = sandboxerd::extensions::archive::sha256_file(&src.path)?;
         let hash = started.elapsed();
         anyhow::ensure!(hashed == src.sha256, "hash mismatch");
+        // The swap of a restore, step by step: old entries out, new in, old removed.
+        let old = data_dir.join("breakdown-old");
+        std::fs::create_dir(&old)?;
         let started = Instant::now();
-        std::fs::remove_dir_all(&scratch)?;
+        move_entries(&workspace, &old)?;
+        move_entries(&scratch, &workspace)?;
+        let swap = started.elapsed();
+        let started = Instant::now();
+        std::fs::remove_dir_all(&old)?;
         let remove = started.elapsed();
+        std::fs::remove_dir_all(&scratch)?;
         eprintln!(
-            "breakdown: extract+verify {:.0} ms, hash alone {:.0} ms, remove a tree {:.0} ms",
+            "breakdown: extract+verify {:.0} ms (hash alone {:.0} ms), swap {:.0} ms, remove the old tree {:.0} ms",
             extract.as_secs_f64() * 1e3,
             hash.as_secs_f64() * 1e3,
+            swap.as_secs_f64() * 1e3,
             remove.as_secs_f64() * 1e3
         );
     }
@@ -172,6 +181,14 @@ async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         mib(total) / capture.as_secs_f64(),
         mib(total) / restore.as_secs_f64(),
     );
+    Ok(())
+}
+
+fn move_entries(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::rename(entry.path(), to.join(entry.file_name()))?;
+    }
     Ok(())
 }
 

@@ -353,8 +353,9 @@ impl Extension for LocalExtension {
         let st = self.load_state(sandbox_id, Some(state));
         let info_path = st.dir.join("info.json");
         let started = Instant::now();
-        // tokio's timer ticks in whole milliseconds: 1 ms is the finest poll.
-        let mut pause = Duration::from_millis(1);
+        // tokio rounds a sleep up to its next millisecond tick, so this
+        // polls about once a millisecond (a 1 ms sleep would take ~2 ms).
+        let mut pause = Duration::from_micros(250);
         loop {
             if let Some(pid) = read_info_pid(&info_path) {
                 if let Some((proc_state, start)) = proc_stat(pid) {
@@ -622,12 +623,23 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
             return Err(extract_error(src, e, "restore_failed"));
         }
     };
+    // Moving entries out and back touches the workspace directory itself;
+    // a rollback puts its mtime back too, so it is exactly as it was.
+    let root_mtime = std::fs::metadata(&workspace)
+        .and_then(|m| m.modified())
+        .ok();
+    let restore_root_mtime = || {
+        if let Some(t) = root_mtime {
+            let _ = std::fs::File::open(&workspace).and_then(|f| f.set_modified(t));
+        }
+    };
     // 2. Move the old entries out.
     std::fs::create_dir(&old)
         .map_err(|e| restore_err(format!("creating {}: {e}", old.display())))?;
     sync_dir(dir);
     if let Err(e) = move_entries(&workspace, &old) {
         let back = move_entries(&old, &workspace);
+        restore_root_mtime();
         let _ = remove_tree(&old);
         let _ = remove_tree(&new);
         return Err(restore_err(format!(
@@ -648,6 +660,7 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
     });
     if let Err(e) = moved_in {
         let back = roll_back_swap(dir);
+        restore_root_mtime();
         return Err(restore_err(format!(
             "moving the snapshot in: {e}{}",
             rollback_note(back)
