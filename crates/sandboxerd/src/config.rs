@@ -32,6 +32,11 @@ pub struct Config {
     pub reaper_interval: String,
     /// How often running sandboxes are metered (debited by the second).
     pub metering_interval: String,
+    /// How often the placement hosts are swept for stale resources ("0s": never).
+    pub stale_sweep_interval: String,
+    /// How long a resource must have been seen stale, without a break,
+    /// before the periodic sweep reaps it.
+    pub stale_grace: String,
     /// Where lifecycle events are POSTed; empty keeps them in the outbox table only.
     pub state_hub_url: String,
     /// Most snapshots (`creating` or `ready`) one project may hold.
@@ -127,6 +132,8 @@ impl Default for Config {
             shutdown_grace: "10s".into(),
             reaper_interval: "1s".into(),
             metering_interval: "10s".into(),
+            stale_sweep_interval: "5m".into(),
+            stale_grace: "15m".into(),
             state_hub_url: String::new(),
             snapshot_quota_per_project: 100,
             tokens: Vec::new(),
@@ -161,6 +168,10 @@ pub struct Settings {
     pub reaper_interval: Duration,
     /// How often running sandboxes are metered.
     pub metering_interval: Duration,
+    /// How often hosts are swept for stale resources (zero: never).
+    pub stale_sweep_interval: Duration,
+    /// How long something must be seen stale before the sweep reaps it.
+    pub stale_grace: Duration,
     pub state_hub_url: Option<String>,
     /// Most snapshots (`creating` or `ready`) one project may hold.
     pub snapshot_quota_per_project: u32,
@@ -248,6 +259,8 @@ impl Config {
                 }
                 d => d,
             },
+            stale_sweep_interval: dur("stale_sweep_interval", &self.stale_sweep_interval)?,
+            stale_grace: dur("stale_grace", &self.stale_grace)?,
             state_hub_url: match self.state_hub_url.trim() {
                 "" => None,
                 url if url.starts_with("http://") || url.starts_with("https://") => {

@@ -179,6 +179,14 @@ pub fn start_background(state: &AppState) -> tokio_util::sync::CancellationToken
         state.settings.metering_interval,
         stop.clone(),
     ));
+    if !state.settings.hosts.is_empty() && !state.settings.stale_sweep_interval.is_zero() {
+        state.spawn(lifecycle::stale::run(
+            state.clone(),
+            state.settings.stale_sweep_interval,
+            state.settings.stale_grace,
+            stop.clone(),
+        ));
+    }
     if let Some(url) = state.settings.state_hub_url.clone() {
         state.spawn(events::run(state.clone(), url, stop.clone()));
     }

@@ -12,6 +12,10 @@ const BUCKETS: [f64; 14] = [
 /// Plain counters: name (rendered `sandboxer_<name>_total`) and help text.
 pub const COUNTERS: &[(&str, &str)] = &[
     ("reaper_sweeps", "Reaper sweeps run."),
+    (
+        "stale_reaped",
+        "Sandboxes whose stale leftovers on a host were reaped.",
+    ),
     ("sandboxes_expired", "Sandboxes expired by their TTL."),
     (
         "sandboxes_idle_reaped",

@@ -442,11 +442,9 @@ async fn kill9_mid_provision_then_restart_leaves_nothing() {
     assert!(!s.workdir.join(&sbx.id).exists(), "the workdir is removed");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn orphans_are_listed_as_stale_and_reaped_on_apply() {
-    let s = setup();
-    let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
-    let c = &d.client;
+/// A labelled container and a workdir for a sandbox id no row has, as a
+/// daemon killed before recording its sandbox would leave them.
+fn make_orphan(s: &Setup) -> String {
     let orphan = format!(
         "sbx_ORPHAN{}{}",
         std::process::id(),
@@ -462,6 +460,69 @@ async fn orphans_are_listed_as_stale_and_reaped_on_apply() {
     ));
     assert!(ok, "orphan container: {out}");
     std::fs::create_dir_all(s.workdir.join(&orphan)).expect("orphan workdir");
+    orphan
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_periodic_sweep_reaps_orphans_after_the_grace_and_spares_live_stacks() {
+    let s = setup();
+    let grace = Duration::from_secs(3);
+    let d = start_daemon(
+        &s,
+        &s.sshd.host_key,
+        s.sshd.port,
+        &[
+            ("SANDBOXER_STALE_SWEEP_INTERVAL", "500ms"),
+            ("SANDBOXER_STALE_GRACE", "3s"),
+        ],
+    );
+    let c = &d.client;
+    // A live stack is made while the sweep runs every half second: neither
+    // mid-provision nor ready is it ever taken for stale.
+    let (status, sbx) = c
+        .create(&create_req(&s.repo), Some(Duration::from_secs(120)), None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "ready within the wait: {sbx:?}");
+
+    let made = Instant::now();
+    let orphan = make_orphan(&s);
+    let deadline = made + Duration::from_secs(90);
+    while !leftovers(&orphan).is_empty() || s.workdir.join(&orphan).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the sweep did not reap the orphan {orphan} within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Never before it had been seen stale for the whole grace period.
+    assert!(
+        made.elapsed() >= grace,
+        "the orphan was reaped after {:?}, before the {grace:?} grace",
+        made.elapsed()
+    );
+
+    let now = c.get(&sbx.id, None).await.expect("get");
+    assert_eq!(now.state, SandboxState::Ready, "{now:?}");
+    assert_eq!(
+        lines(&format!("docker ps -q --filter label={LABEL}={}", sbx.id)).len(),
+        2,
+        "the live stack's containers are untouched"
+    );
+    assert!(s.workdir.join(&sbx.id).is_dir(), "its workdir is untouched");
+    let (_, gone) = c
+        .destroy(&sbx.id, Some(Duration::from_secs(90)))
+        .await
+        .expect("destroy");
+    assert_eq!(gone.state, SandboxState::Destroyed, "{gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphans_are_listed_as_stale_and_reaped_on_apply() {
+    let s = setup();
+    let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
+    let c = &d.client;
+    let orphan = make_orphan(&s);
 
     let inspect = c.inspect_host("testhost").await.expect("inspect");
     assert_eq!(inspect.engine, "docker");

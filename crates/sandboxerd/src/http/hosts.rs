@@ -2,9 +2,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use sandboxer_api::{
-    Host, HostInspect, HostTelemetry, Page, Problem, ReapStale, SandboxState, StaleReport,
-};
+use sandboxer_api::{Host, HostInspect, HostTelemetry, Page, Problem, ReapStale, StaleReport};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -147,27 +145,11 @@ async fn inspect_host(
 /// What sand-boxer left on a host that no live sandbox owns.
 async fn stale_report(state: &AppState, id: &str) -> ApiResult<StaleReport> {
     known(state, id)?;
-    let owned = state.compose.owned(id).await.map_err(unreachable)?;
-    let mut live = std::collections::BTreeMap::new();
-    let mut items = Vec::new();
-    for item in owned {
-        let is_live = match live.get(&item.sandbox_id) {
-            Some(v) => *v,
-            None => {
-                let v = match state.db.get_row(&item.sandbox_id, None).await? {
-                    Some(row) => {
-                        !matches!(row.state()?, SandboxState::Destroyed | SandboxState::Failed)
-                    }
-                    None => false,
-                };
-                live.insert(item.sandbox_id.clone(), v);
-                v
-            }
-        };
-        if !is_live {
-            items.push(item);
-        }
-    }
+    let items = match crate::lifecycle::stale::stale_items(state, id).await {
+        Ok(items) => items,
+        Err(crate::lifecycle::stale::StaleError::Host(e)) => return Err(unreachable(e)),
+        Err(crate::lifecycle::stale::StaleError::Store(e)) => return Err(e.into()),
+    };
     Ok(StaleReport {
         host: id.to_owned(),
         items,
@@ -225,13 +207,8 @@ async fn reap_stale(
     if apply {
         let ids: std::collections::BTreeSet<String> =
             report.items.iter().map(|i| i.sandbox_id.clone()).collect();
-        for sandbox_id in ids {
-            // A sandbox being made or torn down right now is not touched.
-            let _guard = state.locks.lock(&sandbox_id).await;
-            if let Err(e) = state.compose.reap(&id, &sandbox_id).await {
-                report.errors.push(format!("{sandbox_id}: {e}"));
-            }
-        }
+        let (_, errors) = crate::lifecycle::stale::reap(&state, &id, &ids).await;
+        report.errors = errors;
         report.applied = true;
     }
     Ok(Json(report))

@@ -18,6 +18,7 @@ pub mod metering;
 pub mod reaper;
 pub mod recover;
 pub mod snapshots;
+pub mod stale;
 
 /// Per-sandbox async locks, so provision, teardown and recreate of one
 /// sandbox never overlap while different sandboxes never wait on each other.
