@@ -13,6 +13,10 @@ const BUCKETS: [f64; 14] = [
 pub const COUNTERS: &[(&str, &str)] = &[
     ("reaper_sweeps", "Reaper sweeps run."),
     (
+        "host_failovers",
+        "Sandboxes moved to another host after theirs could not be used.",
+    ),
+    (
         "stale_reaped",
         "Sandboxes whose stale leftovers on a host were reaped.",
     ),

@@ -150,19 +150,46 @@ fn wire<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// The host of `hosts` to place on: the one asked for, else the profile's
-/// preferred then fallback hosts, else the backend's first.
-pub fn choose_host(profile: &Profile, hosts: &[String], asked: Option<&str>) -> Option<String> {
+/// preferred then fallback hosts, then the backend's others, leaving out
+/// those in `tried` and putting those known `down` last.
+pub fn choose_host(
+    profile: &Profile,
+    hosts: &[String],
+    asked: Option<&str>,
+    tried: &[String],
+    down: &[String],
+) -> Option<String> {
     if let Some(h) = asked {
         return hosts.iter().find(|x| *x == h).cloned();
     }
-    profile
+    let listed = profile
         .placement
         .prefer
         .iter()
-        .chain(&profile.placement.fallback)
-        .find(|h| hosts.contains(h))
-        .or(hosts.first())
-        .cloned()
+        .chain(&profile.placement.fallback);
+    let mut order: Vec<&String> = Vec::new();
+    for h in listed.filter(|h| hosts.contains(h)).chain(hosts) {
+        if !order.contains(&h) && !tried.contains(h) {
+            order.push(h);
+        }
+    }
+    order
+        .iter()
+        .find(|h| !down.contains(h))
+        .or(order.first())
+        .map(|h| (*h).clone())
+}
+
+/// The hosts of extension `ext_id` whose last connection attempt failed.
+pub fn hosts_down(state: &AppState, ext_id: &str) -> Vec<String> {
+    match state.extensions.get(ext_id) {
+        Some(ext) => ext
+            .hosts()
+            .into_iter()
+            .filter(|h| ext.host_known_down(h))
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 fn candidate<'a>(
@@ -217,7 +244,8 @@ pub async fn place(
         if !c.built_in {
             return Err(PlaceError::NotBuiltIn(ext_id));
         }
-        let host = match choose_host(spec, &c.hosts, needs.host.as_deref()) {
+        let down = hosts_down(state, &c.spec.id);
+        let host = match choose_host(spec, &c.hosts, needs.host.as_deref(), &[], &down) {
             Some(h) => h,
             None if needs.host.is_some() => {
                 return Err(PlaceError::UnknownHost {
@@ -270,7 +298,9 @@ pub async fn place(
                 }
             }
             if skipped.is_none() {
-                let host = choose_host(spec, &c.hosts, needs.host.as_deref()).unwrap_or_default();
+                let down = hosts_down(state, &c.spec.id);
+                let host = choose_host(spec, &c.hosts, needs.host.as_deref(), &[], &down)
+                    .unwrap_or_default();
                 chosen = Some(target(profile, c, host));
                 route.chosen = Some(c.spec.id.clone());
             }
@@ -376,7 +406,8 @@ pub async fn failover(
         let host = if c.hosts.contains(&row.host) {
             row.host.clone()
         } else {
-            choose_host(&profile.spec, &c.hosts, None).unwrap_or_default()
+            let down = hosts_down(state, &c.spec.id);
+            choose_host(&profile.spec, &c.hosts, None, &[], &down).unwrap_or_default()
         };
         let to = target(profile, &c, host);
         route.chosen = Some(to.extension.clone());

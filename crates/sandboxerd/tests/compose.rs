@@ -518,6 +518,99 @@ async fn the_periodic_sweep_reaps_orphans_after_the_grace_and_spares_live_stacks
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn placement_moves_past_an_unreachable_host_unless_it_was_asked_for() {
+    let s = setup();
+    let cfg = config(
+        &s.sshd.dir,
+        s.sshd.port,
+        &s.sshd.identity,
+        &s.sshd.host_key,
+        &s.workdir,
+    );
+    // A host listed first whose port refuses connections.
+    let closed = free_port();
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let down = format!(
+        "[[hosts]]\nid = \"downhost\"\naddress = \"127.0.0.1\"\nport = {closed}\nuser = \"root\"\n\
+         identity_file = \"{}\"\nhost_key = \"{}\"\nengine = \"docker\"\nworkdir = \"{}\"\n\
+         connect_timeout = \"3s\"\n\n",
+        s.sshd.identity.display(),
+        s.sshd.host_key,
+        s.workdir.display()
+    );
+    let text = text.replacen("[[hosts]]", &format!("{down}[[hosts]]"), 1);
+    std::fs::write(&cfg, text).expect("write config");
+    let d = Daemon::start_with(
+        &s.dir.path().join("data"),
+        &["--config", cfg.to_str().expect("utf-8 path")],
+        // No stale sweep: it would contact `downhost` before the first create.
+        &[("SANDBOXER_STALE_SWEEP_INTERVAL", "0s")],
+    );
+    let c = &d.client;
+    let hosts: Vec<String> = c
+        .hosts()
+        .await
+        .expect("hosts")
+        .items
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(hosts, vec!["downhost", "testhost"]);
+
+    // Not asked: the first host refuses, the sandbox moves to the next.
+    let mut req = create_req(&s.repo);
+    req.placement = None;
+    let (status, sbx) = c
+        .create(&req, Some(Duration::from_secs(120)), None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "ready on the second host: {sbx:?}");
+    assert_eq!(sbx.host, "testhost");
+    let events = c.events(&sbx.id).await.expect("events");
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.contains("host downhost cannot be used")),
+        "the move is recorded: {events:?}"
+    );
+
+    // Now known down, the next create goes to the reachable host at once.
+    let (status, second) = c
+        .create(&req, Some(Duration::from_secs(120)), None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{second:?}");
+    assert_eq!(second.host, "testhost");
+    let events = c.events(&second.id).await.expect("events");
+    assert!(
+        !events.items.iter().any(|e| e.reason.contains("downhost")),
+        "placed past the known-down host without trying it: {events:?}"
+    );
+
+    // Asked for: the host is honoured, and the create fails there.
+    req.placement = Some(Placement {
+        host: Some("downhost".into()),
+    });
+    let (_, asked) = c
+        .create(&req, Some(Duration::from_secs(60)), None)
+        .await
+        .expect("create");
+    assert_eq!(asked.state, SandboxState::Failed, "{asked:?}");
+    assert_eq!(asked.host, "downhost");
+    assert_eq!(asked.failure.expect("failure").code, "host_unreachable");
+
+    for id in [&sbx.id, &second.id] {
+        let (_, gone) = c
+            .destroy(id, Some(Duration::from_secs(90)))
+            .await
+            .expect("destroy");
+        assert_eq!(gone.state, SandboxState::Destroyed, "{gone:?}");
+        assert_eq!(leftovers(id), Vec::<String>::new(), "nothing left");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn orphans_are_listed_as_stale_and_reaped_on_apply() {
     let s = setup();
     let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);

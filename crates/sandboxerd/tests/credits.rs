@@ -161,6 +161,7 @@ impl TestApp {
     async fn ready_sandbox(&self, project: &str, ttl_ms: i64) -> Sandbox {
         let now = now_ms();
         let new = NewSandbox {
+            placement_host: None,
             id: sandboxerd::store::new_id("sbx"),
             profile: "profile.metered".into(),
             profile_version: 1,

@@ -76,6 +76,7 @@ impl TestApp {
         let now = now_ms();
         let id = sandboxerd::store::new_id("sbx");
         let new = NewSandbox {
+            placement_host: None,
             id: id.clone(),
             profile: "profile.local-shell".into(),
             profile_version: 1,

@@ -73,6 +73,9 @@ pub enum Liveness {
 pub struct ExtError {
     pub code: &'static str,
     pub message: String,
+    /// The host could not be used at all and nothing was made on it (no
+    /// connection, or full): placement may try another host.
+    pub host_unusable: bool,
 }
 
 impl ExtError {
@@ -80,7 +83,14 @@ impl ExtError {
         Self {
             code,
             message: message.into(),
+            host_unusable: false,
         }
+    }
+
+    /// Mark the failure as one of the host, before anything was made there.
+    pub fn host_unusable(mut self) -> Self {
+        self.host_unusable = true;
+        self
     }
 }
 
@@ -97,6 +107,12 @@ pub trait Extension: Send + Sync {
 
     /// Host ids this backend places on.
     fn hosts(&self) -> Vec<String>;
+
+    /// Whether host `id` failed its last connection attempt (placement
+    /// then prefers the others).
+    fn host_known_down(&self, _id: &str) -> bool {
+        false
+    }
 
     /// Start making the sandbox. Returns the state needed to find it again.
     async fn provision(&self, req: &ProvisionRequest) -> Result<BackendState, ExtError>;

@@ -299,6 +299,7 @@ async fn validate_create(
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let max_ms = i64::try_from(profile.ttl_max.as_millis()).unwrap_or(i64::MAX);
     let new = NewSandbox {
+        placement_host: needs.host.clone(),
         id: new_id("sbx"),
         profile: spec.id.clone(),
         profile_version: spec.version,

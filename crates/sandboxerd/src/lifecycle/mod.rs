@@ -80,10 +80,12 @@ const LIVE_OR_COMING: [SandboxState; 4] = [
 #[tracing::instrument(skip_all, fields(sandbox_id = %id, generation))]
 pub async fn provision(state: AppState, id: String, generation: u32, old: Option<BackendState>) {
     let mut old = old;
+    // Hosts this provision found unusable (no connection, or full).
+    let mut tried = Vec::new();
     loop {
-        match provision_inner(&state, &id, generation, old.take()).await {
-            // Moved to the next routing candidate: provision it there. Each
-            // failover uses up one candidate, so this ends.
+        match provision_inner(&state, &id, generation, old.take(), &mut tried).await {
+            // Moved to another host or the next routing candidate: provision
+            // it there. Each move uses up a host or a candidate, so this ends.
             Ok(Step::FailedOver) => continue,
             Ok(Step::Done) => break,
             Err(e) => {
@@ -99,7 +101,7 @@ pub async fn provision(state: AppState, id: String, generation: u32, old: Option
 enum Step {
     /// Ready, failed, or nothing to do.
     Done,
-    /// Failed before ready and moved to another routing candidate.
+    /// Failed before ready and moved to another host or routing candidate.
     FailedOver,
 }
 
@@ -108,6 +110,7 @@ async fn provision_inner(
     id: &str,
     generation: u32,
     old: Option<BackendState>,
+    tried: &mut Vec<String>,
 ) -> Result<Step, StoreError> {
     let _guard = state.locks.lock(id).await;
     let Some(row) = state.db.get_row(id, None).await? else {
@@ -209,6 +212,21 @@ async fn provision_inner(
         Ok(s) => s,
         Err(e) => {
             let torn_down = ext.teardown(id, None).await.is_ok();
+            if e.host_unusable
+                && try_another_host(
+                    state,
+                    id,
+                    generation,
+                    &ext,
+                    profile,
+                    &sandbox.host,
+                    tried,
+                    &e,
+                )
+                .await?
+            {
+                return Ok(Step::FailedOver);
+            }
             return fail_or_failover(state, id, generation, None, e, torn_down).await;
         }
     };
@@ -257,6 +275,53 @@ async fn provision_inner(
         }
     }
     Ok(Step::Done)
+}
+
+/// Host `from` could not be used at all (`e`, nothing made there): move
+/// the sandbox to the next host of the same backend in the profile's
+/// placement order that this provision has not tried, those known down
+/// last. Never when the create asked for its host (`placement.host`).
+#[allow(clippy::too_many_arguments)]
+async fn try_another_host(
+    state: &AppState,
+    id: &str,
+    generation: u32,
+    ext: &std::sync::Arc<dyn crate::extensions::Extension>,
+    profile: &crate::catalog::LoadedProfile,
+    from: &str,
+    tried: &mut Vec<String>,
+    e: &ExtError,
+) -> Result<bool, StoreError> {
+    if state.db.placement_host(id).await?.is_some() {
+        return Ok(false);
+    }
+    if !tried.iter().any(|h| h == from) {
+        tried.push(from.to_owned());
+    }
+    let hosts = ext.hosts();
+    let down: Vec<String> = hosts
+        .iter()
+        .filter(|h| ext.host_known_down(h))
+        .cloned()
+        .collect();
+    let Some(to) = crate::routing::choose_host(&profile.spec, &hosts, None, tried, &down) else {
+        return Ok(false);
+    };
+    let reason = format!(
+        "placement: host {from} cannot be used ({}: {}); trying host {to}",
+        e.code, e.message
+    );
+    if !state
+        .db
+        .move_host(id, generation, from, &to, &reason)
+        .await?
+    {
+        return Ok(false);
+    }
+    tracing::warn!(sandbox_id = %id, from, to = %to, code = e.code, "moved to another host");
+    state.metrics.count("host_failovers");
+    state.notify(id);
+    Ok(true)
 }
 
 /// A failure before ready: move the sandbox to its next routing candidate

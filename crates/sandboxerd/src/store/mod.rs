@@ -130,6 +130,8 @@ pub struct NewSandbox {
     pub expires_at: i64,
     pub max_expires_at: i64,
     pub estimate_credits: i64,
+    /// `placement.host` of the request: the sandbox never moves off it.
+    pub placement_host: Option<String>,
 }
 
 /// What an idempotent create found.
@@ -294,8 +296,8 @@ impl Db {
         sqlx::query(
             "INSERT INTO sandboxes (id, profile, profile_version, extension, host, state, actor_type, actor, project, \
              inputs, labels, generation, created_at, updated_at, expires_at, max_expires_at, last_activity_at, estimate_credits, \
-             rate_centicredits, route) \
-             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+             rate_centicredits, route, placement_host) \
+             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&new.id)
         .bind(&new.profile)
@@ -320,6 +322,7 @@ impl Db {
                 .as_ref()
                 .and_then(|r| serde_json::to_string(r).ok()),
         )
+        .bind(&new.placement_host)
         .execute(&mut *tx)
         .await?;
         if billing.enforce && new.estimate_credits > 0 {
@@ -714,6 +717,63 @@ async fn fetch_in(
         .bind(id)
         .fetch_optional(&mut **tx)
         .await
+}
+
+impl Db {
+    /// The host a create asked for (`placement.host`), if it did.
+    pub async fn placement_host(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let host: Option<Option<String>> =
+            sqlx::query_scalar("SELECT placement_host FROM sandboxes WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(host.flatten())
+    }
+
+    /// Move a sandbox that failed to start on host `from` (nothing was made
+    /// there) to host `to` of the same extension, with an event saying why.
+    /// `false` when the sandbox is no longer provisioning at `generation`
+    /// on `from`.
+    pub async fn move_host(
+        &self,
+        id: &str,
+        generation: u32,
+        from: &str,
+        to: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE sandboxes SET host = ?, backend_state = NULL, updated_at = ? \
+             WHERE id = ? AND generation = ? AND host = ? AND state = 'provisioning'",
+        )
+        .bind(to)
+        .bind(now)
+        .bind(id)
+        .bind(generation)
+        .bind(from)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !moved {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_event(
+            &mut tx,
+            id,
+            generation,
+            Some(SandboxState::Provisioning),
+            SandboxState::Provisioning,
+            reason,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 }
 
 async fn insert_event(

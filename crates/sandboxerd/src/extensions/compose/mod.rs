@@ -302,6 +302,10 @@ impl Extension for ComposeExtension {
             .collect()
     }
 
+    fn host_known_down(&self, id: &str) -> bool {
+        self.pool(id).is_some_and(|p| p.known_down())
+    }
+
     #[tracing::instrument(skip_all, fields(sandbox_id = %req.sandbox_id, host = %req.host))]
     async fn provision(&self, req: &ProvisionRequest) -> Result<BackendState, ExtError> {
         let pool = self.pool_or_err(&req.host)?;
@@ -332,7 +336,8 @@ impl Extension for ComposeExtension {
                     "host {} already holds its `max_sandboxes` ({})",
                     pool.host.id, pool.host.max_sandboxes
                 ),
-            ));
+            )
+            .host_unusable());
         }
         let dir = Self::dir(&pool.host, &req.sandbox_id);
         let qdir = sh_quote(&dir);

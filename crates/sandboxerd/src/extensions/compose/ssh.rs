@@ -61,9 +61,26 @@ impl SshError {
     }
 }
 
+/// The step name of a connection attempt that ran out of time.
+const CONNECT_STEP: &str = "connecting over SSH";
+
 impl From<SshError> for ExtError {
     fn from(e: SshError) -> Self {
-        ExtError::new(e.code(), e.to_string())
+        // No session was ever opened: nothing can have been made on the host.
+        let before_any_command = match &e {
+            SshError::HostKeyMismatch { .. }
+            | SshError::Unreachable { .. }
+            | SshError::Auth { .. }
+            | SshError::Config { .. } => true,
+            SshError::Timeout { step, .. } => *step == CONNECT_STEP,
+            SshError::Channel { .. } => false,
+        };
+        let err = ExtError::new(e.code(), e.to_string());
+        if before_any_command {
+            err.host_unusable()
+        } else {
+            err
+        }
     }
 }
 
@@ -256,7 +273,7 @@ impl HostPool {
         match tokio::time::timeout(host.connect_timeout, attempt).await {
             Err(_) => Err(SshError::Timeout {
                 host: host.id.clone(),
-                step: "connecting over SSH",
+                step: CONNECT_STEP,
                 timeout: host.connect_timeout,
             }),
             Ok(Err(_)) if mismatch.load(Ordering::SeqCst) => Err(SshError::HostKeyMismatch {
