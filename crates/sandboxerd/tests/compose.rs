@@ -610,6 +610,156 @@ async fn placement_moves_past_an_unreachable_host_unless_it_was_asked_for() {
     }
 }
 
+/// `docker exec` in the sandbox's `worker` container.
+fn in_worker(sandbox_id: &str, script: &str) -> (bool, String) {
+    let worker = lines(&format!(
+        "docker ps -q --filter label={LABEL}={sandbox_id} \
+         --filter label=com.docker.compose.service=worker"
+    ));
+    assert_eq!(worker.len(), 1, "one worker container for {sandbox_id}");
+    sh(&format!(
+        "docker exec {} /bin/busybox sh -c '{script}'",
+        worker[0]
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_snapshots_restore_in_place_and_fork_onto_another_host() {
+    let s = setup();
+    let cfg = config(
+        &s.sshd.dir,
+        s.sshd.port,
+        &s.sshd.identity,
+        &s.sshd.host_key,
+        &s.workdir,
+    );
+    // A second host (same sshd and engine, its own workdir), so the fork
+    // moves between hosts as far as one machine allows.
+    let other_workdir = s.dir.path().join("remote-other");
+    let other = format!(
+        "\n[[hosts]]\nid = \"otherhost\"\naddress = \"127.0.0.1\"\nport = {}\nuser = \"root\"\n\
+         identity_file = \"{}\"\nhost_key = \"{}\"\nengine = \"docker\"\nworkdir = \"{}\"\n",
+        s.sshd.port,
+        s.sshd.identity.display(),
+        s.sshd.host_key,
+        other_workdir.display()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&cfg)
+        .expect("config");
+    f.write_all(other.as_bytes()).expect("append host");
+    let d = Daemon::start_with(
+        &s.dir.path().join("data"),
+        &["--config", cfg.to_str().expect("utf-8 path")],
+        &[("SANDBOXER_STALE_SWEEP_INTERVAL", "0s")],
+    );
+    let c = &d.client;
+    let (status, sbx) = c
+        .create(&create_req(&s.repo), Some(Duration::from_secs(120)), None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{sbx:?}");
+    let workdir = s.workdir.join(&sbx.id);
+    std::fs::write(workdir.join("state.txt"), "v1\n").expect("workdir file");
+    let (ok, out) = in_worker(
+        &sbx.id,
+        "echo volume-v1 > /data/f && mkdir -p /data/d && echo deep > /data/d/g",
+    );
+    assert!(ok, "{out}");
+
+    let (status, snap) = c
+        .create_snapshot(
+            &sbx.id,
+            Some("before".into()),
+            Some(Duration::from_secs(120)),
+        )
+        .await
+        .expect("snapshot");
+    assert_eq!(status, 201, "{snap:?}");
+    assert!(snap.size_bytes.unwrap_or(0) > 0, "{snap:?}");
+    // The stack runs on after the capture (paused only during it).
+    let (ok, out) = in_worker(&sbx.id, "cat /data/f");
+    assert!(ok && out.contains("volume-v1"), "{out}");
+
+    // Change the workdir and the volume, then restore in place.
+    std::fs::write(workdir.join("state.txt"), "v2\n").expect("change");
+    std::fs::write(workdir.join("added.txt"), "new\n").expect("add");
+    let (ok, out) = in_worker(
+        &sbx.id,
+        "echo volume-v2 > /data/f && echo extra > /data/extra",
+    );
+    assert!(ok, "{out}");
+    let restored = c.restore(&sbx.id, &snap.id).await.expect("restore");
+    assert_eq!(restored.state, SandboxState::Ready, "{restored:?}");
+    assert_eq!(
+        std::fs::read_to_string(workdir.join("state.txt")).expect("state.txt"),
+        "v1\n"
+    );
+    assert!(!workdir.join("added.txt").exists(), "added files are gone");
+    let (ok, out) = in_worker(&sbx.id, "cat /data/f /data/d/g; ls /data");
+    assert!(ok, "{out}");
+    assert!(out.contains("volume-v1") && out.contains("deep"), "{out}");
+    assert!(
+        !out.contains("extra"),
+        "the volume is exactly the snapshot's: {out}"
+    );
+    // Still labelled and internal after the restore.
+    for net in lines(&format!(
+        "docker network ls --format '{{{{.Name}}}}' --filter label={LABEL}={}",
+        sbx.id
+    )) {
+        let internal = lines(&format!(
+            "docker network inspect -f '{{{{.Internal}}}}' {net}"
+        ));
+        assert_eq!(internal, vec!["true"], "network {net} is internal");
+    }
+
+    // Fork onto the other host: no `repo` input, the snapshot stands in.
+    let fork_req = CreateSandbox {
+        from_snapshot: Some(snap.id.clone()),
+        placement: Some(Placement {
+            host: Some("otherhost".into()),
+        }),
+        ..CreateSandbox::default()
+    };
+    let (status, fork) = c
+        .create(&fork_req, Some(Duration::from_secs(120)), None)
+        .await
+        .expect("fork");
+    assert_eq!(status, 201, "{fork:?}");
+    assert_eq!(fork.host, "otherhost");
+    assert_eq!(fork.profile, "profile.compose-e2e");
+    let fork_dir = other_workdir.join(&fork.id);
+    assert_eq!(
+        std::fs::read_to_string(fork_dir.join("state.txt")).expect("fork state.txt"),
+        "v1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fork_dir.join("hello.txt")).expect("fork hello.txt"),
+        "hello from the repo\n"
+    );
+    let (ok, out) = in_worker(&fork.id, "cat /data/f /data/d/g");
+    assert!(
+        ok && out.contains("volume-v1") && out.contains("deep"),
+        "{out}"
+    );
+
+    for id in [&sbx.id, &fork.id] {
+        let (_, gone) = c
+            .destroy(id, Some(Duration::from_secs(90)))
+            .await
+            .expect("destroy");
+        assert_eq!(gone.state, SandboxState::Destroyed, "{gone:?}");
+        assert_eq!(leftovers(id), Vec::<String>::new(), "nothing left of {id}");
+    }
+    let tmp = s.dir.path().join("data/snapshots/tmp");
+    let stray: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(stray.is_empty(), "no staging left: {stray:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn orphans_are_listed_as_stale_and_reaped_on_apply() {
     let s = setup();

@@ -117,7 +117,13 @@ async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         // Something to undo, so every run swaps a real tree.
         std::fs::write(workspace.join("added-by-bench"), b"x")?;
         let started = Instant::now();
-        ext.restore(sandbox_id, None, &src)
+        let env = std::collections::BTreeMap::new();
+        let secrets = std::collections::BTreeMap::new();
+        let env = sandboxerd::extensions::SandboxEnv {
+            env: &env,
+            secrets: &secrets,
+        };
+        ext.restore(sandbox_id, None, &src, env)
             .await
             .map_err(|e| anyhow::anyhow!("restore: {e}"))?;
         restores.push(started.elapsed());

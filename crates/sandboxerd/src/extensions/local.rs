@@ -540,6 +540,8 @@ impl Extension for LocalExtension {
         sandbox_id: &str,
         _state: Option<&BackendState>,
         src: &SnapshotSource,
+        // The init keeps running through a restore: nothing to start again.
+        _env: super::SandboxEnv<'_>,
     ) -> Result<(), ExtError> {
         let dir = self.dir_of(sandbox_id);
         let src = src.clone();

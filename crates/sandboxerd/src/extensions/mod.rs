@@ -27,6 +27,14 @@ pub struct ProvisionRequest {
     pub secrets: BTreeMap<String, crate::secrets::Secret>,
 }
 
+/// The environment of a sandbox's processes, for a backend that starts
+/// them again on restore: the profile's `setup.env` and resolved secrets.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxEnv<'a> {
+    pub env: &'a BTreeMap<String, String>,
+    pub secrets: &'a BTreeMap<String, crate::secrets::Secret>,
+}
+
 /// A stored snapshot archive to restore or fork from.
 #[derive(Debug, Clone)]
 pub struct SnapshotSource {
@@ -172,8 +180,9 @@ pub trait Extension: Send + Sync {
         sandbox_id: &str,
         state: Option<&BackendState>,
         src: &SnapshotSource,
+        env: SandboxEnv<'_>,
     ) -> Result<(), ExtError> {
-        let _ = (sandbox_id, state, src);
+        let _ = (sandbox_id, state, src, env);
         Err(ExtError::new(
             "snapshot_unsupported",
             format!("{} cannot restore snapshots", self.id()),

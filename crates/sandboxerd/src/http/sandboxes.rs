@@ -223,8 +223,13 @@ async fn validate_create(
             ));
         }
     }
+    // A fork's workspace comes from its snapshot, which stands in for the
+    // inputs that would have made it (a compose repository, say).
     for (name, input) in &spec.inputs {
-        if input.required && req.inputs.get(name).is_none_or(|v| v.is_empty()) {
+        if input.required
+            && req.from_snapshot.is_none()
+            && req.inputs.get(name).is_none_or(|v| v.is_empty())
+        {
             return Err(ApiError::unprocessable(
                 "missing_input",
                 &format!("inputs.{name}"),

@@ -422,9 +422,27 @@ pub async fn restore(
         path,
         sha256: sha,
     };
+    // A backend that starts the sandbox's processes again gets their
+    // environment, as at provision.
+    let empty = std::collections::BTreeMap::new();
+    let setup_env = state
+        .catalog
+        .profiles
+        .get(&row.profile)
+        .map(|p| &p.spec.setup.env)
+        .unwrap_or(&empty);
+    let secrets = match state.catalog.profiles.get(&row.profile) {
+        Some(p) => crate::secrets::resolve(&p.spec.setup.secret_refs, &state.settings.secrets)
+            .map_err(RestoreError::Backend)?,
+        None => std::collections::BTreeMap::new(),
+    };
+    let env = crate::extensions::SandboxEnv {
+        env: setup_env,
+        secrets: &secrets,
+    };
     let started = std::time::Instant::now();
     if let Err(e) = ext
-        .restore(sandbox_id, row.backend_state().as_ref(), &src)
+        .restore(sandbox_id, row.backend_state().as_ref(), &src, env)
         .await
     {
         tracing::warn!(code = e.code, message = %e.message, "restore failed; the workspace is as it was");

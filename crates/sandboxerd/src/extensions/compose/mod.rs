@@ -14,10 +14,14 @@ use sandboxer_api::{Availability, NetworkMode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo};
+use super::{
+    BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo, SandboxEnv,
+    SnapshotArchive, SnapshotSource,
+};
 use crate::hosts::{Engine, Host};
 
 pub mod project;
+pub mod snapshot;
 pub mod ssh;
 pub mod telemetry;
 
@@ -51,6 +55,14 @@ pub struct ComposeState {
     pub compose_file: String,
     pub services: Vec<String>,
     pub tooling: Tooling,
+    /// Whether the project's networks were made internal (default-deny);
+    /// a restore brings the stack back the same way.
+    #[serde(default = "internal_by_default")]
+    pub internal: bool,
+}
+
+fn internal_by_default() -> bool {
+    true
 }
 
 /// The `ext.compose-ssh` backend: one SSH pool per configured host.
@@ -168,6 +180,15 @@ impl ComposeExtension {
         Ok(t)
     }
 
+    fn known_state(&self, state: Option<&BackendState>) -> Result<ComposeState, ExtError> {
+        parse_state(state).ok_or_else(|| {
+            ExtError::new(
+                "invalid_state",
+                "the sandbox has no compose state yet (it is not ready)",
+            )
+        })
+    }
+
     fn dir(host: &Host, sandbox_id: &str) -> String {
         format!("{}/{}", host.workdir, sandbox_id)
     }
@@ -264,6 +285,150 @@ rm -rf "$d" || exit 1
     }
 }
 
+/// What [`ComposeExtension::bring_up`] puts on a host.
+pub(crate) struct BringUp<'a> {
+    pub sandbox_id: &'a str,
+    /// The workspace on the daemon's machine (a repository, or a snapshot's
+    /// `workdir/` extracted).
+    pub root: PathBuf,
+    /// Make the project's networks internal.
+    pub internal: bool,
+    /// A snapshot's `volumes/` extracted: each folder fills the project's
+    /// named volume of that name before any service starts.
+    pub volumes: Option<PathBuf>,
+    /// Refuse with `host_full` at the host's `max_sandboxes`.
+    pub check_capacity: bool,
+}
+
+/// `export K=V; ` for every variable, quoted for the shell.
+fn exports(env: SandboxEnv<'_>) -> String {
+    let mut out = String::new();
+    for (k, v) in env.env {
+        out.push_str(&format!("export {}={}; ", sh_quote(k), sh_quote(v)));
+    }
+    for (k, v) in env.secrets {
+        out.push_str(&format!(
+            "export {}={}; ",
+            sh_quote(k),
+            sh_quote(v.expose())
+        ));
+    }
+    out
+}
+
+impl ComposeExtension {
+    /// Upload a workspace to `<workdir>/<sandbox id>` and start its stack
+    /// (filling named volumes first when a snapshot gives them).
+    pub(crate) async fn bring_up(
+        &self,
+        pool: &HostPool,
+        up: BringUp<'_>,
+        env: SandboxEnv<'_>,
+    ) -> Result<BackendState, ExtError> {
+        let root = up.root.clone();
+        let id = up.sandbox_id.to_owned();
+        let workdir = pool.host.workdir.clone();
+        let internal = up.internal;
+        let (ws, tar) = tokio::task::spawn_blocking(move || {
+            let ws = project::prepare(&root, &id, &workdir, internal)?;
+            let tar = project::tar(&ws)?;
+            Ok::<_, ExtError>((ws, tar))
+        })
+        .await
+        .map_err(|e| ExtError::new("upload_failed", format!("packing the workspace: {e}")))??;
+        let t = self.tooling(pool).await?;
+        if up.check_capacity
+            && pool.host.max_sandboxes > 0
+            && self.sandboxes_on(pool, &t).await? >= pool.host.max_sandboxes as usize
+        {
+            return Err(ExtError::new(
+                "host_full",
+                format!(
+                    "host {} already holds its `max_sandboxes` ({})",
+                    pool.host.id, pool.host.max_sandboxes
+                ),
+            )
+            .host_unusable());
+        }
+        let dir = Self::dir(&pool.host, up.sandbox_id);
+        let qdir = sh_quote(&dir);
+        let out = pool
+            .exec(
+                &format!("mkdir -p {qdir} && tar -x -C {qdir} -f -"),
+                Some(&tar),
+                None,
+            )
+            .await?;
+        if !out.success() {
+            return Err(ExtError::new(
+                "upload_failed",
+                format!(
+                    "host {}: unpacking into {dir} failed: {}",
+                    pool.host.id,
+                    out.stderr_tail()
+                ),
+            ));
+        }
+        let project = up.sandbox_id.to_lowercase();
+        let env = exports(env);
+        let compose = format!(
+            "{} -p {} -f {} -f {OVERRIDE_FILE}",
+            t.compose,
+            sh_quote(&project),
+            sh_quote(&ws.compose_file),
+        );
+        if let Some(volumes) = &up.volumes {
+            let created = pool
+                .exec(
+                    &format!("cd {qdir} && {env}{compose} up --no-start"),
+                    None,
+                    None,
+                )
+                .await?;
+            if !created.success() {
+                return Err(ExtError::new(
+                    "compose_up_failed",
+                    format!(
+                        "host {}: `{} up --no-start` failed (exit {:?}): {}",
+                        pool.host.id,
+                        t.compose,
+                        created.status,
+                        created.stderr_tail()
+                    ),
+                ));
+            }
+            snapshot::fill_volumes(pool, &t, up.sandbox_id, &project, volumes).await?;
+        }
+        let started = format!(
+            "cd {qdir} && {env}echo $$ > {UP_PID_FILE} && exec {compose} up -d --remove-orphans"
+        );
+        let out = pool.exec(&started, None, None).await?;
+        if !out.success() {
+            return Err(ExtError::new(
+                "compose_up_failed",
+                format!(
+                    "host {}: `{} up` failed (exit {:?}): {}",
+                    pool.host.id,
+                    t.compose,
+                    out.status,
+                    out.stderr_tail()
+                ),
+            ));
+        }
+        let state = ComposeState {
+            host: pool.host.id.clone(),
+            project,
+            dir,
+            compose_file: ws.compose_file,
+            services: ws.services,
+            tooling: t,
+            internal: up.internal,
+        };
+        serde_json::to_value(&state)
+            .map_err(|e| ExtError::new("internal", format!("backend state: {e}")))
+    }
+}
+
 fn parse_state(state: Option<&BackendState>) -> Option<ComposeState> {
     state.and_then(|s| serde_json::from_value(s.clone()).ok())
 }
@@ -309,96 +474,28 @@ impl Extension for ComposeExtension {
     #[tracing::instrument(skip_all, fields(sandbox_id = %req.sandbox_id, host = %req.host))]
     async fn provision(&self, req: &ProvisionRequest) -> Result<BackendState, ExtError> {
         let pool = self.pool_or_err(&req.host)?;
+        let internal = req.profile.network.mode != NetworkMode::Open;
+        let env = SandboxEnv {
+            env: &req.profile.setup.env,
+            secrets: &req.secrets,
+        };
+        if let Some(src) = &req.from_snapshot {
+            return snapshot::fork(self, &pool, &req.sandbox_id, internal, src, env).await;
+        }
         let Some(repo) = req.inputs.get(REPO_INPUT) else {
             return Err(ExtError::new(
                 "invalid_input",
                 format!("input `{REPO_INPUT}` is required by {ID}"),
             ));
         };
-        let internal = req.profile.network.mode != NetworkMode::Open;
-        let root = PathBuf::from(repo);
-        let id = req.sandbox_id.clone();
-        let workdir = pool.host.workdir.clone();
-        let (ws, tar) = tokio::task::spawn_blocking(move || {
-            let ws = project::prepare(&root, &id, &workdir, internal)?;
-            let tar = project::tar(&ws)?;
-            Ok::<_, ExtError>((ws, tar))
-        })
-        .await
-        .map_err(|e| ExtError::new("upload_failed", format!("packing the workspace: {e}")))??;
-        let t = self.tooling(&pool).await?;
-        if pool.host.max_sandboxes > 0
-            && self.sandboxes_on(&pool, &t).await? >= pool.host.max_sandboxes as usize
-        {
-            return Err(ExtError::new(
-                "host_full",
-                format!(
-                    "host {} already holds its `max_sandboxes` ({})",
-                    pool.host.id, pool.host.max_sandboxes
-                ),
-            )
-            .host_unusable());
-        }
-        let dir = Self::dir(&pool.host, &req.sandbox_id);
-        let qdir = sh_quote(&dir);
-        let out = pool
-            .exec(
-                &format!("mkdir -p {qdir} && tar -x -C {qdir} -f -"),
-                Some(&tar),
-                None,
-            )
-            .await?;
-        if !out.success() {
-            return Err(ExtError::new(
-                "upload_failed",
-                format!(
-                    "host {}: unpacking into {dir} failed: {}",
-                    pool.host.id,
-                    out.stderr_tail()
-                ),
-            ));
-        }
-        let project = req.sandbox_id.to_lowercase();
-        let mut env = String::new();
-        for (k, v) in &req.profile.setup.env {
-            env.push_str(&format!("export {}={}; ", sh_quote(k), sh_quote(v)));
-        }
-        for (k, v) in &req.secrets {
-            env.push_str(&format!(
-                "export {}={}; ",
-                sh_quote(k),
-                sh_quote(v.expose())
-            ));
-        }
-        let up = format!(
-            "cd {qdir} && {env}echo $$ > {UP_PID_FILE} && exec {} -p {} -f {} -f {OVERRIDE_FILE} up -d --remove-orphans",
-            t.compose,
-            sh_quote(&project),
-            sh_quote(&ws.compose_file),
-        );
-        let out = pool.exec(&up, None, None).await?;
-        if !out.success() {
-            return Err(ExtError::new(
-                "compose_up_failed",
-                format!(
-                    "host {}: `{} up` failed (exit {:?}): {}",
-                    pool.host.id,
-                    t.compose,
-                    out.status,
-                    out.stderr_tail()
-                ),
-            ));
-        }
-        let state = ComposeState {
-            host: pool.host.id.clone(),
-            project,
-            dir,
-            compose_file: ws.compose_file,
-            services: ws.services,
-            tooling: t,
+        let up = BringUp {
+            sandbox_id: &req.sandbox_id,
+            root: PathBuf::from(repo),
+            internal,
+            volumes: None,
+            check_capacity: true,
         };
-        serde_json::to_value(&state)
-            .map_err(|e| ExtError::new("internal", format!("backend state: {e}")))
+        self.bring_up(&pool, up, env).await
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
@@ -502,6 +599,36 @@ impl Extension for ComposeExtension {
         } else {
             Err(ExtError::new("teardown_failed", errors.join("; ")))
         }
+    }
+
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    async fn snapshot(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+        dest: &std::path::Path,
+        max_content_bytes: u64,
+    ) -> Result<SnapshotArchive, ExtError> {
+        let s = self.known_state(state)?;
+        let pool = self.pool_or_err(&s.host)?;
+        snapshot::capture(&pool, &s, sandbox_id, dest, max_content_bytes).await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    async fn restore(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+        src: &SnapshotSource,
+        env: SandboxEnv<'_>,
+    ) -> Result<(), ExtError> {
+        let s = self.known_state(state)?;
+        let pool = self.pool_or_err(&s.host)?;
+        snapshot::restore(self, &pool, &s, sandbox_id, src, env, s.internal).await
     }
 
     async fn probe(

@@ -116,6 +116,30 @@ impl Output {
     }
 }
 
+/// What a command streamed to a file did.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    /// Exit status (`None`: cut off, killed, or the channel closed first).
+    pub status: Option<u32>,
+    /// Bytes of stdout received.
+    pub bytes: u64,
+    /// Stdout went past the limit and the command was cut off.
+    pub over_limit: bool,
+    pub stderr: Vec<u8>,
+}
+
+impl Streamed {
+    /// The last lines of stderr.
+    pub fn stderr_tail(&self) -> String {
+        Output {
+            status: self.status,
+            stdout: Vec::new(),
+            stderr: self.stderr.clone(),
+        }
+        .stderr_tail()
+    }
+}
+
 /// Checks the server key against the pinned one.
 struct Pinned {
     expected: PublicKey,
@@ -339,6 +363,73 @@ impl HostPool {
             Err(_) => Err(SshError::Timeout {
                 host,
                 step: "a remote command",
+                timeout,
+            }),
+        }
+    }
+
+    /// Run `command` and write its stdout to the new file `dest`, at most
+    /// `limit` bytes (more: [`Streamed::over_limit`], the command is cut
+    /// off), within `timeout`. Answers its exit status and stderr's tail.
+    pub async fn exec_to_file(
+        &self,
+        command: &str,
+        dest: &std::path::Path,
+        limit: u64,
+        timeout: Duration,
+    ) -> Result<Streamed, SshError> {
+        use tokio::io::AsyncWriteExt;
+        let host = self.host.id.clone();
+        let run = async {
+            let lost = |message: String| SshError::Channel {
+                host: host.clone(),
+                message,
+            };
+            let mut file = tokio::fs::File::create_new(dest)
+                .await
+                .map_err(|e| lost(format!("creating {}: {e}", dest.display())))?;
+            let slot = self.slot().await?;
+            let broke = |e: russh::Error| lost(format!("the connection broke: {e}"));
+            let mut channel = slot.0.handle.channel_open_session().await.map_err(broke)?;
+            channel.exec(true, command).await.map_err(broke)?;
+            channel.eof().await.map_err(broke)?;
+            let mut out = Streamed {
+                status: None,
+                bytes: 0,
+                over_limit: false,
+                stderr: Vec::new(),
+            };
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        out.bytes += data.len() as u64;
+                        if out.bytes > limit {
+                            out.over_limit = true;
+                            let _ = channel.close().await;
+                            break;
+                        }
+                        file.write_all(&data)
+                            .await
+                            .map_err(|e| lost(format!("writing {}: {e}", dest.display())))?;
+                    }
+                    ChannelMsg::ExtendedData { data, .. } if out.stderr.len() < OUTPUT_CAP => {
+                        out.stderr.extend_from_slice(&data)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                    _ => {}
+                }
+            }
+            file.flush()
+                .await
+                .map_err(|e| lost(format!("writing {}: {e}", dest.display())))?;
+            drop(slot);
+            Ok(out)
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(SshError::Timeout {
+                host,
+                step: "a transfer",
                 timeout,
             }),
         }
