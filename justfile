@@ -26,3 +26,8 @@ lint:
 openapi:
     cargo run -q -p sandboxerd -- openapi > openapi/openapi.json.tmp || { rm -f openapi/openapi.json.tmp; exit 1; }
     mv openapi/openapi.json.tmp openapi/openapi.json
+
+# Compose stack create→ready through sand-boxer against `docker-compose up -d` by hand over SSH (needs root, docker, sshd).
+bench-compose *ARGS:
+    cargo build --release -p sandboxerd
+    cargo run --release -p sandboxer-bench --bin bench-compose -- {{ARGS}}

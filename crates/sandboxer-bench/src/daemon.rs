@@ -117,9 +117,21 @@ impl Daemon {
         data_dir: &Path,
         log_path: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with(bin, repo, data_dir, log_path, &[])
+    }
+
+    /// [`Daemon::start`] with more command-line arguments (`--config <file>`).
+    pub fn start_with(
+        bin: &Path,
+        repo: &Path,
+        data_dir: &Path,
+        log_path: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.current_dir(repo)
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--profiles")

@@ -572,7 +572,8 @@ impl Extension for ComposeExtension {
                     format!("not ready within {timeout:?}: {}", waiting.join("; ")),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // One `docker ps` over a pooled connection per poll.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
