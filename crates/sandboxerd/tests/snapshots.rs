@@ -215,7 +215,7 @@ async fn ready_sandbox(c: &Client, req: &CreateSandbox) -> Sandbox {
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_change_restore_and_fork_on_real_bubblewrap() {
     require_bwrap();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let d = Daemon::start(dir.path());
     let c = &d.client;
 
@@ -371,7 +371,7 @@ async fn snapshot_change_restore_and_fork_on_real_bubblewrap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_archive_or_a_failed_swap_leaves_the_workspace_as_it_was() {
     require_bwrap();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     // Every restore of this daemon fails between moving the old tree out
     // and moving the new one in: the roll-back must put it all back.
     let d = Daemon::start_with(
@@ -450,7 +450,7 @@ async fn a_damaged_archive_or_a_failed_swap_leaves_the_workspace_as_it_was() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_capture_or_restore_leaves_nothing_behind() {
     require_bwrap();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let data = dir.path();
 
     // 1. The daemon dies with the archive written but not yet named.
@@ -528,7 +528,7 @@ async fn kill_9_during_capture_or_restore_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_capture_over_max_size_fails_and_forks_may_change_profile() {
     require_bwrap();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let profiles = dir.path().join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
     let root = common::repo_root();
@@ -600,13 +600,13 @@ async fn a_capture_over_max_size_fails_and_forks_may_change_profile() {
 // ---- handler tests: in-process router, fresh database per test ----
 
 struct TestApp {
-    _dir: tempfile::TempDir,
+    _dir: common::TestDir,
     state: AppState,
     app: axum::Router,
 }
 
 async fn app_with(edit: impl FnOnce(&mut sandboxerd::config::Settings)) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::TestDir::new();
     let mut settings = common::settings(dir.path());
     edit(&mut settings);
     let state = sandboxerd::build_state(settings).await.expect("state");
