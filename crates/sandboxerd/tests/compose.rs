@@ -517,9 +517,22 @@ async fn the_periodic_sweep_reaps_orphans_after_the_grace_and_spares_live_stacks
     assert_eq!(gone.state, SandboxState::Destroyed, "{gone:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn placement_moves_past_an_unreachable_host_unless_it_was_asked_for() {
-    let s = setup();
+/// A `[[hosts]]` block for the throwaway sshd's key, under another id.
+fn host_block(s: &Setup, id: &str, port: u16, workdir: &Path) -> String {
+    format!(
+        "[[hosts]]\nid = \"{id}\"\naddress = \"127.0.0.1\"\nport = {port}\nuser = \"root\"\n\
+         identity_file = \"{}\"\nhost_key = \"{}\"\nengine = \"docker\"\nworkdir = \"{}\"\n\
+         connect_timeout = \"3s\"\n\n",
+        s.sshd.identity.display(),
+        s.sshd.host_key,
+        workdir.display()
+    )
+}
+
+/// A daemon configured with `testhost` plus the `before` and `after`
+/// host blocks around it, without the periodic stale sweep (it would
+/// contact the hosts on its own).
+fn start_daemon_with_hosts(s: &Setup, before: &str, after: &str) -> Daemon {
     let cfg = config(
         &s.sshd.dir,
         s.sshd.port,
@@ -527,25 +540,22 @@ async fn placement_moves_past_an_unreachable_host_unless_it_was_asked_for() {
         &s.sshd.host_key,
         &s.workdir,
     );
-    // A host listed first whose port refuses connections.
-    let closed = free_port();
     let text = std::fs::read_to_string(&cfg).expect("config");
-    let down = format!(
-        "[[hosts]]\nid = \"downhost\"\naddress = \"127.0.0.1\"\nport = {closed}\nuser = \"root\"\n\
-         identity_file = \"{}\"\nhost_key = \"{}\"\nengine = \"docker\"\nworkdir = \"{}\"\n\
-         connect_timeout = \"3s\"\n\n",
-        s.sshd.identity.display(),
-        s.sshd.host_key,
-        s.workdir.display()
-    );
-    let text = text.replacen("[[hosts]]", &format!("{down}[[hosts]]"), 1);
-    std::fs::write(&cfg, text).expect("write config");
-    let d = Daemon::start_with(
+    let text = text.replacen("[[hosts]]", &format!("{before}[[hosts]]"), 1);
+    std::fs::write(&cfg, format!("{text}\n{after}")).expect("write config");
+    Daemon::start_with(
         &s.dir.path().join("data"),
         &["--config", cfg.to_str().expect("utf-8 path")],
-        // No stale sweep: it would contact `downhost` before the first create.
         &[("SANDBOXER_STALE_SWEEP_INTERVAL", "0s")],
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn placement_moves_past_an_unreachable_host_unless_it_was_asked_for() {
+    let s = setup();
+    // A host listed first whose port refuses connections.
+    let down = host_block(&s, "downhost", free_port(), &s.workdir);
+    let d = start_daemon_with_hosts(&s, &down, "");
     let c = &d.client;
     let hosts: Vec<String> = c
         .hosts()
@@ -626,34 +636,11 @@ fn in_worker(sandbox_id: &str, script: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_snapshots_restore_in_place_and_fork_onto_another_host() {
     let s = setup();
-    let cfg = config(
-        &s.sshd.dir,
-        s.sshd.port,
-        &s.sshd.identity,
-        &s.sshd.host_key,
-        &s.workdir,
-    );
     // A second host (same sshd and engine, its own workdir), so the fork
     // moves between hosts as far as one machine allows.
     let other_workdir = s.dir.path().join("remote-other");
-    let other = format!(
-        "\n[[hosts]]\nid = \"otherhost\"\naddress = \"127.0.0.1\"\nport = {}\nuser = \"root\"\n\
-         identity_file = \"{}\"\nhost_key = \"{}\"\nengine = \"docker\"\nworkdir = \"{}\"\n",
-        s.sshd.port,
-        s.sshd.identity.display(),
-        s.sshd.host_key,
-        other_workdir.display()
-    );
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&cfg)
-        .expect("config");
-    f.write_all(other.as_bytes()).expect("append host");
-    let d = Daemon::start_with(
-        &s.dir.path().join("data"),
-        &["--config", cfg.to_str().expect("utf-8 path")],
-        &[("SANDBOXER_STALE_SWEEP_INTERVAL", "0s")],
-    );
+    let other = host_block(&s, "otherhost", s.sshd.port, &other_workdir);
+    let d = start_daemon_with_hosts(&s, "", &other);
     let c = &d.client;
     let (status, sbx) = c
         .create(&create_req(&s.repo), Some(Duration::from_secs(120)), None)
