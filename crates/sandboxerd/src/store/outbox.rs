@@ -96,7 +96,9 @@ impl Db {
             "SELECT e.seq, e.id, e.sandbox_id, e.generation, e.from_state, e.to_state, e.reason, e.at FROM events e",
         );
         if let Some(p) = project {
-            qb.push(" JOIN sandboxes s ON s.id = e.sandbox_id AND s.project = ")
+            // A consumer's feed leaves out the warm-pool past (generation 0)
+            // of the sandboxes handed out to it.
+            qb.push(" JOIN sandboxes s ON s.id = e.sandbox_id AND e.generation > 0 AND s.project = ")
                 .push_bind(p);
         }
         qb.push(" WHERE e.seq > ")
