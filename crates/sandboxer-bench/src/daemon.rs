@@ -117,13 +117,24 @@ impl Daemon {
         data_dir: &Path,
         log_path: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with_profiles(bin, repo, &repo.join("profiles"), data_dir, log_path)
+    }
+
+    /// [`Daemon::start`] with the profiles of `profiles` instead of the repository's.
+    pub fn start_with_profiles(
+        bin: &Path,
+        repo: &Path,
+        profiles: &Path,
+        data_dir: &Path,
+        log_path: &Path,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.current_dir(repo)
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--profiles")
-            .arg(repo.join("profiles"))
+            .arg(profiles)
             .arg("--extensions")
             .arg(repo.join("extensions"))
             .stdin(Stdio::null())
