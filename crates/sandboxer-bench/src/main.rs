@@ -241,8 +241,8 @@ const POOL_PROFILE: &str = "profile.bench-pooled";
 /// Its `pool.size`.
 const POOL_SIZE: u32 = 4;
 
-/// 7. Create → ready from a warm pool, on a daemon of its own (so its
-/// refills never run under the other sections) whose profiles are the
+/// Section 7, create → ready from a warm pool, on a daemon of its own (so
+/// its refills never run under the other sections) whose profiles are the
 /// repository's plus [`POOL_PROFILE`].
 async fn pool_section(
     plan: &Plan,
@@ -306,7 +306,13 @@ async fn metric(client: &Client, series: &str) -> anyhow::Result<f64> {
     let text = body.as_str().unwrap_or_default();
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0))
 }
 

@@ -343,9 +343,8 @@ impl Config {
 impl PoolsConfig {
     fn settings(&self) -> anyhow::Result<PoolSettings> {
         let dur = |key: &str, v: &str| {
-            humantime::parse_duration(v).map_err(|e| {
-                anyhow::anyhow!("config `pools.{key}`: `{v}` is not a duration ({e})")
-            })
+            humantime::parse_duration(v)
+                .map_err(|e| anyhow::anyhow!("config `pools.{key}`: `{v}` is not a duration ({e})"))
         };
         if !(1..=64).contains(&self.refill_concurrency) {
             anyhow::bail!(

@@ -296,7 +296,10 @@ impl Metrics {
         out.push_str("# HELP sandboxer_pool_misses_total Creates of a pooled profile provisioned on demand: `empty` (no ready member) or `ineligible` (inputs or from_snapshot, which a pool cannot serve).\n# TYPE sandboxer_pool_misses_total counter\n");
         for g in pools {
             let c = of(&g.profile);
-            for (reason, n) in [("empty", c.misses_empty), ("ineligible", c.misses_ineligible)] {
+            for (reason, n) in [
+                ("empty", c.misses_empty),
+                ("ineligible", c.misses_ineligible),
+            ] {
                 let _ = writeln!(
                     out,
                     "sandboxer_pool_misses_total{{profile=\"{}\",reason=\"{reason}\"}} {n}",

@@ -289,7 +289,10 @@ async fn a_pool_fills_serves_a_create_with_the_consumers_labels_and_ttl_and_refi
         .expect("create");
     assert_eq!(status, 201, "{sbx:?}");
     assert_eq!(sbx.state, SandboxState::Ready);
-    assert!(before.contains_key(&sbx.id), "served from the pool: {sbx:?}");
+    assert!(
+        before.contains_key(&sbx.id),
+        "served from the pool: {sbx:?}"
+    );
     // Assigned at handout: the consumer's labels (no pool label), consumer,
     // a first generation, and a lifetime counted from now.
     assert_eq!(
@@ -301,7 +304,10 @@ async fn a_pool_fills_serves_a_create_with_the_consumers_labels_and_ttl_and_refi
     assert_eq!(sbx.generation, 1);
     assert!(sbx.created_at >= asked, "created at handout: {sbx:?}");
     assert_eq!(sbx.ready_at, Some(sbx.created_at));
-    assert_eq!(sbx.expires_at - sbx.created_at, chrono::Duration::minutes(10));
+    assert_eq!(
+        sbx.expires_at - sbx.created_at,
+        chrono::Duration::minutes(10)
+    );
     assert_eq!(sbx.cost.estimate_credits, 600, "10 min at 1 credit/s");
     // It works: its way in runs a command inside this sandbox.
     let reach = sbx.reachability.clone().expect("reachability");
@@ -310,11 +316,11 @@ async fn a_pool_fills_serves_a_create_with_the_consumers_labels_and_ttl_and_refi
     assert_eq!(out, format!("{}\n/workspace\n", hostname(&sbx.id)));
     assert!(Path::new(reach["workdir"].as_str().expect("workdir")).is_dir());
     // The same sandbox through get, list and events, as a consumer sees it.
-    assert_eq!(alpha.get(&sbx.id, None).await.expect("get").labels, sbx.labels);
-    let mine = alpha
-        .list_all(&ListQuery::default())
-        .await
-        .expect("list");
+    assert_eq!(
+        alpha.get(&sbx.id, None).await.expect("get").labels,
+        sbx.labels
+    );
+    let mine = alpha.list_all(&ListQuery::default()).await.expect("list");
     assert_eq!(
         mine.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         [sbx.id.as_str()]
@@ -363,10 +369,7 @@ async fn a_pool_fills_serves_a_create_with_the_consumers_labels_and_ttl_and_refi
     assert_eq!(hits(&m), 1.0, "{m}");
     assert_eq!(misses(&m, "empty"), 0.0, "{m}");
     assert_eq!(
-        series(
-            &m,
-            &format!("sandboxer_pool_size{{profile=\"{POOLED}\"}}")
-        ),
+        series(&m, &format!("sandboxer_pool_size{{profile=\"{POOLED}\"}}")),
         2.0
     );
 
@@ -439,7 +442,11 @@ async fn billing_starts_at_handout_and_a_refused_create_keeps_the_member() {
     assert!(sbx.created_at > made.created_at);
     // The reservation is made with the handout, for the consumer's lifetime.
     let balance = alpha.balance("alpha").await.expect("balance");
-    assert_eq!((balance.balance, balance.reserved), (1000, 60), "{balance:?}");
+    assert_eq!(
+        (balance.balance, balance.reserved),
+        (1000, 60),
+        "{balance:?}"
+    );
     let ledger = alpha.ledger_all("alpha", None).await.expect("ledger");
     let reserves: Vec<_> = ledger
         .iter()
@@ -558,7 +565,11 @@ async fn kill_9_with_a_full_pool_leaks_nothing_and_the_pool_is_made_again() {
     let new = full(&ops, &data, POOLED, 3).await;
     assert!(new.keys().all(|id| !old.contains_key(id)));
     let still = alpha.get(&kept.id, None).await.expect("get");
-    assert_eq!(still.state, SandboxState::Ready, "the consumer's sandbox stays");
+    assert_eq!(
+        still.state,
+        SandboxState::Ready,
+        "the consumer's sandbox stays"
+    );
     assert!(alive(pid_of(&kept)));
     // Nothing runs and no workspace exists that is not a live sandbox.
     let live: HashSet<String> = new
@@ -567,9 +578,15 @@ async fn kill_9_with_a_full_pool_leaks_nothing_and_the_pool_is_made_again() {
         .chain(std::iter::once(kept.id.clone()))
         .collect();
     let procs = sandbox_processes(&data);
-    assert!(procs.is_subset(&live), "leaked processes: {procs:?} vs {live:?}");
+    assert!(
+        procs.is_subset(&live),
+        "leaked processes: {procs:?} vs {live:?}"
+    );
     let dirs: HashSet<String> = sandbox_dirs(&data).into_iter().collect();
-    assert!(dirs.is_subset(&live), "leaked workspaces: {dirs:?} vs {live:?}");
+    assert!(
+        dirs.is_subset(&live),
+        "leaked workspaces: {dirs:?} vs {live:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -601,7 +618,10 @@ async fn concurrent_creates_never_share_a_member() {
         let out = run_inside(sbx.reachability.as_ref().expect("reach"), &["hostname"]);
         assert_eq!(out.trim(), hostname(&sbx.id));
     }
-    let from_pool = made.iter().filter(|(_, s)| pool.contains_key(&s.id)).count();
+    let from_pool = made
+        .iter()
+        .filter(|(_, s)| pool.contains_key(&s.id))
+        .count();
     let m = metrics(&ops).await;
     // Every ready member went to one create; the rest were provisioned.
     assert_eq!(from_pool, 4, "{m}");
@@ -624,7 +644,10 @@ async fn creates_a_pool_cannot_serve_are_misses_provisioned_as_usual() {
     let (status, sbx) = alpha.create(&req, Some(WAIT), None).await.expect("create");
     assert_eq!((status, sbx.state), (201, SandboxState::Ready));
     assert!(!pool.contains_key(&sbx.id), "not from the pool");
-    assert_eq!(sbx.inputs.get("note").map(String::as_str), Some("made on demand"));
+    assert_eq!(
+        sbx.inputs.get("note").map(String::as_str),
+        Some("made on demand")
+    );
     let m = metrics(&ops).await;
     assert_eq!(misses(&m, "ineligible"), 1.0, "{m}");
     assert_eq!(hits(&m), 0.0, "{m}");
@@ -644,7 +667,10 @@ async fn creates_a_pool_cannot_serve_are_misses_provisioned_as_usual() {
     assert_eq!(status, 201);
     assert!(!pool.contains_key(&plain.id));
     let m = metrics(&ops).await;
-    assert_eq!(hits(&m) + misses(&m, "empty") + misses(&m, "ineligible"), 1.0);
+    assert_eq!(
+        hits(&m) + misses(&m, "empty") + misses(&m, "ineligible"),
+        1.0
+    );
     assert!(!m.contains("profile=\"profile.local-shell\""));
 }
 
@@ -704,9 +730,15 @@ async fn graceful_shutdown_tears_the_unassigned_members_down() {
     assert!(d.terminate().success());
     for (id, m) in &pool {
         assert!(!alive(pid_of(m)), "{id} still running after shutdown");
-        assert!(!data.join("sandboxes").join(id).exists(), "{id} left a workspace");
+        assert!(
+            !data.join("sandboxes").join(id).exists(),
+            "{id} left a workspace"
+        );
     }
-    assert!(alive(pid_of(&kept)), "a consumer's sandbox outlives the daemon");
+    assert!(
+        alive(pid_of(&kept)),
+        "a consumer's sandbox outlives the daemon"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -209,14 +209,20 @@ pub async fn shut_down(state: &AppState) {
     for task in tasks {
         let _ = task.await;
     }
-    match retire_unassigned(state, "warm-pool member retired: sandboxerd is shutting down").await
+    match retire_unassigned(
+        state,
+        "warm-pool member retired: sandboxerd is shutting down",
+    )
+    .await
     {
         Ok(ids) => {
             for id in ids {
                 state.spawn(super::destroy(state.clone(), id));
             }
         }
-        Err(e) => tracing::warn!(error = %e, "retiring warm-pool members at shutdown failed; the next start retires them"),
+        Err(e) => {
+            tracing::warn!(error = %e, "retiring warm-pool members at shutdown failed; the next start retires them")
+        }
     }
 }
 
@@ -440,7 +446,12 @@ async fn probe_members(state: &AppState, profile_id: &str) {
         };
         match state
             .db
-            .transition(&m.id, &[SandboxState::Ready], SandboxState::Destroying, change)
+            .transition(
+                &m.id,
+                &[SandboxState::Ready],
+                SandboxState::Destroying,
+                change,
+            )
             .await
         {
             Ok(Transition::Done { .. }) => {
@@ -450,7 +461,9 @@ async fn probe_members(state: &AppState, profile_id: &str) {
                 state.spawn(super::destroy(state.clone(), m.id));
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(sandbox_id = %m.id, error = %e, "retiring a lost warm-pool member failed"),
+            Err(e) => {
+                tracing::warn!(sandbox_id = %m.id, error = %e, "retiring a lost warm-pool member failed")
+            }
         }
     }
 }

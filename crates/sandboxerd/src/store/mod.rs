@@ -250,10 +250,7 @@ impl Db {
         billing: &Billing,
     ) -> Result<Created, StoreError> {
         let mut tx = self.writer.begin().await?;
-        if let Some(refused) = self
-            .admit(&mut tx, &new, idempotency, cap, billing)
-            .await?
-        {
+        if let Some(refused) = self.admit(&mut tx, &new, idempotency, cap, billing).await? {
             tx.rollback().await?;
             return Ok(refused);
         }

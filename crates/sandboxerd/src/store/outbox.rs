@@ -98,8 +98,10 @@ impl Db {
         if let Some(p) = project {
             // A consumer's feed leaves out the warm-pool past (generation 0)
             // of the sandboxes handed out to it.
-            qb.push(" JOIN sandboxes s ON s.id = e.sandbox_id AND e.generation > 0 AND s.project = ")
-                .push_bind(p);
+            qb.push(
+                " JOIN sandboxes s ON s.id = e.sandbox_id AND e.generation > 0 AND s.project = ",
+            )
+            .push_bind(p);
         }
         qb.push(" WHERE e.seq > ")
             .push_bind(after_seq)

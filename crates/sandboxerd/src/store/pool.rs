@@ -124,10 +124,7 @@ impl Db {
         billing: &Billing,
     ) -> Result<Option<Created>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        if let Some(refused) = self
-            .admit(&mut tx, new, idempotency, cap, billing)
-            .await?
-        {
+        if let Some(refused) = self.admit(&mut tx, new, idempotency, cap, billing).await? {
             tx.rollback().await?;
             return Ok(Some(refused));
         }
