@@ -434,17 +434,27 @@ async fn billing_starts_at_handout_and_a_refused_create_keeps_the_member() {
     let (status, _) = ops.grant("alpha", 1000, "test", None).await.expect("grant");
     assert_eq!(status, 201);
     let (status, sbx) = alpha
-        .create(&pooled(&[], Some("60s")), Some(WAIT), None)
+        .create(&pooled(&[], Some("60s")), Some(WAIT), Some("retry-me"))
         .await
         .expect("create");
     assert_eq!(status, 201);
     assert_eq!(&sbx.id, member_id, "served from the pool");
+    // A retry with the same key is the same sandbox, reserved once.
+    full(&ops, &data, POOLED, 1).await;
+    let (_, again) = alpha
+        .create(&pooled(&[], Some("60s")), Some(WAIT), Some("retry-me"))
+        .await
+        .expect("replay");
+    assert_eq!(again.id, sbx.id);
+    assert_eq!(hits(&metrics(&ops).await), 1.0);
     assert!(sbx.created_at > made.created_at);
-    // The reservation is made with the handout, for the consumer's lifetime.
+    // The reservation is made with the handout, for the consumer's lifetime
+    // (a metering tick may already have used part of it: what is available
+    // stays 1000 - 60 either way).
     let balance = alpha.balance("alpha").await.expect("balance");
-    assert_eq!(
-        (balance.balance, balance.reserved),
-        (1000, 60),
+    assert_eq!(balance.available, 940, "{balance:?}");
+    assert!(
+        balance.reserved > 0 && balance.reserved <= 60,
         "{balance:?}"
     );
     let ledger = alpha.ledger_all("alpha", None).await.expect("ledger");
@@ -496,6 +506,49 @@ async fn billing_starts_at_handout_and_a_refused_create_keeps_the_member() {
     assert_eq!(record.credits, record.seconds, "one credit a second");
     let balance = alpha.balance("alpha").await.expect("balance");
     assert_eq!(balance.balance, 1000 - debited);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_at_its_cap_is_refused_and_the_member_stays() {
+    require_bwrap();
+    let dir = TestDir::new();
+    let data = dir.path().join("data");
+    let args = setup(dir.path(), "{size: 1, max_age: 10m}", "");
+    let d = start(
+        &data,
+        &args,
+        &[("SANDBOXER_LIMITS__LIVE_SANDBOXES_PER_PROJECT", "1")],
+    );
+    let ops = d.client_with(OPS);
+    let alpha = d.client_with(ALPHA);
+    full(&ops, &data, POOLED, 1).await;
+    let (_, first) = alpha
+        .create(&pooled(&[], None), Some(WAIT), None)
+        .await
+        .expect("create");
+    assert_eq!(first.state, SandboxState::Ready);
+    // Members count toward no project: the refilled pool leaves alpha at 1.
+    let waiting = full(&ops, &data, POOLED, 1).await;
+    let err = alpha
+        .create(&pooled(&[], None), Some(WAIT), None)
+        .await
+        .expect_err("429");
+    assert_eq!(err.status(), Some(429), "{err}");
+    assert_eq!(err.code(), Some("too_many_sandboxes"));
+    assert_eq!(
+        members(&ops, &data, POOLED)
+            .await
+            .keys()
+            .collect::<Vec<_>>(),
+        waiting.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(hits(&metrics(&ops).await), 1.0);
+    // Another project is not held up by alpha's cap (operators create for any).
+    let (_, other) = ops
+        .create(&pooled(&[], None), Some(WAIT), None)
+        .await
+        .expect("create");
+    assert!(waiting.contains_key(&other.id), "served from the pool");
 }
 
 #[tokio::test(flavor = "multi_thread")]
