@@ -68,7 +68,7 @@ struct CreateHeaders {
     responses(
         (status = 201, description = "Ready (with `?wait=`)", body = Sandbox),
         (status = 200, description = "Failed while waiting (with `?wait=`): see `failure`", body = Sandbox),
-        (status = 202, description = "Accepted; provisioning goes on. `Location` names the sandbox", body = Sandbox,
+        (status = 202, description = "Accepted; provisioning goes on (a create served from a warm pool is already `ready`). `Location` names the sandbox", body = Sandbox,
             headers(("Location" = String, description = "/v1/sandboxes/{id}"))),
         (status = 400, description = "Malformed JSON, query or header", body = Problem, content_type = "application/problem+json"),
         (status = 402, description = "Credits are enforced and the project's available credits cannot cover the estimate (`insufficient_credits`)", body = Problem, content_type = "application/problem+json"),

@@ -48,6 +48,11 @@ pub const POOL_LABEL: &str = "io.sandboxer.pool";
 /// How often a refill task looks at its pool when nothing wakes it.
 const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// After a handout wakes a refill task, how long it lets the create's
+/// answer (its audit write, its response) go out before it starts a
+/// replacement, so the two do not compete for the writer and the cores.
+const AFTER_HANDOUT: Duration = Duration::from_millis(5);
+
 /// The warm pools of this daemon: one per profile with a `pool` (none when
 /// `[pools] enabled = false`).
 #[derive(Default)]
@@ -353,7 +358,9 @@ async fn refill(state: AppState, profile_id: String, stop: CancellationToken) {
         wait = wait.min(next_probe.saturating_duration_since(Instant::now()));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = wake.notified() => {}
+            _ = wake.notified() => {
+                not_before = not_before.max(Instant::now() + AFTER_HANDOUT);
+            }
             Some(outcome) = done_rx.recv() => {
                 in_flight = in_flight.saturating_sub(1);
                 match outcome {

@@ -9,7 +9,6 @@
 //!   leftovers) and `failed` (`backend_lost`). Nothing is reported ready that
 //!   the backend does not confirm.
 //! - `destroying`/`expired`: teardown runs again until it succeeds.
-//!
 //! - unassigned warm-pool members (see `pool`): retired (`destroying`, then
 //!   torn down like the rows above) whatever their state, never carried
 //!   over; the refill task makes fresh ones.
