@@ -420,3 +420,57 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
         std::env::current_dir()?.join(p)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("sandboxerd.toml");
+        std::fs::write(&path, text)?;
+        Config::load(Some(&path), Overrides::default())?.settings()
+    }
+
+    #[test]
+    fn the_example_configuration_loads_with_the_default_pool_settings() {
+        let s = from_toml(EXAMPLE_CONFIG).expect("the shipped example loads");
+        let d = PoolSettings::default();
+        assert_eq!(
+            (
+                s.pools.enabled,
+                s.pools.refill_concurrency,
+                s.pools.refill_interval,
+                s.pools.max_backoff,
+                s.pools.probe_interval
+            ),
+            (
+                d.enabled,
+                d.refill_concurrency,
+                d.refill_interval,
+                d.max_backoff,
+                d.probe_interval
+            )
+        );
+    }
+
+    #[test]
+    fn bad_pool_settings_name_the_key() {
+        for (text, key) in [
+            (
+                "[pools]\nrefill_concurrency = 0\n",
+                "pools.refill_concurrency",
+            ),
+            (
+                "[pools]\nrefill_interval = \"soon\"\n",
+                "pools.refill_interval",
+            ),
+            ("[pools]\nmax_backoff = \"10ms\"\n", "pools.max_backoff"),
+            ("[pools]\nprobe_interval = \"0s\"\n", "pools.probe_interval"),
+            ("[pools]\nsize = 3\n", "size"),
+        ] {
+            let err = format!("{:#}", from_toml(text).expect_err(text));
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+}
