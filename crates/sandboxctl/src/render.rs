@@ -447,6 +447,12 @@ pub fn profile_details(p: &Profile) -> String {
         ttl.push_str(&format!(", idle reap {idle}"));
     }
     lines.push(("ttl".into(), ttl));
+    if let Some(pool) = &p.pool {
+        lines.push((
+            "warm pool".into(),
+            format!("{} ready, replaced after {}", pool.size, pool.max_age),
+        ));
+    }
     let mut resources = Vec::new();
     if let Some(cpus) = p.resources.cpus {
         resources.push(format!("{cpus} cpus"));

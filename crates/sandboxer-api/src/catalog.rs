@@ -51,6 +51,22 @@ pub struct Profile {
     /// Limits of this profile's snapshots (all optional).
     #[serde(default)]
     pub snapshot: SnapshotPolicy,
+    /// A warm pool: sandboxes of this profile kept provisioned ahead of
+    /// demand and handed out on create (see `docs/pools.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+}
+
+/// A profile's warm pool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// How many ready, unassigned sandboxes to keep (0 to 256; 0 keeps none).
+    pub size: u32,
+    /// How long an unassigned sandbox may wait before it is replaced by a
+    /// fresh one (humantime, at least `1s`).
+    pub max_age: String,
 }
 
 /// Snapshot limits of a profile.

@@ -117,13 +117,15 @@ impl Daemon {
         data_dir: &Path,
         log_path: &Path,
     ) -> anyhow::Result<Self> {
-        Self::start_with(bin, repo, data_dir, log_path, &[])
+        Self::start_with(bin, repo, &repo.join("profiles"), data_dir, log_path, &[])
     }
 
-    /// [`Daemon::start`] with more command-line arguments (`--config <file>`).
+    /// [`Daemon::start`] with the profiles of `profiles` instead of the
+    /// repository's, and more command-line arguments (`--config <file>`).
     pub fn start_with(
         bin: &Path,
         repo: &Path,
+        profiles: &Path,
         data_dir: &Path,
         log_path: &Path,
         extra: &[&std::ffi::OsStr],
@@ -135,7 +137,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--profiles")
-            .arg(repo.join("profiles"))
+            .arg(profiles)
             .arg("--extensions")
             .arg(repo.join("extensions"))
             .stdin(Stdio::null())

@@ -27,7 +27,23 @@ pub struct LoadedProfile {
     pub snapshot_max_bytes: u64,
     /// `snapshot.ttl`: how long a snapshot of this profile is kept.
     pub snapshot_ttl: Duration,
+    /// `pool`, checked: `None` when the profile keeps no warm pool (or `size: 0`).
+    pub pool: Option<PoolPolicy>,
 }
+
+/// A profile's warm pool with its duration parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolPolicy {
+    /// Ready, unassigned sandboxes to keep (1 to [`MAX_POOL_SIZE`]).
+    pub size: u32,
+    /// How long an unassigned sandbox may wait before it is replaced.
+    pub max_age: Duration,
+}
+
+/// The largest `pool.size` a profile may declare.
+pub const MAX_POOL_SIZE: u32 = 256;
+/// The shortest `pool.max_age` a profile may declare.
+pub const MIN_POOL_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// `snapshot.max_size` when a profile names none (2 GiB).
 pub const DEFAULT_SNAPSHOT_MAX_BYTES: u64 = 2 << 30;
@@ -186,6 +202,49 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
     if snapshot_ttl.is_zero() {
         return Err("field `snapshot.ttl`: must be more than zero".into());
     }
+    let pool = match &spec.pool {
+        None => None,
+        Some(p) => {
+            if p.size > MAX_POOL_SIZE {
+                return Err(format!(
+                    "field `pool.size`: `{}` is more than {MAX_POOL_SIZE}",
+                    p.size
+                ));
+            }
+            let max_age = dur("pool.max_age", &p.max_age)?;
+            if max_age < MIN_POOL_MAX_AGE {
+                return Err(format!(
+                    "field `pool.max_age`: `{}` is shorter than {}",
+                    p.max_age,
+                    humantime::format_duration(MIN_POOL_MAX_AGE)
+                ));
+            }
+            // A pooled sandbox is made before anyone asks for it, so it can
+            // hold nothing a create supplies.
+            let required: Vec<&str> = spec
+                .inputs
+                .iter()
+                .filter(|(_, i)| i.required)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !required.is_empty() {
+                return Err(format!(
+                    "field `pool`: a pooled sandbox is made before any create, so it cannot take the required inputs {}",
+                    required.join(", ")
+                ));
+            }
+            if spec.workspace.mode != "empty" {
+                return Err(format!(
+                    "field `pool`: a pooled sandbox is made before any create, so its workspace cannot be filled from an input (`workspace.mode: {}`)",
+                    spec.workspace.mode
+                ));
+            }
+            (p.size > 0).then_some(PoolPolicy {
+                size: p.size,
+                max_age,
+            })
+        }
+    };
     Ok(LoadedProfile {
         spec,
         ttl_default,
@@ -193,6 +252,7 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
         idle_reap,
         snapshot_max_bytes,
         snapshot_ttl,
+        pool,
     })
 }
 

@@ -51,6 +51,61 @@ pub struct Config {
     pub hosts: Vec<crate::hosts::HostConfig>,
     /// Credit enforcement.
     pub credits: CreditsConfig,
+    /// Warm pools (profiles that declare `pool`).
+    pub pools: PoolsConfig,
+}
+
+/// `[pools]`: how warm pools are refilled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolsConfig {
+    /// `false`: no pool is kept whatever the profiles declare (every create provisions).
+    pub enabled: bool,
+    /// Most members of one pool being provisioned at once.
+    pub refill_concurrency: u32,
+    /// Least time between two provisioning starts of one pool.
+    pub refill_interval: String,
+    /// Longest wait after failed provisions (the wait doubles from 1s up to this).
+    pub max_backoff: String,
+    /// How often ready members are checked to still exist on their backend.
+    pub probe_interval: String,
+}
+
+impl Default for PoolsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            refill_concurrency: 2,
+            refill_interval: "50ms".into(),
+            max_backoff: "60s".into(),
+            probe_interval: "5s".into(),
+        }
+    }
+}
+
+/// `[pools]`, checked.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub enabled: bool,
+    /// At least 1.
+    pub refill_concurrency: u32,
+    pub refill_interval: Duration,
+    /// At least 1s.
+    pub max_backoff: Duration,
+    /// More than zero.
+    pub probe_interval: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            refill_concurrency: 2,
+            refill_interval: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(60),
+            probe_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `[credits]`.
@@ -141,6 +196,7 @@ impl Default for Config {
             secrets: BTreeMap::new(),
             hosts: Vec::new(),
             credits: CreditsConfig::default(),
+            pools: PoolsConfig::default(),
         }
     }
 }
@@ -182,6 +238,8 @@ pub struct Settings {
     pub hosts: Vec<crate::hosts::Host>,
     /// Credit enforcement (`[credits]`).
     pub credits: CreditsConfig,
+    /// Warm pools (`[pools]`).
+    pub pools: PoolSettings,
 }
 
 impl Config {
@@ -290,6 +348,37 @@ impl Config {
             },
             hosts: crate::hosts::check_all(&self.hosts)?,
             credits: self.credits.clone(),
+            pools: self.pools.settings()?,
+        })
+    }
+}
+
+impl PoolsConfig {
+    fn settings(&self) -> anyhow::Result<PoolSettings> {
+        let dur = |key: &str, v: &str| {
+            humantime::parse_duration(v)
+                .map_err(|e| anyhow::anyhow!("config `pools.{key}`: `{v}` is not a duration ({e})"))
+        };
+        if !(1..=64).contains(&self.refill_concurrency) {
+            anyhow::bail!(
+                "config `pools.refill_concurrency`: `{}` is not from 1 to 64",
+                self.refill_concurrency
+            );
+        }
+        let max_backoff = dur("max_backoff", &self.max_backoff)?;
+        if max_backoff < Duration::from_secs(1) {
+            anyhow::bail!("config `pools.max_backoff`: must be at least 1s");
+        }
+        let probe_interval = dur("probe_interval", &self.probe_interval)?;
+        if probe_interval.is_zero() {
+            anyhow::bail!("config `pools.probe_interval`: must be more than zero");
+        }
+        Ok(PoolSettings {
+            enabled: self.enabled,
+            refill_concurrency: self.refill_concurrency,
+            refill_interval: dur("refill_interval", &self.refill_interval)?,
+            max_backoff,
+            probe_interval,
         })
     }
 }
@@ -343,4 +432,58 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     } else {
         std::env::current_dir()?.join(p)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("sandboxerd.toml");
+        std::fs::write(&path, text)?;
+        Config::load(Some(&path), Overrides::default())?.settings()
+    }
+
+    #[test]
+    fn the_example_configuration_loads_with_the_default_pool_settings() {
+        let s = from_toml(EXAMPLE_CONFIG).expect("the shipped example loads");
+        let d = PoolSettings::default();
+        assert_eq!(
+            (
+                s.pools.enabled,
+                s.pools.refill_concurrency,
+                s.pools.refill_interval,
+                s.pools.max_backoff,
+                s.pools.probe_interval
+            ),
+            (
+                d.enabled,
+                d.refill_concurrency,
+                d.refill_interval,
+                d.max_backoff,
+                d.probe_interval
+            )
+        );
+    }
+
+    #[test]
+    fn bad_pool_settings_name_the_key() {
+        for (text, key) in [
+            (
+                "[pools]\nrefill_concurrency = 0\n",
+                "pools.refill_concurrency",
+            ),
+            (
+                "[pools]\nrefill_interval = \"soon\"\n",
+                "pools.refill_interval",
+            ),
+            ("[pools]\nmax_backoff = \"10ms\"\n", "pools.max_backoff"),
+            ("[pools]\nprobe_interval = \"0s\"\n", "pools.probe_interval"),
+            ("[pools]\nsize = 3\n", "size"),
+        ] {
+            let err = format!("{:#}", from_toml(text).expect_err(text));
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
 }

@@ -49,6 +49,8 @@ pub struct AppState {
     pub rate_limiter: Arc<http::auth::RateLimiter>,
     /// Sandboxes whose teardown is running now.
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
+    /// Warm pools of the profiles that declare one.
+    pub pools: Arc<lifecycle::pool::Pools>,
     /// Lifecycle tasks in flight, awaited on shutdown.
     pub tasks: TaskTracker,
     pub ready: Arc<AtomicBool>,
@@ -98,6 +100,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let db_path = settings.data_dir.join("sandboxer.db");
     let db = Db::open(&db_path).await?;
     let (events, _) = broadcast::channel(4096);
+    let pools = Arc::new(lifecycle::pool::Pools::new(&catalog, &settings.pools));
     let state = AppState {
         db,
         catalog: Arc::new(catalog),
@@ -108,6 +111,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         events,
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
+        pools,
         rate_limiter: Arc::new(http::auth::RateLimiter::default()),
         tasks: TaskTracker::new(),
         ready: Arc::new(AtomicBool::new(false)),
@@ -154,6 +158,9 @@ pub async fn serve(
         _ = drained => { tracing::warn!(?grace, "in-flight requests did not finish in time"); }
     }
     background.cancel();
+    // Unassigned warm-pool members belong to this run: torn down now (or
+    // by the next start when the grace runs out).
+    lifecycle::pool::shut_down(&state).await;
     state.tasks.close();
     if tokio::time::timeout(grace, state.tasks.wait())
         .await
@@ -165,8 +172,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Start the background tasks (reaper, metering ticker, event dispatcher);
-/// cancel the token to stop them.
+/// Start the background tasks (reaper, metering ticker, event dispatcher,
+/// warm-pool refills); cancel the token to stop them.
 pub fn start_background(state: &AppState) -> tokio_util::sync::CancellationToken {
     let stop = tokio_util::sync::CancellationToken::new();
     state.spawn(lifecycle::reaper::run(
@@ -197,5 +204,6 @@ pub fn start_background(state: &AppState) -> tokio_util::sync::CancellationToken
         lifecycle::snapshots::SWEEP_INTERVAL,
         stop.clone(),
     ));
+    lifecycle::pool::start(state, &stop);
     stop
 }

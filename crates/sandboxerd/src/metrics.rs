@@ -50,9 +50,46 @@ pub const COUNTERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// What happened in a warm pool, counted per profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// A create was served by a pooled sandbox.
+    Hit,
+    /// A create the pool could serve found no ready member.
+    MissEmpty,
+    /// A create the pool can never serve (inputs, `from_snapshot`).
+    MissIneligible,
+    /// Starting or provisioning a member failed.
+    RefillFailure,
+    /// A ready member was found gone from its backend and replaced.
+    Lost,
+}
+
+/// Counters of one warm pool.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PoolCounters {
+    pub hits: u64,
+    pub misses_empty: u64,
+    pub misses_ineligible: u64,
+    pub refill_failures: u64,
+    pub lost: u64,
+}
+
+/// A pool's target and its members now, for the gauges.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PoolGauge {
+    pub profile: String,
+    /// `pool.size` of the profile.
+    pub size: u32,
+    /// Unassigned members by state (`requested`, `provisioning`, `ready`).
+    pub members: Vec<(String, i64)>,
+}
+
 /// Counters and histograms of the daemon.
 #[derive(Default)]
 pub struct Metrics {
+    /// Warm-pool counters by profile.
+    pools: Mutex<BTreeMap<String, PoolCounters>>,
     counters: [AtomicU64; COUNTERS.len()],
     /// Database time of the last reaper sweep, in microseconds.
     last_sweep_us: AtomicU64,
@@ -105,6 +142,29 @@ impl Metrics {
         *map.entry(code.to_owned()).or_default() += 1;
     }
 
+    /// Count one warm-pool event of `profile`.
+    pub fn pool(&self, profile: &str, event: PoolEvent) {
+        let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let c = map.entry(profile.to_owned()).or_default();
+        match event {
+            PoolEvent::Hit => c.hits += 1,
+            PoolEvent::MissEmpty => c.misses_empty += 1,
+            PoolEvent::MissIneligible => c.misses_ineligible += 1,
+            PoolEvent::RefillFailure => c.refill_failures += 1,
+            PoolEvent::Lost => c.lost += 1,
+        }
+    }
+
+    /// The warm-pool counters of `profile` so far.
+    pub fn pool_counters(&self, profile: &str) -> PoolCounters {
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(profile)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Record one create→ready latency.
     pub fn observe_create_ready(&self, seconds: f64) {
         for (i, le) in BUCKETS.iter().enumerate() {
@@ -117,9 +177,14 @@ impl Metrics {
             .fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
     }
 
-    /// The text exposition, with `by_state` and the outbox backlog counted
-    /// from the database.
-    pub fn render(&self, by_state: &[(String, i64)], outbox_backlog: i64) -> String {
+    /// The text exposition, with `by_state`, the outbox backlog and the
+    /// pools' members counted from the database.
+    pub fn render(
+        &self,
+        by_state: &[(String, i64)],
+        outbox_backlog: i64,
+        pools: &[PoolGauge],
+    ) -> String {
         let mut out = String::new();
         for (i, (name, help)) in COUNTERS.iter().enumerate() {
             let _ = writeln!(
@@ -180,6 +245,7 @@ impl Metrics {
                 escape(code)
             );
         }
+        self.render_pools(&mut out, pools);
         out.push_str("# HELP sandboxer_http_requests_total HTTP requests by route, method and status.\n# TYPE sandboxer_http_requests_total counter\n");
         for ((route, method, status), n) in
             self.http.lock().unwrap_or_else(|p| p.into_inner()).iter()
@@ -192,6 +258,81 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+impl Metrics {
+    /// The warm-pool families: every pooled profile appears in each, at 0
+    /// until something happens.
+    fn render_pools(&self, out: &mut String, pools: &[PoolGauge]) {
+        let counters = self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let of = |p: &str| counters.get(p).copied().unwrap_or_default();
+        out.push_str("# HELP sandboxer_pool_size Sandboxes a warm pool keeps ready (the profile's pool.size).\n# TYPE sandboxer_pool_size gauge\n");
+        for g in pools {
+            let _ = writeln!(
+                out,
+                "sandboxer_pool_size{{profile=\"{}\"}} {}",
+                escape(&g.profile),
+                g.size
+            );
+        }
+        out.push_str("# HELP sandboxer_pool_members Unassigned warm-pool sandboxes by state.\n# TYPE sandboxer_pool_members gauge\n");
+        for g in pools {
+            for st in ["requested", "provisioning", "ready"] {
+                let n = g
+                    .members
+                    .iter()
+                    .find(|(s, _)| s == st)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "sandboxer_pool_members{{profile=\"{}\",state=\"{st}\"}} {n}",
+                    escape(&g.profile)
+                );
+            }
+        }
+        out.push_str("# HELP sandboxer_pool_hits_total Creates served by a warm-pool sandbox.\n# TYPE sandboxer_pool_hits_total counter\n");
+        for g in pools {
+            let _ = writeln!(
+                out,
+                "sandboxer_pool_hits_total{{profile=\"{}\"}} {}",
+                escape(&g.profile),
+                of(&g.profile).hits
+            );
+        }
+        out.push_str("# HELP sandboxer_pool_misses_total Creates of a pooled profile provisioned on demand: `empty` (no ready member) or `ineligible` (inputs or from_snapshot, which a pool cannot serve).\n# TYPE sandboxer_pool_misses_total counter\n");
+        for g in pools {
+            let c = of(&g.profile);
+            for (reason, n) in [
+                ("empty", c.misses_empty),
+                ("ineligible", c.misses_ineligible),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "sandboxer_pool_misses_total{{profile=\"{}\",reason=\"{reason}\"}} {n}",
+                    escape(&g.profile)
+                );
+            }
+        }
+        out.push_str("# HELP sandboxer_pool_refill_failures_total Warm-pool members that could not be started or failed before ready.\n# TYPE sandboxer_pool_refill_failures_total counter\n");
+        for g in pools {
+            let _ = writeln!(
+                out,
+                "sandboxer_pool_refill_failures_total{{profile=\"{}\"}} {}",
+                escape(&g.profile),
+                of(&g.profile).refill_failures
+            );
+        }
+        out.push_str("# HELP sandboxer_pool_members_lost_total Ready warm-pool members found gone from their backend (replaced).\n# TYPE sandboxer_pool_members_lost_total counter\n");
+        for g in pools {
+            let _ = writeln!(
+                out,
+                "sandboxer_pool_members_lost_total{{profile=\"{}\"}} {}",
+                escape(&g.profile),
+                of(&g.profile).lost
+            );
+        }
     }
 }
 

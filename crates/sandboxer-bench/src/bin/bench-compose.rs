@@ -113,6 +113,7 @@ async fn run(
     let d = daemon::Daemon::start_with(
         &bin,
         repo,
+        &repo.join("profiles"),
         &scratch.join("data"),
         &scratch.join("daemon.log"),
         &[OsStr::new("--config"), config.as_os_str()],

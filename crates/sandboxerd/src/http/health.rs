@@ -51,7 +51,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     }
 }
 
-/// Prometheus text: sandboxes by state, create→ready latency, HTTP requests.
+/// Prometheus text: sandboxes by state, create→ready latency, warm pools, HTTP requests.
 #[utoipa::path(
     get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
@@ -61,8 +61,9 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> ApiResult<imp
     caller.require_operator("GET /metrics")?;
     let by_state = state.db.count_by_state().await?;
     let backlog = state.db.outbox_backlog().await?;
+    let pools = crate::lifecycle::pool::gauges(&state).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&by_state, backlog),
+        state.metrics.render(&by_state, backlog, &pools),
     ))
 }

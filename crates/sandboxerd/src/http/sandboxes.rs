@@ -68,7 +68,7 @@ struct CreateHeaders {
     responses(
         (status = 201, description = "Ready (with `?wait=`)", body = Sandbox),
         (status = 200, description = "Failed while waiting (with `?wait=`): see `failure`", body = Sandbox),
-        (status = 202, description = "Accepted; provisioning goes on. `Location` names the sandbox", body = Sandbox,
+        (status = 202, description = "Accepted; provisioning goes on (a create served from a warm pool is already `ready`). `Location` names the sandbox", body = Sandbox,
             headers(("Location" = String, description = "/v1/sandboxes/{id}"))),
         (status = 400, description = "Malformed JSON, query or header", body = Problem, content_type = "application/problem+json"),
         (status = 402, description = "Credits are enforced and the project's available credits cannot cover the estimate (`insufficient_credits`)", body = Problem, content_type = "application/problem+json"),
@@ -105,11 +105,21 @@ async fn create_sandbox(
         0 => None,
         n => Some(i64::from(n)),
     };
-    let sandbox = match state
-        .db
-        .create_sandbox_billed(new, idem, cap, &billing)
-        .await?
-    {
+    // A profile with a warm pool: a ready member, claimed in one
+    // transaction, is answered just as a create that became ready.
+    let (created, pooled) =
+        match lifecycle::pool::hand_out(&state, &req, &new, idem, cap, &billing).await? {
+            Some(outcome) => (outcome, true),
+            None => (
+                state
+                    .db
+                    .create_sandbox_billed(new, idem, cap, &billing)
+                    .await?,
+                false,
+            ),
+        };
+    let sandbox = match created {
+        Created::New(sbx) if pooled => sbx,
         Created::New(sbx) => {
             crate::fault::hit("create.after_insert");
             state.spawn(lifecycle::provision(
@@ -148,6 +158,8 @@ async fn create_sandbox(
         }
     };
     let sandbox = match wait {
+        // Already ready (a pooled sandbox): nothing to wait for.
+        Some(_) if sandbox.state.is_live() => sandbox,
         Some(timeout) => lifecycle::wait_for(&state, &sandbox.id, None, timeout, |s| {
             s.is_live() || !matches!(s, SandboxState::Requested | SandboxState::Provisioning)
         })
@@ -903,6 +915,12 @@ async fn sandbox_events(
     if state.db.get_row(&id, caller.scope()).await?.is_none() {
         return Err(ApiError::not_found("sandbox", &id));
     }
-    let (items, next_cursor) = state.db.events(&id, after, limit).await?;
+    // What a pooled sandbox went through before it was handed out
+    // (generation 0) is the pool's history, shown to operators only.
+    let min_generation = if caller.operator { 0 } else { 1 };
+    let (items, next_cursor) = state
+        .db
+        .events_from(&id, after, limit, min_generation)
+        .await?;
     Ok(Json(Page { items, next_cursor }))
 }

@@ -15,6 +15,7 @@ use crate::store::{now_ms, Change, StoreError, Transition};
 use crate::AppState;
 
 pub mod metering;
+pub mod pool;
 pub mod reaper;
 pub mod recover;
 pub mod snapshots;
@@ -119,6 +120,8 @@ async fn provision_inner(
     if row.generation != generation {
         return Ok(Step::Done);
     }
+    // A warm-pool member: its readiness is no consumer's create→ready.
+    let pooled = row.pool.is_some();
     let current = row.state()?;
     match current {
         SandboxState::Requested => {
@@ -263,8 +266,12 @@ async fn provision_inner(
                     .num_microseconds()
                     .unwrap_or(0) as f64
                     / 1e6;
-                state.metrics.observe_create_ready(secs);
-                tracing::info!(seconds = secs, "sandbox ready");
+                if pooled {
+                    tracing::info!(seconds = secs, "warm-pool member ready");
+                } else {
+                    state.metrics.observe_create_ready(secs);
+                    tracing::info!(seconds = secs, "sandbox ready");
+                }
             }
             // Refused: a destroy came in meanwhile; its task tears down next.
         }

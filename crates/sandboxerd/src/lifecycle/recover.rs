@@ -9,6 +9,9 @@
 //!   leftovers) and `failed` (`backend_lost`). Nothing is reported ready that
 //!   the backend does not confirm.
 //! - `destroying`/`expired`: teardown runs again until it succeeds.
+//! - unassigned warm-pool members (see `pool`): retired (`destroying`, then
+//!   torn down like the rows above) whatever their state, never carried
+//!   over; the refill task makes fresh ones.
 //!
 //! A TTL that passed while the daemon was down is enforced by the reaper's
 //! first sweep, right after start.
@@ -27,6 +30,19 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn recover(state: &AppState) -> Result<usize, StoreError> {
     // Interrupted captures and restores first (see `snapshots::recover`).
     super::snapshots::recover(state).await?;
+    // Members a previous run left are retired first; the pass below then
+    // finds them in `destroying` and tears them down.
+    let retired = super::pool::retire_unassigned(
+        state,
+        "warm-pool member left by a previous run: retired at start",
+    )
+    .await?;
+    if !retired.is_empty() {
+        tracing::info!(
+            count = retired.len(),
+            "retiring warm-pool members left by the previous run"
+        );
+    }
     let rows = state.db.unsettled().await?;
     let count = rows.len();
     for row in rows {

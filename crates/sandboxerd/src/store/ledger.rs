@@ -837,7 +837,7 @@ impl Db {
         if let Some(p) = &f.project {
             qb.push(" AND project = ").push_bind(p.clone());
         }
-        qb.push(" GROUP BY sandbox_id) d ON d.sandbox_id = s.id WHERE (d.credits IS NOT NULL OR (s.ready_at IS NOT NULL AND s.ready_at < ")
+        qb.push(" GROUP BY sandbox_id) d ON d.sandbox_id = s.id WHERE s.pool IS NULL AND (d.credits IS NOT NULL OR (s.ready_at IS NOT NULL AND s.ready_at < ")
             .push_bind(f.to)
             .push(" AND COALESCE(s.ended_at, ")
             .push_bind(now)

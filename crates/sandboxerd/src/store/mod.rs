@@ -13,6 +13,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 mod audit;
 mod ledger;
 mod outbox;
+mod pool;
 mod reaper;
 mod rows;
 mod snapshots;
@@ -21,6 +22,7 @@ pub use ledger::{
     Billing, Escrow, Extended, Granted, LedgerFilter, Rerouted, Shortfall, UsageFilter,
 };
 pub use outbox::OutboxEvent;
+pub use pool::{PoolMember, POOL_ACTOR, POOL_PROJECT};
 pub use rows::{EventRow, SandboxRow};
 pub use snapshots::{Captured, NewSnapshot, SnapshotCreated, SnapshotFilter, SnapshotRow};
 
@@ -212,7 +214,7 @@ pub enum Transition {
 pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension, host, state, actor_type, actor, project, \
      inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
      last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
-     teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route \
+     teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route, pool \
      FROM sandboxes";
 
 impl Db {
@@ -250,48 +252,9 @@ impl Db {
         billing: &Billing,
     ) -> Result<Created, StoreError> {
         let mut tx = self.writer.begin().await?;
-        if let Some((key, hash)) = idempotency {
-            let seen: Option<(String, String)> = sqlx::query_as(
-                "SELECT request_hash, sandbox_id FROM idempotency_keys WHERE project = ? AND key = ?",
-            )
-            .bind(&new.consumer.project)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((seen_hash, sandbox_id)) = seen {
-                tx.rollback().await?;
-                if seen_hash != hash {
-                    return Ok(Created::KeyConflict);
-                }
-                return match self.get_sandbox(&sandbox_id, None).await? {
-                    Some(sbx) => Ok(Created::Replayed(sbx)),
-                    None => Err(StoreError::Corrupt {
-                        id: sandbox_id,
-                        what: "idempotency key points at a missing sandbox".into(),
-                    }),
-                };
-            }
-        }
-        if let Some(cap) = cap {
-            let live: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active')",
-            )
-            .bind(&new.consumer.project)
-            .fetch_one(&mut *tx)
-            .await?;
-            if live >= cap {
-                tx.rollback().await?;
-                return Ok(Created::OverCap { cap });
-            }
-        }
-        if billing.enforce && new.estimate_credits > 0 {
-            if let Err(short) =
-                ledger::check_available(&mut tx, &new.consumer.project, new.estimate_credits)
-                    .await?
-            {
-                tx.rollback().await?;
-                return Ok(Created::InsufficientCredits(short));
-            }
+        if let Some(refused) = self.admit(&mut tx, &new, idempotency, cap, billing).await? {
+            tx.rollback().await?;
+            return Ok(refused);
         }
         sqlx::query(
             "INSERT INTO sandboxes (id, profile, profile_version, extension, host, state, actor_type, actor, project, \
@@ -368,6 +331,60 @@ impl Db {
         }
     }
 
+    /// The checks of a create that may refuse it, inside its transaction:
+    /// an `Idempotency-Key` seen before (the same sandbox, or a conflict),
+    /// the project's cap on live sandboxes, and (with `billing.enforce`) the
+    /// credits its estimate needs. `None`: go ahead.
+    pub(crate) async fn admit(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        new: &NewSandbox,
+        idempotency: Option<(&str, &str)>,
+        cap: Option<i64>,
+        billing: &Billing,
+    ) -> Result<Option<Created>, StoreError> {
+        if let Some((key, hash)) = idempotency {
+            let seen: Option<(String, String)> = sqlx::query_as(
+                "SELECT request_hash, sandbox_id FROM idempotency_keys WHERE project = ? AND key = ?",
+            )
+            .bind(&new.consumer.project)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some((seen_hash, sandbox_id)) = seen {
+                if seen_hash != hash {
+                    return Ok(Some(Created::KeyConflict));
+                }
+                return match fetch_in(tx, &sandbox_id).await? {
+                    Some(row) => Ok(Some(Created::Replayed(row.into_api()?))),
+                    None => Err(StoreError::Corrupt {
+                        id: sandbox_id,
+                        what: "idempotency key points at a missing sandbox".into(),
+                    }),
+                };
+            }
+        }
+        if let Some(cap) = cap {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active')",
+            )
+            .bind(&new.consumer.project)
+            .fetch_one(&mut **tx)
+            .await?;
+            if live >= cap {
+                return Ok(Some(Created::OverCap { cap }));
+            }
+        }
+        if billing.enforce && new.estimate_credits > 0 {
+            if let Err(short) =
+                ledger::check_available(tx, &new.consumer.project, new.estimate_credits).await?
+            {
+                return Ok(Some(Created::InsufficientCredits(short)));
+            }
+        }
+        Ok(None)
+    }
+
     /// One sandbox; with `project`, only if it belongs to that project.
     pub async fn get_sandbox(
         &self,
@@ -403,7 +420,8 @@ impl Db {
         f: &ListFilter,
     ) -> Result<(Vec<Sandbox>, Option<String>), StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new(SELECT);
-        qb.push(" WHERE 1 = 1");
+        // Unassigned warm-pool members (and retired ones) are nobody's sandboxes.
+        qb.push(" WHERE pool IS NULL");
         if !f.states.is_empty() {
             qb.push(" AND state IN (");
             let mut sep = qb.separated(", ");
@@ -659,12 +677,26 @@ impl Db {
         after: i64,
         limit: u32,
     ) -> Result<(Vec<Event>, Option<String>), StoreError> {
+        self.events_from(id, after, limit, 0).await
+    }
+
+    /// [`Db::events`] of generation `min_generation` and later: 1 leaves out
+    /// what happened while the sandbox waited unassigned in a warm pool
+    /// (generation 0), which is not its consumer's history.
+    pub async fn events_from(
+        &self,
+        id: &str,
+        after: i64,
+        limit: u32,
+        min_generation: u32,
+    ) -> Result<(Vec<Event>, Option<String>), StoreError> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT seq, id, sandbox_id, generation, from_state, to_state, reason, at FROM events \
-             WHERE sandbox_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+             WHERE sandbox_id = ? AND seq > ? AND generation >= ? ORDER BY seq LIMIT ?",
         )
         .bind(id)
         .bind(after)
+        .bind(min_generation)
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.reader)
         .await?;
@@ -685,13 +717,26 @@ impl Db {
         ))
     }
 
-    /// Sandboxes by state, for `/metrics`.
+    /// Sandboxes by state, for `/metrics`; warm-pool members (unassigned
+    /// or retired unassigned) are counted apart ([`Db::pool_counts`]).
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(
+        // Two covering index scans: all rows by state, minus pool rows by
+        // state (a small partial index), cheaper than filtering every row.
+        let mut all: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes GROUP BY state")
                 .fetch_all(&self.reader)
-                .await?,
+                .await?;
+        let pooled: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM sandboxes WHERE pool IS NOT NULL GROUP BY state",
         )
+        .fetch_all(&self.reader)
+        .await?;
+        for (state, n) in pooled {
+            if let Some(row) = all.iter_mut().find(|(s, _)| *s == state) {
+                row.1 -= n;
+            }
+        }
+        Ok(all)
     }
 
     /// Rows that are not settled, for the start-up pass.

@@ -96,8 +96,12 @@ impl Db {
             "SELECT e.seq, e.id, e.sandbox_id, e.generation, e.from_state, e.to_state, e.reason, e.at FROM events e",
         );
         if let Some(p) = project {
-            qb.push(" JOIN sandboxes s ON s.id = e.sandbox_id AND s.project = ")
-                .push_bind(p);
+            // A consumer's feed leaves out the warm-pool past (generation 0)
+            // of the sandboxes handed out to it.
+            qb.push(
+                " JOIN sandboxes s ON s.id = e.sandbox_id AND e.generation > 0 AND s.project = ",
+            )
+            .push_bind(p);
         }
         qb.push(" WHERE e.seq > ")
             .push_bind(after_seq)

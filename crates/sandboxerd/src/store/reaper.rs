@@ -24,7 +24,7 @@ impl Db {
     ) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM sandboxes INDEXED BY sandboxes_live_activity \
-             WHERE state IN ('ready','active') AND last_activity_at <= ? AND profile = ? \
+             WHERE state IN ('ready','active') AND last_activity_at <= ? AND profile = ? AND pool IS NULL \
              ORDER BY last_activity_at LIMIT ?",
         )
         .bind(cutoff)

@@ -45,6 +45,8 @@ pub struct SandboxRow {
     pub settled_at: Option<i64>,
     /// The router's decision (JSON), for routed profiles.
     pub route: Option<String>,
+    /// The profile whose warm pool holds this sandbox, while it is unassigned.
+    pub pool: Option<String>,
 }
 
 impl SandboxRow {
