@@ -262,6 +262,24 @@ struct Setup {
     repo: PathBuf,
 }
 
+/// Whatever a test leaves on the engine under its own workdir (a failed
+/// assertion before the destroy) is removed when the test ends.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // `remote-other`: the second host's workdir of the snapshot test.
+        for workdir in [self.workdir.clone(), self.dir.path().join("remote-other")] {
+            let f = format!("--filter label=io.sandboxer.workdir={}", workdir.display());
+            for (list, remove) in [
+                (format!("docker ps -aq {f}"), "docker rm -f -v"),
+                (format!("docker network ls -q {f}"), "docker network rm"),
+                (format!("docker volume ls -q {f}"), "docker volume rm -f"),
+            ] {
+                let _ = sh(&format!("{list} | xargs -r {remove} >/dev/null 2>&1"));
+            }
+        }
+    }
+}
+
 fn setup() -> Setup {
     require_docker();
     let dir = TestDir::new();
