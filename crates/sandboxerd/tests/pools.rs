@@ -325,6 +325,22 @@ async fn a_pool_fills_serves_a_create_with_the_consumers_labels_and_ttl_and_refi
         mine.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         [sbx.id.as_str()]
     );
+    // The label filter sees the labels the handout wrote over the pool's.
+    let by_label = |k: &str, v: &str| ListQuery {
+        labels: vec![(k.to_owned(), v.to_owned())],
+        include_all: true,
+        ..ListQuery::default()
+    };
+    let found = alpha.list_all(&by_label("team", "a")).await.expect("list");
+    assert_eq!(
+        found.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [sbx.id.as_str()]
+    );
+    let stale = alpha
+        .list_all(&by_label(LABEL, POOLED))
+        .await
+        .expect("list");
+    assert!(stale.is_empty(), "the pool label is gone: {stale:?}");
     let events = alpha.events(&sbx.id).await.expect("events").items;
     let steps: Vec<(Option<SandboxState>, SandboxState, u32)> = events
         .iter()
