@@ -425,16 +425,12 @@ impl Db {
         let mut qb = QueryBuilder::<Sqlite>::new(SELECT);
         // Unassigned warm-pool members (and retired ones) are nobody's sandboxes.
         qb.push(" WHERE pool IS NULL");
-        if !f.states.is_empty() {
-            qb.push(" AND state IN (");
-            let mut sep = qb.separated(", ");
-            for s in &f.states {
-                sep.push_bind(s.as_str());
-            }
-            qb.push(")");
-        } else if !f.include_all {
-            qb.push(" AND state <> 'destroyed'");
-        }
+        push_states(
+            &mut qb,
+            f.states.iter().map(|s| s.as_str()),
+            f.include_all,
+            "destroyed",
+        );
         for (col, val) in [
             ("profile", &f.profile),
             ("extension", &f.extension),
@@ -454,26 +450,42 @@ impl Db {
                 .push_bind(v.clone())
                 .push(")");
         }
-        if let Some(c) = &f.cursor {
-            qb.push(" AND id < ").push_bind(c.clone());
-        }
-        qb.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(f.limit) + 1);
-        let mut rows = qb
-            .build_query_as::<SandboxRow>()
-            .fetch_all(&self.reader)
+        let (rows, next) = self
+            .fetch_page(qb, f.cursor.as_deref(), f.limit, |r: &SandboxRow| &r.id)
             .await?;
-        let next = if rows.len() > f.limit as usize {
-            rows.truncate(f.limit as usize);
-            rows.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
         let items = rows
             .into_iter()
             .map(SandboxRow::into_api)
             .collect::<Result<_, _>>()?;
         Ok((items, next))
+    }
+
+    /// One page of a list, newest first by id: the rows after `cursor` (ids
+    /// below it), at most `limit`, and the cursor of the next page when there
+    /// is one. `qb` holds the `SELECT ... WHERE ...` so far.
+    pub(crate) async fn fetch_page<'q, R>(
+        &self,
+        mut qb: QueryBuilder<'q, Sqlite>,
+        cursor: Option<&str>,
+        limit: u32,
+        id: impl Fn(&R) -> &str,
+    ) -> Result<(Vec<R>, Option<String>), StoreError>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        if let Some(c) = cursor {
+            qb.push(" AND id < ").push_bind(c.to_owned());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let mut rows = qb.build_query_as::<R>().fetch_all(&self.reader).await?;
+        let next = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| id(r).to_owned())
+        } else {
+            None
+        };
+        Ok((rows, next))
     }
 
     /// Move a sandbox from one of `from` to `to`, appending the event in the
@@ -810,6 +822,26 @@ impl Db {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+/// `AND state IN (states)`; with no states, `AND state <> hidden` unless
+/// `include_all` (the default list leaves out what is gone).
+pub(crate) fn push_states<'q>(
+    qb: &mut QueryBuilder<'q, Sqlite>,
+    states: impl ExactSizeIterator<Item = &'static str>,
+    include_all: bool,
+    hidden: &'static str,
+) {
+    if states.len() > 0 {
+        qb.push(" AND state IN (");
+        let mut sep = qb.separated(", ");
+        for s in states {
+            sep.push_bind(s);
+        }
+        qb.push(")");
+    } else if !include_all {
+        qb.push(format!(" AND state <> '{hidden}'"));
     }
 }
 

@@ -210,37 +210,21 @@ impl Db {
     ) -> Result<(Vec<Snapshot>, Option<String>), StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new(SELECT);
         qb.push(" WHERE 1 = 1");
-        if !f.states.is_empty() {
-            qb.push(" AND state IN (");
-            let mut sep = qb.separated(", ");
-            for s in &f.states {
-                sep.push_bind(s.as_str());
-            }
-            qb.push(")");
-        } else if !f.include_all {
-            qb.push(" AND state <> 'deleted'");
-        }
+        super::push_states(
+            &mut qb,
+            f.states.iter().map(|s| s.as_str()),
+            f.include_all,
+            "deleted",
+        );
         if let Some(s) = &f.sandbox_id {
             qb.push(" AND sandbox_id = ").push_bind(s.clone());
         }
         if let Some(p) = &f.project {
             qb.push(" AND project = ").push_bind(p.clone());
         }
-        if let Some(c) = &f.cursor {
-            qb.push(" AND id < ").push_bind(c.clone());
-        }
-        qb.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(f.limit) + 1);
-        let mut rows = qb
-            .build_query_as::<SnapshotRow>()
-            .fetch_all(&self.reader)
+        let (rows, next) = self
+            .fetch_page(qb, f.cursor.as_deref(), f.limit, |r: &SnapshotRow| &r.id)
             .await?;
-        let next = if rows.len() > f.limit as usize {
-            rows.truncate(f.limit as usize);
-            rows.last().map(|r| r.id.clone())
-        } else {
-            None
-        };
         let items = rows
             .into_iter()
             .map(SnapshotRow::into_api)
