@@ -118,15 +118,12 @@ impl ListQuery {
         for (k, v) in &self.labels {
             pairs.push(("label", format!("{k}={v}")));
         }
-        if self.include_all {
-            pairs.push(("include", "all".to_owned()));
-        }
-        if let Some(limit) = self.limit {
-            pairs.push(("limit", limit.to_string()));
-        }
-        if let Some(cursor) = &self.cursor {
-            pairs.push(("cursor", cursor.clone()));
-        }
+        push_paging(
+            &mut pairs,
+            self.include_all,
+            self.limit,
+            self.cursor.as_deref(),
+        );
         pairs
     }
 }
@@ -159,16 +156,31 @@ impl SnapshotQuery {
         if let Some(project) = &self.project {
             pairs.push(("project", project.clone()));
         }
-        if self.include_all {
-            pairs.push(("include", "all".to_owned()));
-        }
-        if let Some(limit) = self.limit {
-            pairs.push(("limit", limit.to_string()));
-        }
-        if let Some(cursor) = &self.cursor {
-            pairs.push(("cursor", cursor.clone()));
-        }
+        push_paging(
+            &mut pairs,
+            self.include_all,
+            self.limit,
+            self.cursor.as_deref(),
+        );
         pairs
+    }
+}
+
+/// `include=all`, `limit` and `cursor`, as the list routes take them.
+fn push_paging(
+    pairs: &mut Vec<(&'static str, String)>,
+    include_all: bool,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) {
+    if include_all {
+        pairs.push(("include", "all".to_owned()));
+    }
+    if let Some(limit) = limit {
+        pairs.push(("limit", limit.to_string()));
+    }
+    if let Some(cursor) = cursor {
+        pairs.push(("cursor", cursor.to_owned()));
     }
 }
 
