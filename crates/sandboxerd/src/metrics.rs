@@ -267,15 +267,32 @@ impl Metrics {
     fn render_pools(&self, out: &mut String, pools: &[PoolGauge]) {
         let counters = self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let of = |p: &str| counters.get(p).copied().unwrap_or_default();
-        out.push_str("# HELP sandboxer_pool_size Sandboxes a warm pool keeps ready (the profile's pool.size).\n# TYPE sandboxer_pool_size gauge\n");
-        for g in pools {
+        // One value per pooled profile.
+        let per_profile = |out: &mut String,
+                           name: &str,
+                           help: &str,
+                           kind: &str,
+                           value: &dyn Fn(&PoolGauge) -> u64| {
             let _ = writeln!(
                 out,
-                "sandboxer_pool_size{{profile=\"{}\"}} {}",
-                escape(&g.profile),
-                g.size
+                "# HELP sandboxer_{name} {help}\n# TYPE sandboxer_{name} {kind}"
             );
-        }
+            for g in pools {
+                let _ = writeln!(
+                    out,
+                    "sandboxer_{name}{{profile=\"{}\"}} {}",
+                    escape(&g.profile),
+                    value(g)
+                );
+            }
+        };
+        per_profile(
+            out,
+            "pool_size",
+            "Sandboxes a warm pool keeps ready (the profile's pool.size).",
+            "gauge",
+            &|g| u64::from(g.size),
+        );
         out.push_str("# HELP sandboxer_pool_members Unassigned warm-pool sandboxes by state.\n# TYPE sandboxer_pool_members gauge\n");
         for g in pools {
             for st in ["requested", "provisioning", "ready"] {
@@ -292,15 +309,13 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP sandboxer_pool_hits_total Creates served by a warm-pool sandbox.\n# TYPE sandboxer_pool_hits_total counter\n");
-        for g in pools {
-            let _ = writeln!(
-                out,
-                "sandboxer_pool_hits_total{{profile=\"{}\"}} {}",
-                escape(&g.profile),
-                of(&g.profile).hits
-            );
-        }
+        per_profile(
+            out,
+            "pool_hits_total",
+            "Creates served by a warm-pool sandbox.",
+            "counter",
+            &|g| of(&g.profile).hits,
+        );
         out.push_str("# HELP sandboxer_pool_misses_total Creates of a pooled profile provisioned on demand: `empty` (no ready member) or `ineligible` (inputs or from_snapshot, which a pool cannot serve).\n# TYPE sandboxer_pool_misses_total counter\n");
         for g in pools {
             let c = of(&g.profile);
@@ -315,24 +330,20 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP sandboxer_pool_refill_failures_total Warm-pool members that could not be started or failed before ready.\n# TYPE sandboxer_pool_refill_failures_total counter\n");
-        for g in pools {
-            let _ = writeln!(
-                out,
-                "sandboxer_pool_refill_failures_total{{profile=\"{}\"}} {}",
-                escape(&g.profile),
-                of(&g.profile).refill_failures
-            );
-        }
-        out.push_str("# HELP sandboxer_pool_members_lost_total Ready warm-pool members found gone from their backend (replaced).\n# TYPE sandboxer_pool_members_lost_total counter\n");
-        for g in pools {
-            let _ = writeln!(
-                out,
-                "sandboxer_pool_members_lost_total{{profile=\"{}\"}} {}",
-                escape(&g.profile),
-                of(&g.profile).lost
-            );
-        }
+        per_profile(
+            out,
+            "pool_refill_failures_total",
+            "Warm-pool members that could not be started or failed before ready.",
+            "counter",
+            &|g| of(&g.profile).refill_failures,
+        );
+        per_profile(
+            out,
+            "pool_members_lost_total",
+            "Ready warm-pool members found gone from their backend (replaced).",
+            "counter",
+            &|g| of(&g.profile).lost,
+        );
     }
 }
 
