@@ -66,6 +66,8 @@ pub struct Candidate<'a> {
     pub spec: &'a ExtensionSpec,
     /// Hosts the backend places on (empty when it has no code here).
     pub hosts: Vec<String>,
+    /// Those of `hosts` that failed their last connection attempt.
+    pub down: Vec<String>,
     pub built_in: bool,
     pub breakdown: CostBreakdown,
 }
@@ -180,16 +182,13 @@ pub fn choose_host(
         .map(|h| (*h).clone())
 }
 
-/// The hosts of extension `ext_id` whose last connection attempt failed.
-pub fn hosts_down(state: &AppState, ext_id: &str) -> Vec<String> {
-    match state.extensions.get(ext_id) {
-        Some(ext) => ext
-            .hosts()
-            .into_iter()
-            .filter(|h| ext.host_known_down(h))
-            .collect(),
-        None => Vec::new(),
-    }
+/// Those of `hosts` whose last connection attempt from `ext` failed.
+pub fn known_down(ext: &dyn crate::extensions::Extension, hosts: &[String]) -> Vec<String> {
+    hosts
+        .iter()
+        .filter(|h| ext.host_known_down(h))
+        .cloned()
+        .collect()
 }
 
 fn candidate<'a>(
@@ -204,9 +203,14 @@ fn candidate<'a>(
         Some(ext) => ext.estimate_cost(&spec.pricing, factor, ttl),
         None => crate::ledger::estimate(&spec.pricing, factor, ttl),
     };
+    let hosts = code.as_ref().map(|e| e.hosts()).unwrap_or_default();
     Candidate {
         spec,
-        hosts: code.as_ref().map(|e| e.hosts()).unwrap_or_default(),
+        down: code
+            .as_ref()
+            .map(|e| known_down(e.as_ref(), &hosts))
+            .unwrap_or_default(),
+        hosts,
         built_in: code.is_some(),
         breakdown,
     }
@@ -244,8 +248,7 @@ pub async fn place(
         if !c.built_in {
             return Err(PlaceError::NotBuiltIn(ext_id));
         }
-        let down = hosts_down(state, &c.spec.id);
-        let host = match choose_host(spec, &c.hosts, needs.host.as_deref(), &[], &down) {
+        let host = match choose_host(spec, &c.hosts, needs.host.as_deref(), &[], &c.down) {
             Some(h) => h,
             None if needs.host.is_some() => {
                 return Err(PlaceError::UnknownHost {
@@ -298,8 +301,7 @@ pub async fn place(
                 }
             }
             if skipped.is_none() {
-                let down = hosts_down(state, &c.spec.id);
-                let host = choose_host(spec, &c.hosts, needs.host.as_deref(), &[], &down)
+                let host = choose_host(spec, &c.hosts, needs.host.as_deref(), &[], &c.down)
                     .unwrap_or_default();
                 chosen = Some(target(profile, c, host));
                 route.chosen = Some(c.spec.id.clone());
@@ -406,8 +408,7 @@ pub async fn failover(
         let host = if c.hosts.contains(&row.host) {
             row.host.clone()
         } else {
-            let down = hosts_down(state, &c.spec.id);
-            choose_host(&profile.spec, &c.hosts, None, &[], &down).unwrap_or_default()
+            choose_host(&profile.spec, &c.hosts, None, &[], &c.down).unwrap_or_default()
         };
         let to = target(profile, &c, host);
         route.chosen = Some(to.extension.clone());

@@ -558,6 +558,7 @@ fn policies_order_candidates_stably() {
             .map(|s| Candidate {
                 spec: s,
                 hosts: vec![],
+                down: vec![],
                 built_in: true,
                 breakdown: CostBreakdown {
                     credits_per_hour: s.pricing.credits_per_hour,

@@ -306,11 +306,7 @@ async fn try_another_host(
         tried.push(from.to_owned());
     }
     let hosts = ext.hosts();
-    let down: Vec<String> = hosts
-        .iter()
-        .filter(|h| ext.host_known_down(h))
-        .cloned()
-        .collect();
+    let down = crate::routing::known_down(ext.as_ref(), &hosts);
     let Some(to) = crate::routing::choose_host(&profile.spec, &hosts, None, tried, &down) else {
         return Ok(false);
     };
