@@ -42,6 +42,13 @@ fn io_error(code: &'static str, what: &str, e: impl std::fmt::Display) -> ExtErr
     ExtError::new(code, format!("{what}: {e}"))
 }
 
+fn too_large(limit: u64) -> ExtError {
+    ExtError::new(
+        "snapshot_too_large",
+        format!("the sandbox holds more than the profile's snapshot.max_size ({limit} bytes)"),
+    )
+}
+
 /// A volume or container name as the engine prints it.
 fn is_plain_name(s: &str) -> bool {
     !s.is_empty()
@@ -123,10 +130,7 @@ async fn download(
         .exec_to_file(command, tar_path, *budget, TRANSFER_TIMEOUT)
         .await?;
     if got.over_limit {
-        return Err(ExtError::new(
-            "snapshot_too_large",
-            format!("the sandbox holds more than the profile's snapshot.max_size ({max} bytes)"),
-        ));
+        return Err(too_large(max));
     }
     if got.status != Some(0) {
         return Err(ExtError::new(
@@ -220,10 +224,7 @@ pub async fn capture(
             size_bytes: info.size_bytes,
             content_bytes: info.content_bytes,
         }),
-        Err(WriteError::TooLarge { limit }) => Err(ExtError::new(
-            "snapshot_too_large",
-            format!("the sandbox holds more than the profile's snapshot.max_size ({limit} bytes)"),
-        )),
+        Err(WriteError::TooLarge { limit }) => Err(too_large(limit)),
         Err(e) => Err(ExtError::new("snapshot_failed", e.to_string())),
     }
 }
