@@ -258,7 +258,9 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
 }
 
 /// Kill what is still running from `dir` (sandboxes a failed run left
-/// behind): every process whose command line names it. Answers how many.
+/// behind): every process whose command line names it, or whose stderr goes
+/// to a file under it (a sandbox's bubblewrap gets its workspace as a
+/// descriptor but logs into its dir). Answers how many.
 pub fn kill_leftovers(dir: &Path) -> usize {
     let marker = dir.to_string_lossy().into_owned();
     let me = std::process::id();
@@ -276,7 +278,10 @@ pub fn kill_leftovers(dir: &Path) -> usize {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        if String::from_utf8_lossy(&cmdline).contains(&marker)
+        let logs_here = std::fs::read_link(entry.path().join("fd/2"))
+            .map(|l| l.to_string_lossy().starts_with(&marker))
+            .unwrap_or(false);
+        if (logs_here || String::from_utf8_lossy(&cmdline).contains(&marker))
             && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
         {
             killed += 1;

@@ -2,9 +2,7 @@
 //! the daemon's own flags (the floor), and `ext.local` driven in-process
 //! (no HTTP, no database), so the daemon's overhead can be split.
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -70,7 +68,7 @@ impl Floor {
         Ok(Floor {
             root: root.to_owned(),
             bwrap,
-            ext: LocalExtension::new(root),
+            ext: LocalExtension::new(root, Default::default()),
             profile,
         })
     }
@@ -85,19 +83,19 @@ impl Floor {
         let workspace = dir.join("workspace");
         std::fs::create_dir_all(&workspace)
             .with_context(|| format!("creating {}", workspace.display()))?;
+        let ids = self.ext.ids();
+        if ids.switch {
+            std::os::unix::fs::chown(&workspace, Some(ids.uid), Some(ids.gid))?;
+        }
         let info_path = dir.join("info.json");
-        let info = std::fs::File::create(&info_path)?;
-        let log = std::fs::File::create(dir.join("bwrap.log"))?;
-        let args = self.ext.bwrap_args(&request(id, &self.profile), &workspace);
+        // Exactly the daemon's command: arguments, descriptors, user, environment.
+        let mut cmd = self
+            .ext
+            .bwrap_command(&request(id, &self.profile), &dir)
+            .map_err(|e| anyhow::anyhow!("preparing bubblewrap: {e}"))?;
 
         let started = Instant::now();
-        let mut child = Command::new(&self.bwrap)
-            .args(&args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(info))
-            .stderr(Stdio::from(log))
-            .process_group(0)
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bwrap.display()))?;
         let pid = loop {
@@ -141,7 +139,7 @@ impl InProcess {
     /// Sandboxes under `<data_dir>/sandboxes`.
     pub fn new(data_dir: &Path, profile: Profile) -> Self {
         InProcess {
-            ext: LocalExtension::new(data_dir),
+            ext: LocalExtension::new(data_dir, Default::default()),
             profile,
         }
     }

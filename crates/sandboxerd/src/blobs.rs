@@ -41,9 +41,12 @@ impl Blobs {
         is_blob_name(sha256).then(|| self.root.join(sha256))
     }
 
-    /// Create the folders.
+    /// Create the folders, readable by the daemon's user alone (snapshots
+    /// hold workspaces: no other user of the host, sandboxes' host user
+    /// included, may read them).
     pub fn prepare(&self) -> io::Result<()> {
-        fs::create_dir_all(self.tmp_dir())
+        crate::extensions::fsutil::private_dir(&self.root)?;
+        crate::extensions::fsutil::private_dir(&self.tmp_dir())
     }
 
     /// Move a finished capture `tmp` (`size` bytes) to its name. When the

@@ -53,6 +53,29 @@ pub struct Config {
     pub credits: CreditsConfig,
     /// Warm pools (profiles that declare `pool`).
     pub pools: PoolsConfig,
+    /// `ext.local` sandboxes.
+    pub local: LocalConfig,
+}
+
+/// `[local]`: who `ext.local` sandboxes are on the host.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Host uid that uid 0 inside every sandbox maps to when the daemon runs
+    /// as root (an unprivileged daemon's sandboxes map to its own uid). Never 0.
+    pub sandbox_uid: u32,
+    /// Host gid that gid 0 inside every sandbox maps to (root daemon only). Never 0.
+    pub sandbox_gid: u32,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        // nobody/nogroup: owns nothing on a Debian host.
+        Self {
+            sandbox_uid: 65534,
+            sandbox_gid: 65534,
+        }
+    }
 }
 
 /// `[pools]`: how warm pools are refilled.
@@ -197,6 +220,7 @@ impl Default for Config {
             hosts: Vec::new(),
             credits: CreditsConfig::default(),
             pools: PoolsConfig::default(),
+            local: LocalConfig::default(),
         }
     }
 }
@@ -240,6 +264,8 @@ pub struct Settings {
     pub credits: CreditsConfig,
     /// Warm pools (`[pools]`).
     pub pools: PoolSettings,
+    /// `[local]`, checked.
+    pub local: LocalConfig,
 }
 
 impl Config {
@@ -349,6 +375,15 @@ impl Config {
             hosts: crate::hosts::check_all(&self.hosts)?,
             credits: self.credits.clone(),
             pools: self.pools.settings()?,
+            local: match self.local {
+                LocalConfig { sandbox_uid: 0, .. } => anyhow::bail!(
+                    "config `local.sandbox_uid`: must not be 0 (sandboxes would own the host's root files)"
+                ),
+                LocalConfig { sandbox_gid: 0, .. } => anyhow::bail!(
+                    "config `local.sandbox_gid`: must not be 0 (sandboxes would own the host's root-group files)"
+                ),
+                ok => ok,
+            },
         })
     }
 }

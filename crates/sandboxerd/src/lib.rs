@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 pub mod blobs;
 pub mod catalog;
 pub mod config;
+pub mod confine;
 pub mod events;
 pub mod extensions;
 pub mod fault;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
+pub mod procfs;
 pub mod routing;
 pub mod secrets;
 pub mod store;
@@ -73,6 +75,7 @@ pub fn registry(settings: &Settings) -> Registry {
     let mut registry = Registry::default();
     registry.insert(Arc::new(extensions::local::LocalExtension::new(
         &settings.data_dir,
+        settings.local,
     )));
     registry.insert(Arc::new(extensions::compose::ComposeExtension::new(
         &settings.hosts,
@@ -80,11 +83,41 @@ pub fn registry(settings: &Settings) -> Registry {
     registry
 }
 
+/// Create the database file with mode 0600 if it is missing (SQLite gives
+/// its `-wal` and `-shm` files the database's mode), and narrow the files
+/// that exist to 0600.
+fn private_db_files(db_path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db_path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db_path.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Open the database, load the catalog, and finish what a previous run left
 /// in flight. Any failure names the path at fault and nothing is served.
 pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("data dir {}: cannot create", settings.data_dir.display()))?;
+    // The data dir is the daemon's alone (0700): the database holds every
+    // project's rows, and workspaces may hold what sandboxes made setuid.
+    extensions::fsutil::private_dir(&settings.data_dir).with_context(|| {
+        format!(
+            "data dir {}: cannot create it with mode 0700",
+            settings.data_dir.display()
+        )
+    })?;
     let compose = Arc::new(extensions::compose::ComposeExtension::new(&settings.hosts));
     let mut registry = registry(&settings);
     // The same instance serves sandboxes and `/v1/hosts` telemetry.
@@ -98,6 +131,8 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         )
     })?;
     let db_path = settings.data_dir.join("sandboxer.db");
+    private_db_files(&db_path)
+        .with_context(|| format!("database {}: cannot make it mode 0600", db_path.display()))?;
     let db = Db::open(&db_path).await?;
     let (events, _) = broadcast::channel(4096);
     let pools = Arc::new(lifecycle::pool::Pools::new(&catalog, &settings.pools));

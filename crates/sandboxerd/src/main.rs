@@ -40,6 +40,21 @@ struct Args {
 enum Command {
     /// Print the OpenAPI document of the API and exit.
     Openapi,
+    /// Run a command inside a running ext.local sandbox with the sandbox's
+    /// own privileges (its user, no capabilities, its seccomp filter, its
+    /// environment); exits with the command's status. Run as root or as the
+    /// daemon's user. `reachability.enter` of a sandbox is this command line.
+    Enter {
+        /// Host pid of the sandbox's init (`reachability.pid`).
+        #[arg(long)]
+        pid: i32,
+        /// Start time of that pid (clock ticks since boot), so a reused pid is refused.
+        #[arg(long)]
+        start: Option<u64>,
+        /// The command and its arguments [default: /bin/sh].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +62,18 @@ fn main() -> ExitCode {
     if args.print_default_config {
         print!("{EXAMPLE_CONFIG}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Enter { pid, start, argv }) = args.command {
+        // Before any thread exists: a multi-threaded process cannot join a
+        // user namespace.
+        let enter = sandboxerd::confine::enter::EnterArgs { pid, start, argv };
+        return match sandboxerd::confine::enter::run(&enter) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+            Err(e) => {
+                eprintln!("sandboxerd enter: {e}");
+                ExitCode::from(125)
+            }
+        };
     }
     if let Some(Command::Openapi) = args.command {
         match sandboxerd::http::openapi().to_pretty_json() {

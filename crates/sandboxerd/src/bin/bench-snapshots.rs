@@ -81,7 +81,7 @@ async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
     let total = args.mib << 20;
     write_workspace(&workspace, args.files, total)?;
 
-    let ext = LocalExtension::new(data_dir);
+    let ext = LocalExtension::new(data_dir, Default::default());
     let blobs = Blobs::new(data_dir);
     blobs.prepare()?;
 

@@ -10,11 +10,15 @@
 //! it outlives a restart or `kill -9` of the daemon; everything needed to find
 //! it again is on disk.
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sandboxer_api::Availability;
@@ -22,10 +26,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::archive::{self, ExtractError, WriteError};
+use super::fsutil;
 use super::{
     BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo, SnapshotArchive,
     SnapshotSource,
 };
+use crate::config::LocalConfig;
+use crate::confine::seccomp;
+use crate::procfs;
 
 /// The one host `ext.local` places on.
 pub const LOCAL_HOST: &str = "local";
@@ -35,16 +43,95 @@ const SYSTEM_DIRS: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc", "/opt",
 ];
 
+/// Files of the host's `/etc` replaced by an empty file in every sandbox.
+const HIDDEN_FILES: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/shadow-",
+    "/etc/gshadow-",
+    "/etc/docker/key.json",
+];
+
+/// Directories of the host's `/etc` replaced by an empty tmpfs.
+const HIDDEN_DIRS: &[&str] = &[
+    "/etc/ssl/private",
+    "/etc/sandboxer",
+    "/etc/credstore",
+    "/etc/credstore.encrypted",
+];
+
+/// [`HIDDEN_FILES`] that exist, and the SSH host private keys.
+fn hidden_files() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = HIDDEN_FILES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir("/etc/ssh") {
+        let mut keys: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("ssh_host_") && name.ends_with("_key")
+            })
+            .map(|e| e.path())
+            .collect();
+        keys.sort();
+        out.extend(keys);
+    }
+    out
+}
+
 /// `ext.local` over bubblewrap.
 pub struct LocalExtension {
     /// The catalog id it serves (`ext.local`, or an entry naming `backend: ext.local`).
     id: &'static str,
     root: PathBuf,
     bwrap: Option<PathBuf>,
-    nsenter: Option<PathBuf>,
     /// The `bwrap` option of its catalog entry, for messages when it is missing.
     bwrap_option: Option<PathBuf>,
+    /// Who the sandbox is on the host.
+    ids: SandboxIds,
+    /// The seccomp programs, as bubblewrap reads them (built once).
+    seccomp: Result<Arc<Vec<Vec<u8>>>, String>,
+    /// This daemon's executable, whose `enter` subcommand joins a sandbox.
+    exe: PathBuf,
 }
+
+/// The host ids that uid and gid 0 inside a sandbox map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxIds {
+    pub uid: u32,
+    pub gid: u32,
+    /// The daemon is root and switches to these ids before starting
+    /// bubblewrap (an unprivileged daemon's sandboxes are its own user).
+    pub switch: bool,
+}
+
+impl SandboxIds {
+    /// The ids for a daemon running as the current user: `configured` when
+    /// it is root, its own otherwise.
+    pub fn for_this_process(configured: LocalConfig) -> Self {
+        if nix::unistd::geteuid().is_root() {
+            SandboxIds {
+                uid: configured.sandbox_uid,
+                gid: configured.sandbox_gid,
+                switch: true,
+            }
+        } else {
+            SandboxIds {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+                switch: false,
+            }
+        }
+    }
+}
+
+/// Fixed descriptor numbers in bubblewrap's process.
+const WORKSPACE_FD: i32 = 10;
+const SECCOMP_FD: i32 = 11;
 
 /// What is kept on the sandbox row for `ext.local`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,15 +145,26 @@ struct LocalState {
 }
 
 impl LocalExtension {
-    /// A backend keeping its sandboxes under `<data_dir>/sandboxes`.
-    pub fn new(data_dir: &Path) -> Self {
+    /// A backend keeping its sandboxes under `<data_dir>/sandboxes`, run as
+    /// `local` says (see [`SandboxIds::for_this_process`]).
+    pub fn new(data_dir: &Path, local: LocalConfig) -> Self {
+        let seccomp = seccomp::programs()
+            .map(|ps| Arc::new(ps.iter().map(|p| seccomp::to_bytes(p)).collect()))
+            .map_err(|e| e.to_string());
         Self {
             id: "ext.local",
             root: data_dir.join("sandboxes"),
             bwrap: find_in_path("bwrap"),
-            nsenter: find_in_path("nsenter"),
             bwrap_option: None,
+            ids: SandboxIds::for_this_process(local),
+            seccomp,
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sandboxerd")),
         }
+    }
+
+    /// Who this backend's sandboxes are on the host.
+    pub fn ids(&self) -> SandboxIds {
+        self.ids
     }
 
     fn dir_of(&self, sandbox_id: &str) -> PathBuf {
@@ -74,20 +172,32 @@ impl LocalExtension {
     }
 
     /// The bubblewrap arguments (everything after `bwrap`) that start the
-    /// sandbox of `req` with `workspace` bound at `/workspace`. Public so the
-    /// benchmark can time bubblewrap alone with exactly the daemon's flags.
-    pub fn bwrap_args(&self, req: &ProvisionRequest, workspace: &Path) -> Vec<String> {
+    /// sandbox of `req`; the workspace and the seccomp programs come as the
+    /// descriptors [`Self::bwrap_command`] maps. Public so the benchmark can
+    /// time bubblewrap alone with exactly the daemon's flags.
+    pub fn bwrap_args(&self, req: &ProvisionRequest) -> Vec<String> {
         let mut args: Vec<String> = [
             "--info-fd",
             "1",
+            // Its own user namespace: uid and gid 0 inside are an
+            // unprivileged id on the host (the daemon's own, or
+            // `[local] sandbox_uid` under a root daemon), so no host file
+            // is the sandbox's unless that id owns it, and no capability it
+            // holds inside counts outside. No second, nested namespace
+            // (as `--uid` other than 0 would make), so `enter` can join it.
+            "--unshare-user",
+            "--uid",
+            "0",
+            "--gid",
+            "0",
             "--unshare-pid",
             "--unshare-net",
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
             "--new-session",
-            // Root inside gets no capabilities: it cannot remount the
-            // read-only system directories or reach the host's devices.
+            // No capabilities, even inside its own namespace: it cannot
+            // remount, change file flags or load filters.
             "--cap-drop",
             "ALL",
         ]
@@ -125,7 +235,7 @@ impl LocalExtension {
                 "/tmp",
                 "--tmpfs",
                 "/run",
-                // Kernel settings stay read-only even for uid 0 inside.
+                // Kernel settings stay read-only whatever their modes.
                 "--ro-bind",
                 "/proc/sys",
                 "/proc/sys",
@@ -133,15 +243,32 @@ impl LocalExtension {
             .iter()
             .map(|s| s.to_string()),
         );
-        // Password hashes are no business of a sandbox.
-        for secret in ["/etc/shadow", "/etc/gshadow"] {
-            if Path::new(secret).exists() {
-                args.extend(["--ro-bind".into(), "/dev/null".into(), secret.into()]);
+        // Password hashes and private keys are no business of a sandbox.
+        // The user namespace already makes root-only files unreadable;
+        // these are hidden besides, whatever their modes on this host.
+        for secret in hidden_files() {
+            args.extend([
+                "--ro-bind".into(),
+                "/dev/null".into(),
+                secret.to_string_lossy().into_owned(),
+            ]);
+        }
+        for secret in HIDDEN_DIRS {
+            if Path::new(secret).is_dir() {
+                args.extend(["--tmpfs".into(), secret.to_string()]);
+            }
+        }
+        if let Ok(ps) = &self.seccomp {
+            for i in 0..ps.len() {
+                args.extend([
+                    "--add-seccomp-fd".into(),
+                    (SECCOMP_FD + i as i32).to_string(),
+                ]);
             }
         }
         args.extend([
-            "--bind".into(),
-            workspace.to_string_lossy().into_owned(),
+            "--bind-fd".into(),
+            WORKSPACE_FD.to_string(),
             "/workspace".into(),
             "--chdir".into(),
             "/workspace".into(),
@@ -161,25 +288,95 @@ impl LocalExtension {
         args
     }
 
-    fn enter_prefix(&self, pid: i32) -> Vec<String> {
-        let nsenter = self
-            .nsenter
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "nsenter".into());
-        let mut argv = vec![nsenter, "--target".into(), pid.to_string()];
-        if !nix::unistd::geteuid().is_root() {
-            // Unprivileged bubblewrap lives in a user namespace of its own.
-            argv.extend(["--user".into(), "--preserve-credentials".into()]);
+    /// bubblewrap for `req`, ready to spawn: its arguments, the workspace
+    /// under `dir` and the seccomp programs as descriptors, the sandbox's
+    /// host ids, a clean environment holding only the secrets (so they are
+    /// never on a command line), `info.json` on stdout and `bwrap.log` on
+    /// stderr, in a process group of its own.
+    pub fn bwrap_command(
+        &self,
+        req: &ProvisionRequest,
+        dir: &Path,
+    ) -> Result<std::process::Command, ExtError> {
+        let Some(bwrap) = self.bwrap.clone() else {
+            return Err(ExtError::new(
+                "backend_unavailable",
+                "bubblewrap (`bwrap`) is not installed; install it with `apt-get install bubblewrap`",
+            ));
+        };
+        let programs = self.seccomp.as_ref().map_err(|e| {
+            ExtError::new(
+                "backend_unavailable",
+                format!("no seccomp filter for this machine: {e}"),
+            )
+        })?;
+        let fail = |what: String| {
+            move |e: std::io::Error| ExtError::new("provision_failed", format!("{what}: {e}"))
+        };
+        let workspace = dir.join("workspace");
+        // By descriptor: the sandbox's host user need not (and, with the
+        // data dir 0700, cannot) look up the path.
+        let ws = std::fs::File::open(&workspace)
+            .map_err(fail(format!("opening {}", workspace.display())))?;
+        let mut mappings = vec![FdMapping {
+            parent_fd: OwnedFd::from(ws),
+            child_fd: WORKSPACE_FD,
+        }];
+        for (i, bytes) in programs.iter().enumerate() {
+            let (reader, mut writer) =
+                std::io::pipe().map_err(fail("making a pipe for the seccomp filter".into()))?;
+            // A program is a few KiB: it fits the pipe's buffer whole.
+            std::io::Write::write_all(&mut writer, bytes)
+                .map_err(fail("writing the seccomp filter".into()))?;
+            drop(writer);
+            mappings.push(FdMapping {
+                parent_fd: OwnedFd::from(reader),
+                child_fd: SECCOMP_FD + i as i32,
+            });
         }
-        argv.extend(
-            [
-                "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        argv
+        let info = std::fs::File::create(dir.join("info.json"))
+            .map_err(fail("creating info.json".into()))?;
+        let log = std::fs::File::create(dir.join("bwrap.log"))
+            .map_err(fail("creating bwrap.log".into()))?;
+        let mut cmd = std::process::Command::new(&bwrap);
+        cmd.args(self.bwrap_args(req))
+            // bubblewrap passes its own environment on: only the secrets,
+            // which thus never appear on a command line (`ps` shows argv to
+            // every user; environ only to the same user).
+            .env_clear()
+            .envs(req.secrets.iter().map(|(k, v)| (k, v.expose())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(info))
+            .stderr(Stdio::from(log))
+            // Its own process group: a Ctrl-C to the daemon's terminal does not reach it.
+            .process_group(0);
+        if self.ids.switch {
+            // A root daemon starts bubblewrap as the sandbox's host user
+            // (supplementary groups dropped), so the sandbox's user
+            // namespace maps root inside to that user.
+            cmd.uid(self.ids.uid).gid(self.ids.gid);
+        }
+        cmd.fd_mappings(mappings).map_err(|e| {
+            ExtError::new(
+                "provision_failed",
+                format!("descriptors for bubblewrap: {e}"),
+            )
+        })?;
+        Ok(cmd)
+    }
+
+    /// The argv prefix that runs a command inside the sandbox whose init is
+    /// `pid`, with the sandbox's privileges: `sandboxerd enter`.
+    fn enter_prefix(&self, pid: i32, start: u64) -> Vec<String> {
+        vec![
+            self.exe.to_string_lossy().into_owned(),
+            "enter".into(),
+            "--pid".into(),
+            pid.to_string(),
+            "--start".into(),
+            start.to_string(),
+            "--".into(),
+        ]
     }
 
     fn load_state(&self, sandbox_id: &str, state: Option<&BackendState>) -> LocalState {
@@ -224,10 +421,10 @@ impl Extension for LocalExtension {
                 ),
             };
         }
-        if self.nsenter.is_none() {
+        if let Err(e) = &self.seccomp {
             return Availability {
                 available: false,
-                reason: Some("`nsenter` (util-linux) is not on PATH".into()),
+                reason: Some(format!("no seccomp filter for this machine: {e}")),
             };
         }
         Availability {
@@ -240,9 +437,9 @@ impl Extension for LocalExtension {
         vec![LOCAL_HOST.to_owned()]
     }
 
-    /// Options: `bwrap` and `nsenter`, absolute paths of the tools to run
-    /// instead of the ones found on PATH. Every instance keeps its
-    /// sandboxes under the same `<data_dir>/sandboxes` (ids never clash).
+    /// Options: `bwrap`, the absolute path of the bubblewrap to run instead
+    /// of the one found on PATH. Every instance keeps its sandboxes under the
+    /// same `<data_dir>/sandboxes` (ids never clash).
     fn instance(
         &self,
         id: &'static str,
@@ -252,39 +449,40 @@ impl Extension for LocalExtension {
             id,
             root: self.root.clone(),
             bwrap: self.bwrap.clone(),
-            nsenter: self.nsenter.clone(),
             bwrap_option: None,
+            ids: self.ids,
+            seccomp: self.seccomp.clone(),
+            exe: self.exe.clone(),
         };
         for (key, value) in options {
-            if !matches!(key.as_str(), "bwrap" | "nsenter") {
+            if key == "nsenter" {
+                return Some(Err(
+                    "`nsenter` is no longer an option of ext.local: commands enter a sandbox through `sandboxerd enter`, with the sandbox's own privileges".into(),
+                ));
+            }
+            if key != "bwrap" {
                 return Some(Err(format!(
-                    "`{key}` is not an option of ext.local (it takes `bwrap`, `nsenter`)"
+                    "`{key}` is not an option of ext.local (it takes `bwrap`)"
                 )));
             }
             let path = PathBuf::from(value);
             if !path.is_absolute() {
                 return Some(Err(format!("`{key}`: `{value}` is not an absolute path")));
             }
-            let found = path.is_file().then(|| path.clone());
-            match key.as_str() {
-                "bwrap" => {
-                    ext.bwrap = found;
-                    ext.bwrap_option = Some(path);
-                }
-                _ => ext.nsenter = found,
-            }
+            ext.bwrap = path.is_file().then(|| path.clone());
+            ext.bwrap_option = Some(path);
         }
         Some(Ok(std::sync::Arc::new(ext)))
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %req.sandbox_id))]
     async fn provision(&self, req: &ProvisionRequest) -> Result<BackendState, ExtError> {
-        let Some(bwrap) = self.bwrap.clone() else {
+        if self.bwrap.is_none() {
             return Err(ExtError::new(
                 "backend_unavailable",
                 "bubblewrap (`bwrap`) is not installed; install it with `apt-get install bubblewrap`",
             ));
-        };
+        }
         let dir = self.dir_of(&req.sandbox_id);
         let workspace = dir.join("workspace");
         let copy_from = match (
@@ -299,37 +497,25 @@ impl Extension for LocalExtension {
         let dir2 = dir.clone();
         let workspace2 = workspace.clone();
         let from_snapshot = req.from_snapshot.clone();
+        let ids = self.ids;
         tokio::task::spawn_blocking(move || {
-            prepare_dir(&dir2, &workspace2, copy_from.as_deref())?;
+            prepare_dir(&dir2, &workspace2, copy_from.as_deref(), ids)?;
             match &from_snapshot {
-                Some(src) => fill_from_snapshot(&workspace2, src),
+                Some(src) => fill_from_snapshot(&workspace2, src, ids),
                 None => Ok(()),
             }
         })
         .await
         .map_err(|e| ExtError::new("provision_failed", format!("workspace task: {e}")))??;
 
-        let info = std::fs::File::create(dir.join("info.json"))
-            .map_err(|e| ExtError::new("provision_failed", format!("creating info.json: {e}")))?;
-        let log = std::fs::File::create(dir.join("bwrap.log"))
-            .map_err(|e| ExtError::new("provision_failed", format!("creating bwrap.log: {e}")))?;
-        let mut cmd = tokio::process::Command::new(&bwrap);
-        cmd.args(self.bwrap_args(req, &workspace))
-            // bubblewrap passes its own environment on: only the secrets,
-            // which thus never appear on a command line (`ps` shows argv to
-            // every user; environ only to the same user).
-            .env_clear()
-            .envs(req.secrets.iter().map(|(k, v)| (k, v.expose())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(info))
-            .stderr(Stdio::from(log))
-            // Its own process group: a Ctrl-C to the daemon's terminal does not reach it.
-            .process_group(0)
-            .kill_on_drop(false);
+        let cmd = self.bwrap_command(req, &dir)?;
+        let bwrap = cmd.get_program().to_owned();
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(false);
         let child = cmd.spawn().map_err(|e| {
             ExtError::new(
                 "provision_failed",
-                format!("starting {}: {e}", bwrap.display()),
+                format!("starting {}: {e}", Path::new(&bwrap).display()),
             )
         })?;
         // Never waited on: dropping the handle leaves the sandbox running and
@@ -365,7 +551,7 @@ impl Extension for LocalExtension {
                             "kind": "local",
                             "workdir": workdir,
                             "pid": pid,
-                            "enter": self.enter_prefix(pid),
+                            "enter": self.enter_prefix(pid, start),
                         });
                         let backend_state = serde_json::to_value(LocalState {
                             dir: st.dir.clone(),
@@ -434,23 +620,19 @@ impl Extension for LocalExtension {
                 }
             }
         }
-        // Whatever else runs from this sandbox's workspace: a bubblewrap
-        // started by a daemon that died before it learnt the pid (or before
-        // bubblewrap reported it) is found by its command line.
-        let workspace = st.dir.join("workspace");
+        // Whatever else runs for this sandbox: a bubblewrap started by a
+        // daemon that died before it learnt the pid (or before bubblewrap
+        // reported it) is found by its command line.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let stray = pids_running(&workspace);
+            let stray = pids_running(sandbox_id);
             if stray.is_empty() {
                 break;
             }
             if Instant::now() > deadline {
                 return Err(ExtError::new(
                     "teardown_failed",
-                    format!(
-                        "processes {stray:?} of {} still alive 10s after SIGKILL",
-                        workspace.display()
-                    ),
+                    format!("processes {stray:?} of {sandbox_id} still alive 10s after SIGKILL"),
                 ));
             }
             for pid in stray {
@@ -459,9 +641,8 @@ impl Extension for LocalExtension {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let dir = st.dir.clone();
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        tokio::task::spawn_blocking(move || match remove_sandbox_dir(&dir) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(ExtError::new(
                 "teardown_failed",
                 format!("removing {}: {e}", dir.display()),
@@ -545,7 +726,8 @@ impl Extension for LocalExtension {
     ) -> Result<(), ExtError> {
         let dir = self.dir_of(sandbox_id);
         let src = src.clone();
-        tokio::task::spawn_blocking(move || restore_in_place(&dir, &src))
+        let ids = self.ids;
+        tokio::task::spawn_blocking(move || restore_in_place(&dir, &src, ids))
             .await
             .map_err(|e| ExtError::new("restore_failed", format!("restore task: {e}")))?
     }
@@ -577,7 +759,11 @@ fn restore_err(what: impl std::fmt::Display) -> ExtError {
 }
 
 /// Fill a fresh workspace from a snapshot (fork), verifying the archive.
-fn fill_from_snapshot(workspace: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
+fn fill_from_snapshot(
+    workspace: &Path,
+    src: &SnapshotSource,
+    ids: SandboxIds,
+) -> Result<(), ExtError> {
     let root = archive::extract_archive(&src.path, &src.sha256, workspace)
         .map_err(|e| extract_error(src, e, "provision_failed"))?;
     archive::apply_root_meta(workspace, root).map_err(|e| {
@@ -585,7 +771,8 @@ fn fill_from_snapshot(workspace: &Path, src: &SnapshotSource) -> Result<(), ExtE
             "provision_failed",
             format!("workspace of snapshot {}: {e}", src.id),
         )
-    })
+    })?;
+    own_workspace(workspace, ids, "provision_failed")
 }
 
 fn extract_error(src: &SnapshotSource, e: ExtractError, io_code: &'static str) -> ExtError {
@@ -606,7 +793,7 @@ fn extract_error(src: &SnapshotSource, e: ExtractError, io_code: &'static str) -
 /// system. A failure rolls the moves back, and a crash is rolled back by
 /// [`finish_interrupted_restore`], so the workspace ends either exactly as
 /// it was or exactly as the snapshot.
-fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
+fn restore_in_place(dir: &Path, src: &SnapshotSource, ids: SandboxIds) -> Result<(), ExtError> {
     let workspace = dir.join("workspace");
     if !workspace.is_dir() {
         return Err(restore_err(format!(
@@ -625,6 +812,11 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
             return Err(extract_error(src, e, "restore_failed"));
         }
     };
+    // Owned by the sandbox's user before it becomes visible to the sandbox.
+    if let Err(e) = own_workspace(&new, ids, "restore_failed") {
+        let _ = remove_tree(&new);
+        return Err(e);
+    }
     // Moving entries out and back touches the workspace directory itself;
     // a rollback puts its mtime back too, so it is exactly as it was.
     let root_mtime = std::fs::metadata(&workspace)
@@ -769,15 +961,37 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn prepare_dir(dir: &Path, workspace: &Path, copy_from: Option<&Path>) -> Result<(), ExtError> {
+fn prepare_dir(
+    dir: &Path,
+    workspace: &Path,
+    copy_from: Option<&Path>,
+    ids: SandboxIds,
+) -> Result<(), ExtError> {
     let io =
         |what: &str, e: std::io::Error| ExtError::new("provision_failed", format!("{what}: {e}"));
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&format!("clearing {}", dir.display()), e)),
+    remove_sandbox_dir(dir).map_err(|e| io(&format!("clearing {}", dir.display()), e))?;
+    // The sandboxes dir and each sandbox's dir belong to the daemon alone:
+    // no other host user reaches a workspace, or anything in it that the
+    // sandbox made setuid.
+    let sandboxes = dir.parent().unwrap_or(dir);
+    for d in [sandboxes, dir] {
+        fsutil::private_dir(d).map_err(|e| io(&format!("creating {}", d.display()), e))?;
     }
-    std::fs::create_dir_all(workspace)
+    if ids.switch {
+        // A root daemon starts bubblewrap as the sandbox's host user, which
+        // must be able to look the workspace up: the data dir, `sandboxes/`
+        // and the sandbox's dir are 0710 with the sandbox's group.
+        let data_dir = sandboxes.parent().unwrap_or(sandboxes);
+        for d in [data_dir, sandboxes, dir] {
+            fsutil::traversable_by_group(d, ids.gid).map_err(|e| {
+                io(
+                    &format!("opening {} to the sandbox's group", d.display()),
+                    e,
+                )
+            })?;
+        }
+    }
+    std::fs::create_dir(workspace)
         .map_err(|e| io(&format!("creating {}", workspace.display()), e))?;
     if let Some(src) = copy_from {
         if !src.is_dir() {
@@ -788,6 +1002,7 @@ fn prepare_dir(dir: &Path, workspace: &Path, copy_from: Option<&Path>) -> Result
         }
         let out = std::process::Command::new("cp")
             .arg("-a")
+            .arg("--no-preserve=ownership")
             .arg(format!("{}/.", src.display()))
             .arg(workspace)
             .output()
@@ -803,26 +1018,55 @@ fn prepare_dir(dir: &Path, workspace: &Path, copy_from: Option<&Path>) -> Result
             ));
         }
     }
-    Ok(())
+    own_workspace(workspace, ids, "provision_failed")
 }
 
-/// Live (not zombie) processes whose command line names `workspace` as an
-/// argument: the bubblewrap processes of one sandbox.
-fn pids_running(workspace: &Path) -> Vec<i32> {
-    let want = workspace.as_os_str().as_encoded_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+/// Give a tree that is about to be (or become part of) a workspace to the
+/// sandbox's host user, setuid and setgid bits stripped.
+fn own_workspace(path: &Path, ids: SandboxIds, code: &'static str) -> Result<(), ExtError> {
+    let owner = ids.switch.then_some((ids.uid, ids.gid));
+    fsutil::own_tree(path, owner).map_err(|e| {
+        ExtError::new(
+            code,
+            format!("giving {} to the sandbox's user: {e}", path.display()),
+        )
+    })
+}
+
+/// Live (not zombie) bubblewrap processes of sandbox `sandbox_id`: its
+/// command line sets `SANDBOX_ID` to it.
+fn pids_running(sandbox_id: &str) -> Vec<i32> {
+    let want: [&[u8]; 3] = [b"--setenv", b"SANDBOX_ID", sandbox_id.as_bytes()];
+    procfs::all_pids()
+        .into_iter()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).any(|arg| arg == want))
-                .unwrap_or(false)
+            let argv = procfs::argv(*pid);
+            argv.first().is_some_and(|a| a.ends_with(b"bwrap"))
+                && argv
+                    .windows(3)
+                    .any(|w| w.iter().map(Vec::as_slice).eq(want.iter().copied()))
         })
         .filter(|pid| !is_zombie(*pid))
         .collect()
+}
+
+/// Remove a sandbox's directory. A file flagged immutable or append-only
+/// (which a sandbox cannot set, having no capability, but a host process
+/// might have) would pin it forever: on a refusal the flags are cleared
+/// and the removal is tried once more. Gone already is fine.
+fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            fsutil::clear_inode_flags(dir);
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The host pid of the sandbox's pid 1, once bubblewrap has written it.
@@ -835,40 +1079,11 @@ fn read_info_pid(path: &Path) -> Option<i32> {
         .and_then(|p| i32::try_from(p).ok())
 }
 
-/// State letter and start time of a process, from `/proc/<pid>/stat`.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
-}
-
-fn is_zombie(pid: i32) -> bool {
-    matches!(proc_stat(pid), Some(('Z' | 'X', _)) | None)
-}
-
-/// Whether `pid` is still the process we started (same start time when known).
-fn owns_pid(pid: i32, start: Option<u64>) -> bool {
-    match (proc_stat(pid), start) {
-        (Some((_, actual)), Some(expected)) => actual == expected,
-        (Some(_), None) => std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| {
-                c.split(|b| *b == 0)
-                    .next()
-                    .is_some_and(|argv0| argv0.ends_with(b"bwrap"))
-            })
-            .unwrap_or(false),
-        (None, _) => false,
-    }
-}
+use procfs::{is_zombie, owns_pid, stat as proc_stat};
 
 /// Whether the sandbox init has started the command under it yet.
 fn has_child(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .map(|c| !c.trim().is_empty())
-        .unwrap_or(false)
+    !procfs::children(pid).is_empty()
 }
 
 fn bwrap_exited(dir: &Path) -> bool {

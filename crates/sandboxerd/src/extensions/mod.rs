@@ -10,6 +10,7 @@ use sandboxer_api::{Availability, CostBreakdown, Pricing, Profile};
 
 pub mod archive;
 pub mod compose;
+pub mod fsutil;
 pub mod local;
 
 /// What a backend needs to provision one sandbox.

@@ -211,7 +211,12 @@ impl Drop for TestDir {
             let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
                 continue;
             };
-            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+            // A sandbox's bubblewrap names no path of the data dir (its
+            // workspace is passed as a descriptor) but logs into it.
+            let logs_here = std::fs::read_link(entry.path().join("fd/2"))
+                .map(|l| l.to_string_lossy().starts_with(&marker))
+                .unwrap_or(false);
+            if logs_here || String::from_utf8_lossy(&cmdline).contains(&marker) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
