@@ -57,26 +57,6 @@ async fn settled(c: &Client, limit: Duration) -> Vec<Sandbox> {
     }
 }
 
-/// Sandbox ids that have a bubblewrap process running for `data_dir`.
-fn sandbox_processes(data_dir: &Path) -> HashSet<String> {
-    let marker = format!("{}/sandboxes/", data_dir.display());
-    let mut ids = HashSet::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if let Some(pos) = text.find(&marker) {
-            let pid: i64 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
-            if pid > 0 && alive(pid) {
-                let rest = &text[pos + marker.len()..];
-                ids.insert(rest.split('/').next().unwrap_or_default().to_owned());
-            }
-        }
-    }
-    ids
-}
-
 /// Sandbox ids with a directory under the data dir.
 fn sandbox_dirs(data_dir: &Path) -> HashSet<String> {
     match std::fs::read_dir(data_dir.join("sandboxes")) {
@@ -109,7 +89,7 @@ fn assert_nothing_leaked(data_dir: &Path, rows: &[Sandbox]) {
             s.state
         );
     }
-    let procs = sandbox_processes(data_dir);
+    let procs = common::sandbox_processes(data_dir);
     assert!(
         procs.is_subset(&live),
         "processes without a live row: {:?}",
@@ -369,7 +349,7 @@ async fn every_crash_point_recovers_with_nothing_leaked() {
             "{point}: {rows:?}"
         );
         assert!(
-            sandbox_processes(data).is_empty() && sandbox_dirs(data).is_empty(),
+            common::sandbox_processes(data).is_empty() && sandbox_dirs(data).is_empty(),
             "{point}: leaked"
         );
     }

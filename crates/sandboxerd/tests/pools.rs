@@ -163,26 +163,6 @@ fn sandbox_dirs(data: &Path) -> BTreeSet<String> {
     }
 }
 
-/// Sandbox ids with a bubblewrap process running for `data`.
-fn sandbox_processes(data: &Path) -> HashSet<String> {
-    let marker = format!("{}/sandboxes/", data.display());
-    let mut ids = HashSet::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if let Some(pos) = text.find(&marker) {
-            let pid: i64 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
-            if pid > 0 && alive(pid) {
-                let rest = &text[pos + marker.len()..];
-                ids.insert(rest.split('/').next().unwrap_or_default().to_owned());
-            }
-        }
-    }
-    ids
-}
-
 /// The ready, unassigned members of `profile`, read by an operator by id
 /// (members are in no list): every sandbox directory whose row belongs to
 /// no project and carries the pool label.
@@ -646,7 +626,7 @@ async fn kill_9_with_a_full_pool_leaks_nothing_and_the_pool_is_made_again() {
         .cloned()
         .chain(std::iter::once(kept.id.clone()))
         .collect();
-    let procs = sandbox_processes(&data);
+    let procs = common::sandbox_processes(&data);
     assert!(
         procs.is_subset(&live),
         "leaked processes: {procs:?} vs {live:?}"

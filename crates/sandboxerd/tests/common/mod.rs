@@ -62,8 +62,23 @@ impl Daemon {
 
     /// Start with extra arguments and environment variables.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_as(data_dir, None, args, env)
+    }
+
+    /// Start as the user `uid:gid` (the test must be root for that; the
+    /// data dir must be that user's), or as the test's own user for `None`.
+    pub fn start_as(
+        data_dir: &Path,
+        user: Option<(u32, u32)>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        use std::os::unix::process::CommandExt;
         let root = repo_root();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandboxerd"));
+        if let Some((uid, gid)) = user {
+            cmd.uid(uid).gid(gid);
+        }
         cmd.current_dir(&root)
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -164,17 +179,29 @@ pub fn alive(pid: i64) -> bool {
 
 /// Run `argv` inside a sandbox through its `enter` prefix; returns stdout.
 pub fn run_inside(reachability: &serde_json::Value, argv: &[&str]) -> String {
+    run_inside_as(reachability, None, argv)
+}
+
+/// [`run_inside`], with `enter` run as the host user `uid:gid` (`None`:
+/// the test's own).
+pub fn run_inside_as(
+    reachability: &serde_json::Value,
+    user: Option<(u32, u32)>,
+    argv: &[&str],
+) -> String {
+    use std::os::unix::process::CommandExt;
     let enter: Vec<String> = reachability["enter"]
         .as_array()
         .expect("enter is an array")
         .iter()
         .map(|v| v.as_str().expect("enter item").to_owned())
         .collect();
-    let out = Command::new(&enter[0])
-        .args(&enter[1..])
-        .args(argv)
-        .output()
-        .expect("run enter");
+    let mut cmd = Command::new(&enter[0]);
+    cmd.args(&enter[1..]).args(argv);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd.output().expect("run enter");
     assert!(
         out.status.success(),
         "command inside the sandbox failed: {}",
@@ -224,4 +251,27 @@ impl Drop for TestDir {
             }
         }
     }
+}
+
+/// Sandbox ids that have a live bubblewrap process for `data_dir`: its
+/// workspace is passed as a descriptor, but its stderr is
+/// `<data_dir>/sandboxes/<id>/bwrap.log`.
+pub fn sandbox_processes(data_dir: &Path) -> std::collections::HashSet<String> {
+    let marker = format!("{}/sandboxes/", data_dir.display());
+    let mut ids = std::collections::HashSet::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
+            continue;
+        };
+        let Ok(log) = std::fs::read_link(entry.path().join("fd/2")) else {
+            continue;
+        };
+        let log = log.to_string_lossy().into_owned();
+        if let Some(rest) = log.strip_prefix(&marker) {
+            if alive(pid) {
+                ids.insert(rest.split('/').next().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    ids
 }
