@@ -131,6 +131,10 @@ fn populate(ws: &Path) {
         .expect("open")
         .set_modified(old)
         .expect("mtime");
+    // Written from the host as an operator would: then given to the
+    // sandbox's host user (the owner of the workspace), or the sandbox could
+    // not read its own 0700 dir and 0600 file.
+    common::give_to_sandbox(ws);
     // Directories keep their mtimes too (set last: writing inside moves them).
     for d in ["src/deep", "empty"] {
         std::fs::File::open(ws.join(d))

@@ -275,3 +275,21 @@ pub fn sandbox_processes(data_dir: &Path) -> std::collections::HashSet<String> {
     }
     ids
 }
+
+/// Give everything under a sandbox's workspace `ws` (written from the host
+/// by the test) to the sandbox's host user, the owner of `ws`: root inside
+/// the sandbox is that user, and a file of the host's root is nobody's there.
+pub fn give_to_sandbox(ws: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(ws).expect("workspace");
+    fn walk(p: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).expect("lchown");
+        let meta = std::fs::symlink_metadata(p).expect("stat");
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).expect("read_dir") {
+                walk(&e.expect("entry").path(), uid, gid);
+            }
+        }
+    }
+    walk(ws, owner.uid(), owner.gid());
+}
