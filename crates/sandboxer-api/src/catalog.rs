@@ -257,7 +257,7 @@ pub struct ExtensionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// Settings of the backend for this entry (for `ext.local`: `bwrap`,
-    /// `nsenter`, absolute paths of the tools to run).
+    /// the absolute path of the bubblewrap to run).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
 }
