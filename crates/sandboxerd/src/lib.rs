@@ -47,6 +47,9 @@ pub struct AppState {
     pub locks: Arc<lifecycle::Locks>,
     /// Per-token request buckets.
     pub rate_limiter: Arc<http::auth::RateLimiter>,
+    /// Snapshot captures in flight, cancelled by their sandbox's teardown
+    /// and by shutdown.
+    pub captures: Arc<lifecycle::snapshots::Captures>,
     /// Sandboxes whose teardown is running now.
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
     /// Warm pools of the profiles that declare one.
@@ -111,6 +114,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         events,
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
+        captures: Arc::new(lifecycle::snapshots::Captures::default()),
         pools,
         rate_limiter: Arc::new(http::auth::RateLimiter::default()),
         tasks: TaskTracker::new(),
@@ -158,6 +162,16 @@ pub async fn serve(
         _ = drained => { tracing::warn!(?grace, "in-flight requests did not finish in time"); }
     }
     background.cancel();
+    // A capture walks a workspace on a blocking thread that nothing else
+    // can stop: cancelled, it ends within one entry or read chunk, so the
+    // runtime can drop (and the process exit) within the grace.
+    let cancelled = state.captures.cancel_all();
+    if cancelled > 0 {
+        tracing::info!(
+            cancelled,
+            "snapshot captures in flight cancelled for shutdown"
+        );
+    }
     // Unassigned warm-pool members belong to this run: torn down now (or
     // by the next start when the grace runs out).
     lifecycle::pool::shut_down(&state).await;

@@ -20,8 +20,9 @@ use nix::unistd::Pid;
 use sandboxer_api::Availability;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use super::archive::{self, ExtractError, WriteError};
+use super::archive::{self, ExtractError};
 use super::{
     BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo, SnapshotArchive,
     SnapshotSource,
@@ -494,9 +495,11 @@ impl Extension for LocalExtension {
         _state: Option<&BackendState>,
         dest: &Path,
         max_content_bytes: u64,
+        cancel: &CancellationToken,
     ) -> Result<SnapshotArchive, ExtError> {
         let dir = self.dir_of(sandbox_id);
         let dest = dest.to_owned();
+        let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
             // Never archive a half-swapped tree.
             finish_interrupted_restore(&dir)?;
@@ -507,28 +510,20 @@ impl Extension for LocalExtension {
                     format!("workspace {} does not exist", workspace.display()),
                 ));
             }
-            match archive::write_archive(&workspace, &dest, max_content_bytes) {
-                Ok(info) => {
-                    if info.skipped > 0 {
-                        tracing::info!(
-                            skipped = info.skipped,
-                            "sockets, FIFOs or device nodes left out of the snapshot"
-                        );
-                    }
-                    Ok(SnapshotArchive {
-                        sha256: info.sha256,
-                        size_bytes: info.size_bytes,
-                        content_bytes: info.content_bytes,
-                    })
-                }
-                Err(WriteError::TooLarge { limit }) => Err(ExtError::new(
-                    "snapshot_too_large",
-                    format!(
-                        "the workspace is larger than the profile's snapshot.max_size ({limit} bytes before compression)"
-                    ),
-                )),
-                Err(WriteError::Io(msg)) => Err(ExtError::new("snapshot_failed", msg)),
+            let cancelled = || cancel.is_cancelled();
+            let info = archive::write_archive(&workspace, &dest, max_content_bytes, &cancelled)
+                .map_err(super::snapshot_write_error)?;
+            if info.skipped > 0 {
+                tracing::info!(
+                    skipped = info.skipped,
+                    "sockets, FIFOs, device nodes or entries changing under the walk left out of the snapshot"
+                );
             }
+            Ok(SnapshotArchive {
+                sha256: info.sha256,
+                size_bytes: info.size_bytes,
+                content_bytes: info.content_bytes,
+            })
         })
         .await
         .map_err(|e| ExtError::new("snapshot_failed", format!("capture task: {e}")))?
@@ -578,7 +573,7 @@ fn restore_err(what: impl std::fmt::Display) -> ExtError {
 
 /// Fill a fresh workspace from a snapshot (fork), verifying the archive.
 fn fill_from_snapshot(workspace: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
-    let root = archive::extract_archive(&src.path, &src.sha256, workspace)
+    let root = archive::extract_archive(&src.path, &src.sha256, workspace, None)
         .map_err(|e| extract_error(src, e, "provision_failed"))?;
     archive::apply_root_meta(workspace, root).map_err(|e| {
         ExtError::new(
@@ -618,7 +613,7 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource) -> Result<(), ExtError> {
     let new = dir.join(RESTORE_NEW);
     let old = dir.join(RESTORE_OLD);
     // 1. Extract beside the workspace, verifying the hash; nothing touched yet.
-    let root = match archive::extract_archive(&src.path, &src.sha256, &new) {
+    let root = match archive::extract_archive(&src.path, &src.sha256, &new, None) {
         Ok(root) => root,
         Err(e) => {
             let _ = remove_tree(&new);
