@@ -142,12 +142,24 @@ pub async fn serve(
     let app = http::app(state.clone());
     let background = start_background(&state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let captures = state.captures.clone();
     // `into_make_service`: each connection shares the one router. Served as
     // a plain `Router`, axum deep-copies every route and its layers for each
     // new connection (about 1 MiB here), which glibc then keeps resident.
     let server =
         axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
             shutdown.await;
+            // A capture walks a workspace on a blocking thread that nothing
+            // else can stop (and a request may be waiting on it): cancelled,
+            // it ends within one entry or read chunk, so requests drain, the
+            // tasks end, and the runtime can drop within the grace.
+            let cancelled = captures.cancel_all();
+            if cancelled > 0 {
+                tracing::info!(
+                    cancelled,
+                    "snapshot captures in flight cancelled for shutdown"
+                );
+            }
             let _ = stop_tx.send(true);
         });
     let server = tokio::spawn(async move { server.await });
@@ -162,16 +174,8 @@ pub async fn serve(
         _ = drained => { tracing::warn!(?grace, "in-flight requests did not finish in time"); }
     }
     background.cancel();
-    // A capture walks a workspace on a blocking thread that nothing else
-    // can stop: cancelled, it ends within one entry or read chunk, so the
-    // runtime can drop (and the process exit) within the grace.
-    let cancelled = state.captures.cancel_all();
-    if cancelled > 0 {
-        tracing::info!(
-            cancelled,
-            "snapshot captures in flight cancelled for shutdown"
-        );
-    }
+    // Also when the server stopped on its own: no capture outlives serve.
+    state.captures.cancel_all();
     // Unassigned warm-pool members belong to this run: torn down now (or
     // by the next start when the grace runs out).
     lifecycle::pool::shut_down(&state).await;

@@ -336,9 +336,9 @@ fn write_archive_never_blocks_on_a_fifo_swapped_in() {
     let ws = tmp.path().join("workspace");
     std::fs::create_dir_all(ws.join("sub")).expect("mkdir");
     std::fs::write(ws.join("f"), "data\n").expect("write");
-    mkfifoat(CWD, &ws.join("p"), Mode::from_raw_mode(0o644)).expect("mkfifo");
+    mkfifoat(CWD, ws.join("p"), Mode::from_raw_mode(0o644)).expect("mkfifo");
     std::fs::write(ws.join("sub/f"), "data\n").expect("write");
-    mkfifoat(CWD, &ws.join("sub/p"), Mode::from_raw_mode(0o644)).expect("mkfifo");
+    mkfifoat(CWD, ws.join("sub/p"), Mode::from_raw_mode(0o644)).expect("mkfifo");
     let swapper = Swapper::start(vec![
         (ws.join("f"), ws.join("p")),
         (ws.join("sub/f"), ws.join("sub/p")),
@@ -465,7 +465,7 @@ async fn a_fifo_swapped_in_blocks_no_capture_teardown_or_shutdown() {
     std::fs::create_dir_all(ws.join("sub")).expect("mkdir");
     for at in [ws.clone(), ws.join("sub")] {
         std::fs::write(at.join("f"), "data\n").expect("write");
-        mkfifoat(CWD, &at.join("p"), Mode::from_raw_mode(0o644)).expect("mkfifo");
+        mkfifoat(CWD, at.join("p"), Mode::from_raw_mode(0o644)).expect("mkfifo");
     }
     let swapper = Swapper::start(vec![
         (ws.join("f"), ws.join("p")),

@@ -905,7 +905,7 @@ mod tests {
         let long = "n".repeat(150);
         fs::create_dir_all(src.join(&long).join("empty")).expect("mkdir");
         fs::write(src.join(&long).join(&long), vec![9u8; 70_000]).expect("write");
-        rustix::fs::mkfifoat(CWD, &src.join("pipe"), Mode::from_raw_mode(0o600)).expect("fifo");
+        rustix::fs::mkfifoat(CWD, src.join("pipe"), Mode::from_raw_mode(0o600)).expect("fifo");
         File::open(src.join("sub"))
             .expect("open")
             .set_modified(UNIX_EPOCH + Duration::from_secs(1_000_000_000))
@@ -964,9 +964,11 @@ mod tests {
         );
     }
 
-    /// A `.tar.zst` of hand-made entries `(path, type, mode, content or
-    /// link target)`, and its SHA-256.
-    fn hand_built(path: &Path, entries: &[(&str, EntryType, u32, &str)]) -> String {
+    /// A hand-made entry: path, type, mode, content or link target.
+    type Spec<'a> = (&'a str, EntryType, u32, &'a str);
+
+    /// A `.tar.zst` of hand-made entries, and its SHA-256.
+    fn hand_built(path: &Path, entries: &[Spec<'_>]) -> String {
         let mut builder = tar::Builder::new(Vec::new());
         let mut root = Header::new_gnu();
         root.set_entry_type(EntryType::Directory);
@@ -1073,7 +1075,7 @@ mod tests {
     #[test]
     fn hard_links_devices_fifos_and_duplicates_are_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let cases: &[(&[(&str, EntryType, u32, &str)], &str)] = &[
+        let cases: &[(&[Spec<'_>], &str)] = &[
             (
                 &[
                     ("file", EntryType::Regular, 0o644, "x"),

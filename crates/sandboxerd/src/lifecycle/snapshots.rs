@@ -12,8 +12,13 @@
 //! Test-only crash points (`SANDBOXER_FAULT`, debug builds):
 //! `snapshot.after_temp_write` (abort once the archive is written, before it
 //! is named), `restore.after_move_out` (abort with the old workspace moved
-//! aside) and `restore.before_move_in` (fail the restore there, to exercise
-//! its roll-back).
+//! aside), `restore.before_move_in` (fail the restore there, to exercise
+//! its roll-back) and `snapshot.slow_walk` (sleep 100 ms at every entry of
+//! a capture's walk, to act on a capture in flight).
+//!
+//! A capture is registered in [`Captures`] from before it waits for the
+//! sandbox's lock until its archive is written: a teardown of the sandbox,
+//! and shutdown, cancel it (`snapshot_cancelled`).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,16 +101,6 @@ impl Captures {
             .flat_map(HashMap::values)
             .map(CancellationToken::cancel)
             .count()
-    }
-
-    /// How many captures are registered.
-    pub fn len(&self) -> usize {
-        self.inner().by_sandbox.values().map(HashMap::len).sum()
-    }
-
-    /// Whether no capture is registered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -170,6 +170,9 @@ pub async fn capture(
     max: u64,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<SnapshotArchive, ExtError> {
+    if cancel.is_cancelled() {
+        return Err(crate::extensions::snapshot_cancelled());
+    }
     let staging = Staging(PathBuf::from(format!("{}.d", dest.display())));
     let root = staging.0.clone();
     std::fs::create_dir_all(root.join("volumes"))
