@@ -368,6 +368,10 @@ enum Child {
     Raced,
 }
 
+/// The deepest a walk goes: it holds one fd per directory level, and a
+/// hostile tree nested thousands deep must not use up the daemon's fds.
+const MAX_DEPTH: usize = 256;
+
 /// How many times one entry is looked at again when it changes between
 /// `fstatat` and `openat` (an editor replacing a file by rename does that).
 const RACE_RETRIES: usize = 3;
@@ -477,6 +481,12 @@ fn append_tree<W: Write>(
         let rel = top.rel.join(&name);
         match open_child(top.fd.as_fd(), &name)? {
             Child::Dir(fd, st) => {
+                if stack.len() > MAX_DEPTH {
+                    return Err(io::Error::other(format!(
+                        "`{}` is nested more than {MAX_DEPTH} directories deep",
+                        rel.display()
+                    )));
+                }
                 append_dir_header(builder, &rel, &st)?;
                 let names = sorted_names(&fd)?;
                 stack.push(Frame { fd, rel, names });
@@ -1131,6 +1141,21 @@ mod tests {
         let err = write_archive(&src, &tmp.path().join("b"), 1 << 30, &started_big)
             .expect_err("cancelled");
         assert!(matches!(err, WriteError::Cancelled), "{err}");
+    }
+
+    #[test]
+    fn a_tree_nested_too_deep_fails_clearly() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        let mut deep = src.clone();
+        for _ in 0..MAX_DEPTH {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).expect("mkdir");
+        write_archive(&src, &tmp.path().join("a"), 1 << 30, &never).expect("at the limit");
+        fs::create_dir(deep.join("d")).expect("mkdir");
+        let err = write_archive(&src, &tmp.path().join("b"), 1 << 30, &never).expect_err("deep");
+        assert!(err.to_string().contains("directories deep"), "{err}");
     }
 
     #[test]
