@@ -16,17 +16,38 @@ pub const POINTS: &[&str] = &[
 /// a tick that debits (before it commits).
 pub const METERING_POINTS: &[&str] = &["metering.after_debit"];
 
-/// Abort the process here if the environment names this point.
-pub fn hit(point: &'static str) {
+/// Slow points: `SANDBOXER_FAULT=<point>` makes the thread sleep there
+/// instead of aborting (see [`pause`]).
+pub const SLOW_POINTS: &[&str] = &["snapshot.slow_walk"];
+
+/// Whether `SANDBOXER_FAULT` names `point` (always false in release builds).
+fn wanted(point: &str) -> bool {
     #[cfg(debug_assertions)]
     {
         static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
         let wanted = WANTED.get_or_init(|| std::env::var("SANDBOXER_FAULT").ok());
-        if wanted.as_deref() == Some(point) {
-            eprintln!("sandboxerd: fault injected at {point}: aborting");
-            std::process::abort();
-        }
+        wanted.as_deref() == Some(point)
     }
     #[cfg(not(debug_assertions))]
-    let _ = point;
+    {
+        let _ = point;
+        false
+    }
+}
+
+/// Abort the process here if the environment names this point.
+pub fn hit(point: &'static str) {
+    if wanted(point) {
+        eprintln!("sandboxerd: fault injected at {point}: aborting");
+        std::process::abort();
+    }
+}
+
+/// Sleep for `pause` here (a blocking sleep: for blocking code) if the
+/// environment names this point: a test makes a step slow enough to act
+/// while it runs (e.g. `snapshot.slow_walk`, once per entry of a capture).
+pub fn pause(point: &'static str, pause: std::time::Duration) {
+    if wanted(point) {
+        std::thread::sleep(pause);
+    }
 }

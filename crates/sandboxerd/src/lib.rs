@@ -49,6 +49,9 @@ pub struct AppState {
     pub locks: Arc<lifecycle::Locks>,
     /// Per-token request buckets.
     pub rate_limiter: Arc<http::auth::RateLimiter>,
+    /// Snapshot captures in flight, cancelled by their sandbox's teardown
+    /// and by shutdown.
+    pub captures: Arc<lifecycle::snapshots::Captures>,
     /// Sandboxes whose teardown is running now.
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
     /// Warm pools of the profiles that declare one.
@@ -146,6 +149,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         events,
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
+        captures: Arc::new(lifecycle::snapshots::Captures::default()),
         pools,
         rate_limiter: Arc::new(http::auth::RateLimiter::default()),
         tasks: TaskTracker::new(),
@@ -173,12 +177,24 @@ pub async fn serve(
     let app = http::app(state.clone());
     let background = start_background(&state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let captures = state.captures.clone();
     // `into_make_service`: each connection shares the one router. Served as
     // a plain `Router`, axum deep-copies every route and its layers for each
     // new connection (about 1 MiB here), which glibc then keeps resident.
     let server =
         axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
             shutdown.await;
+            // A capture walks a workspace on a blocking thread that nothing
+            // else can stop (and a request may be waiting on it): cancelled,
+            // it ends within one entry or read chunk, so requests drain, the
+            // tasks end, and the runtime can drop within the grace.
+            let cancelled = captures.cancel_all();
+            if cancelled > 0 {
+                tracing::info!(
+                    cancelled,
+                    "snapshot captures in flight cancelled for shutdown"
+                );
+            }
             let _ = stop_tx.send(true);
         });
     let server = tokio::spawn(async move { server.await });
@@ -193,6 +209,8 @@ pub async fn serve(
         _ = drained => { tracing::warn!(?grace, "in-flight requests did not finish in time"); }
     }
     background.cancel();
+    // Also when the server stopped on its own: no capture outlives serve.
+    state.captures.cancel_all();
     // Unassigned warm-pool members belong to this run: torn down now (or
     // by the next start when the grace runs out).
     lifecycle::pool::shut_down(&state).await;

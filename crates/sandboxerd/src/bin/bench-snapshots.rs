@@ -91,7 +91,13 @@ async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
         let tmp = blobs.tmp_path(&format!("snap_bench{i}"));
         let started = Instant::now();
         let archive = ext
-            .snapshot(sandbox_id, None, &tmp, u64::MAX)
+            .snapshot(
+                sandbox_id,
+                None,
+                &tmp,
+                u64::MAX,
+                &tokio_util::sync::CancellationToken::new(),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("capture: {e}"))?;
         let path = blobs.commit(&tmp, &archive.sha256, archive.size_bytes)?;
@@ -136,9 +142,13 @@ async fn run(args: &Args, data_dir: &Path) -> anyhow::Result<()> {
     if args.breakdown {
         let scratch = data_dir.join("breakdown");
         let started = Instant::now();
-        let root =
-            sandboxerd::extensions::archive::extract_archive(&src.path, &src.sha256, &scratch)
-                .map_err(|e| anyhow::anyhow!("extract: {e}"))?;
+        let root = sandboxerd::extensions::archive::extract_archive(
+            &src.path,
+            &src.sha256,
+            &scratch,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("extract: {e}"))?;
         let extract = started.elapsed();
         sandboxerd::extensions::archive::apply_root_meta(&scratch, root)?;
         let started = Instant::now();

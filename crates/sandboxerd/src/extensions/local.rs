@@ -24,8 +24,9 @@ use nix::unistd::Pid;
 use sandboxer_api::Availability;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use super::archive::{self, ExtractError, WriteError};
+use super::archive::{self, ExtractError};
 use super::fsutil;
 use super::{
     BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo, SnapshotArchive,
@@ -110,6 +111,13 @@ pub struct SandboxIds {
 }
 
 impl SandboxIds {
+    /// The owner to give what fills a workspace: the sandbox's host ids
+    /// under a root daemon; `None` (leave it the daemon's, which it is)
+    /// under an unprivileged one.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.switch.then_some((self.uid, self.gid))
+    }
+
     /// The ids for a daemon running as the current user: `configured` when
     /// it is root, its own otherwise.
     pub fn for_this_process(configured: LocalConfig) -> Self {
@@ -675,9 +683,11 @@ impl Extension for LocalExtension {
         _state: Option<&BackendState>,
         dest: &Path,
         max_content_bytes: u64,
+        cancel: &CancellationToken,
     ) -> Result<SnapshotArchive, ExtError> {
         let dir = self.dir_of(sandbox_id);
         let dest = dest.to_owned();
+        let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
             // Never archive a half-swapped tree.
             finish_interrupted_restore(&dir)?;
@@ -688,28 +698,20 @@ impl Extension for LocalExtension {
                     format!("workspace {} does not exist", workspace.display()),
                 ));
             }
-            match archive::write_archive(&workspace, &dest, max_content_bytes) {
-                Ok(info) => {
-                    if info.skipped > 0 {
-                        tracing::info!(
-                            skipped = info.skipped,
-                            "sockets, FIFOs or device nodes left out of the snapshot"
-                        );
-                    }
-                    Ok(SnapshotArchive {
-                        sha256: info.sha256,
-                        size_bytes: info.size_bytes,
-                        content_bytes: info.content_bytes,
-                    })
-                }
-                Err(WriteError::TooLarge { limit }) => Err(ExtError::new(
-                    "snapshot_too_large",
-                    format!(
-                        "the workspace is larger than the profile's snapshot.max_size ({limit} bytes before compression)"
-                    ),
-                )),
-                Err(WriteError::Io(msg)) => Err(ExtError::new("snapshot_failed", msg)),
+            let cancelled = || cancel.is_cancelled();
+            let info = archive::write_archive(&workspace, &dest, max_content_bytes, &cancelled)
+                .map_err(super::snapshot_write_error)?;
+            if info.skipped > 0 {
+                tracing::info!(
+                    skipped = info.skipped,
+                    "sockets, FIFOs, device nodes or entries changing under the walk left out of the snapshot"
+                );
             }
+            Ok(SnapshotArchive {
+                sha256: info.sha256,
+                size_bytes: info.size_bytes,
+                content_bytes: info.content_bytes,
+            })
         })
         .await
         .map_err(|e| ExtError::new("snapshot_failed", format!("capture task: {e}")))?
@@ -764,15 +766,15 @@ fn fill_from_snapshot(
     src: &SnapshotSource,
     ids: SandboxIds,
 ) -> Result<(), ExtError> {
-    let root = archive::extract_archive(&src.path, &src.sha256, workspace)
+    // Owned by the sandbox's host user, setuid and setgid stripped.
+    let root = archive::extract_archive(&src.path, &src.sha256, workspace, ids.owner())
         .map_err(|e| extract_error(src, e, "provision_failed"))?;
     archive::apply_root_meta(workspace, root).map_err(|e| {
         ExtError::new(
             "provision_failed",
             format!("workspace of snapshot {}: {e}", src.id),
         )
-    })?;
-    own_workspace(workspace, ids, "provision_failed")
+    })
 }
 
 fn extract_error(src: &SnapshotSource, e: ExtractError, io_code: &'static str) -> ExtError {
@@ -805,18 +807,15 @@ fn restore_in_place(dir: &Path, src: &SnapshotSource, ids: SandboxIds) -> Result
     let new = dir.join(RESTORE_NEW);
     let old = dir.join(RESTORE_OLD);
     // 1. Extract beside the workspace, verifying the hash; nothing touched yet.
-    let root = match archive::extract_archive(&src.path, &src.sha256, &new) {
+    // Owned by the sandbox's host user before it becomes visible to the
+    // sandbox, setuid and setgid stripped.
+    let root = match archive::extract_archive(&src.path, &src.sha256, &new, ids.owner()) {
         Ok(root) => root,
         Err(e) => {
             let _ = remove_tree(&new);
             return Err(extract_error(src, e, "restore_failed"));
         }
     };
-    // Owned by the sandbox's user before it becomes visible to the sandbox.
-    if let Err(e) = own_workspace(&new, ids, "restore_failed") {
-        let _ = remove_tree(&new);
-        return Err(e);
-    }
     // Moving entries out and back touches the workspace directory itself;
     // a rollback puts its mtime back too, so it is exactly as it was.
     let root_mtime = std::fs::metadata(&workspace)
@@ -1024,8 +1023,7 @@ fn prepare_dir(
 /// Give a tree that is about to be (or become part of) a workspace to the
 /// sandbox's host user, setuid and setgid bits stripped.
 fn own_workspace(path: &Path, ids: SandboxIds, code: &'static str) -> Result<(), ExtError> {
-    let owner = ids.switch.then_some((ids.uid, ids.gid));
-    fsutil::own_tree(path, owner).map_err(|e| {
+    fsutil::own_tree(path, ids.owner()).map_err(|e| {
         ExtError::new(
             code,
             format!("giving {} to the sandbox's user: {e}", path.display()),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sandboxer_api::{Availability, CostBreakdown, Pricing, Profile};
+use tokio_util::sync::CancellationToken;
 
 pub mod archive;
 pub mod compose;
@@ -74,6 +75,28 @@ pub struct ReadyInfo {
 pub enum Liveness {
     Alive,
     Gone,
+}
+
+/// The failure of a capture whose `cancel` token was cancelled.
+pub fn snapshot_cancelled() -> ExtError {
+    ExtError::new(
+        "snapshot_cancelled",
+        "the capture was cancelled: the sandbox is being torn down or the daemon is stopping",
+    )
+}
+
+/// The failure of a capture that [`archive::write_archive`] refused.
+pub fn snapshot_write_error(e: archive::WriteError) -> ExtError {
+    match e {
+        archive::WriteError::TooLarge { limit } => ExtError::new(
+            "snapshot_too_large",
+            format!(
+                "the workspace is larger than the profile's snapshot.max_size ({limit} bytes before compression)"
+            ),
+        ),
+        archive::WriteError::Cancelled => snapshot_cancelled(),
+        archive::WriteError::Io(msg) => ExtError::new("snapshot_failed", msg),
+    }
 }
 
 /// A backend failure with a stable code that ends up in the sandbox's `failure`.
@@ -157,15 +180,18 @@ pub trait Extension: Send + Sync {
     /// Capture the sandbox's workspace as an archive (see `extensions::archive`)
     /// written to the new file `dest`, hashed while written and synced. Over
     /// `max_content_bytes` before compression it fails with `snapshot_too_large`.
-    /// The caller removes `dest` after any failure.
+    /// Once `cancel` is cancelled (a teardown of the sandbox, or shutdown) it
+    /// stops soon (between entries or read chunks of the walk) with
+    /// `snapshot_cancelled`. The caller removes `dest` after any failure.
     async fn snapshot(
         &self,
         sandbox_id: &str,
         state: Option<&BackendState>,
         dest: &Path,
         max_content_bytes: u64,
+        cancel: &CancellationToken,
     ) -> Result<SnapshotArchive, ExtError> {
-        let _ = (sandbox_id, state, dest, max_content_bytes);
+        let _ = (sandbox_id, state, dest, max_content_bytes, cancel);
         Err(ExtError::new(
             "snapshot_unsupported",
             format!("{} cannot snapshot sandboxes", self.id()),

@@ -391,6 +391,15 @@ pub async fn destroy(state: AppState, id: String) {
 }
 
 async fn destroy_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
+    // A capture holds the sandbox's lock while it walks the workspace, which
+    // the sandbox's code controls: stop it first, or wait on it for ever.
+    let cancelled = state.captures.cancel_sandbox(id);
+    if cancelled > 0 {
+        tracing::info!(
+            cancelled,
+            "snapshot captures of the sandbox cancelled for its teardown"
+        );
+    }
     let _guard = state.locks.lock(id).await;
     let Some(row) = state.db.get_row(id, None).await? else {
         return Ok(());

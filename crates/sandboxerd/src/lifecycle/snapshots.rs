@@ -12,8 +12,15 @@
 //! Test-only crash points (`SANDBOXER_FAULT`, debug builds):
 //! `snapshot.after_temp_write` (abort once the archive is written, before it
 //! is named), `restore.after_move_out` (abort with the old workspace moved
-//! aside) and `restore.before_move_in` (fail the restore there, to exercise
-//! its roll-back).
+//! aside), `restore.before_move_in` (fail the restore there, to exercise
+//! its roll-back) and `snapshot.slow_walk` (sleep 100 ms at every entry of
+//! a capture's walk, to act on a capture in flight).
+//!
+//! A capture is registered in [`Captures`] from before it waits for the
+//! sandbox's lock until its archive is written: a teardown of the sandbox,
+//! and shutdown, cancel it (`snapshot_cancelled`).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sandboxer_api::{Failure, Sandbox, Snapshot, SnapshotState};
@@ -30,6 +37,93 @@ use crate::AppState;
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// The most snapshots one sweep deletes; the next takes the rest.
 const SWEEP_BATCH: u32 = 1000;
+
+/// Captures in flight (or waiting for their sandbox's lock), by sandbox,
+/// each with the token that stops it. A teardown cancels its sandbox's
+/// captures *before* it waits for the sandbox's lock (which a capture
+/// holds), and shutdown cancels them all, so no capture of a hostile
+/// workspace can hold a teardown or the daemon's exit hostage.
+#[derive(Default)]
+pub struct Captures(Mutex<CapturesInner>);
+
+#[derive(Default)]
+struct CapturesInner {
+    /// sandbox id → snapshot id → token.
+    by_sandbox: HashMap<String, HashMap<String, CancellationToken>>,
+    /// Shutting down: every capture registered from now on starts cancelled.
+    closed: bool,
+}
+
+impl Captures {
+    fn inner(&self) -> std::sync::MutexGuard<'_, CapturesInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register capture `snapshot_id` of `sandbox_id`; it stays registered
+    /// until the answered handle is dropped.
+    pub fn begin(self: &Arc<Self>, sandbox_id: &str, snapshot_id: &str) -> CaptureHandle {
+        let token = CancellationToken::new();
+        let mut inner = self.inner();
+        if inner.closed {
+            token.cancel();
+        }
+        inner
+            .by_sandbox
+            .entry(sandbox_id.to_owned())
+            .or_default()
+            .insert(snapshot_id.to_owned(), token.clone());
+        CaptureHandle {
+            captures: self.clone(),
+            sandbox_id: sandbox_id.to_owned(),
+            snapshot_id: snapshot_id.to_owned(),
+            token,
+        }
+    }
+
+    /// Cancel every capture of `sandbox_id`; answers how many there were.
+    pub fn cancel_sandbox(&self, sandbox_id: &str) -> usize {
+        let inner = self.inner();
+        let Some(captures) = inner.by_sandbox.get(sandbox_id) else {
+            return 0;
+        };
+        captures.values().for_each(CancellationToken::cancel);
+        captures.len()
+    }
+
+    /// Cancel every capture, now and from now on (shutdown); answers how
+    /// many were in flight.
+    pub fn cancel_all(&self) -> usize {
+        let mut inner = self.inner();
+        inner.closed = true;
+        inner
+            .by_sandbox
+            .values()
+            .flat_map(HashMap::values)
+            .map(CancellationToken::cancel)
+            .count()
+    }
+}
+
+/// A registered capture; dropping it unregisters it.
+pub struct CaptureHandle {
+    captures: Arc<Captures>,
+    sandbox_id: String,
+    snapshot_id: String,
+    /// Cancelled by a teardown of the sandbox or by shutdown.
+    pub token: CancellationToken,
+}
+
+impl Drop for CaptureHandle {
+    fn drop(&mut self) {
+        let mut inner = self.captures.inner();
+        if let Some(captures) = inner.by_sandbox.get_mut(&self.sandbox_id) {
+            captures.remove(&self.snapshot_id);
+            if captures.is_empty() {
+                inner.by_sandbox.remove(&self.sandbox_id);
+            }
+        }
+    }
+}
 
 /// The lock key of a blob.
 fn blob_key(sha256: &str) -> String {
@@ -76,7 +170,18 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
     let Some(snap) = state.db.get_snapshot_row(id, None).await? else {
         return Ok(());
     };
-    let _guard = state.locks.lock(&snap.sandbox_id).await;
+    // Registered before the lock and before the sandbox's state is read: a
+    // teardown either finds this capture to cancel, or moved the sandbox out
+    // of `ready`/`active` before the check below.
+    let handle = state.captures.begin(&snap.sandbox_id, id);
+    let cancel = handle.token.clone();
+    let _guard = tokio::select! {
+        guard = state.locks.lock(&snap.sandbox_id) => guard,
+        () = cancel.cancelled() => {
+            let e = crate::extensions::snapshot_cancelled();
+            return failed(state, id, Failure { code: e.code.to_owned(), message: e.message }).await;
+        }
+    };
     // Read again under the lock: a delete may have come first.
     let Some(snap) = state.db.get_snapshot_row(id, None).await? else {
         return Ok(());
@@ -140,7 +245,13 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
     let tmp = blobs.tmp_path(id);
     let started = std::time::Instant::now();
     let archive = match ext
-        .snapshot(&row.id, row.backend_state().as_ref(), &tmp, max_bytes)
+        .snapshot(
+            &row.id,
+            row.backend_state().as_ref(),
+            &tmp,
+            max_bytes,
+            &cancel,
+        )
         .await
     {
         Ok(a) => a,
@@ -150,6 +261,7 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
             return failed(state, id, fail(e.code, e.message)).await;
         }
     };
+    drop(handle);
     crate::fault::hit("snapshot.after_temp_write");
     let _blob = state.locks.lock(&blob_key(&archive.sha256)).await;
     let committed = {

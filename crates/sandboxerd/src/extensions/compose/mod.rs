@@ -613,10 +613,11 @@ impl Extension for ComposeExtension {
         state: Option<&BackendState>,
         dest: &std::path::Path,
         max_content_bytes: u64,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<SnapshotArchive, ExtError> {
         let s = self.known_state(state)?;
         let pool = self.pool_or_err(&s.host)?;
-        snapshot::capture(&pool, &s, sandbox_id, dest, max_content_bytes).await
+        snapshot::capture(&pool, &s, sandbox_id, dest, max_content_bytes, cancel).await
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]

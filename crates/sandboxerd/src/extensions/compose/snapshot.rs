@@ -168,7 +168,11 @@ pub async fn capture(
     sandbox_id: &str,
     dest: &Path,
     max: u64,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<SnapshotArchive, ExtError> {
+    if cancel.is_cancelled() {
+        return Err(crate::extensions::snapshot_cancelled());
+    }
     let staging = Staging(PathBuf::from(format!("{}.d", dest.display())));
     let root = staging.0.clone();
     std::fs::create_dir_all(root.join("volumes"))
@@ -213,10 +217,16 @@ pub async fn capture(
         }
     }
     copied?;
+    if cancel.is_cancelled() {
+        return Err(crate::extensions::snapshot_cancelled());
+    }
     let dest = dest.to_owned();
-    let info = tokio::task::spawn_blocking(move || archive::write_archive(&root, &dest, max))
-        .await
-        .map_err(|e| io_error("snapshot_failed", "archive task", e))?;
+    let cancel = cancel.clone();
+    let info = tokio::task::spawn_blocking(move || {
+        archive::write_archive(&root, &dest, max, &|| cancel.is_cancelled())
+    })
+    .await
+    .map_err(|e| io_error("snapshot_failed", "archive task", e))?;
     drop(staging);
     match info {
         Ok(info) => Ok(SnapshotArchive {
@@ -225,6 +235,7 @@ pub async fn capture(
             content_bytes: info.content_bytes,
         }),
         Err(WriteError::TooLarge { limit }) => Err(too_large(limit)),
+        Err(WriteError::Cancelled) => Err(crate::extensions::snapshot_cancelled()),
         Err(e) => Err(ExtError::new("snapshot_failed", e.to_string())),
     }
 }
@@ -302,7 +313,7 @@ async fn copy_out(
 async fn unpack_snapshot(src: &SnapshotSource, staging: &Path) -> Result<(), ExtError> {
     let (path, sha, into) = (src.path.clone(), src.sha256.clone(), staging.to_owned());
     let id = src.id.clone();
-    tokio::task::spawn_blocking(move || archive::extract_archive(&path, &sha, &into))
+    tokio::task::spawn_blocking(move || archive::extract_archive(&path, &sha, &into, None))
         .await
         .map_err(|e| io_error("restore_failed", "unpack task", e))?
         .map_err(|e| match e {
