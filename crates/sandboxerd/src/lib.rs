@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 pub mod blobs;
 pub mod catalog;
 pub mod config;
+pub mod datadir;
 pub mod events;
 pub mod extensions;
 pub mod fault;
@@ -138,14 +139,15 @@ pub async fn serve(
     let app = http::app(state.clone());
     let background = start_background(&state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // `into_make_service`: each connection shares the one router. Served as
-    // a plain `Router`, axum deep-copies every route and its layers for each
-    // new connection (about 1 MiB here), which glibc then keeps resident.
-    let server =
-        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
+    // Header-read and idle timeouts and a per-client connection cap
+    // (`[limits]`); see `http::server`.
+    let server = http::server::serve(
+        listener,
+        app,
+        state.settings.http.clone(),
+        shutdown,
+        stop_tx,
+    );
     let server = tokio::spawn(async move { server.await });
     let mut stop_rx2 = stop_rx.clone();
     // Once asked to stop, give the server `grace` to drain before cutting it off.
