@@ -148,7 +148,7 @@ pub async fn serve(
         shutdown,
         stop_tx,
     );
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
     let mut stop_rx2 = stop_rx.clone();
     // Once asked to stop, give the server `grace` to drain before cutting it off.
     let drained = async {

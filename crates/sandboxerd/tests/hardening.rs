@@ -539,8 +539,17 @@ async fn on_a_full_disk_no_answer_claims_a_write_that_was_not_committed() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "storage_unavailable", "{body}");
 
-    // Room again: creates work without a restart, and readiness comes back.
+    // Room again: readiness comes back without any traffic (its probe
+    // write commits), and creates work, all without a restart.
     std::fs::remove_file(&filler).expect("remove the filler");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = c.ready().await {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still 503 with room again: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut ok = 0;
     for _ in 0..5 {
         let (status, s) = c

@@ -35,7 +35,10 @@ async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, description = "Still starting", body = Health))
 )]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    if state.ready.load(Ordering::SeqCst) && !state.db.writer.is_closed() && state.db.writable() {
+    if state.ready.load(Ordering::SeqCst)
+        && !state.db.writer.is_closed()
+        && state.db.check_writable().await
+    {
         (
             StatusCode::OK,
             Json(Health {

@@ -81,6 +81,8 @@ pub struct Db {
 #[derive(Debug)]
 struct WriterHealth {
     ok: AtomicBool,
+    /// When [`Db::check_writable`] last probed (at most one probe a second).
+    last_probe: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl WriterHealth {
@@ -134,6 +136,7 @@ impl Db {
             .pragma("cache_size", "-2000");
         let health = Arc::new(WriterHealth {
             ok: AtomicBool::new(true),
+            last_probe: std::sync::Mutex::new(None),
         });
         let on_release = health.clone();
         let writer = SqlitePoolOptions::new()
@@ -189,6 +192,41 @@ impl Db {
     /// commit (a full disk, an I/O error) until one succeeds again.
     pub fn writable(&self) -> bool {
         self.health.ok.load(Ordering::SeqCst)
+    }
+
+    /// [`Db::writable`], and when it is false, a probe (at most one a
+    /// second): a one-page write transaction whose commit clears the flag.
+    /// Without it a daemon taken out of rotation by `/readyz` would get no
+    /// write that could tell it the disk has room again.
+    pub async fn check_writable(&self) -> bool {
+        if self.writable() {
+            return true;
+        }
+        {
+            let mut last = self
+                .health
+                .last_probe
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let probe = async {
+            let mut tx = self.writer.begin().await?;
+            // Rewriting the header's user_version (unused by the daemon)
+            // dirties one page: the commit must append it to the WAL.
+            let v: i64 = sqlx::query_scalar("PRAGMA user_version")
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query(&format!("PRAGMA user_version = {v}"))
+                .execute(&mut *tx)
+                .await?;
+            self.commit(tx).await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), probe).await;
+        self.writable()
     }
 
     /// Commit a write transaction and record whether the writer can write.
