@@ -55,6 +55,41 @@ pub struct Profile {
     /// demand and handed out on create (see `docs/pools.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolSpec>,
+    /// Compose stacks (`ext.compose-ssh`): which host-reaching settings the
+    /// compose file may use. Without it every one of them is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<ComposePolicy>,
+}
+
+/// What a profile lets a compose file do beyond the default, which refuses
+/// every setting that reaches the placement host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ComposePolicy {
+    /// Settings allowed: `privileged`, `host_network` (`network_mode: host`),
+    /// `host_pid` (`pid: host`), `host_ipc` (`ipc: host`), `host_userns`
+    /// (`userns_mode: host`), `devices`, `cap_add`, `unconfined`
+    /// (`security_opt` `seccomp:unconfined` / `apparmor:unconfined`),
+    /// `host_binds` (bind mounts from outside the uploaded project).
+    #[serde(default)]
+    pub allow: Vec<ComposeAllow>,
+}
+
+/// One compose setting a profile may allow (see [`ComposePolicy`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ComposeAllow {
+    Privileged,
+    HostNetwork,
+    HostPid,
+    HostIpc,
+    HostUserns,
+    Devices,
+    CapAdd,
+    Unconfined,
+    HostBinds,
 }
 
 /// A profile's warm pool.

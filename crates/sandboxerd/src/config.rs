@@ -41,6 +41,10 @@ pub struct Config {
     pub state_hub_url: String,
     /// Most snapshots (`creating` or `ready`) one project may hold.
     pub snapshot_quota_per_project: u32,
+    /// Folders under which inputs that name host paths (a copy-mode
+    /// workspace's `from_input`, compose's `repo`) must lie for consumer
+    /// callers. Empty: only operators may pass host paths.
+    pub input_roots: Vec<PathBuf>,
     /// API tokens (stored as SHA-256). None: loopback only, one local operator.
     pub tokens: Vec<TokenConfig>,
     /// Abuse limits.
@@ -166,6 +170,34 @@ pub struct Limits {
     pub burst: u32,
     /// Most live (requested, provisioning, ready, active) sandboxes per project (0: no cap).
     pub live_sandboxes_per_project: u32,
+    /// How long a client may take to send a request's headers; on HTTP/1 it
+    /// also bounds how long a keep-alive connection waits for its next request.
+    pub header_read_timeout: String,
+    /// A connection with no request in flight for this long is closed
+    /// (a request in flight, a long-poll included, is never cut).
+    pub idle_timeout: String,
+    /// Most open connections from one client IP address (0: no cap); one
+    /// more is answered 429 `too_many_connections` and closed.
+    pub max_connections_per_client: u32,
+}
+
+/// The HTTP connection limits of `[limits]`, checked.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// 0: no cap.
+    pub max_connections_per_client: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections_per_client: 4096,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -174,6 +206,9 @@ impl Default for Limits {
             requests_per_second: 50,
             burst: 200,
             live_sandboxes_per_project: 200,
+            header_read_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
+            max_connections_per_client: 4096,
         }
     }
 }
@@ -214,6 +249,7 @@ impl Default for Config {
             stale_grace: "15m".into(),
             state_hub_url: String::new(),
             snapshot_quota_per_project: 100,
+            input_roots: Vec::new(),
             tokens: Vec::new(),
             limits: Limits::default(),
             secrets: BTreeMap::new(),
@@ -255,8 +291,12 @@ pub struct Settings {
     pub state_hub_url: Option<String>,
     /// Most snapshots (`creating` or `ready`) one project may hold.
     pub snapshot_quota_per_project: u32,
+    /// `input_roots`, absolute and canonical (symlinks resolved).
+    pub input_roots: Vec<PathBuf>,
     pub tokens: Vec<TokenEntry>,
     pub limits: Limits,
+    /// Connection limits of `[limits]`.
+    pub http: HttpLimits,
     pub secrets: BTreeMap<String, SecretSource>,
     /// Placement hosts, checked.
     pub hosts: Vec<crate::hosts::Host>,
@@ -362,6 +402,21 @@ impl Config {
                 .map(|(i, t)| t.entry(i))
                 .collect::<anyhow::Result<_>>()?,
             limits: self.limits.clone(),
+            http: self.limits.http()?,
+            input_roots: self
+                .input_roots
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let key = format!("config `input_roots[{i}]`");
+                    if !r.is_absolute() {
+                        anyhow::bail!("{key}: `{}` is not an absolute path", r.display());
+                    }
+                    r.canonicalize().map_err(|e| {
+                        anyhow::anyhow!("{key}: `{}` cannot be resolved ({e})", r.display())
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
             secrets: {
                 for (name, src) in &self.secrets {
                     if src.env.is_some() == src.file.is_some() {
@@ -384,6 +439,25 @@ impl Config {
                 ),
                 ok => ok,
             },
+        })
+    }
+}
+
+impl Limits {
+    fn http(&self) -> anyhow::Result<HttpLimits> {
+        let dur = |key: &str, v: &str| {
+            let d = humantime::parse_duration(v).map_err(|e| {
+                anyhow::anyhow!("config `limits.{key}`: `{v}` is not a duration ({e})")
+            })?;
+            if d.is_zero() {
+                anyhow::bail!("config `limits.{key}`: must be more than zero");
+            }
+            Ok(d)
+        };
+        Ok(HttpLimits {
+            header_read_timeout: dur("header_read_timeout", &self.header_read_timeout)?,
+            idle_timeout: dur("idle_timeout", &self.idle_timeout)?,
+            max_connections_per_client: self.max_connections_per_client,
         })
     }
 }
@@ -503,6 +577,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_loads_with_the_default_connection_limits() {
+        let s = from_toml(EXAMPLE_CONFIG).expect("the shipped example loads");
+        let d = HttpLimits::default();
+        assert_eq!(
+            (
+                s.http.header_read_timeout,
+                s.http.idle_timeout,
+                s.http.max_connections_per_client
+            ),
+            (
+                d.header_read_timeout,
+                d.idle_timeout,
+                d.max_connections_per_client
+            )
+        );
+        assert!(s.input_roots.is_empty());
+    }
+
+    #[test]
     fn bad_pool_settings_name_the_key() {
         for (text, key) in [
             (
@@ -516,6 +609,12 @@ mod tests {
             ("[pools]\nmax_backoff = \"10ms\"\n", "pools.max_backoff"),
             ("[pools]\nprobe_interval = \"0s\"\n", "pools.probe_interval"),
             ("[pools]\nsize = 3\n", "size"),
+            (
+                "[limits]\nheader_read_timeout = \"0s\"\n",
+                "limits.header_read_timeout",
+            ),
+            ("[limits]\nidle_timeout = \"soon\"\n", "limits.idle_timeout"),
+            ("input_roots = [\"srv/repos\"]\n", "input_roots[0]"),
         ] {
             let err = format!("{:#}", from_toml(text).expect_err(text));
             assert!(err.contains(key), "{text}: {err}");

@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod catalog;
 pub mod config;
 pub mod confine;
+pub mod datadir;
 pub mod events;
 pub mod extensions;
 pub mod fault;
@@ -178,26 +179,31 @@ pub async fn serve(
     let background = start_background(&state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let captures = state.captures.clone();
-    // `into_make_service`: each connection shares the one router. Served as
-    // a plain `Router`, axum deep-copies every route and its layers for each
-    // new connection (about 1 MiB here), which glibc then keeps resident.
-    let server =
-        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
-            shutdown.await;
-            // A capture walks a workspace on a blocking thread that nothing
-            // else can stop (and a request may be waiting on it): cancelled,
-            // it ends within one entry or read chunk, so requests drain, the
-            // tasks end, and the runtime can drop within the grace.
-            let cancelled = captures.cancel_all();
-            if cancelled > 0 {
-                tracing::info!(
-                    cancelled,
-                    "snapshot captures in flight cancelled for shutdown"
-                );
-            }
-            let _ = stop_tx.send(true);
-        });
-    let server = tokio::spawn(async move { server.await });
+    let shutdown = async move {
+        shutdown.await;
+        // A capture walks a workspace on a blocking thread that nothing
+        // else can stop (and a request may be waiting on it): cancelled,
+        // it ends within one entry or read chunk, so requests drain, the
+        // tasks end, and the runtime can drop within the grace.
+        let cancelled = captures.cancel_all();
+        if cancelled > 0 {
+            tracing::info!(
+                cancelled,
+                "snapshot captures in flight cancelled for shutdown"
+            );
+        }
+    };
+    // Header-read and idle timeouts and a per-client connection cap
+    // (`[limits]`); see `http::server`. Every connection shares the one
+    // router.
+    let server = http::server::serve(
+        listener,
+        app,
+        state.settings.http.clone(),
+        shutdown,
+        stop_tx,
+    );
+    let server = tokio::spawn(server);
     let mut stop_rx2 = stop_rx.clone();
     // Once asked to stop, give the server `grace` to drain before cutting it off.
     let drained = async {

@@ -132,6 +132,8 @@ async fn run(settings: sandboxerd::config::Settings) -> anyhow::Result<()> {
         );
     }
     let listen = settings.listen;
+    // Before anything else touches the data dir; held until the process exits.
+    let _lock = sandboxerd::datadir::lock(&settings.data_dir)?;
     let state = sandboxerd::build_state(settings).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -831,3 +831,30 @@ async fn the_shipped_canary_stack_comes_up_and_goes() {
     assert_eq!(gone.state, SandboxState::Destroyed);
     assert_eq!(leftovers(&sbx.id), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compose_file_that_reaches_the_host_is_refused_before_up() {
+    let s = setup();
+    let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
+    let evil = s.dir.path().join("evil");
+    std::fs::create_dir_all(&evil).expect("mkdir");
+    std::fs::write(
+        evil.join("docker-compose.yml"),
+        "services:\n  pwn:\n    image: local/busybox\n    command: [\"/bin/busybox\", \"sleep\", \"3600\"]\n    \
+         volumes: [\"/:/host\"]\n",
+    )
+    .expect("compose file");
+    let (_, sbx) = d
+        .client
+        .create(&create_req(&evil), Some(Duration::from_secs(60)), None)
+        .await
+        .expect("create");
+    assert_eq!(sbx.state, SandboxState::Failed, "{sbx:?}");
+    let failure = sbx.failure.clone().expect("failure");
+    assert_eq!(failure.code, "compose_not_allowed", "{failure:?}");
+    assert!(
+        failure.message.contains("service `pwn`") && failure.message.contains("`volumes`"),
+        "{failure:?}"
+    );
+    assert!(leftovers(&sbx.id).is_empty(), "nothing reached the engine");
+}

@@ -999,6 +999,11 @@ fn prepare_dir(
                 format!("workspace source {} is not a directory", src.display()),
             ));
         }
+        // `src` was canonicalized under `input_roots` at create time (see
+        // `http::inputs`). `-a` implies `--no-dereference`: a symlink in the
+        // tree is copied as a link, never as the host file it points at, and
+        // inside the sandbox it resolves in the sandbox's own view of the
+        // file system (host secrets such as /etc/shadow are masked there).
         let out = std::process::Command::new("cp")
             .arg("-a")
             .arg("--no-preserve=ownership")

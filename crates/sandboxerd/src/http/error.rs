@@ -77,6 +77,14 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         // The cause goes to the log with its chain; the client gets no internals.
         tracing::error!(error = %e, "storage error");
+        if e.is_storage_unavailable() {
+            // Nothing of the request was stored: worth retrying later.
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the daemon cannot store this now (its database cannot be written); nothing was changed, retry later",
+            );
+        }
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -28,13 +28,17 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-/// 200 once the database and catalog are loaded, else 503.
+/// 200 once the database and catalog are loaded, else 503 (also while the
+/// database cannot be written, e.g. on a full disk).
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, description = "Still starting", body = Health))
 )]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    if state.ready.load(Ordering::SeqCst) && !state.db.writer.is_closed() {
+    if state.ready.load(Ordering::SeqCst)
+        && !state.db.writer.is_closed()
+        && state.db.check_writable().await
+    {
         (
             StatusCode::OK,
             Json(Health {

@@ -22,7 +22,9 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod hosts;
+pub mod inputs;
 pub mod sandboxes;
+pub mod server;
 pub mod snapshots;
 
 use error::ApiError;

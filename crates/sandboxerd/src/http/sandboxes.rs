@@ -30,6 +30,9 @@ use crate::store::{
 };
 use crate::AppState;
 
+/// The most `label=` filters one `GET /v1/sandboxes` takes.
+pub const MAX_LABEL_FILTERS: usize = 64;
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_sandbox, list_sandboxes))
@@ -258,6 +261,10 @@ async fn validate_create(
             ));
         }
     }
+    // Host paths: resolved under `input_roots` now, before anything is
+    // provisioned; the canonical path is what is stored and used.
+    let mut inputs = req.inputs.clone();
+    super::inputs::resolve(&state.settings, caller, spec, &mut inputs)?;
     let ttl = requested_ttl(req.ttl.as_deref(), profile)?;
     validate_labels(&req.labels)?;
     let consumer = match &req.consumer {
@@ -323,7 +330,7 @@ async fn validate_create(
         extension: placed.target.extension.clone(),
         host: placed.target.host.clone(),
         consumer,
-        inputs: req.inputs.clone(),
+        inputs,
         labels: req.labels.clone(),
         now,
         expires_at: now.saturating_add(ttl_ms),
@@ -565,6 +572,18 @@ async fn list_sandboxes(
         (Some(own), _) => Some(own.to_owned()),
         (None, p) => p.map(str::to_owned),
     };
+    let label_count = pairs.iter().filter(|(k, _)| k == "label").count();
+    if label_count > MAX_LABEL_FILTERS {
+        // Each filter is one subquery; SQLite refuses a statement of
+        // about a thousand ("Expression tree is too large").
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "label",
+            format!(
+                "`label`: {label_count} label filters; at most {MAX_LABEL_FILTERS} are allowed"
+            ),
+        ));
+    }
     for (_, v) in pairs.iter().filter(|(k, _)| k == "label") {
         let (k, val) = v.split_once('=').ok_or_else(|| {
             ApiError::bad_request(

@@ -559,7 +559,7 @@ impl Db {
             }
             None => None,
         };
-        tx.commit().await?;
+        self.commit(tx).await?;
         match row {
             Some(row) => Ok(Granted::New(row.into_api()?)),
             None => Err(StoreError::Corrupt {
@@ -656,7 +656,7 @@ impl Db {
                 return Ok(Extended::InsufficientCredits(short));
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         let capped = before.expires_at.saturating_add(by_ms) > row.max_expires_at;
         Ok(Extended::Done(Box::new(row.into_api()?), capped))
     }
@@ -691,7 +691,7 @@ impl Db {
                 total += meter_in(&mut tx, &row, at, enforce, now).await?;
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(total)
     }
 
@@ -715,7 +715,7 @@ impl Db {
         }
         let end = row.ended_at.unwrap_or(end);
         let done = settle_in(&mut tx, &row, end, enforce, now_ms()).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(done)
     }
 
@@ -801,7 +801,7 @@ impl Db {
             now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(Rerouted::Done)
     }
 

@@ -68,7 +68,7 @@ impl Db {
             new.now,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -229,7 +229,7 @@ impl Db {
             .await?;
         }
         let row = fetch_in(&mut tx, &id).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         match row {
             Some(row) => Ok(Some(Created::New(row.into_api()?))),
             None => Err(StoreError::Corrupt {

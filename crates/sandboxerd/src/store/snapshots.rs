@@ -164,7 +164,7 @@ impl Db {
             .bind(&new.id)
             .fetch_optional(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         match row {
             Some(row) => Ok(SnapshotCreated::New(Box::new(row.into_api()?))),
             None => Err(StoreError::Corrupt {
@@ -323,7 +323,7 @@ impl Db {
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         match after {
             Some(row) => Ok(Some((was, row.into_api()?))),
             None => Ok(None),

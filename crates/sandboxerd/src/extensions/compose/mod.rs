@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sandboxer_api::{Availability, NetworkMode};
+use sandboxer_api::{Availability, ComposeAllow, NetworkMode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -20,6 +20,7 @@ use super::{
 };
 use crate::hosts::{Engine, Host};
 
+pub mod policy;
 pub mod project;
 pub mod snapshot;
 pub mod ssh;
@@ -59,6 +60,10 @@ pub struct ComposeState {
     /// a restore brings the stack back the same way.
     #[serde(default = "internal_by_default")]
     pub internal: bool,
+    /// The profile's `compose.allow` at provision; a restore checks the
+    /// snapshot's compose file against the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<ComposeAllow>,
 }
 
 fn internal_by_default() -> bool {
@@ -298,6 +303,8 @@ pub(crate) struct BringUp<'a> {
     pub volumes: Option<PathBuf>,
     /// Refuse with `host_full` at the host's `max_sandboxes`.
     pub check_capacity: bool,
+    /// Host-reaching compose settings the profile allows (`compose.allow`).
+    pub allow: Vec<ComposeAllow>,
 }
 
 /// `export K=V; ` for every variable, quoted for the shell.
@@ -329,8 +336,9 @@ impl ComposeExtension {
         let id = up.sandbox_id.to_owned();
         let workdir = pool.host.workdir.clone();
         let internal = up.internal;
+        let allow = up.allow.clone();
         let (ws, tar) = tokio::task::spawn_blocking(move || {
-            let ws = project::prepare(&root, &id, &workdir, internal)?;
+            let ws = project::prepare(&root, &id, &workdir, internal, &allow)?;
             let tar = project::tar(&ws)?;
             Ok::<_, ExtError>((ws, tar))
         })
@@ -423,6 +431,7 @@ impl ComposeExtension {
             services: ws.services,
             tooling: t,
             internal: up.internal,
+            allow: up.allow,
         };
         serde_json::to_value(&state)
             .map_err(|e| ExtError::new("internal", format!("backend state: {e}")))
@@ -479,8 +488,14 @@ impl Extension for ComposeExtension {
             env: &req.profile.setup.env,
             secrets: &req.secrets,
         };
+        let allow = req
+            .profile
+            .compose
+            .as_ref()
+            .map(|c| c.allow.clone())
+            .unwrap_or_default();
         if let Some(src) = &req.from_snapshot {
-            return snapshot::fork(self, &pool, &req.sandbox_id, internal, src, env).await;
+            return snapshot::fork(self, &pool, &req.sandbox_id, internal, src, env, allow).await;
         }
         let Some(repo) = req.inputs.get(REPO_INPUT) else {
             return Err(ExtError::new(
@@ -494,6 +509,7 @@ impl Extension for ComposeExtension {
             internal,
             volumes: None,
             check_capacity: true,
+            allow,
         };
         self.bring_up(&pool, up, env).await
     }

@@ -39,6 +39,7 @@ pub fn prepare(
     sandbox_id: &str,
     workdir: &str,
     internal: bool,
+    allow: &[sandboxer_api::ComposeAllow],
 ) -> Result<Workspace, ExtError> {
     let bad = |m: String| ExtError::new("invalid_input", m);
     if !root.is_dir() {
@@ -58,6 +59,16 @@ pub fn prepare(
         .map_err(|e| bad(format!("input `repo`: cannot read {compose_file}: {e}")))?;
     let doc: Value = serde_yaml::from_str(&text)
         .map_err(|e| bad(format!("input `repo`: {compose_file} is not YAML: {e}")))?;
+    // Before anything reaches the host: settings that would reach past the
+    // project (privileged, host namespaces, devices, host binds, ...).
+    let compose_dir = root.join(compose_file);
+    let compose_dir = compose_dir.parent().unwrap_or(root);
+    super::policy::check(&doc, root, compose_dir, allow).map_err(|m| {
+        ExtError::new(
+            "compose_not_allowed",
+            format!("input `repo`: {compose_file}: {m}"),
+        )
+    })?;
     let tag = Tag {
         sandbox_id,
         workdir,

@@ -347,6 +347,7 @@ pub async fn fork(
     internal: bool,
     src: &SnapshotSource,
     env: SandboxEnv<'_>,
+    allow: Vec<sandboxer_api::ComposeAllow>,
 ) -> Result<BackendState, ExtError> {
     let staging = staging_for(&scratch_dir(src), sandbox_id);
     unpack_snapshot(src, &staging.0).await?;
@@ -356,6 +357,7 @@ pub async fn fork(
         internal,
         volumes: Some(staging.0.join("volumes")),
         check_capacity: true,
+        allow,
     };
     ext.bring_up(pool, up, env).await
 }
@@ -377,8 +379,9 @@ pub async fn restore(
     let workdir = staging.0.join("workdir");
     let (id, host_workdir) = (sandbox_id.to_owned(), pool.host.workdir.clone());
     let check = workdir.clone();
+    let allow = s.allow.clone();
     tokio::task::spawn_blocking(move || {
-        super::project::prepare(&check, &id, &host_workdir, internal).map(|_| ())
+        super::project::prepare(&check, &id, &host_workdir, internal, &allow).map(|_| ())
     })
     .await
     .map_err(|e| io_error("restore_failed", "check task", e))??;
@@ -390,6 +393,7 @@ pub async fn restore(
         internal,
         volumes: Some(staging.0.join("volumes")),
         check_capacity: false,
+        allow: s.allow.clone(),
     };
     ext.bring_up(pool, up, env).await.map(|_| ()).map_err(|e| {
         ExtError::new(
