@@ -74,8 +74,21 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Daemon {
         use std::os::unix::process::CommandExt;
-        let root = repo_root();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandboxerd"));
+        let mut root = repo_root();
+        let mut exe = PathBuf::from(env!("CARGO_BIN_EXE_sandboxerd"));
+        if user.is_some() {
+            // The checkout may sit under a directory that user cannot
+            // enter (a CI clone under /root): run a copy of the binary, the
+            // profiles and the extensions from beside the data dir.
+            let stage = data_dir.parent().expect("data dir has a parent");
+            exe = stage.join("sandboxerd");
+            std::fs::copy(env!("CARGO_BIN_EXE_sandboxerd"), &exe).expect("copy sandboxerd");
+            for dir in ["profiles", "extensions"] {
+                copy_dir(&root.join(dir), &stage.join(dir));
+            }
+            root = stage.to_owned();
+        }
+        let mut cmd = Command::new(&exe);
         if let Some((uid, gid)) = user {
             cmd.uid(uid).gid(gid);
         }
@@ -292,4 +305,15 @@ pub fn give_to_sandbox(ws: &Path) {
         }
     }
     walk(ws, owner.uid(), owner.gid());
+}
+
+/// Copy the files of `from` (one level, as profiles/ and extensions/ are)
+/// into a new directory `to`, readable by every user.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
 }
