@@ -415,3 +415,20 @@ async fn an_unprivileged_daemon_provisions_enters_and_snapshots() {
     let (_, gone) = d.client.destroy(&id, Some(WAIT)).await.expect("destroy");
     assert_eq!(gone.state, SandboxState::Destroyed);
 }
+
+/// Opening the data dir to the sandbox's group must never close it, even
+/// for a moment, under a bubblewrap of a concurrent create looking its way
+/// through it (under a root daemon, 16 creates at once on a fresh data dir
+/// failed with `Can't find source path /proc/self/fd/10`).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_on_a_fresh_data_dir_all_get_ready() {
+    require_bwrap();
+    let dir = TestDir::new();
+    let d = Daemon::start(&dir.path().join("data"));
+    let req = local_shell();
+    let creates = (0..16).map(|_| d.client.create(&req, Some(WAIT), None));
+    for res in futures::future::join_all(creates).await {
+        let (_, sbx) = res.expect("create");
+        assert_eq!(sbx.state, SandboxState::Ready, "{:?}", sbx.failure);
+    }
+}

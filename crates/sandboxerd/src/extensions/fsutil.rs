@@ -7,16 +7,21 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-/// Create `path` (and missing parents) with mode 0700, and make it 0700 if
-/// it exists with a wider mode.
+/// Create `path` (and missing parents) with mode 0700; an existing one
+/// is narrowed so that no one but its owner may read or write it and
+/// others may not even enter it: group and other bits beyond 0710 are
+/// dropped. A 0710 directory (see [`traversable_by_group`]) stays as it
+/// is: making it 0700 even for a moment would fail a bubblewrap looking
+/// its way through it at that moment.
 pub fn private_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)?;
     let mode = fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
-    if mode != 0o700 {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    let narrowed = mode & 0o1710;
+    if narrowed != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(narrowed))?;
     }
     Ok(())
 }
@@ -24,10 +29,18 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
 /// Make `path` (a directory of the daemon's) traversable, and nothing
 /// more, by the group `gid`: group `gid`, mode 0710. bubblewrap, started as
 /// the sandbox's host user under a root daemon, must look up the path of
-/// the workspace it binds; no one else may.
+/// the workspace it binds; no one else may. Nothing is changed when it is
+/// so already.
 pub fn traversable_by_group(path: &Path, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, None, Some(gid))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o710))
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path)?;
+    if meta.gid() != gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+    }
+    if meta.permissions().mode() & 0o7777 != 0o710 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o710))?;
+    }
+    Ok(())
 }
 
 /// Give every entry under `root` (and `root` itself) to `uid:gid`, without
