@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{require_bwrap, run_inside, run_inside_as, Daemon, TestDir};
-use sandboxctl::api::{CreateSandbox, SandboxState, SnapshotState};
+use sandboxctl::api::{CreateSandbox, Sandbox, SandboxState, Snapshot, SnapshotState};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -33,6 +33,25 @@ async fn ready(d: &Daemon) -> (String, serde_json::Value) {
         .expect("create");
     assert_eq!(sbx.state, SandboxState::Ready, "{sbx:?}");
     (sbx.id.clone(), sbx.reachability.expect("reachability"))
+}
+
+/// A ready snapshot of sandbox `id`, and a ready fork of it.
+async fn snapshot_and_fork(d: &Daemon, id: &str) -> (Snapshot, Sandbox) {
+    let (_, snap) = d
+        .client
+        .create_snapshot(id, None, Some(WAIT))
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.state, SnapshotState::Ready, "{snap:?}");
+    let mut fork = local_shell();
+    fork.from_snapshot = Some(snap.id.clone());
+    let (_, forked) = d
+        .client
+        .create(&fork, Some(WAIT), None)
+        .await
+        .expect("fork");
+    assert_eq!(forked.state, SandboxState::Ready, "{forked:?}");
+    (snap, forked)
 }
 
 /// One line `key=value` per probe, run inside through `enter`: what a
@@ -279,25 +298,8 @@ async fn setuid_files_made_inside_give_nothing_on_the_host() {
     }
 
     // A snapshot keeps no setuid bit, and neither does a fork of it.
-    let (_, snap) = d
-        .client
-        .create_snapshot(&id, None, Some(WAIT))
-        .await
-        .expect("snapshot");
-    assert_eq!(snap.state, SnapshotState::Ready, "{snap:?}");
-    let mut fork = local_shell();
-    fork.from_snapshot = Some(snap.id.clone());
-    let (_, forked) = d
-        .client
-        .create(&fork, Some(WAIT), None)
-        .await
-        .expect("fork");
-    assert_eq!(forked.state, SandboxState::Ready, "{forked:?}");
-    let fork_dir = PathBuf::from(
-        forked.reachability.as_ref().expect("reach")["workdir"]
-            .as_str()
-            .expect("workdir"),
-    );
+    let (snap, forked) = snapshot_and_fork(&d, &id).await;
+    let fork_dir = common::workdir(&forked);
     let meta = std::fs::metadata(fork_dir.join("suid-id")).expect("forked file");
     assert_eq!(
         meta.permissions().mode() & 0o6000,
@@ -392,20 +394,7 @@ async fn an_unprivileged_daemon_provisions_enters_and_snapshots() {
     );
     assert_eq!(out.trim(), "end", "{out}");
     assert!(!Path::new(&marker).exists());
-    let (_, snap) = d
-        .client
-        .create_snapshot(&id, None, Some(WAIT))
-        .await
-        .expect("snapshot");
-    assert_eq!(snap.state, SnapshotState::Ready, "{snap:?}");
-    let mut fork = local_shell();
-    fork.from_snapshot = Some(snap.id.clone());
-    let (_, forked) = d
-        .client
-        .create(&fork, Some(WAIT), None)
-        .await
-        .expect("fork");
-    assert_eq!(forked.state, SandboxState::Ready, "{forked:?}");
+    let (_, forked) = snapshot_and_fork(&d, &id).await;
     let out = run_inside_as(
         forked.reachability.as_ref().expect("reach"),
         Some(USER),

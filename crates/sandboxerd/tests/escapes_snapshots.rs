@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{require_bwrap, Daemon, TestDir};
+use common::{ready_sandbox, require_bwrap, workdir, Daemon, TestDir};
 use rustix::fs::{mkfifoat, renameat_with, Mode, RenameFlags, CWD};
 use sandboxctl::api::{CreateSandbox, Sandbox, SandboxState, Snapshot, SnapshotState};
 use sandboxctl::Client;
@@ -197,24 +197,6 @@ fn local_shell() -> CreateSandbox {
         profile: "profile.local-shell".into(),
         ..CreateSandbox::default()
     }
-}
-
-async fn ready_sandbox(c: &Client, req: &CreateSandbox) -> Sandbox {
-    let (status, sbx) = c.create(req, Some(WAIT), None).await.expect("create");
-    assert_eq!(
-        (status, sbx.state),
-        (201, SandboxState::Ready),
-        "ready within the wait: {sbx:?}"
-    );
-    sbx
-}
-
-fn workdir(sbx: &Sandbox) -> PathBuf {
-    PathBuf::from(
-        sbx.reachability.as_ref().expect("reachability")["workdir"]
-            .as_str()
-            .expect("workdir"),
-    )
 }
 
 /// Poll snapshot `id` until it is no longer `creating`, at most `limit`.

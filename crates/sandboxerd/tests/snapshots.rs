@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{require_bwrap, run_inside, Daemon};
+use common::{ready_sandbox, require_bwrap, run_inside, workdir, Daemon};
 use http_body_util::BodyExt;
 use sandboxctl::api::{CreateSandbox, Sandbox, SandboxState, SnapshotState};
-use sandboxctl::{Client, SnapshotQuery};
+use sandboxctl::SnapshotQuery;
 use sandboxerd::store::{new_id, now_ms, Captured, NewSnapshot, SnapshotCreated};
 use sandboxerd::AppState;
 use serde_json::{json, Value};
@@ -159,14 +159,6 @@ fn scribble(ws: &Path, reach: &Value) {
     );
 }
 
-fn workdir(sbx: &Sandbox) -> PathBuf {
-    PathBuf::from(
-        sbx.reachability.as_ref().expect("reachability")["workdir"]
-            .as_str()
-            .expect("workdir"),
-    )
-}
-
 fn reach_of(sbx: &Sandbox) -> Value {
     sbx.reachability.clone().expect("reachability")
 }
@@ -204,16 +196,6 @@ fn assert_no_restore_leftovers(ws: &Path) {
         .filter(|n| n.starts_with("restore"))
         .collect();
     assert!(names.is_empty(), "left beside the workspace: {names:?}");
-}
-
-async fn ready_sandbox(c: &Client, req: &CreateSandbox) -> Sandbox {
-    let (status, sbx) = c.create(req, Some(WAIT), None).await.expect("create");
-    assert_eq!(
-        (status, sbx.state),
-        (201, SandboxState::Ready),
-        "ready within the wait: {sbx:?}"
-    );
-    sbx
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -317,3 +317,29 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Create `req` and wait up to 30 s for it: it must be ready (201).
+pub async fn ready_sandbox(
+    c: &sandboxctl::Client,
+    req: &sandboxctl::api::CreateSandbox,
+) -> sandboxctl::api::Sandbox {
+    let (status, sbx) = c
+        .create(req, Some(Duration::from_secs(30)), None)
+        .await
+        .expect("create");
+    assert_eq!(
+        (status, sbx.state),
+        (201, sandboxctl::api::SandboxState::Ready),
+        "ready within the wait: {sbx:?}"
+    );
+    sbx
+}
+
+/// A ready sandbox's workspace on the host (`reachability.workdir`).
+pub fn workdir(sbx: &sandboxctl::api::Sandbox) -> PathBuf {
+    PathBuf::from(
+        sbx.reachability.as_ref().expect("reachability")["workdir"]
+            .as_str()
+            .expect("workdir"),
+    )
+}
