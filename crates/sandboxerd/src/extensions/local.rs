@@ -1,14 +1,20 @@
 //! `ext.local`: a bubblewrap sandbox per request on the daemon's own machine.
 //!
 //! Each sandbox gets a directory `<data_dir>/sandboxes/<id>/` holding its
-//! `workspace/` (bound read-write at `/workspace` inside), bubblewrap's
-//! `info.json` (the host pid of the sandbox's pid 1) and `bwrap.log`. The
-//! sandbox runs in new pid, mount, net, ipc, uts (and cgroup, where allowed)
-//! namespaces with read-only system directories and only loopback. Its init
-//! (bubblewrap's reaper as pid 1, `sleep infinity` under it) lives until
-//! teardown. It is spawned in its own process group and never waited on, so
-//! it outlives a restart or `kill -9` of the daemon; everything needed to find
-//! it again is on disk.
+//! `workspace/` (bound read-write at `/workspace` inside, passed to
+//! bubblewrap as a descriptor), bubblewrap's `info.json` (the host pid of
+//! the sandbox's pid 1) and `bwrap.log`. The sandbox runs in its own user
+//! namespace, where uid and gid 0 are one unprivileged host id (the daemon's
+//! own; `[local] sandbox_uid` under a root daemon, which starts bubblewrap as
+//! that id), and new pid, mount, net, ipc, uts (and cgroup, where allowed)
+//! namespaces, with read-only system directories, host secrets hidden, only
+//! loopback, no capabilities and the seccomp filter of
+//! [`crate::confine::seccomp`]. Its init (bubblewrap's reaper as pid 1,
+//! `sleep infinity` under it) lives until teardown. It is spawned in its own
+//! process group and never waited on, so it outlives a restart or `kill -9`
+//! of the daemon; everything needed to find it again is on disk. Commands
+//! are entered with the sandbox's own privileges by `sandboxerd enter`
+//! ([`crate::confine::enter`]).
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -322,8 +328,9 @@ impl LocalExtension {
             move |e: std::io::Error| ExtError::new("provision_failed", format!("{what}: {e}"))
         };
         let workspace = dir.join("workspace");
-        // By descriptor: the sandbox's host user need not (and, with the
-        // data dir 0700, cannot) look up the path.
+        // By descriptor, so what is bound is the directory opened here.
+        // (bubblewrap 0.8 still resolves the descriptor's path as the
+        // sandbox's user, hence the 0710 directories of `prepare_dir`.)
         let ws = std::fs::File::open(&workspace)
             .map_err(fail(format!("opening {}", workspace.display())))?;
         let mut mappings = vec![FdMapping {
