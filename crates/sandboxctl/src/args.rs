@@ -108,7 +108,7 @@ pub enum Command {
     },
     /// Operator: live facts from a host, or what it holds that no sandbox owns.
     #[command(subcommand)]
-    Inspect(crate::hosts_cmd::InspectCommand),
+    Inspect(InspectCommand),
     /// Prove a host end to end: create a `profile.sandbox-canary` sandbox on
     /// it, wait until ready, destroy it, and report the timings.
     Canary {
@@ -559,5 +559,20 @@ pub enum TokenCommand {
         /// `consumer` (its own project only) or `operator` (everything).
         #[arg(long, default_value = "consumer", value_parser = ["consumer", "operator"])]
         role: String,
+    },
+}
+
+/// The `inspect` subcommands (operator).
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// Live facts from a host: engine, load, memory, disk, labelled containers.
+    Host {
+        /// Host id.
+        id: String,
+    },
+    /// What sand-boxer left on a host that no live sandbox owns.
+    Stale {
+        /// Host id.
+        id: String,
     },
 }

@@ -1,14 +1,15 @@
 //! What each subcommand does: call the client, then print JSON or human output.
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sandboxctl::api::{CreateSandbox, Placement, Sandbox, SandboxState, SnapshotState};
-use sandboxctl::{Client, ClientError, ListQuery, SnapshotQuery, UsageQuery};
+use sandboxctl::{Client, ListQuery, SnapshotQuery, UsageQuery};
 use serde::Serialize;
 
 use crate::args::{to_map, Command, CreateArgs, CreditsCommand, ListArgs, SnapshotCommand};
+pub use crate::output::{emit, emit_json, note, CliError};
 use crate::render;
 
 /// How long `create` asks the server to hold the first request.
@@ -17,65 +18,6 @@ const CREATE_WAIT: Duration = Duration::from_secs(60);
 const POLL_WAIT: Duration = Duration::from_secs(30);
 /// How long `destroy` asks the server to wait for teardown.
 const DESTROY_WAIT: Duration = Duration::from_secs(60);
-
-/// Why a command did not succeed; [`CliError::exit_code`] says how the process ends.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// The API call failed (boxed: a problem body is large next to the other variants).
-    #[error(transparent)]
-    Client(Box<ClientError>),
-    /// The call worked but the outcome is a failure (a sandbox that failed or
-    /// did not become ready in time).
-    #[error("{0}")]
-    Failed(String),
-    /// The command line is valid for clap but not for us (a key given twice).
-    #[error("{0}")]
-    Usage(String),
-}
-
-impl From<ClientError> for CliError {
-    fn from(e: ClientError) -> CliError {
-        CliError::Client(Box::new(e))
-    }
-}
-
-impl CliError {
-    /// 1 for API errors and failed outcomes, 2 for usage errors, 3 when the
-    /// daemon could not be reached.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CliError::Client(e) if matches!(**e, ClientError::Transport(_)) => 3,
-            CliError::Client(e) if matches!(**e, ClientError::Invalid(_)) => 2,
-            CliError::Usage(_) => 2,
-            CliError::Client(_) | CliError::Failed(_) => 1,
-        }
-    }
-
-    /// The one line printed to stderr.
-    pub fn message(&self) -> String {
-        let client_error = match self {
-            CliError::Client(e) => Some(&**e),
-            _ => None,
-        };
-        match client_error {
-            Some(ClientError::Api { problem, .. }) => {
-                let detail = render::clean(&problem.detail);
-                let code = render::clean(&problem.code);
-                match &problem.field {
-                    Some(field) => {
-                        format!("error: {detail} ({code}, field: {})", render::clean(field))
-                    }
-                    None => format!("error: {detail} ({code})"),
-                }
-            }
-            Some(ClientError::Transport(msg)) => format!(
-                "error: {}\n(is sandboxerd running there? set --url or SANDBOXER_URL)",
-                render::clean(msg)
-            ),
-            _ => format!("error: {}", render::clean(&self.to_string())),
-        }
-    }
-}
 
 /// Runs one subcommand against `client`. `completions` is handled by the caller.
 pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), CliError> {
@@ -487,26 +429,6 @@ fn emit_or<T: Serialize>(
         emit(&human());
         Ok(())
     }
-}
-
-/// Print `value` as pretty JSON.
-pub fn emit_json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| CliError::Failed(format!("cannot encode the answer as JSON: {e}")))?;
-    emit(&format!("{text}\n"));
-    Ok(())
-}
-
-/// Writes to stdout. Errors are dropped on purpose: a closed pipe
-/// (`sandboxctl list | head`) must not turn into a panic or an error.
-pub fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-}
-
-/// Writes one line to stderr, ignoring a closed stderr.
-pub fn note(text: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// A spinner on stderr showing what we wait for, drawn only when stderr is

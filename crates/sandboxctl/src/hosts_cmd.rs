@@ -1,28 +1,12 @@
 //! `sandboxctl hosts`, `inspect host|stale`, `reap-stale`.
-use clap::Subcommand;
 use std::time::{Duration, Instant};
 
 use sandboxctl::api::{CreateSandbox, Host, Placement, SandboxState, StaleReport};
 use sandboxctl::Client;
 
-use crate::args::Command;
-use crate::commands::{emit, emit_json, CliError};
+use crate::args::{Command, InspectCommand};
+use crate::output::{emit, emit_json, CliError};
 use crate::table::Table;
-
-/// The `inspect` subcommands (operator).
-#[derive(Debug, Subcommand)]
-pub enum InspectCommand {
-    /// Live facts from a host: engine, load, memory, disk, labelled containers.
-    Host {
-        /// Host id.
-        id: String,
-    },
-    /// What sand-boxer left on a host that no live sandbox owns.
-    Stale {
-        /// Host id.
-        id: String,
-    },
-}
 
 fn hosts_table(hosts: &[Host]) -> String {
     let mut t = Table::new(&["ID", "ADDRESS", "USER", "ENGINE", "REACHABLE", "WORKDIR"]);

@@ -7,6 +7,7 @@
 mod args;
 mod commands;
 mod hosts_cmd;
+mod output;
 mod render;
 mod table;
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sandboxer_api::{ExtensionSpec, Profile};
+use sandboxer_api::{ExtensionSpec, Isolation, Profile};
 
 use crate::extensions::Registry;
 
@@ -56,6 +56,38 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Bind the entries that name another `backend` or carry `options` to
+    /// configured instances of that backend, registered in `registry` under
+    /// the entry's id. Errors name the entry and the option.
+    pub fn bind_backends(&self, registry: &mut Registry) -> Result<(), String> {
+        for spec in self.extensions.values() {
+            let backend = spec.backend.as_deref().unwrap_or(&spec.id);
+            if backend == spec.id && spec.options.is_empty() {
+                continue;
+            }
+            let Some(base) = registry.get(backend) else {
+                return Err(format!(
+                    "extension {}: field `backend`: no backend `{backend}` is built in",
+                    spec.id
+                ));
+            };
+            // Ids of catalog entries live as long as the daemon; an entry is
+            // bound once at start.
+            let id: &'static str = Box::leak(spec.id.clone().into_boxed_str());
+            match base.instance(id, &spec.options) {
+                Some(Ok(ext)) => registry.insert(ext),
+                Some(Err(e)) => return Err(format!("extension {}: field `options`: {e}", spec.id)),
+                None => {
+                    return Err(format!(
+                        "extension {}: the `{backend}` backend takes no options and serves only its own id",
+                        spec.id
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Load and cross-check both folders.
     pub fn load(
         profiles_dir: &Path,
@@ -265,7 +297,7 @@ fn candidate_specs<'a>(
     spec: &Profile,
 ) -> Result<Vec<&'a ExtensionSpec>, String> {
     let fits = |ext: &ExtensionSpec| {
-        crate::routing::isolates_enough(&ext.capabilities.isolation, spec.isolation)
+        isolates_enough(&ext.capabilities.isolation, spec.isolation)
             && ext
                 .capabilities
                 .network_policies
@@ -434,4 +466,21 @@ mod tests {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
     }
+}
+
+/// Whether a backend offering `offered` isolates at least as well as
+/// `needed`: `process < container < gvisor < microvm`; `saas` (the
+/// provider's own isolation) only satisfies itself.
+pub fn isolates_enough(offered: &[Isolation], needed: Isolation) -> bool {
+    let rank = |i: Isolation| match i {
+        Isolation::Process => Some(0),
+        Isolation::Container => Some(1),
+        Isolation::Gvisor => Some(2),
+        Isolation::Microvm => Some(3),
+        Isolation::Saas => None,
+    };
+    offered.iter().any(|o| match (rank(*o), rank(needed)) {
+        (Some(a), Some(b)) => a >= b,
+        _ => *o == needed,
+    })
 }

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod blobs;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod confine;
 pub mod datadir;
@@ -128,7 +129,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     registry.insert(compose.clone());
     let catalog = Catalog::load(&settings.profiles_dir, &settings.extensions_dir, &registry)
         .context("loading the catalog")?;
-    registry.bind_catalog(&catalog).map_err(|e| {
+    catalog.bind_backends(&mut registry).map_err(|e| {
         anyhow::anyhow!(
             "loading the catalog: {}: {e}",
             settings.extensions_dir.display()

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use sandboxer_api::{
-    CostBreakdown, ExtensionClass, ExtensionSpec, Isolation, Profile, Route, RouteCandidate,
-    Routing, RoutingPolicy,
+    CostBreakdown, ExtensionClass, ExtensionSpec, Profile, Route, RouteCandidate, Routing,
+    RoutingPolicy,
 };
 
 use crate::catalog::LoadedProfile;
@@ -20,17 +20,11 @@ use crate::extensions::ExtError;
 use crate::store::{Rerouted, StoreError};
 use crate::AppState;
 
-/// Where a sandbox goes and what it costs there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub extension: String,
-    pub host: String,
-    /// Hundredths of a credit per hour of running time.
-    pub rate_centicredits: i64,
-    /// The price of the requested lifetime.
-    pub estimate_credits: i64,
-    pub breakdown: CostBreakdown,
-}
+// Kept with the ledger, which records it (a reroute moves a sandbox's
+// escrow to a new target); the router is what chooses one.
+pub use crate::store::Target;
+// The isolation order is the catalog's (it checks profiles against it).
+pub use crate::catalog::isolates_enough;
 
 /// The router's answer for a create or an estimate.
 #[derive(Debug, Clone)]
@@ -125,23 +119,6 @@ pub fn static_skip(
         }
     }
     None
-}
-
-/// Whether a backend offering `offered` isolates at least as well as
-/// `needed`: `process < container < gvisor < microvm`; `saas` (the
-/// provider's own isolation) only satisfies itself.
-pub fn isolates_enough(offered: &[Isolation], needed: Isolation) -> bool {
-    let rank = |i: Isolation| match i {
-        Isolation::Process => Some(0),
-        Isolation::Container => Some(1),
-        Isolation::Gvisor => Some(2),
-        Isolation::Microvm => Some(3),
-        Isolation::Saas => None,
-    };
-    offered.iter().any(|o| match (rank(*o), rank(needed)) {
-        (Some(a), Some(b)) => a >= b,
-        _ => *o == needed,
-    })
 }
 
 fn wire<T: serde::Serialize>(v: &T) -> String {

@@ -4,7 +4,13 @@
 use std::collections::BTreeMap;
 
 use crate::config::SecretSource;
-use crate::extensions::ExtError;
+
+/// A secret that cannot be had (code `secret_unavailable` wherever it
+/// fails a sandbox). The message names the secret and its source, never a
+/// value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SecretError(pub String);
 
 /// A secret value. Its `Debug` prints `[redacted]` and it has no `Display`,
 /// so it cannot end up in a log line or an error message by accident.
@@ -29,42 +35,30 @@ impl std::fmt::Debug for Secret {
 pub fn resolve(
     refs: &BTreeMap<String, String>,
     sources: &BTreeMap<String, SecretSource>,
-) -> Result<BTreeMap<String, Secret>, ExtError> {
+) -> Result<BTreeMap<String, Secret>, SecretError> {
     let mut out = BTreeMap::new();
     for (var, name) in refs {
         let Some(src) = sources.get(name) else {
-            return Err(ExtError::new(
-                "secret_unavailable",
-                format!("secret `{name}` (for ${var}) is not configured in `[secrets]`"),
-            ));
+            return Err(SecretError(format!(
+                "secret `{name}` (for ${var}) is not configured in `[secrets]`"
+            )));
         };
         let value = match (&src.env, &src.file) {
             (Some(env), _) => std::env::var(env).map_err(|_| {
-                ExtError::new(
-                    "secret_unavailable",
-                    format!(
-                        "secret `{name}`: environment variable `{env}` of the daemon is not set"
-                    ),
-                )
+                SecretError(format!(
+                    "secret `{name}`: environment variable `{env}` of the daemon is not set"
+                ))
             })?,
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
                 .map_err(|e| {
-                    ExtError::new(
-                        "secret_unavailable",
-                        format!(
-                            "secret `{name}`: cannot read {}: {}",
-                            path.display(),
-                            e.kind()
-                        ),
-                    )
+                    SecretError(format!(
+                        "secret `{name}`: cannot read {}: {}",
+                        path.display(),
+                        e.kind()
+                    ))
                 })?,
-            (None, None) => {
-                return Err(ExtError::new(
-                    "secret_unavailable",
-                    format!("secret `{name}` names no source"),
-                ))
-            }
+            (None, None) => return Err(SecretError(format!("secret `{name}` names no source"))),
         };
         out.insert(var.clone(), Secret(value));
     }

@@ -110,6 +110,12 @@ pub struct ExtError {
     pub host_unusable: bool,
 }
 
+impl From<crate::secrets::SecretError> for ExtError {
+    fn from(e: crate::secrets::SecretError) -> Self {
+        ExtError::new("secret_unavailable", e.0)
+    }
+}
+
 impl ExtError {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
@@ -264,38 +270,6 @@ impl Registry {
     /// Add (or replace) a backend under its id.
     pub fn insert(&mut self, ext: Arc<dyn Extension>) {
         self.by_id.insert(ext.id().to_owned(), ext);
-    }
-
-    /// Bind catalog entries that name another `backend` or carry `options`
-    /// to configured instances of that backend, registered under the
-    /// entry's id. Errors name the entry and the option.
-    pub fn bind_catalog(&mut self, catalog: &crate::catalog::Catalog) -> Result<(), String> {
-        for spec in catalog.extensions.values() {
-            let backend = spec.backend.as_deref().unwrap_or(&spec.id);
-            if backend == spec.id && spec.options.is_empty() {
-                continue;
-            }
-            let Some(base) = self.get(backend) else {
-                return Err(format!(
-                    "extension {}: field `backend`: no backend `{backend}` is built in",
-                    spec.id
-                ));
-            };
-            // Ids of catalog entries live as long as the daemon; an entry is
-            // bound once at start.
-            let id: &'static str = Box::leak(spec.id.clone().into_boxed_str());
-            match base.instance(id, &spec.options) {
-                Some(Ok(ext)) => self.insert(ext),
-                Some(Err(e)) => return Err(format!("extension {}: field `options`: {e}", spec.id)),
-                None => {
-                    return Err(format!(
-                        "extension {}: the `{backend}` backend takes no options and serves only its own id",
-                        spec.id
-                    ))
-                }
-            }
-        }
-        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<dyn Extension>> {

@@ -18,7 +18,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{limit, only_params, query_pairs, single, ApiJson};
 use crate::ledger::MAX_CREDITS;
 use crate::routing::{self, Needs};
-use crate::store::{now_ms, to_time, Granted, LedgerFilter, Shortfall, UsageFilter};
+use crate::store::{now_ms, to_time, Granted, LedgerFilter, UsageFilter};
 use crate::AppState;
 
 /// The most one grant may add.
@@ -33,22 +33,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(usage))
 }
 
-/// 402 `insufficient_credits`, naming what is available and what `what` needs.
-pub fn insufficient(short: Shortfall, project: &str, what: &str) -> ApiError {
-    let whose = if project.is_empty() {
-        "the project".to_owned()
-    } else {
-        format!("project `{project}`")
-    };
-    ApiError::new(
-        StatusCode::PAYMENT_REQUIRED,
-        "insufficient_credits",
-        format!(
-            "{whose} has {} credits available; {what} needs {} reserved",
-            short.available, short.needed
-        ),
-    )
-}
+// Built where every error is; credits answers it too.
+pub use super::error::insufficient;
 
 /// Check that `caller` may see `project` (and that it is a project name).
 fn scoped(caller: &Caller, project: &str) -> ApiResult<()> {

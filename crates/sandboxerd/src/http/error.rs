@@ -112,3 +112,20 @@ impl IntoResponse for ApiError {
 
 /// Handler result.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// 402 `insufficient_credits`, naming what is available and what `what` needs.
+pub fn insufficient(short: crate::store::Shortfall, project: &str, what: &str) -> ApiError {
+    let whose = if project.is_empty() {
+        "the project".to_owned()
+    } else {
+        format!("project `{project}`")
+    };
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_credits",
+        format!(
+            "{whose} has {} credits available; {what} needs {} reserved",
+            short.available, short.needed
+        ),
+    )
+}

@@ -135,7 +135,7 @@ async fn create_sandbox(
         }
         Created::Replayed(sbx) => sbx,
         Created::InsufficientCredits(short) => {
-            return Err(super::credits::insufficient(
+            return Err(super::error::insufficient(
                 short,
                 &caller.consumer.project,
                 "this create",
@@ -674,7 +674,7 @@ async fn delete_sandbox(
         Transition::Refused(sandbox) => sandbox,
         Transition::NotFound => return Err(ApiError::not_found("sandbox", &id)),
         Transition::InsufficientCredits(short) => {
-            return Err(super::credits::insufficient(short, "", "a destroy"))
+            return Err(super::error::insufficient(short, "", "a destroy"))
         }
     };
     let sandbox = match (wait, sandbox.state) {
@@ -776,12 +776,12 @@ async fn recreate_sandbox(
             ),
         )),
         Transition::NotFound => Err(ApiError::not_found("sandbox", &id)),
-        Transition::InsufficientCredits(short) => Err(super::credits::insufficient(
-            short,
-            &row.project,
-            "the recreated sandbox's lifetime",
-        )
-        .field("ttl")),
+        Transition::InsufficientCredits(short) => {
+            Err(
+                super::error::insufficient(short, &row.project, "the recreated sandbox's lifetime")
+                    .field("ttl"),
+            )
+        }
     }
 }
 
@@ -839,7 +839,7 @@ async fn extend_ttl(
                     .map(|s| s.consumer.project)
                     .unwrap_or_default(),
             };
-            Err(super::credits::insufficient(short, &project, "this extension").field("duration"))
+            Err(super::error::insufficient(short, &project, "this extension").field("duration"))
         }
         Extended::NotExtendable => match state.db.get_sandbox(&id, caller.scope()).await? {
             None => Err(ApiError::not_found("sandbox", &id)),
@@ -886,7 +886,7 @@ async fn touch_sandbox(
         )),
         Transition::NotFound => Err(ApiError::not_found("sandbox", &id)),
         Transition::InsufficientCredits(short) => {
-            Err(super::credits::insufficient(short, "", "a touch"))
+            Err(super::error::insufficient(short, "", "a touch"))
         }
     }
 }

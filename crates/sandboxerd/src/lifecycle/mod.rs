@@ -196,7 +196,7 @@ async fn provision_inner(
         match crate::secrets::resolve(&profile.spec.setup.secret_refs, &state.settings.secrets) {
             Ok(s) => s,
             Err(e) => {
-                fail(state, id, generation, None, e).await?;
+                fail(state, id, generation, None, e.into()).await?;
                 return Ok(Step::Done);
             }
         };

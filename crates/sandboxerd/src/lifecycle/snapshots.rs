@@ -545,7 +545,7 @@ pub async fn restore(
         .unwrap_or(&empty);
     let secrets = match state.catalog.profiles.get(&row.profile) {
         Some(p) => crate::secrets::resolve(&p.spec.setup.secret_refs, &state.settings.secrets)
-            .map_err(RestoreError::Backend)?,
+            .map_err(|e| RestoreError::Backend(e.into()))?,
         None => std::collections::BTreeMap::new(),
     };
     let env = crate::extensions::SandboxEnv {

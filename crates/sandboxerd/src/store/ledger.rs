@@ -18,6 +18,18 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use super::{fetch_in, insert_event, new_id, now_ms, to_time, Db, SandboxRow, StoreError};
 use crate::ledger::{billed_seconds, credits_for, MAX_CREDITS};
 
+/// Where a sandbox goes and what it costs there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub extension: String,
+    pub host: String,
+    /// Hundredths of a credit per hour of running time.
+    pub rate_centicredits: i64,
+    /// The price of the requested lifetime.
+    pub estimate_credits: i64,
+    pub breakdown: sandboxer_api::CostBreakdown,
+}
+
 /// What a create records about money: the rate it is charged at, the
 /// router's decision, and whether its estimate must be reserved.
 #[derive(Debug, Clone, Default)]
@@ -754,7 +766,7 @@ impl Db {
         id: &str,
         generation: u32,
         from_extension: &str,
-        to: &crate::routing::Target,
+        to: &Target,
         route: &Route,
         reason: &str,
         enforce: bool,

@@ -21,7 +21,7 @@ mod rows;
 mod snapshots;
 pub use audit::{AuditFilter, NewAudit};
 pub use ledger::{
-    Billing, Escrow, Extended, Granted, LedgerFilter, Rerouted, Shortfall, UsageFilter,
+    Billing, Escrow, Extended, Granted, LedgerFilter, Rerouted, Shortfall, Target, UsageFilter,
 };
 pub use outbox::OutboxEvent;
 pub use pool::{PoolMember, POOL_ACTOR, POOL_PROJECT};
@@ -57,9 +57,7 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 /// Milliseconds since the epoch, the unit of every time column.
-pub fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
+pub use crate::clock::now_ms;
 
 /// A stored time as UTC.
 pub fn to_time(ms: i64) -> DateTime<Utc> {

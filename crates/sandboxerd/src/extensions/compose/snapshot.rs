@@ -335,7 +335,7 @@ async fn unpack_snapshot(src: &SnapshotSource, staging: &Path) -> Result<(), Ext
 fn staging_for(ext_dir: &Path, sandbox_id: &str) -> Staging {
     Staging(ext_dir.join(format!(
         "compose-restore-{sandbox_id}-{}",
-        crate::store::now_ms()
+        crate::clock::now_ms()
     )))
 }
 

@@ -217,7 +217,7 @@ impl HostPool {
 
     fn record(&self, result: Result<(), &SshError>) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.at_ms = Some(crate::store::now_ms());
+        seen.at_ms = Some(crate::clock::now_ms());
         match result {
             Ok(()) => {
                 seen.reachable = Some(true);

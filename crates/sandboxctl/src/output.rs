@@ -1,0 +1,88 @@
+//! How `sandboxctl` ends and what it prints: the error type with its exit
+//! codes and one-line message, and the writers to stdout and stderr that
+//! every command shares.
+use std::io::Write;
+
+use sandboxctl::ClientError;
+use serde::Serialize;
+
+use crate::render;
+
+/// Why a command did not succeed; [`CliError::exit_code`] says how the process ends.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The API call failed (boxed: a problem body is large next to the other variants).
+    #[error(transparent)]
+    Client(Box<ClientError>),
+    /// The call worked but the outcome is a failure (a sandbox that failed or
+    /// did not become ready in time).
+    #[error("{0}")]
+    Failed(String),
+    /// The command line is valid for clap but not for us (a key given twice).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> CliError {
+        CliError::Client(Box::new(e))
+    }
+}
+
+impl CliError {
+    /// 1 for API errors and failed outcomes, 2 for usage errors, 3 when the
+    /// daemon could not be reached.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(e) if matches!(**e, ClientError::Transport(_)) => 3,
+            CliError::Client(e) if matches!(**e, ClientError::Invalid(_)) => 2,
+            CliError::Usage(_) => 2,
+            CliError::Client(_) | CliError::Failed(_) => 1,
+        }
+    }
+
+    /// The one line printed to stderr.
+    pub fn message(&self) -> String {
+        let client_error = match self {
+            CliError::Client(e) => Some(&**e),
+            _ => None,
+        };
+        match client_error {
+            Some(ClientError::Api { problem, .. }) => {
+                let detail = render::clean(&problem.detail);
+                let code = render::clean(&problem.code);
+                match &problem.field {
+                    Some(field) => {
+                        format!("error: {detail} ({code}, field: {})", render::clean(field))
+                    }
+                    None => format!("error: {detail} ({code})"),
+                }
+            }
+            Some(ClientError::Transport(msg)) => format!(
+                "error: {}\n(is sandboxerd running there? set --url or SANDBOXER_URL)",
+                render::clean(msg)
+            ),
+            _ => format!("error: {}", render::clean(&self.to_string())),
+        }
+    }
+}
+
+/// Print `value` as pretty JSON.
+pub fn emit_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::Failed(format!("cannot encode the answer as JSON: {e}")))?;
+    emit(&format!("{text}\n"));
+    Ok(())
+}
+
+/// Writes to stdout. Errors are dropped on purpose: a closed pipe
+/// (`sandboxctl list | head`) must not turn into a panic or an error.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Writes one line to stderr, ignoring a closed stderr.
+pub fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
