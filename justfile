@@ -24,7 +24,7 @@ lint:
 
 # Regenerate openapi/openapi.json from the code.
 openapi:
-    cargo run -q -p sandboxerd -- openapi > openapi/openapi.json.tmp || { rm -f openapi/openapi.json.tmp; exit 1; }
+    cargo run -q -p sandboxerd --bin sandboxerd -- openapi > openapi/openapi.json.tmp || { rm -f openapi/openapi.json.tmp; exit 1; }
     mv openapi/openapi.json.tmp openapi/openapi.json
 
 # Compose stack create→ready through sand-boxer against `docker-compose up -d` by hand over SSH (needs root, docker, sshd).

@@ -9,13 +9,15 @@ use chrono::{DateTime, Utc};
 use sandboxer_api::{
     Balance, CreateGrant, Estimate, LedgerEntry, Page, Problem, UsageRecord, UsageReport,
 };
+use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::caller::Caller;
+use super::cursor::{self, List};
 use super::error::{ApiError, ApiResult};
-use super::extract::{limit, only_params, query_pairs, single, ApiJson};
+use super::extract::{page_limit, parse_query, ApiJson, ApiQuery, QueryParams};
 use crate::ledger::MAX_CREDITS;
 use crate::routing::{self, Needs};
 use crate::store::{now_ms, to_time, Granted, LedgerFilter, UsageFilter};
@@ -55,12 +57,13 @@ fn scoped(caller: &Caller, project: &str) -> ApiResult<()> {
 }
 
 /// Query of `GET /v1/estimate`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct EstimateParams {
     /// A profile id.
-    profile: String,
+    #[param(required = true)]
+    profile: Option<String>,
     /// The lifetime to price (humantime); defaults to the profile's `ttl.default`.
     #[param(example = "1h")]
     ttl: Option<String>,
@@ -80,11 +83,9 @@ struct EstimateParams {
 )]
 async fn estimate(
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<EstimateParams>,
 ) -> ApiResult<Json<Estimate>> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["profile", "ttl"])?;
-    let Some(profile_id) = single(&pairs, "profile")? else {
+    let Some(profile_id) = q.profile.as_deref() else {
         return Err(ApiError::unprocessable(
             "missing_profile",
             "profile",
@@ -96,7 +97,7 @@ async fn estimate(
         .profiles
         .get(profile_id)
         .ok_or_else(|| ApiError::not_found("profile", profile_id).field("profile"))?;
-    let ttl = super::sandboxes::requested_ttl(single(&pairs, "ttl")?, profile)?;
+    let ttl = super::sandboxes::requested_ttl(q.ttl.as_deref(), profile)?;
     let placed = routing::place(&state, profile, ttl, &Needs::default())
         .await
         .map_err(|e| super::sandboxes::place_error(profile_id, e))?;
@@ -204,9 +205,9 @@ async fn create_grant(
 }
 
 /// Query of `GET /v1/credits/{project}/ledger`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct LedgerParams {
     /// Only entries about this sandbox.
     sandbox_id: Option<String>,
@@ -233,33 +234,43 @@ async fn list_ledger(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Page<LedgerEntry>>> {
     scoped(&caller, &project)?;
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["sandbox_id", "limit", "cursor"])?;
-    let before = single(&pairs, "cursor")?
+    // Parsed once the project is the caller's: another project's ledger is
+    // 404 whatever the query.
+    let q: LedgerParams = parse_query(query.as_deref())?;
+    let before = q
+        .cursor
+        .as_deref()
         .map(|c| {
-            c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_cursor",
-                    "cursor",
-                    "`cursor` is not a cursor this API gave out",
-                )
-            })
+            cursor::decode(List::Ledger, c)?
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "cursor",
+                        "`cursor` is not a cursor this API gave out",
+                    )
+                })
         })
         .transpose()?;
     let filter = LedgerFilter {
         project,
-        sandbox_id: single(&pairs, "sandbox_id")?.map(str::to_owned),
+        sandbox_id: q.sandbox_id,
         before,
-        limit: limit(&pairs)?,
+        limit: page_limit(q.limit)?,
     };
-    let (items, next_cursor) = state.db.ledger_entries(&filter).await?;
-    Ok(Json(Page { items, next_cursor }))
+    let (items, next) = state.db.ledger_entries(&filter).await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: cursor::next(List::Ledger, next),
+    }))
 }
 
 /// Query of `GET /v1/usage`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct UsageParams {
     /// Only this project (a consumer's own by default; operators: every project).
     project: Option<String>,
@@ -292,20 +303,18 @@ pub const USAGE_CSV_HEADER: &str =
 async fn usage(
     State(state): State<AppState>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<UsageParams>,
 ) -> ApiResult<Response> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["project", "from", "to", "format"])?;
-    let project = match (single(&pairs, "project")?, caller.scope()) {
+    let project = match (q.project, caller.scope()) {
         (Some(p), _) => {
-            scoped(&caller, p)?;
-            Some(p.to_owned())
+            scoped(&caller, &p)?;
+            Some(p)
         }
         (None, Some(own)) => Some(own.to_owned()),
         (None, None) => None,
     };
-    let time = |field: &str| -> ApiResult<Option<i64>> {
-        single(&pairs, field)?
+    let time = |field: &str, value: Option<&str>| -> ApiResult<Option<i64>> {
+        value
             .map(|v| {
                 DateTime::parse_from_rfc3339(v)
                     .map(|t| t.with_timezone(&Utc).timestamp_millis())
@@ -319,8 +328,8 @@ async fn usage(
             })
             .transpose()
     };
-    let from = time("from")?.unwrap_or(0);
-    let to = time("to")?.unwrap_or_else(|| now_ms() + 1);
+    let from = time("from", q.from.as_deref())?.unwrap_or(0);
+    let to = time("to", q.to.as_deref())?.unwrap_or_else(|| now_ms() + 1);
     if from > to {
         return Err(ApiError::unprocessable(
             "invalid_time",
@@ -328,7 +337,7 @@ async fn usage(
             "`from` is after `to`",
         ));
     }
-    let csv = match single(&pairs, "format")? {
+    let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => {
@@ -400,3 +409,7 @@ fn csv_cell(s: &str) -> String {
         s.to_owned()
     }
 }
+
+impl QueryParams for EstimateParams {}
+impl QueryParams for LedgerParams {}
+impl QueryParams for UsageParams {}

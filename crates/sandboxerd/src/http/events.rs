@@ -4,13 +4,15 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use sandboxer_api::{AuditEntry, Event, ExpireReport, ExpireRequest, Page, Problem};
+use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::caller::Caller;
+use super::cursor::{self, List};
 use super::error::{ApiError, ApiResult};
-use super::extract::{limit, only_params, optional_json, query_pairs, single};
+use super::extract::{optional_json, page_limit, parse_query, ApiQuery, QueryParams};
 use crate::lifecycle::reaper;
 use crate::store::{now_ms, AuditFilter};
 use crate::AppState;
@@ -23,9 +25,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Query of `GET /v1/events`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct EventsParams {
     /// An event id: list the events after it. Omitted: from the first.
     after: Option<String>,
@@ -46,12 +48,10 @@ struct EventsParams {
 async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<EventsParams>,
 ) -> ApiResult<Json<Page<Event>>> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["after", "limit"])?;
-    let limit = limit(&pairs)?;
-    let after = single(&pairs, "after")?;
+    let limit = page_limit(q.limit)?;
+    let after = q.after.as_deref();
     match state.db.events_after(after, caller.scope(), limit).await? {
         Some((items, next_cursor)) => Ok(Json(Page { items, next_cursor })),
         None => Err(ApiError::bad_request(
@@ -112,9 +112,9 @@ async fn expire(
 }
 
 /// Query of `GET /v1/audit`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct AuditParams {
     project: Option<String>,
     actor: Option<String>,
@@ -143,29 +143,39 @@ async fn list_audit(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Page<AuditEntry>>> {
     caller.require_operator("GET /v1/audit")?;
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(
-        &pairs,
-        &["project", "actor", "sandbox_id", "limit", "cursor"],
-    )?;
-    let before = single(&pairs, "cursor")?
+    // Parsed once the caller may ask at all: a consumer gets 403 whatever
+    // its query.
+    let q: AuditParams = parse_query(query.as_deref())?;
+    let before = q
+        .cursor
+        .as_deref()
         .map(|c| {
-            c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_cursor",
-                    "cursor",
-                    "`cursor` is not a cursor this API gave out",
-                )
-            })
+            cursor::decode(List::Audit, c)?
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "cursor",
+                        "`cursor` is not a cursor this API gave out",
+                    )
+                })
         })
         .transpose()?;
     let filter = AuditFilter {
-        project: single(&pairs, "project")?.map(str::to_owned),
-        actor: single(&pairs, "actor")?.map(str::to_owned),
-        sandbox_id: single(&pairs, "sandbox_id")?.map(str::to_owned),
+        project: q.project,
+        actor: q.actor,
+        sandbox_id: q.sandbox_id,
         before,
-        limit: limit(&pairs)?,
+        limit: page_limit(q.limit)?,
     };
-    let (items, next_cursor) = state.db.audit_entries(&filter).await?;
-    Ok(Json(Page { items, next_cursor }))
+    let (items, next) = state.db.audit_entries(&filter).await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: cursor::next(List::Audit, next),
+    }))
 }
+
+impl QueryParams for EventsParams {}
+impl QueryParams for AuditParams {}

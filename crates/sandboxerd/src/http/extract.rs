@@ -55,7 +55,7 @@ fn json_rejection(r: JsonRejection) -> ApiError {
 }
 
 /// Query-string pairs, in order, repeated keys kept.
-pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or("")).map_err(|e| {
         ApiError::bad_request(
             "invalid_query",
@@ -63,44 +63,6 @@ pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError>
             format!("malformed query string: {e}"),
         )
     })
-}
-
-/// Refuse parameters a route does not take, so a typo is not silently ignored.
-pub fn only_params(pairs: &[(String, String)], allowed: &[&str]) -> Result<(), ApiError> {
-    for (k, _) in pairs {
-        if !allowed.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(
-                "unknown_parameter",
-                k,
-                format!(
-                    "unknown query parameter `{k}` (this route takes: {})",
-                    if allowed.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        allowed.join(", ")
-                    }
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The value of a parameter given at most once.
-pub fn single<'a>(pairs: &'a [(String, String)], key: &str) -> Result<Option<&'a str>, ApiError> {
-    let mut found = pairs
-        .iter()
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str());
-    let first = found.next();
-    if found.next().is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            key,
-            format!("query parameter `{key}` given more than once"),
-        ));
-    }
-    Ok(first)
 }
 
 /// The longest anyone may block on a `wait`/`timeout` parameter.
@@ -130,21 +92,6 @@ pub fn duration(field: &str, value: &str, max: Option<Duration>) -> Result<Durat
     Ok(d)
 }
 
-/// `?limit=` (1..=1000, default 100).
-pub fn limit(pairs: &[(String, String)]) -> Result<u32, ApiError> {
-    match single(pairs, "limit")? {
-        None => Ok(100),
-        Some(v) => match v.parse::<u32>() {
-            Ok(n) if (1..=1000).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad_request(
-                "invalid_query",
-                "limit",
-                format!("`limit`: `{v}` is not a whole number from 1 to 1000"),
-            )),
-        },
-    }
-}
-
 /// A JSON body that may be empty (then the type's default).
 pub fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -161,4 +108,113 @@ pub fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> 
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())
         }
     })
+}
+
+/// The query parameters a route takes: the same struct documents them
+/// (`IntoParams`) and parses them (`Deserialize`, with
+/// `#[serde(deny_unknown_fields)]`), so the two cannot drift.
+pub trait QueryParams: DeserializeOwned {
+    /// Keys that may be given more than once (every value is kept).
+    const REPEATABLE: &'static [&'static str] = &[];
+}
+
+/// A route's query string as its [`QueryParams`] struct. A key the route
+/// does not take is 400 `unknown_parameter` naming it; a key given twice
+/// (unless repeatable), a malformed string or a value of the wrong kind is
+/// 400 `invalid_query` naming its key.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: QueryParams,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query()).map(ApiQuery)
+    }
+}
+
+/// [`ApiQuery`]'s parsing, for a raw query string.
+pub fn parse_query<T: QueryParams>(raw: Option<&str>) -> Result<T, ApiError> {
+    let raw = raw.unwrap_or("");
+    let pairs = query_pairs(Some(raw))?;
+    for (i, (key, _)) in pairs.iter().enumerate() {
+        if !T::REPEATABLE.contains(&key.as_str()) && pairs[..i].iter().any(|(k, _)| k == key) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                key,
+                format!("query parameter `{key}` given more than once"),
+            ));
+        }
+    }
+    serde_html_form::from_str::<T>(raw).map_err(|e| query_error::<T>(&pairs, &e.to_string()))
+}
+
+/// A problem for what serde refused, naming the key at fault.
+fn query_error<T: QueryParams>(pairs: &[(String, String)], message: &str) -> ApiError {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        // "unknown field `k`, expected one of `a`, `b`" (or "there are no fields").
+        let mut parts = rest.split('`');
+        let key = parts.next().unwrap_or_default();
+        let takes: Vec<&str> = parts.skip(1).step_by(2).collect();
+        return ApiError::bad_request(
+            "unknown_parameter",
+            key,
+            format!(
+                "unknown query parameter `{key}` (this route takes: {})",
+                if takes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    takes.join(", ")
+                }
+            ),
+        );
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        return ApiError::bad_request(
+            "invalid_query",
+            key,
+            format!("query parameter `{key}` is required"),
+        );
+    }
+    // A value serde could not read: the first key that fails on its own.
+    for (key, value) in pairs {
+        let alone = serde_urlencoded::to_string([(key, value)]).unwrap_or_default();
+        if let Err(e) = serde_html_form::from_str::<T>(&alone) {
+            if !e.to_string().starts_with("missing field") {
+                return ApiError::bad_request(
+                    "invalid_query",
+                    key,
+                    format!("`{key}`: `{value}` is not accepted ({e})"),
+                );
+            }
+        }
+    }
+    ApiError::bad_request("invalid_query", "query", message.to_owned())
+}
+
+/// A route that takes no query parameters.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+impl QueryParams for NoParams {}
+
+/// `limit` of a list (1..=1000, default 100).
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "invalid_query",
+            "limit",
+            format!("`limit`: `{n}` is not a whole number from 1 to 1000"),
+        )),
+    }
 }

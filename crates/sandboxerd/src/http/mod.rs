@@ -17,6 +17,7 @@ pub mod auth;
 pub mod caller;
 pub mod catalog;
 pub mod credits;
+pub mod cursor;
 pub mod error;
 pub mod events;
 pub mod extract;

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,15 +11,17 @@ use sandboxer_api::{
     CreateSandbox, Event, ExtendTtl, ExtendedSandbox, Page, Problem, RecreateSandbox, Sandbox,
     SandboxState,
 };
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::caller::Caller;
+use super::cursor::{self, List};
 use super::error::{ApiError, ApiResult};
 use super::extract::{
-    duration, limit, only_params, optional_json, query_pairs, single, ApiJson, MAX_WAIT,
+    duration, optional_json, page_limit, ApiJson, ApiQuery, QueryParams, MAX_WAIT,
 };
 use crate::catalog::LoadedProfile;
 use crate::lifecycle;
@@ -44,9 +46,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Query of `POST /v1/sandboxes`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct CreateParams {
     /// Answer once the sandbox is ready (201) or failed (200), or 202 when this runs out (max 10m).
     #[param(example = "60s")]
@@ -87,12 +89,12 @@ async fn create_sandbox(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<CreateParams>,
     ApiJson(req): ApiJson<CreateSandbox>,
 ) -> ApiResult<Response> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["wait"])?;
-    let wait = single(&pairs, "wait")?
+    let wait = q
+        .wait
+        .as_deref()
         .map(|v| duration("wait", v, Some(MAX_WAIT)))
         .transpose()?;
     let idempotency_key = idempotency_key(&headers)?;
@@ -438,9 +440,9 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> ApiResult<()> {
 }
 
 /// Query of `GET /v1/sandboxes/{id}`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct GetParams {
     /// Long-poll until the sandbox reaches this state (`ready` also accepts `active`) or settles.
     wait_for: Option<SandboxState>,
@@ -464,18 +466,12 @@ async fn get_sandbox(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<GetParams>,
 ) -> ApiResult<Json<Sandbox>> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["wait_for", "timeout"])?;
-    let target = single(&pairs, "wait_for")?
-        .map(|v| {
-            v.parse::<SandboxState>().map_err(|e| {
-                ApiError::bad_request("invalid_query", "wait_for", format!("`wait_for`: {e}"))
-            })
-        })
-        .transpose()?;
-    let timeout = single(&pairs, "timeout")?
+    let target = q.wait_for;
+    let timeout = q
+        .timeout
+        .as_deref()
         .map(|v| duration("timeout", v, Some(MAX_WAIT)))
         .transpose()?
         .unwrap_or(Duration::from_secs(30));
@@ -494,9 +490,9 @@ async fn get_sandbox(
 }
 
 /// Query of `GET /v1/sandboxes`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct ListParams {
     /// Only these states (comma-separated). Destroyed sandboxes are listed only when asked for here or with `include=all`.
     state: Option<String>,
@@ -526,35 +522,20 @@ struct ListParams {
 async fn list_sandboxes(
     State(state): State<AppState>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Page<Sandbox>>> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(
-        &pairs,
-        &[
-            "state",
-            "profile",
-            "extension",
-            "host",
-            "project",
-            "label",
-            "include",
-            "limit",
-            "cursor",
-        ],
-    )?;
     let mut f = ListFilter {
-        limit: limit(&pairs)?,
+        limit: page_limit(q.limit)?,
         ..ListFilter::default()
     };
-    if let Some(states) = single(&pairs, "state")? {
+    if let Some(states) = &q.state {
         for s in states.split(',').filter(|s| !s.is_empty()) {
             f.states.push(s.parse().map_err(|e| {
                 ApiError::bad_request("invalid_query", "state", format!("`state`: {e}"))
             })?);
         }
     }
-    f.include_all = match single(&pairs, "include")? {
+    f.include_all = match q.include.as_deref() {
         None => false,
         Some("all") => true,
         Some(other) => {
@@ -565,26 +546,27 @@ async fn list_sandboxes(
             ))
         }
     };
-    f.profile = single(&pairs, "profile")?.map(str::to_owned);
-    f.extension = single(&pairs, "extension")?.map(str::to_owned);
-    f.host = single(&pairs, "host")?.map(str::to_owned);
-    f.project = match (caller.scope(), single(&pairs, "project")?) {
-        (Some(own), _) => Some(own.to_owned()),
-        (None, p) => p.map(str::to_owned),
+    f.profile = q.profile;
+    f.extension = q.extension;
+    f.host = q.host;
+    f.project = match caller.scope() {
+        Some(own) => Some(own.to_owned()),
+        None => q.project,
     };
-    let label_count = pairs.iter().filter(|(k, _)| k == "label").count();
-    if label_count > MAX_LABEL_FILTERS {
+    let labels = q.label.unwrap_or_default();
+    if labels.len() > MAX_LABEL_FILTERS {
         // Each filter is one subquery; SQLite refuses a statement of
         // about a thousand ("Expression tree is too large").
         return Err(ApiError::bad_request(
             "invalid_query",
             "label",
             format!(
-                "`label`: {label_count} label filters; at most {MAX_LABEL_FILTERS} are allowed"
+                "`label`: {} label filters; at most {MAX_LABEL_FILTERS} are allowed",
+                labels.len()
             ),
         ));
     }
-    for (_, v) in pairs.iter().filter(|(k, _)| k == "label") {
+    for v in &labels {
         let (k, val) = v.split_once('=').ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_query",
@@ -594,30 +576,22 @@ async fn list_sandboxes(
         })?;
         f.labels.push((k.to_owned(), val.to_owned()));
     }
-    f.cursor = single(&pairs, "cursor")?
-        .map(|c| {
-            if c.starts_with("sbx_")
-                && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                Ok(c.to_owned())
-            } else {
-                Err(ApiError::bad_request(
-                    "invalid_cursor",
-                    "cursor",
-                    "`cursor` is not a cursor this API gave out",
-                ))
-            }
-        })
+    f.cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| cursor::decode(List::Sandboxes, c))
         .transpose()?;
-    let (items, next_cursor) = state.db.list_sandboxes(&f).await?;
-    Ok(Json(Page { items, next_cursor }))
+    let (items, next) = state.db.list_sandboxes(&f).await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: cursor::next(List::Sandboxes, next),
+    }))
 }
 
 /// Query of routes that may block until a change (`?wait=`).
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct WaitParams {
     /// Block until the sandbox is destroyed, at most this long (max 10m).
     #[param(example = "60s")]
@@ -640,11 +614,11 @@ async fn delete_sandbox(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<WaitParams>,
 ) -> ApiResult<Response> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["wait"])?;
-    let wait = single(&pairs, "wait")?
+    let wait = q
+        .wait
+        .as_deref()
         .map(|v| duration("wait", v, Some(MAX_WAIT)))
         .transpose()?;
     if state.db.get_row(&id, caller.scope()).await?.is_none() {
@@ -892,9 +866,9 @@ async fn touch_sandbox(
 }
 
 /// Query of `GET /v1/sandboxes/{id}/events`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct EventParams {
     /// Page size, 1 to 1000 (default 100).
     limit: Option<u32>,
@@ -916,20 +890,22 @@ async fn sandbox_events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<EventParams>,
 ) -> ApiResult<Json<Page<Event>>> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["limit", "cursor"])?;
-    let limit = limit(&pairs)?;
-    let after = match single(&pairs, "cursor")? {
+    let limit = page_limit(q.limit)?;
+    let after = match q.cursor.as_deref() {
         None => 0,
-        Some(c) => c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "cursor",
-                "`cursor` is not a cursor this API gave out",
-            )
-        })?,
+        Some(c) => cursor::decode(List::SandboxEvents, c)?
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "cursor",
+                    "`cursor` is not a cursor this API gave out",
+                )
+            })?,
     };
     if state.db.get_row(&id, caller.scope()).await?.is_none() {
         return Err(ApiError::not_found("sandbox", &id));
@@ -941,5 +917,16 @@ async fn sandbox_events(
         .db
         .events_from(&id, after, limit, min_generation)
         .await?;
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page {
+        items,
+        next_cursor: cursor::next(List::SandboxEvents, next_cursor),
+    }))
 }
+
+impl QueryParams for CreateParams {}
+impl QueryParams for GetParams {}
+impl QueryParams for ListParams {
+    const REPEATABLE: &'static [&'static str] = &["label"];
+}
+impl QueryParams for WaitParams {}
+impl QueryParams for EventParams {}

@@ -2,21 +2,23 @@
 //! delete, restore in place (`POST /v1/sandboxes/{id}/restore`), and the
 //! fork side of `POST /v1/sandboxes` (`from_snapshot`).
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sandboxer_api::{
     CreateSandbox, CreateSnapshot, Page, Problem, RestoreSnapshot, Sandbox, Snapshot, SnapshotState,
 };
+use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::caller::Caller;
+use super::cursor::{self, List};
 use super::error::{ApiError, ApiResult};
 use super::extract::{
-    duration, limit, only_params, optional_json, query_pairs, single, ApiJson, MAX_WAIT,
+    duration, optional_json, page_limit, ApiJson, ApiQuery, QueryParams, MAX_WAIT,
 };
 use crate::lifecycle::snapshots::{self as lifecycle, capable, Capability, RestoreError};
 use crate::store::{new_id, now_ms, NewSnapshot, SnapshotCreated, SnapshotFilter};
@@ -31,9 +33,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Query of `POST /v1/sandboxes/{id}/snapshots`.
-#[derive(IntoParams)]
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct CreateParams {
     /// Answer once the snapshot is ready (201) or failed (200), or 202 when this runs out (max 10m).
     #[param(example = "60s")]
@@ -65,12 +67,12 @@ async fn create_snapshot(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<CreateParams>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["wait"])?;
-    let wait = single(&pairs, "wait")?
+    let wait = q
+        .wait
+        .as_deref()
         .map(|v| duration("wait", v, Some(MAX_WAIT)))
         .transpose()?;
     let req: CreateSnapshot = optional_json(&body)?;
@@ -153,10 +155,10 @@ async fn create_snapshot(
     Ok(resp)
 }
 
-/// Query of the snapshot lists.
-#[derive(IntoParams)]
+/// Query of `GET /v1/sandboxes/{id}/snapshots`.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct ListParams {
     /// Only these states (comma-separated). Deleted snapshots are listed only when asked for here or with `include=all`.
     state: Option<String>,
@@ -168,11 +170,19 @@ struct ListParams {
     cursor: Option<String>,
 }
 
-/// Query of `GET /v1/snapshots`: the list filters plus these.
-#[derive(IntoParams)]
+/// Query of `GET /v1/snapshots`: the list filters plus `sandbox` and `project`.
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct AllParams {
+    /// Only these states (comma-separated). Deleted snapshots are listed only when asked for here or with `include=all`.
+    state: Option<String>,
+    /// `all`: include deleted snapshots.
+    include: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
     /// Only snapshots of this sandbox.
     sandbox: Option<String>,
     /// Only snapshots of this project (operators; a consumer sees only its own).
@@ -193,24 +203,30 @@ async fn list_sandbox_snapshots(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Page<Snapshot>>> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(&pairs, &["state", "include", "limit", "cursor"])?;
-    let mut f = filter(&pairs)?;
+    let mut f = filter(
+        q.state.as_deref(),
+        q.include.as_deref(),
+        q.limit,
+        q.cursor.as_deref(),
+    )?;
     if state.db.get_row(&id, caller.scope()).await?.is_none() {
         return Err(ApiError::not_found("sandbox", &id));
     }
     f.sandbox_id = Some(id);
     f.project = caller.scope().map(str::to_owned);
-    let (items, next_cursor) = state.db.list_snapshots(&f).await?;
-    Ok(Json(Page { items, next_cursor }))
+    let (items, next) = state.db.list_snapshots(&f).await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: cursor::next(List::Snapshots, next),
+    }))
 }
 
 /// Every snapshot the caller can see, newest first.
 #[utoipa::path(
     get, path = "/v1/snapshots", tag = "snapshots",
-    params(ListParams, AllParams),
+    params(AllParams),
     responses(
         (status = 200, body = Page<Snapshot>),
         (status = 400, description = "Unknown or malformed query parameter", body = Problem, content_type = "application/problem+json"),
@@ -219,37 +235,45 @@ async fn list_sandbox_snapshots(
 async fn list_snapshots(
     State(state): State<AppState>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    ApiQuery(q): ApiQuery<AllParams>,
 ) -> ApiResult<Json<Page<Snapshot>>> {
-    let pairs = query_pairs(query.as_deref())?;
-    only_params(
-        &pairs,
-        &["state", "include", "limit", "cursor", "sandbox", "project"],
+    let mut f = filter(
+        q.state.as_deref(),
+        q.include.as_deref(),
+        q.limit,
+        q.cursor.as_deref(),
     )?;
-    let mut f = filter(&pairs)?;
-    f.sandbox_id = single(&pairs, "sandbox")?.map(str::to_owned);
-    f.project = match (caller.scope(), single(&pairs, "project")?) {
-        (Some(own), _) => Some(own.to_owned()),
-        (None, p) => p.map(str::to_owned),
+    f.sandbox_id = q.sandbox;
+    f.project = match caller.scope() {
+        Some(own) => Some(own.to_owned()),
+        None => q.project,
     };
-    let (items, next_cursor) = state.db.list_snapshots(&f).await?;
-    Ok(Json(Page { items, next_cursor }))
+    let (items, next) = state.db.list_snapshots(&f).await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: cursor::next(List::Snapshots, next),
+    }))
 }
 
 /// `state`, `include`, `limit` and `cursor` of a snapshot list.
-fn filter(pairs: &[(String, String)]) -> ApiResult<SnapshotFilter> {
+fn filter(
+    states: Option<&str>,
+    include: Option<&str>,
+    limit: Option<u32>,
+    after: Option<&str>,
+) -> ApiResult<SnapshotFilter> {
     let mut f = SnapshotFilter {
-        limit: limit(pairs)?,
+        limit: page_limit(limit)?,
         ..SnapshotFilter::default()
     };
-    if let Some(states) = single(pairs, "state")? {
+    if let Some(states) = states {
         for s in states.split(',').filter(|s| !s.is_empty()) {
             f.states.push(s.parse().map_err(|e| {
                 ApiError::bad_request("invalid_query", "state", format!("`state`: {e}"))
             })?);
         }
     }
-    f.include_all = match single(pairs, "include")? {
+    f.include_all = match include {
         None => false,
         Some("all") => true,
         Some(other) => {
@@ -260,21 +284,8 @@ fn filter(pairs: &[(String, String)]) -> ApiResult<SnapshotFilter> {
             ))
         }
     };
-    f.cursor = single(pairs, "cursor")?
-        .map(|c| {
-            if c.starts_with("snap_")
-                && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                Ok(c.to_owned())
-            } else {
-                Err(ApiError::bad_request(
-                    "invalid_cursor",
-                    "cursor",
-                    "`cursor` is not a cursor this API gave out",
-                ))
-            }
-        })
+    f.cursor = after
+        .map(|c| cursor::decode(List::Snapshots, c))
         .transpose()?;
     Ok(f)
 }
@@ -451,3 +462,7 @@ pub async fn record_fork(state: &AppState, sandbox_id: &str, req: &CreateSandbox
     }
     Ok(())
 }
+
+impl QueryParams for CreateParams {}
+impl QueryParams for ListParams {}
+impl QueryParams for AllParams {}
