@@ -451,23 +451,6 @@ fn read_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, 
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("2GiB"), Some(2 << 30));
-        assert_eq!(parse_size("64KiB"), Some(65_536));
-        assert_eq!(parse_size("500MB"), Some(500_000_000));
-        assert_eq!(parse_size("42"), Some(42));
-        assert_eq!(parse_size(" 1 MiB "), Some(1 << 20));
-        for bad in ["", "GiB", "1.5GiB", "-1B", "1 parsec", "99999999999TiB"] {
-            assert_eq!(parse_size(bad), None, "{bad}");
-        }
-    }
-}
-
 /// Whether a backend offering `offered` isolates at least as well as
 /// `needed`: `process < container < gvisor < microvm`; `saas` (the
 /// provider's own isolation) only satisfies itself.
@@ -483,4 +466,21 @@ pub fn isolates_enough(offered: &[Isolation], needed: Isolation) -> bool {
         (Some(a), Some(b)) => a >= b,
         _ => *o == needed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("64KiB"), Some(65_536));
+        assert_eq!(parse_size("500MB"), Some(500_000_000));
+        assert_eq!(parse_size("42"), Some(42));
+        assert_eq!(parse_size(" 1 MiB "), Some(1 << 20));
+        for bad in ["", "GiB", "1.5GiB", "-1B", "1 parsec", "99999999999TiB"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
 }
