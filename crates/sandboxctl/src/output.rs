@@ -86,3 +86,44 @@ pub fn emit(text: &str) {
 pub fn note(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
+
+#[cfg(test)]
+mod tests {
+    use sandboxctl::api::Problem;
+
+    use super::*;
+
+    fn api(field: Option<&str>) -> CliError {
+        CliError::from(ClientError::Api {
+            status: 422,
+            problem: Problem {
+                kind: "about:blank".into(),
+                title: "Unprocessable Entity".into(),
+                status: 422,
+                detail: "ttl 9d is over the max 1d".into(),
+                code: "ttl_too_long".into(),
+                field: field.map(str::to_owned),
+            },
+        })
+    }
+
+    #[test]
+    fn error_lines_and_exit_codes() {
+        assert_eq!(
+            api(None).message(),
+            "error: ttl 9d is over the max 1d (ttl_too_long)"
+        );
+        assert_eq!(
+            api(Some("ttl")).message(),
+            "error: ttl 9d is over the max 1d (ttl_too_long, field: ttl)"
+        );
+        assert_eq!(api(None).exit_code(), 1);
+        let transport = CliError::from(ClientError::Transport(
+            "could not connect to http://x/".into(),
+        ));
+        assert_eq!(transport.exit_code(), 3);
+        assert!(transport.message().contains("http://x/"));
+        assert_eq!(CliError::Usage("dup".into()).exit_code(), 2);
+        assert_eq!(CliError::Failed("failed".into()).exit_code(), 1);
+    }
+}
