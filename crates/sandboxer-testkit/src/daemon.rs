@@ -38,10 +38,7 @@ impl DaemonBin {
         let dir = me
             .parent()
             .context("this executable has no parent directory")?;
-        let candidates = [
-            dir.join("sandboxerd"),
-            dir.join("../sandboxerd"),
-        ];
+        let candidates = [dir.join("sandboxerd"), dir.join("../sandboxerd")];
         if let Some(bin) = candidates.iter().find(|b| b.is_file()) {
             return Ok(DaemonBin(bin.clone()));
         }
@@ -195,12 +192,7 @@ impl DaemonBuilder {
     }
 
     /// More environment variables, as [`DaemonBuilder::env`].
-    pub fn envs<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<OsStr>,
-        V: AsRef<OsStr>,
-    {
+    pub fn envs(mut self, vars: &[(&str, &str)]) -> Self {
         for (k, v) in vars {
             self = self.env(k, v);
         }
@@ -226,8 +218,7 @@ impl DaemonBuilder {
     /// Start on `data_dir` and wait until the daemon serves; panics saying
     /// why it did not (its log is on stderr).
     pub fn start(self, data_dir: &Path) -> Daemon {
-        self.try_start(data_dir)
-            .unwrap_or_else(|e| panic!("{e:#}"))
+        self.try_start(data_dir).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// [`DaemonBuilder::start`] answering an error instead of panicking.

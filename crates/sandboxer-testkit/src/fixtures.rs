@@ -75,3 +75,13 @@ pub fn sandbox_row(project: &str, ttl_ms: i64, max_ms: i64) -> NewSandbox {
         estimate_credits: 0,
     }
 }
+
+/// A `[[tokens]]` block of the daemon's TOML config for `token` (stored as
+/// its SHA-256), held by `agt:<actor>` of `project` with `role`
+/// (`consumer` or `operator`).
+pub fn token_block(token: &str, actor: &str, project: &str, role: &str) -> String {
+    format!(
+        "[[tokens]]\ntoken_sha256 = \"{}\"\nactor_type = \"agt\"\nactor = \"{actor}\"\nproject = \"{project}\"\nrole = \"{role}\"\n\n",
+        sandboxctl::token::token_sha256(token)
+    )
+}

@@ -5,9 +5,10 @@
 //! - [`TestApp`]: the in-process app on a fresh database, driven with
 //!   `Router::oneshot`;
 //! - [`TestDir`]: a temporary directory that kills what still runs from it;
-//! - fixtures: [`settings`], [`local_shell`], [`sandbox_row`], [`repo_file`];
+//! - fixtures: [`settings`], [`local_shell`], [`sandbox_row`],
+//!   [`token_block`], [`repo_file`];
 //! - sandboxes: [`run_inside`], [`ready_sandbox`], [`workdir`],
-//!   [`sandbox_processes`], [`give_to_sandbox`];
+//!   [`sandbox_processes`], [`sandbox_dirs`], [`give_to_sandbox`];
 //! - real backends: [`require_bwrap`], [`Sshd`], [`require_docker`].
 //!
 //! The daemon binary's path is the caller's to give
@@ -28,11 +29,14 @@ pub use app::{assert_problem, Reply, TestApp};
 pub use backends::{have, prepare_docker, require_bwrap, require_docker, sh};
 pub use daemon::{Daemon, DaemonBin, DaemonBuilder, DaemonLog};
 pub use dir::{alive, kill_leftovers, TestDir};
-pub use fixtures::{local_shell, repo_file, repo_root, sandbox_row, settings, LOCAL_SHELL};
-pub use sandbox::{
-    give_to_sandbox, ready_sandbox, run_inside, run_inside_as, sandbox_processes, workdir,
+pub use fixtures::{
+    local_shell, repo_file, repo_root, sandbox_row, settings, token_block, LOCAL_SHELL,
 };
-pub use sshd::{free_port, Sshd};
+pub use sandbox::{
+    give_to_sandbox, ready_sandbox, run_inside, run_inside_as, sandbox_dirs, sandbox_processes,
+    workdir,
+};
+pub use sshd::{free_port, keygen, Sshd};
 
 /// The `sandboxerd` binary cargo built for the calling test crate, as a
 /// [`DaemonBin`]; only `sandboxerd`'s own integration tests have it.

@@ -1,6 +1,6 @@
 //! Looking at sandboxes from the host: running commands inside, finding
 //! their processes and workspaces.
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -105,4 +105,15 @@ pub fn workdir(sbx: &Sandbox) -> PathBuf {
             .as_str()
             .expect("workdir"),
     )
+}
+
+/// Sandbox ids with a directory under `<data_dir>/sandboxes`.
+pub fn sandbox_dirs(data_dir: &Path) -> BTreeSet<String> {
+    match std::fs::read_dir(data_dir.join("sandboxes")) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
 }

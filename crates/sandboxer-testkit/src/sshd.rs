@@ -16,7 +16,7 @@ pub fn free_port() -> u16 {
 
 /// A new ed25519 key pair at `path` (private) and `path.pub`; answers the
 /// public key line.
-fn keygen(path: &Path) -> anyhow::Result<String> {
+pub fn keygen(path: &Path) -> anyhow::Result<String> {
     let ok = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(path)
