@@ -1,6 +1,7 @@
 //! The daemon's app in-process on a fresh database, driven with
 //! `Router::oneshot`: the handler-test layer.
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -18,10 +19,12 @@ use crate::fixtures::settings;
 /// JSON string holding the text when it is not JSON).
 pub type Reply = (StatusCode, String, Value);
 
-/// The app on a fresh database in a [`TestDir`] of its own.
+/// The app on a fresh database in a [`TestDir`] of its own; clones share
+/// both (to send from spawned tasks).
+#[derive(Clone)]
 pub struct TestApp {
     /// Its directory; the data dir is `<dir>/data`.
-    pub dir: TestDir,
+    pub dir: Arc<TestDir>,
     /// The state the app runs on (store, settings, extensions).
     pub state: AppState,
     /// The router requests go through.
@@ -42,7 +45,11 @@ impl TestApp {
         edit(dir.path(), &mut s);
         let state = sandboxerd::build_state(s).await.expect("state");
         let app = sandboxerd::http::app(state.clone());
-        TestApp { dir, state, app }
+        TestApp {
+            dir: Arc::new(dir),
+            state,
+            app,
+        }
     }
 
     /// Send `req` as it is.

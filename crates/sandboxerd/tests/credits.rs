@@ -8,14 +8,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use sandboxer_api::{Consumer, LedgerEntry, LedgerKind, Sandbox, SandboxState};
 use sandboxerd::config::TokenEntry;
 use sandboxerd::lifecycle::metering::tick_at;
 use sandboxerd::store::{now_ms, Billing, Change, Created, NewSandbox, Transition};
 use sandboxerd::AppState;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use serde_json::json;
 
 use sandboxer_testkit as testkit;
 use testkit::{require_bwrap, TestApp, TestDir};
@@ -233,23 +231,16 @@ async fn concurrent_creates_never_reserve_more_than_the_balance() {
     grant(&t, "default", 70).await;
     let mut tasks = Vec::new();
     for _ in 0..50 {
-        let app = t.app.clone();
+        let t = t.clone();
         tasks.push(tokio::spawn(async move {
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri("/v1/sandboxes")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(
-                    json!({"profile": "profile.metered"}).to_string(),
-                ))
-                .expect("request");
-            let resp = app.oneshot(req).await.expect("response");
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-            (
-                status,
-                serde_json::from_slice::<Value>(&bytes).expect("json"),
-            )
+            let (status, _, body) = t
+                .call(
+                    Method::POST,
+                    "/v1/sandboxes",
+                    Some(json!({"profile": "profile.metered"})),
+                )
+                .await;
+            (status, body)
         }));
     }
     let (mut created, mut refused) = (Vec::new(), 0);
@@ -738,27 +729,20 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
     );
 
     // An Idempotency-Key makes a retried grant answer the same entry.
-    let send = |amount: i64| {
-        let app = t.app.clone();
-        async move {
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri("/v1/credits/alpha/grants")
-                .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .header("idempotency-key", "invoice-42")
-                .body(Body::from(
-                    json!({"amount": amount, "reason": "invoice 42"}).to_string(),
-                ))
-                .expect("request");
-            let resp = app.oneshot(req).await.expect("response");
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-            (
-                status,
-                serde_json::from_slice::<Value>(&bytes).expect("json"),
-            )
-        }
+    let t = &t;
+    let send = |amount: i64| async move {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/credits/alpha/grants")
+            .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", "invoice-42")
+            .body(Body::from(
+                json!({"amount": amount, "reason": "invoice 42"}).to_string(),
+            ))
+            .expect("request");
+        let (status, _, body) = t.send(req).await;
+        (status, body)
     };
     let (s1, first) = send(50).await;
     let (s2, again) = send(50).await;
