@@ -16,6 +16,7 @@
 //! tests): [`daemon!`] and [`daemon_bin!`] pass it from there, and
 //! [`DaemonBin::beside_current_exe`] finds it for the benchmarks.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod app;
 mod backends;

@@ -134,7 +134,7 @@ fn start_daemon(s: &Setup, host_key: &str, port: u16, env: &[(&str, &str)]) -> D
     let cfg = config(&s.sshd.dir, port, &s.sshd.identity, host_key, &s.workdir);
     let data = s.dir.path().join("data");
     testkit::daemon!()
-        .args(&["--config", cfg.to_str().expect("utf-8 path")])
+        .args(["--config", cfg.to_str().expect("utf-8 path")])
         .envs(env)
         .start(&data)
 }
@@ -401,7 +401,7 @@ fn start_daemon_with_hosts(s: &Setup, before: &str, after: &str) -> Daemon {
     let text = text.replacen("[[hosts]]", &format!("{before}[[hosts]]"), 1);
     std::fs::write(&cfg, format!("{text}\n{after}")).expect("write config");
     testkit::daemon!()
-        .args(&["--config", cfg.to_str().expect("utf-8 path")])
+        .args(["--config", cfg.to_str().expect("utf-8 path")])
         .envs(&[("SANDBOXER_STALE_SWEEP_INTERVAL", "0s")])
         .start(&s.dir.path().join("data"))
 }

@@ -201,8 +201,8 @@ fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
 async fn wait_settled(t: &TestApp, id: &str) -> Sandbox {
     let start = std::time::Instant::now();
     loop {
-        let s = get(&t, id).await;
-        let held: i64 = ledger_of(&t, &s.consumer.project)
+        let s = get(t, id).await;
+        let held: i64 = ledger_of(t, &s.consumer.project)
             .await
             .iter()
             .filter(|e| e.sandbox_id.as_deref() == Some(id))
@@ -928,7 +928,7 @@ async fn a_daemon_killed_mid_tick_never_double_debits() {
     // first tick that finds a ready sandbox (and aborts).
     crashing.retain(|(k, _)| *k != "SANDBOXER_METERING_INTERVAL");
     crashing.push(("SANDBOXER_METERING_INTERVAL", "2s"));
-    let mut d = testkit::daemon!().args(&args).envs(&crashing).start(&data);
+    let mut d = testkit::daemon!().args(args).envs(&crashing).start(&data);
     let (status, _) = d
         .client
         .grant("default", 1000, "test", None)
@@ -957,7 +957,7 @@ async fn a_daemon_killed_mid_tick_never_double_debits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(d);
-    let d = testkit::daemon!().args(&args).envs(&env).start(&data);
+    let d = testkit::daemon!().args(args).envs(&env).start(&data);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, done) = d
         .client

@@ -181,7 +181,7 @@ async fn a_half_sent_request_header_is_cut_after_the_header_timeout() {
         "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\n",
     );
     let d = testkit::daemon!()
-        .args(&["--config", &cfg])
+        .args(["--config", &cfg])
         .start(&dir.path().join("data"));
     let host = addr(&d);
     let mut s = TcpStream::connect(&host).expect("connect");
@@ -207,7 +207,7 @@ async fn an_idle_keep_alive_connection_is_closed_but_a_long_poll_is_not() {
         "[limits]\nheader_read_timeout = \"30s\"\nidle_timeout = \"1s\"\n",
     );
     let d = testkit::daemon!()
-        .args(&["--config", &cfg])
+        .args(["--config", &cfg])
         .start(&dir.path().join("data"));
     let host = addr(&d);
     let mut s = TcpStream::connect(&host).expect("connect");
@@ -244,7 +244,7 @@ async fn connections_over_the_per_client_cap_are_refused_and_the_others_keep_wor
     let dir = TestDir::new();
     let cfg = config(dir.path(), "[limits]\nmax_connections_per_client = 5\n");
     let d = testkit::daemon!()
-        .args(&["--config", &cfg])
+        .args(["--config", &cfg])
         .start(&dir.path().join("data"));
     let host = addr(&d);
     let mut open: Vec<TcpStream> = (0..5)
@@ -324,7 +324,7 @@ async fn consumer_paths_resolve_only_under_input_roots_and_never_reveal_the_host
     toml.push_str(&token_block(OTHER, "b-agent", "b", "consumer"));
     let cfg = config(&root, &toml);
     let d = testkit::daemon!()
-        .args(&["--config", &cfg, "--profiles", &profiles])
+        .args(["--config", &cfg, "--profiles", &profiles])
         .start(&data);
     let a = d.client_with(CONSUMER);
     let b = d.client_with(OTHER);
@@ -395,7 +395,7 @@ async fn without_input_roots_only_operators_pass_host_paths() {
     toml.push_str(&token_block(OPERATOR, "ops", "ops", "operator"));
     let cfg = config(&root, &toml);
     let d = testkit::daemon!()
-        .args(&["--config", &cfg, "--profiles", &profiles])
+        .args(["--config", &cfg, "--profiles", &profiles])
         .start(&root.join("data"));
     let err = d
         .client_with(CONSUMER)

@@ -213,7 +213,7 @@ async fn idle_sandboxes_are_reaped_and_touch_keeps_them() {
     .expect("write");
     let data = dir.path().join("data");
     let d = testkit::daemon!()
-        .args(&["--profiles", profiles.to_str().expect("utf-8")])
+        .args(["--profiles", profiles.to_str().expect("utf-8")])
         .start(&data);
     let req = CreateSandbox {
         profile: "profile.idle-shell".into(),

@@ -90,8 +90,7 @@ fn setup_with(dir: &Path, pool: &str, extra: &str, broken: bool) -> Vec<String> 
 }
 
 fn start(data: &Path, args: &[String], env: &[(&str, &str)]) -> Daemon {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    testkit::daemon!().args(&args).envs(env).start(data)
+    testkit::daemon!().args(args).envs(env).start(data)
 }
 
 fn pooled(labels: &[(&str, &str)], ttl: Option<&str>) -> CreateSandbox {

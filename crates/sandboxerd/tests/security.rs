@@ -57,7 +57,7 @@ async fn tokens_isolate_projects_audit_and_keep_secrets() {
     let (config, profiles) = setup(dir.path(), "[limits]\nlive_sandboxes_per_project = 2\n");
     let data = dir.path().join("data");
     let d = testkit::daemon!()
-        .args(&["--config", &config, "--profiles", &profiles])
+        .args(["--config", &config, "--profiles", &profiles])
         .envs(&[("SANDBOXER_TEST_SENTINEL", SENTINEL)])
         .start(&data);
     let anon = &d.client;
@@ -253,7 +253,7 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
     let dir = TestDir::new();
     let (config, profiles) = setup(dir.path(), "[limits]\nrequests_per_second = 2\nburst = 5\n");
     let d = testkit::daemon!()
-        .args(&["--config", &config, "--profiles", &profiles])
+        .args(["--config", &config, "--profiles", &profiles])
         .start(&dir.path().join("data"));
     let alpha = d.client_with(ALPHA);
     let mut limited = None;

@@ -517,7 +517,7 @@ async fn a_capture_over_max_size_fails_and_forks_may_change_profile() {
     std::fs::write(profiles.join("tiny.yaml"), tiny).expect("write");
     let data = dir.path().join("data");
     let d = testkit::daemon!()
-        .args(&["--profiles", profiles.to_str().expect("utf-8")])
+        .args(["--profiles", profiles.to_str().expect("utf-8")])
         .start(&data);
     let c = &d.client;
 
