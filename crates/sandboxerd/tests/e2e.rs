@@ -9,8 +9,7 @@ use sandboxctl::api::SandboxState;
 use sandboxctl::{ClientError, ListQuery};
 
 use sandboxer_testkit as testkit;
-use testkit::local_shell;
-use testkit::{alive, require_bwrap, run_inside};
+use testkit::{alive, local_shell, require_bwrap, run_inside};
 
 fn pid_of(reachability: &serde_json::Value) -> i64 {
     reachability["pid"].as_i64().expect("reachability.pid")

@@ -10,8 +10,7 @@ use std::time::Duration;
 use sandboxctl::api::{Sandbox, SandboxState, Snapshot, SnapshotState};
 
 use sandboxer_testkit as testkit;
-use testkit::local_shell;
-use testkit::{require_bwrap, run_inside, run_inside_as, Daemon, TestDir};
+use testkit::{local_shell, require_bwrap, run_inside, run_inside_as, Daemon, TestDir};
 
 const WAIT: Duration = Duration::from_secs(30);
 

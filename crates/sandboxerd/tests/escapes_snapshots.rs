@@ -22,8 +22,7 @@ use sandboxctl::Client;
 use sandboxerd::extensions::archive;
 
 use sandboxer_testkit as testkit;
-use testkit::local_shell;
-use testkit::{ready_sandbox, require_bwrap, workdir, Daemon, TestDir};
+use testkit::{local_shell, ready_sandbox, require_bwrap, workdir, Daemon, TestDir};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -14,8 +14,7 @@ use sandboxctl::api::CreateSandbox;
 use sandboxctl::Method;
 
 use sandboxer_testkit as testkit;
-use testkit::token_block;
-use testkit::{require_bwrap, Daemon, TestDir};
+use testkit::{require_bwrap, token_block, Daemon, TestDir};
 
 const CONSUMER: &str = "sbt_hardening_consumer_token_for_tests_only_000000000000000000000";
 const OTHER: &str = "sbt_hardening_other_token_for_tests_only_1111111111111111111111111";

@@ -10,8 +10,7 @@ use sandboxctl::api::{CreateSandbox, Sandbox, SandboxState};
 use sandboxctl::{Client, ListQuery};
 
 use sandboxer_testkit as testkit;
-use testkit::sandbox_dirs;
-use testkit::{alive, require_bwrap};
+use testkit::{alive, require_bwrap, sandbox_dirs};
 
 fn local_shell(ttl: Option<&str>) -> CreateSandbox {
     CreateSandbox {

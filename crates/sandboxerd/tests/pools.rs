@@ -13,8 +13,7 @@ use sandboxctl::token::token_sha256;
 use sandboxctl::{Client, ListQuery, Method, UsageQuery};
 
 use sandboxer_testkit as testkit;
-use testkit::sandbox_dirs;
-use testkit::{alive, require_bwrap, run_inside, Daemon, TestDir};
+use testkit::{alive, require_bwrap, run_inside, sandbox_dirs, Daemon, TestDir};
 
 const POOLED: &str = "profile.pooled-shell";
 const LABEL: &str = "io.sandboxer.pool";

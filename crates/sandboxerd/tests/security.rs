@@ -8,8 +8,7 @@ use sandboxctl::api::{Consumer, CreateSandbox, SandboxState};
 use sandboxctl::Method;
 
 use sandboxer_testkit as testkit;
-use testkit::token_block;
-use testkit::{require_bwrap, run_inside, TestDir};
+use testkit::{require_bwrap, run_inside, token_block, TestDir};
 
 const ALPHA: &str = "sbt_alpha_token_for_tests_only_000000000000000000000000000000000000";
 const BETA: &str = "sbt_beta_token_for_tests_only_1111111111111111111111111111111111111";

@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use sandboxer_testkit as testkit;
-use testkit::local_shell;
-use testkit::{assert_problem, ready_sandbox, require_bwrap, run_inside, workdir, TestApp};
+use testkit::{
+    assert_problem, local_shell, ready_sandbox, require_bwrap, run_inside, workdir, TestApp,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
