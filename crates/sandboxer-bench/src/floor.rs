@@ -14,7 +14,7 @@ use sandboxerd::extensions::local::{LocalExtension, LOCAL_HOST};
 use sandboxerd::extensions::{Extension, ProvisionRequest};
 
 /// The profile every benchmark sandbox uses.
-pub const PROFILE: &str = "profile.local-shell";
+pub const PROFILE: &str = sandboxer_testkit::LOCAL_SHELL;
 
 /// The benchmark profile as the daemon loads it from `repo`, checked
 /// against the backends the daemon is built with.

@@ -16,10 +16,10 @@
 //! `--quick` (CI) shrinks every load and judges nothing.
 #![forbid(unsafe_code)]
 
-mod daemon;
 mod fixtures;
 mod floor;
 mod load;
+mod memory;
 mod report;
 mod stats;
 
@@ -36,9 +36,10 @@ use sandboxctl::{Client, ClientError, ListQuery};
 use sandboxer_api::{CreateSandbox, Sandbox, SandboxState};
 use sandboxerd::store::{new_id, now_ms, Db};
 
-use daemon::{Daemon, Memory};
 use floor::{Floor, InProcess, PROFILE};
+use memory::{memory, Memory};
 use report::{Report, Row, Section};
+use sandboxer_testkit::{kill_leftovers, Daemon, DaemonBin};
 use stats::{mib, ms, Samples};
 
 /// Measure sand-boxer against the targets of DESIGN.md and write the report.
@@ -149,8 +150,8 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| repo.join("docs/benchmarks.md"));
-    let bin = daemon::locate()?;
-    daemon::warn_if_stale(&bin, &repo);
+    let bin = DaemonBin::beside_current_exe()?;
+    bin.warn_if_stale(&repo);
     let plan = if args.quick { QUICK } else { FULL };
 
     let scratch = tempfile::Builder::new()
@@ -160,7 +161,7 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let load_before = loadavg();
     let started = Instant::now();
     let measured = measure(&plan, &repo, &bin, scratch.path()).await;
-    let leftovers = daemon::kill_leftovers(scratch.path());
+    let leftovers = kill_leftovers(scratch.path());
     if args.keep {
         let kept = scratch.keep();
         eprintln!("scratch directory kept: {}", kept.display());
@@ -206,7 +207,7 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
 async fn measure(
     plan: &Plan,
     repo: &Path,
-    bin: &Path,
+    bin: &DaemonBin,
     scratch: &Path,
 ) -> anyhow::Result<Vec<Section>> {
     let profile = floor::load_profile(repo, &scratch.join("catalog"))?;
@@ -219,9 +220,12 @@ async fn measure(
     eprintln!("== {} rows into the daemon's database", plan.list_rows);
     fixtures::list_rows(&data.join("sandboxer.db"), plan.list_rows).await?;
 
-    let daemon = Daemon::start(bin, repo, &data, &scratch.join("sandboxerd.log"))?;
+    let daemon = Daemon::builder(bin.clone())
+        .repo(repo)
+        .log_file(scratch.join("sandboxerd.log"))
+        .try_start(&data)?;
     let sections = with_daemon(plan, &daemon, scratch, profile).await;
-    let log_tail = daemon.log.tail();
+    let log_tail = daemon.log.text();
     let stopped = daemon.stop(Duration::from_secs(20));
     let mut sections =
         sections.with_context(|| format!("the daemon's log ends with:\n{log_tail}"))?;
@@ -247,7 +251,7 @@ const POOL_SIZE: u32 = 4;
 async fn pool_section(
     plan: &Plan,
     repo: &Path,
-    bin: &Path,
+    bin: &DaemonBin,
     scratch: &Path,
 ) -> anyhow::Result<Section> {
     let profiles = scratch.join("pool-profiles");
@@ -280,16 +284,13 @@ async fn pool_section(
     )
     .context("writing the pooled profile")?;
     let data = scratch.join("pool-data");
-    let daemon = Daemon::start_with(
-        bin,
-        repo,
-        &profiles,
-        &data,
-        &scratch.join("sandboxerd-pool.log"),
-        &[],
-    )?;
+    let daemon = Daemon::builder(bin.clone())
+        .repo(repo)
+        .profiles(&profiles)
+        .log_file(scratch.join("sandboxerd-pool.log"))
+        .try_start(&data)?;
     let measured = pool_measure(plan, &daemon).await;
-    let log_tail = daemon.log.tail();
+    let log_tail = daemon.log.text();
     let stopped = daemon.stop(Duration::from_secs(20));
     let section =
         measured.with_context(|| format!("the pool daemon's log ends with:\n{log_tail}"))?;
@@ -335,7 +336,7 @@ async fn pool_full(client: &Client, limit: Duration) -> anyhow::Result<Duration>
 }
 
 async fn pool_measure(plan: &Plan, daemon: &Daemon) -> anyhow::Result<Section> {
-    let client = Client::new(&daemon.url, None)?;
+    let client = daemon.client.clone();
     let hits_series = format!("sandboxer_pool_hits_total{{profile=\"{POOL_PROFILE}\"}}");
     let first_fill = pool_full(&client, Duration::from_secs(60)).await?;
     let hits_before = metric(&client, &hits_series).await?;
@@ -422,15 +423,15 @@ async fn with_daemon(
     scratch: &Path,
     profile: sandboxer_api::Profile,
 ) -> anyhow::Result<Vec<Section>> {
-    let client = Client::new(&daemon.url, None)?;
+    let client = daemon.client.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = daemon.memory()?;
+    let idle = memory(daemon.pid())?;
     // Resident memory after each phase, to tell which one makes it grow.
     let mut phases = Vec::new();
 
     eprintln!("== list: {} calls", plan.list_calls);
     let list = list_section(plan, daemon, &client).await?;
-    phases.push(("list calls".to_owned(), daemon.memory()?));
+    phases.push(("list calls".to_owned(), memory(daemon.pid())?));
     eprintln!(
         "== GET throughput: {} connections for {:?}",
         plan.connections, plan.get_duration
@@ -438,7 +439,7 @@ async fn with_daemon(
     let get = get_section(plan, daemon, &client).await?;
     phases.push((
         format!("GET load, {} connections", plan.connections),
-        daemon.memory()?,
+        memory(daemon.pid())?,
     ));
     eprintln!("== create→ready: {} sequential creates", plan.creates);
     let floor = Arc::new(Floor::new(&scratch.join("floor"), profile.clone())?);
@@ -446,16 +447,16 @@ async fn with_daemon(
     let creates = create_section(plan, &client, floor, &inproc).await?;
     phases.push((
         format!("{} sequential creates", plan.creates),
-        daemon.memory()?,
+        memory(daemon.pid())?,
     ));
     eprintln!("== {} concurrent creates", plan.concurrent);
     let (concurrent, peak) = concurrent_section(plan, daemon, &client).await?;
     phases.push((
         format!("{} concurrent creates", plan.concurrent),
-        daemon.memory()?,
+        memory(daemon.pid())?,
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = daemon.memory()?;
+    let after = memory(daemon.pid())?;
     let memory = memory_section(plan, idle, &phases, peak, after);
     Ok(vec![creates, get, list, concurrent, memory])
 }
@@ -755,7 +756,7 @@ async fn concurrent_section(
         let (stop, peak, pid) = (stop.clone(), peak.clone(), daemon.pid());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(m) = daemon::memory(pid) {
+                if let Ok(m) = memory(pid) {
                     peak.fetch_max(m.rss_kib, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1062,7 +1063,7 @@ async fn reaper_section(plan: &Plan, db_path: &Path) -> anyhow::Result<Section> 
 fn header(
     args: &Args,
     repo: &Path,
-    bin: &Path,
+    bin: &DaemonBin,
     load_before: &str,
     took: Duration,
 ) -> Vec<(String, String)> {
@@ -1151,7 +1152,8 @@ fn header(
             "Daemon".into(),
             format!(
                 "`{}`, default configuration, fresh data dir, `127.0.0.1:0`, JSON logs at `info`",
-                bin.file_name()
+                bin.path()
+                    .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
                     .unwrap_or_default()
             ),

@@ -1,183 +1,19 @@
 //! `ext.compose-ssh` for real: a throwaway `sshd` on a loopback port (keys
 //! generated here), Debian's `docker.io` + `docker-compose`, and a
 //! `local/busybox` image imported from `busybox-static` (nothing is pulled).
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TestDir};
 use sandboxctl::api::{CreateSandbox, Placement, SandboxState};
 
+use sandboxer_testkit as testkit;
+use testkit::{free_port, require_docker, sh, Daemon, Sshd, TestDir};
+
 const LABEL: &str = "io.sandboxer.sandbox-id";
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn sh(script: &str) -> (bool, String) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("run sh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-/// Make sure `dockerd` answers (starting it when it does not) and the
-/// `local/busybox` image exists. Panics naming what is missing.
-// dockerd, once started, is left running for later tests and runs.
-#[allow(clippy::zombie_processes)]
-fn require_docker() {
-    for tool in [
-        "docker",
-        "docker-compose",
-        "ssh-keygen",
-        "/usr/sbin/sshd",
-        "busybox",
-    ] {
-        assert!(
-            have(tool) || Path::new(tool).exists(),
-            "`{tool}` is not installed: these tests run real compose stacks; \
-             `apt-get install -y docker.io docker-compose busybox-static openssh-server`"
-        );
-    }
-    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
-    if *ready {
-        return;
-    }
-    if !sh("docker info >/dev/null 2>&1").0 {
-        let log = std::fs::File::create("/tmp/dockerd.log").expect("dockerd log");
-        Command::new("dockerd")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start dockerd (are you root?)");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !sh("docker info >/dev/null 2>&1").0 {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not answer within 60s; see /tmp/dockerd.log"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-    if !sh("docker image inspect local/busybox >/dev/null 2>&1").0 {
-        let root = tempfile::tempdir().expect("tempdir");
-        let bin = root.path().join("bin");
-        std::fs::create_dir_all(&bin).expect("bin");
-        let (_, busybox) = sh("command -v busybox");
-        std::fs::copy(busybox.trim(), bin.join("busybox")).expect("copy busybox");
-        for applet in [
-            "sh", "sleep", "httpd", "nc", "cat", "ls", "echo", "wget", "true",
-        ] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
-        }
-        for d in ["tmp", "www", "data"] {
-            std::fs::create_dir_all(root.path().join(d)).expect("dir");
-        }
-        let (ok, out) = sh(&format!(
-            "tar -C {} -c . | docker import - local/busybox",
-            root.path().display()
-        ));
-        assert!(ok, "docker import of local/busybox failed: {out}");
-    }
-    *ready = true;
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn keygen(path: &Path) -> String {
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .status()
-        .expect("ssh-keygen");
-    assert!(status.success(), "ssh-keygen failed");
-    std::fs::read_to_string(path.with_extension("pub"))
-        .expect("public key")
-        .trim()
-        .to_owned()
-}
-
-/// A throwaway `sshd` on a loopback port, killed on drop.
-struct Sshd {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    /// The server's public key line.
-    host_key: String,
-    /// The client's private key.
-    identity: PathBuf,
-}
-
-impl Sshd {
-    fn start(dir: &Path) -> Sshd {
-        let dir = dir.join("sshd");
-        std::fs::create_dir_all(&dir).expect("sshd dir");
-        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
-        let host_key = keygen(&dir.join("host_key"));
-        let client_pub = keygen(&dir.join("client_key"));
-        std::fs::write(dir.join("authorized_keys"), format!("{client_pub}\n")).expect("keys");
-        let port = free_port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
-             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             StrictModes no\nPidFile {d}/sshd.pid\nLogLevel ERROR\nMaxSessions 20\n",
-            d = dir.display()
-        );
-        std::fs::write(dir.join("sshd_config"), config).expect("sshd_config");
-        let child = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start /usr/sbin/sshd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not listen within 20s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Sshd {
-            child,
-            port,
-            identity: dir.join("client_key"),
-            dir,
-            host_key,
-        }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A daemon configuration with one host.
 fn config(dir: &Path, port: u16, identity: &Path, host_key: &str, workdir: &Path) -> PathBuf {
@@ -283,7 +119,7 @@ impl Drop for Setup {
 fn setup() -> Setup {
     require_docker();
     let dir = TestDir::new();
-    let sshd = Sshd::start(dir.path());
+    let sshd = Sshd::start(dir.path()).expect("the throwaway sshd");
     let workdir = dir.path().join("remote");
     let repo = repo(dir.path());
     Setup {
@@ -297,7 +133,10 @@ fn setup() -> Setup {
 fn start_daemon(s: &Setup, host_key: &str, port: u16, env: &[(&str, &str)]) -> Daemon {
     let cfg = config(&s.sshd.dir, port, &s.sshd.identity, host_key, &s.workdir);
     let data = s.dir.path().join("data");
-    Daemon::start_with(&data, &["--config", cfg.to_str().expect("utf-8 path")], env)
+    testkit::daemon!()
+        .args(["--config", cfg.to_str().expect("utf-8 path")])
+        .envs(env)
+        .start(&data)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -384,7 +223,7 @@ async fn two_service_stack_comes_up_labelled_and_goes_without_a_trace() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_host_key_fails_with_host_key_mismatch() {
     let s = setup();
-    let other = keygen(&s.dir.path().join("other_key"));
+    let other = testkit::keygen(&s.dir.path().join("other_key")).expect("ssh-keygen");
     let d = start_daemon(&s, &other, s.sshd.port, &[]);
     let (_, sbx) = d
         .client
@@ -561,11 +400,10 @@ fn start_daemon_with_hosts(s: &Setup, before: &str, after: &str) -> Daemon {
     let text = std::fs::read_to_string(&cfg).expect("config");
     let text = text.replacen("[[hosts]]", &format!("{before}[[hosts]]"), 1);
     std::fs::write(&cfg, format!("{text}\n{after}")).expect("write config");
-    Daemon::start_with(
-        &s.dir.path().join("data"),
-        &["--config", cfg.to_str().expect("utf-8 path")],
-        &[("SANDBOXER_STALE_SWEEP_INTERVAL", "0s")],
-    )
+    testkit::daemon!()
+        .args(["--config", cfg.to_str().expect("utf-8 path")])
+        .envs(&[("SANDBOXER_STALE_SWEEP_INTERVAL", "0s")])
+        .start(&s.dir.path().join("data"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -807,7 +645,7 @@ async fn orphans_are_listed_as_stale_and_reaped_on_apply() {
 async fn the_shipped_canary_stack_comes_up_and_goes() {
     let s = setup();
     let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
-    let repo = common::repo_root().join("tests/fixtures/compose-canary");
+    let repo = testkit::repo_root().join("tests/fixtures/compose-canary");
     let req = CreateSandbox {
         profile: "profile.sandbox-canary".into(),
         ..create_req(&repo)

@@ -2,24 +2,21 @@
 //! settlement on destroy, expiry and failure, the credits API, usage export.
 //! Handler tests on a fresh database each (sandboxes that must run are real
 //! bubblewrap sandboxes), plus a `kill -9` of the real daemon mid-tick.
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
-use http_body_util::BodyExt;
 use sandboxer_api::{Consumer, LedgerEntry, LedgerKind, Sandbox, SandboxState};
 use sandboxerd::config::TokenEntry;
 use sandboxerd::lifecycle::metering::tick_at;
 use sandboxerd::store::{now_ms, Billing, Change, Created, NewSandbox, Transition};
 use sandboxerd::AppState;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use serde_json::json;
 
-use common::{require_bwrap, Daemon, TestDir};
+use sandboxer_testkit as testkit;
+use testkit::{require_bwrap, TestApp, TestDir};
 
 /// One credit a second (3600 credits/hour), in hundredths per hour.
 const RATE: i64 = 360_000;
@@ -28,7 +25,7 @@ const RATE: i64 = 360_000;
 /// default) and `profile.misconfigured` (an entry of the same backend whose
 /// `bwrap` is a binary that is not bubblewrap: every sandbox fails before ready).
 pub fn catalog(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let root = common::repo_root();
+    let root = testkit::repo_root();
     let profiles = dir.join("profiles");
     let extensions = dir.join("extensions");
     std::fs::create_dir_all(&profiles).expect("mkdir");
@@ -65,12 +62,6 @@ pub fn catalog(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (profiles, extensions)
 }
 
-struct TestApp {
-    dir: TestDir,
-    state: AppState,
-    app: Router,
-}
-
 const ALPHA: &str = "alpha-token";
 const BETA: &str = "beta-token";
 const OPERATOR: &str = "operator-token";
@@ -89,166 +80,109 @@ fn token(t: &str, project: &str, operator: bool) -> TokenEntry {
 }
 
 async fn app_with(enforce: bool, tokens: bool) -> TestApp {
-    let dir = TestDir::new();
-    let data = dir.path().join("data");
-    let (profiles, extensions) = catalog(dir.path());
-    let mut s = common::settings(&data);
-    s.profiles_dir = profiles;
-    s.extensions_dir = extensions;
-    s.credits.enforce = enforce;
-    s.limits.requests_per_second = 0;
-    if tokens {
-        s.tokens = vec![
-            token(ALPHA, "alpha", false),
-            token(BETA, "beta", false),
-            token(OPERATOR, "ops", true),
-        ];
-    }
-    let state = sandboxerd::build_state(s).await.expect("state");
-    let app = sandboxerd::http::app(state.clone());
-    TestApp { dir, state, app }
+    TestApp::with(|dir, s| {
+        let (profiles, extensions) = catalog(dir);
+        s.profiles_dir = profiles;
+        s.extensions_dir = extensions;
+        s.credits.enforce = enforce;
+        s.limits.requests_per_second = 0;
+        if tokens {
+            s.tokens = vec![
+                token(ALPHA, "alpha", false),
+                token(BETA, "beta", false),
+                token(OPERATOR, "ops", true),
+            ];
+        }
+    })
+    .await
 }
 
-impl TestApp {
-    async fn call(
-        &self,
-        method: Method,
-        uri: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, String, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = self
-            .app
-            .clone()
-            .oneshot(req.body(body).expect("request"))
-            .await
-            .expect("response");
-        let status = resp.status();
-        let ctype = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, ctype, body)
-    }
+async fn grant(t: &TestApp, project: &str, amount: i64) {
+    let entry = t
+        .state
+        .db
+        .grant(project, amount, "test grant", None)
+        .await
+        .expect("grant");
+    assert!(matches!(entry, sandboxerd::store::Granted::New(_)));
+}
 
-    async fn grant(&self, project: &str, amount: i64) {
-        let entry = self
-            .state
-            .db
-            .grant(project, amount, "test grant", None)
-            .await
-            .expect("grant");
-        assert!(matches!(entry, sandboxerd::store::Granted::New(_)));
+/// A sandbox row made ready at once (no backend), charged at `RATE`.
+async fn ready_sandbox(t: &TestApp, project: &str, ttl_ms: i64) -> Sandbox {
+    let new = NewSandbox {
+        profile: "profile.metered".into(),
+        estimate_credits: sandboxerd::ledger::credits_for(
+            RATE,
+            sandboxerd::ledger::billed_seconds(ttl_ms),
+        ),
+        ..testkit::sandbox_row(project, ttl_ms, 3_600_000)
+    };
+    let billing = Billing {
+        rate_centicredits: RATE,
+        route: None,
+        enforce: t.state.settings.credits.enforce,
+    };
+    let id = match t
+        .state
+        .db
+        .create_sandbox_billed(new, None, None, &billing)
+        .await
+        .expect("insert")
+    {
+        Created::New(s) => s.id,
+        other => panic!("not created: {other:?}"),
+    };
+    let change = Change {
+        reason: "test: ready",
+        set_ready_at: true,
+        ..Change::default()
+    };
+    match t
+        .state
+        .db
+        .transition(&id, &[SandboxState::Requested], SandboxState::Ready, change)
+        .await
+        .expect("ready")
+    {
+        Transition::Done { sandbox, .. } => sandbox,
+        other => panic!("not ready: {other:?}"),
     }
+}
 
-    /// A sandbox row made ready at once (no backend), charged at `RATE`.
-    async fn ready_sandbox(&self, project: &str, ttl_ms: i64) -> Sandbox {
-        let now = now_ms();
-        let new = NewSandbox {
-            placement_host: None,
-            id: sandboxerd::store::new_id("sbx"),
-            profile: "profile.metered".into(),
-            profile_version: 1,
-            extension: "ext.local".into(),
-            host: "local".into(),
-            consumer: Consumer {
-                actor_type: "agt".into(),
-                actor: "test".into(),
-                project: project.into(),
-            },
-            inputs: Default::default(),
-            labels: Default::default(),
-            now,
-            expires_at: now + ttl_ms,
-            max_expires_at: now + 3_600_000,
-            estimate_credits: sandboxerd::ledger::credits_for(
-                RATE,
-                sandboxerd::ledger::billed_seconds(ttl_ms),
-            ),
-        };
-        let billing = Billing {
-            rate_centicredits: RATE,
-            route: None,
-            enforce: self.state.settings.credits.enforce,
-        };
-        let id = match self
-            .state
-            .db
-            .create_sandbox_billed(new, None, None, &billing)
-            .await
-            .expect("insert")
-        {
-            Created::New(s) => s.id,
-            other => panic!("not created: {other:?}"),
-        };
-        let change = Change {
-            reason: "test: ready",
-            set_ready_at: true,
-            ..Change::default()
-        };
-        match self
-            .state
-            .db
-            .transition(&id, &[SandboxState::Requested], SandboxState::Ready, change)
-            .await
-            .expect("ready")
-        {
-            Transition::Done { sandbox, .. } => sandbox,
-            other => panic!("not ready: {other:?}"),
-        }
-    }
+async fn get(t: &TestApp, id: &str) -> Sandbox {
+    t.state
+        .db
+        .get_sandbox(id, None)
+        .await
+        .expect("get")
+        .expect("row")
+}
 
-    async fn get(&self, id: &str) -> Sandbox {
-        self.state
-            .db
-            .get_sandbox(id, None)
-            .await
-            .expect("get")
-            .expect("row")
-    }
+async fn ledger_of(t: &TestApp, project: &str) -> Vec<LedgerEntry> {
+    t.state
+        .db
+        .ledger_entries(&sandboxerd::store::LedgerFilter {
+            project: project.into(),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("ledger")
+        .0
+}
 
-    async fn ledger(&self, project: &str) -> Vec<LedgerEntry> {
-        self.state
-            .db
-            .ledger_entries(&sandboxerd::store::LedgerFilter {
-                project: project.into(),
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .expect("ledger")
-            .0
-    }
-
-    /// The cached balance equals the sums of the ledger rows; answers it.
-    async fn consistent_balance(&self, project: &str) -> sandboxer_api::Balance {
-        let b = self.state.db.balance(project).await.expect("balance");
-        let derived = self
-            .state
-            .db
-            .balance_from_ledger(project)
-            .await
-            .expect("derived");
-        assert_eq!((b.balance, b.reserved), derived, "cache vs ledger");
-        assert_eq!(b.available, b.balance - b.reserved);
-        b
-    }
+/// The cached balance equals the sums of the ledger rows; answers it.
+async fn consistent_balance(t: &TestApp, project: &str) -> sandboxer_api::Balance {
+    let b = t.state.db.balance(project).await.expect("balance");
+    let derived = t
+        .state
+        .db
+        .balance_from_ledger(project)
+        .await
+        .expect("derived");
+    assert_eq!((b.balance, b.reserved), derived, "cache vs ledger");
+    assert_eq!(b.available, b.balance - b.reserved);
+    b
 }
 
 fn sum(entries: &[LedgerEntry], kind: LedgerKind, sandbox: Option<&str>) -> i64 {
@@ -267,9 +201,8 @@ fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
 async fn wait_settled(t: &TestApp, id: &str) -> Sandbox {
     let start = std::time::Instant::now();
     loop {
-        let s = t.get(id).await;
-        let held: i64 = t
-            .ledger(&s.consumer.project)
+        let s = get(t, id).await;
+        let held: i64 = ledger_of(t, &s.consumer.project)
             .await
             .iter()
             .filter(|e| e.sandbox_id.as_deref() == Some(id))
@@ -295,26 +228,19 @@ async fn concurrent_creates_never_reserve_more_than_the_balance() {
     require_bwrap();
     let t = app_with(true, false).await;
     // profile.metered: 10s at one credit a second = 10 credits each; room for 7.
-    t.grant("default", 70).await;
+    grant(&t, "default", 70).await;
     let mut tasks = Vec::new();
     for _ in 0..50 {
-        let app = t.app.clone();
+        let t = t.clone();
         tasks.push(tokio::spawn(async move {
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri("/v1/sandboxes")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(
-                    json!({"profile": "profile.metered"}).to_string(),
-                ))
-                .expect("request");
-            let resp = app.oneshot(req).await.expect("response");
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-            (
-                status,
-                serde_json::from_slice::<Value>(&bytes).expect("json"),
-            )
+            let (status, _, body) = t
+                .call(
+                    Method::POST,
+                    "/v1/sandboxes",
+                    Some(json!({"profile": "profile.metered"})),
+                )
+                .await;
+            (status, body)
         }));
     }
     let (mut created, mut refused) = (Vec::new(), 0);
@@ -335,9 +261,9 @@ async fn concurrent_creates_never_reserve_more_than_the_balance() {
         }
     }
     assert_eq!((created.len(), refused), (7, 43));
-    let b = t.consistent_balance("default").await;
+    let b = consistent_balance(&t, "default").await;
     assert_eq!((b.balance, b.reserved, b.available), (70, 70, 0));
-    let ledger = t.ledger("default").await;
+    let ledger = ledger_of(&t, "default").await;
     assert_eq!(
         ledger
             .iter()
@@ -346,30 +272,30 @@ async fn concurrent_creates_never_reserve_more_than_the_balance() {
         7
     );
     for id in &created {
-        assert_eq!(t.get(id).await.cost.estimate_credits, 10);
+        assert_eq!(get(&t, id).await.cost.estimate_credits, 10);
     }
     // Destroying them gives every reservation back, less what they used.
     for id in &created {
         let (s, _, _) = t
-            .call(Method::DELETE, &format!("/v1/sandboxes/{id}"), None, None)
+            .call_as(Method::DELETE, &format!("/v1/sandboxes/{id}"), None, None)
             .await;
         assert!(s.is_success());
     }
     for id in &created {
         wait_settled(&t, id).await;
     }
-    let b = t.consistent_balance("default").await;
-    let debited = sum(&t.ledger("default").await, LedgerKind::Debit, None);
+    let b = consistent_balance(&t, "default").await;
+    let debited = sum(&ledger_of(&t, "default").await, LedgerKind::Debit, None);
     assert_eq!((b.balance, b.reserved), (70 - debited, 0));
 }
 
 #[tokio::test]
 async fn metering_debits_each_second_once_across_repeats_and_a_restart() {
     let t = app_with(true, false).await;
-    t.grant("p", 1000).await;
-    let s = t.ready_sandbox("p", 600_000).await;
+    grant(&t, "p", 1000).await;
+    let s = ready_sandbox(&t, "p", 600_000).await;
     let ready = ms(s.ready_at.expect("ready_at"));
-    assert_eq!(t.consistent_balance("p").await.reserved, 600);
+    assert_eq!(consistent_balance(&t, "p").await.reserved, 600);
 
     let first = tick_at(&t.state, ready + 10_000).await.expect("tick");
     assert_eq!(first.debited, 10);
@@ -462,13 +388,13 @@ async fn metering_debits_each_second_once_across_repeats_and_a_restart() {
 #[tokio::test]
 async fn enforced_metering_never_debits_past_the_reservation() {
     let t = app_with(true, false).await;
-    t.grant("p", 100).await;
-    let s = t.ready_sandbox("p", 5_000).await;
+    grant(&t, "p", 100).await;
+    let s = ready_sandbox(&t, "p", 5_000).await;
     let ready = ms(s.ready_at.expect("ready_at"));
     // Far past its expiry: billing stops at expires_at, within the 5 reserved.
     let done = tick_at(&t.state, ready + 3_600_000).await.expect("tick");
     assert!(done.debited <= 5, "{done:?}");
-    let b = t.consistent_balance("p").await;
+    let b = consistent_balance(&t, "p").await;
     assert_eq!(b.balance, 100 - done.debited);
     assert!(b.reserved >= 0);
 }
@@ -476,9 +402,9 @@ async fn enforced_metering_never_debits_past_the_reservation() {
 #[tokio::test]
 async fn without_enforcement_use_is_still_metered_and_the_balance_may_go_negative() {
     let t = app_with(false, false).await;
-    let s = t.ready_sandbox("free-rider", 600_000).await;
+    let s = ready_sandbox(&t, "free-rider", 600_000).await;
     let ready = ms(s.ready_at.expect("ready_at"));
-    let b = t.consistent_balance("free-rider").await;
+    let b = consistent_balance(&t, "free-rider").await;
     assert_eq!((b.balance, b.reserved), (0, 0), "nothing reserved");
     assert_eq!(
         tick_at(&t.state, ready + 42_000)
@@ -487,19 +413,19 @@ async fn without_enforcement_use_is_still_metered_and_the_balance_may_go_negativ
             .debited,
         42
     );
-    let b = t.consistent_balance("free-rider").await;
+    let b = consistent_balance(&t, "free-rider").await;
     assert_eq!((b.balance, b.reserved, b.available), (-42, 0, -42));
-    assert_eq!(t.get(&s.id).await.cost.accrued_credits, 42);
+    assert_eq!(get(&t, &s.id).await.cost.accrued_credits, 42);
 }
 
 #[tokio::test]
 async fn destroy_settles_use_to_the_second_and_releases_the_rest() {
     let t = app_with(true, false).await;
-    t.grant("default", 1000).await;
-    let s = t.ready_sandbox("default", 600_000).await;
+    grant(&t, "default", 1000).await;
+    let s = ready_sandbox(&t, "default", 600_000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, _, _) = t
-        .call(
+        .call_as(
             Method::DELETE,
             &format!("/v1/sandboxes/{}", s.id),
             None,
@@ -521,22 +447,22 @@ async fn destroy_settles_use_to_the_second_and_releases_the_rest() {
         sandboxerd::ledger::billed_seconds(ms(ended) - ms(s.ready_at.expect("ready"))),
     );
     assert!(expected >= 2, "{expected}");
-    let ledger = t.ledger("default").await;
+    let ledger = ledger_of(&t, "default").await;
     assert_eq!(sum(&ledger, LedgerKind::Debit, Some(&s.id)), expected);
     assert_eq!(done.cost.accrued_credits, expected);
-    let b = t.consistent_balance("default").await;
+    let b = consistent_balance(&t, "default").await;
     assert_eq!((b.balance, b.reserved), (1000 - expected, 0));
     // Ticks after settlement change nothing.
     tick_at(&t.state, now_ms() + 60_000).await.expect("tick");
-    let b = t.consistent_balance("default").await;
+    let b = consistent_balance(&t, "default").await;
     assert_eq!((b.balance, b.reserved), (1000 - expected, 0));
 }
 
 #[tokio::test]
 async fn expiry_settles_at_expires_at() {
     let t = app_with(true, false).await;
-    t.grant("p", 1000).await;
-    let s = t.ready_sandbox("p", 1_500).await;
+    grant(&t, "p", 1000).await;
+    let s = ready_sandbox(&t, "p", 1_500).await;
     assert_eq!(s.cost.estimate_credits, 2);
     tokio::time::sleep(Duration::from_millis(1700)).await;
     let swept = sandboxerd::lifecycle::reaper::sweep(&t.state)
@@ -550,17 +476,20 @@ async fn expiry_settles_at_expires_at() {
         RATE,
         sandboxerd::ledger::billed_seconds(ms(s.expires_at) - ms(s.ready_at.expect("ready"))),
     );
-    assert_eq!(sum(&t.ledger("p").await, LedgerKind::Debit, None), expected);
-    let b = t.consistent_balance("p").await;
+    assert_eq!(
+        sum(&ledger_of(&t, "p").await, LedgerKind::Debit, None),
+        expected
+    );
+    let b = consistent_balance(&t, "p").await;
     assert_eq!((b.balance, b.reserved), (1000 - expected, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_that_fails_before_ready_is_charged_nothing() {
     let t = app_with(true, false).await;
-    t.grant("default", 100).await;
+    grant(&t, "default", 100).await;
     let (status, _, body) = t
-        .call(
+        .call_as(
             Method::POST,
             "/v1/sandboxes?wait=30s",
             None,
@@ -573,23 +502,23 @@ async fn a_create_that_fails_before_ready_is_charged_nothing() {
     let failure = &body["failure"];
     assert_eq!(failure["code"], "provision_failed", "{body}");
     wait_settled(&t, id).await;
-    let ledger = t.ledger("default").await;
+    let ledger = ledger_of(&t, "default").await;
     assert_eq!(sum(&ledger, LedgerKind::Reserve, Some(id)), 10);
     assert_eq!(sum(&ledger, LedgerKind::Release, Some(id)), 10);
     assert_eq!(sum(&ledger, LedgerKind::Debit, Some(id)), 0);
-    let b = t.consistent_balance("default").await;
+    let b = consistent_balance(&t, "default").await;
     assert_eq!((b.balance, b.reserved), (100, 0));
 }
 
 #[tokio::test]
 async fn the_ticker_settles_what_a_crash_left_unsettled() {
     let t = app_with(true, false).await;
-    t.grant("p", 2000).await;
+    grant(&t, "p", 2000).await;
     // Failed after ready (as the start-up reconciler fails a lost sandbox),
     // and destroyed-requested, both without the settlement that follows in
     // the lifecycle: as if the daemon died right after the transition.
-    let lost = t.ready_sandbox("p", 600_000).await;
-    let left = t.ready_sandbox("p", 600_000).await;
+    let lost = ready_sandbox(&t, "p", 600_000).await;
+    let left = ready_sandbox(&t, "p", 600_000).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for (id, to) in [
         (&lost.id, SandboxState::Failed),
@@ -607,11 +536,11 @@ async fn the_ticker_settles_what_a_crash_left_unsettled() {
             .expect("transition");
         assert!(matches!(done, Transition::Done { .. }));
     }
-    assert_eq!(t.consistent_balance("p").await.reserved, 1200);
+    assert_eq!(consistent_balance(&t, "p").await.reserved, 1200);
     let done = tick_at(&t.state, now_ms()).await.expect("tick");
     assert_eq!(done.settled, 2, "{done:?}");
-    let b = t.consistent_balance("p").await;
-    let ledger = t.ledger("p").await;
+    let b = consistent_balance(&t, "p").await;
+    let ledger = ledger_of(&t, "p").await;
     let debited = sum(&ledger, LedgerKind::Debit, None);
     assert!(
         (4..=6).contains(&debited),
@@ -625,11 +554,11 @@ async fn the_ticker_settles_what_a_crash_left_unsettled() {
 #[tokio::test]
 async fn extend_reserves_the_extra_first_or_moves_nothing() {
     let t = app_with(true, false).await;
-    t.grant("default", 100).await;
-    let s = t.ready_sandbox("default", 60_000).await;
-    assert_eq!(t.consistent_balance("default").await.available, 40);
+    grant(&t, "default", 100).await;
+    let s = ready_sandbox(&t, "default", 60_000).await;
+    assert_eq!(consistent_balance(&t, "default").await.available, 40);
     let (status, _, body) = t
-        .call(
+        .call_as(
             Method::PATCH,
             &format!("/v1/sandboxes/{}/ttl", s.id),
             None,
@@ -638,9 +567,9 @@ async fn extend_reserves_the_extra_first_or_moves_nothing() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["cost"]["estimate_credits"], 90);
-    assert_eq!(t.consistent_balance("default").await.available, 10);
+    assert_eq!(consistent_balance(&t, "default").await.available, 10);
     let (status, _, body) = t
-        .call(
+        .call_as(
             Method::PATCH,
             &format!("/v1/sandboxes/{}/ttl", s.id),
             None,
@@ -656,14 +585,14 @@ async fn extend_reserves_the_extra_first_or_moves_nothing() {
             .is_some_and(|d| d.contains("10 credits available") && d.contains("needs 60")),
         "{body}"
     );
-    let after = t.get(&s.id).await;
+    let after = get(&t, &s.id).await;
     assert_eq!(
         ms(after.expires_at),
         ms(s.expires_at) + 30_000,
         "a refused extend moves nothing"
     );
     assert_eq!(after.cost.estimate_credits, 90);
-    let b = t.consistent_balance("default").await;
+    let b = consistent_balance(&t, "default").await;
     assert_eq!((b.reserved, b.available), (90, 10));
 }
 
@@ -672,13 +601,13 @@ async fn recreate_settles_the_old_generation_and_reserves_the_new_one() {
     // The recreated generation is provisioned for real.
     require_bwrap();
     let t = app_with(true, false).await;
-    t.grant("default", 25).await;
-    let s = t.ready_sandbox("default", 10_000).await;
+    grant(&t, "default", 25).await;
+    let s = ready_sandbox(&t, "default", 10_000).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Generation 1 is settled (about 2 used, the rest released), then 30s
     // would need 30 reserved with about 23 available: refused, nothing moves.
     let (status, _, body) = t
-        .call(
+        .call_as(
             Method::POST,
             &format!("/v1/sandboxes/{}/recreate", s.id),
             None,
@@ -686,9 +615,9 @@ async fn recreate_settles_the_old_generation_and_reserves_the_new_one() {
         )
         .await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
-    assert_eq!(t.get(&s.id).await.generation, 1, "nothing changed");
+    assert_eq!(get(&t, &s.id).await.generation, 1, "nothing changed");
     let (status, _, body) = t
-        .call(
+        .call_as(
             Method::POST,
             &format!("/v1/sandboxes/{}/recreate", s.id),
             None,
@@ -698,14 +627,14 @@ async fn recreate_settles_the_old_generation_and_reserves_the_new_one() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["generation"], 2);
     assert_eq!(body["cost"]["estimate_credits"], 5);
-    let ledger = t.ledger("default").await;
+    let ledger = ledger_of(&t, "default").await;
     let gen1_debit: i64 = ledger
         .iter()
         .filter(|e| e.kind == LedgerKind::Debit && e.generation == Some(1))
         .map(|e| e.amount)
         .sum();
     assert!((2..=3).contains(&gen1_debit), "{gen1_debit}");
-    let b = t.consistent_balance("default").await;
+    let b = consistent_balance(&t, "default").await;
     assert_eq!((b.balance, b.reserved), (25 - gen1_debit, 5));
 }
 
@@ -714,7 +643,7 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
     let t = app_with(true, true).await;
     // A consumer sees its own project only; another one does not exist for it.
     let (s, _, b) = t
-        .call(Method::GET, "/v1/credits/alpha", Some(ALPHA), None)
+        .call_as(Method::GET, "/v1/credits/alpha", Some(ALPHA), None)
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
@@ -727,7 +656,7 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
         "/v1/credits/no-such-project",
         "/v1/usage?project=beta",
     ] {
-        let (s, ctype, b) = t.call(Method::GET, uri, Some(ALPHA), None).await;
+        let (s, ctype, b) = t.call_as(Method::GET, uri, Some(ALPHA), None).await;
         assert_eq!(
             (s, ctype.as_str()),
             (StatusCode::NOT_FOUND, "application/problem+json"),
@@ -737,7 +666,7 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
     }
     let grant = json!({"amount": 50, "reason": "trial"});
     let (s, _, b) = t
-        .call(
+        .call_as(
             Method::POST,
             "/v1/credits/alpha/grants",
             Some(ALPHA),
@@ -773,7 +702,7 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
         ),
     ] {
         let (s, _, b) = t
-            .call(
+            .call_as(
                 Method::POST,
                 "/v1/credits/alpha/grants",
                 Some(OPERATOR),
@@ -787,7 +716,7 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
         );
     }
     let (s, _, b) = t
-        .call(
+        .call_as(
             Method::POST,
             "/v1/credits/alpha/grants",
             Some(OPERATOR),
@@ -800,27 +729,20 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
     );
 
     // An Idempotency-Key makes a retried grant answer the same entry.
-    let send = |amount: i64| {
-        let app = t.app.clone();
-        async move {
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri("/v1/credits/alpha/grants")
-                .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .header("idempotency-key", "invoice-42")
-                .body(Body::from(
-                    json!({"amount": amount, "reason": "invoice 42"}).to_string(),
-                ))
-                .expect("request");
-            let resp = app.oneshot(req).await.expect("response");
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-            (
-                status,
-                serde_json::from_slice::<Value>(&bytes).expect("json"),
-            )
-        }
+    let t = &t;
+    let send = |amount: i64| async move {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/credits/alpha/grants")
+            .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", "invoice-42")
+            .body(Body::from(
+                json!({"amount": amount, "reason": "invoice 42"}).to_string(),
+            ))
+            .expect("request");
+        let (status, _, body) = t.send(req).await;
+        (status, body)
     };
     let (s1, first) = send(50).await;
     let (s2, again) = send(50).await;
@@ -835,14 +757,14 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
         (StatusCode::CONFLICT, Some("idempotency_conflict"))
     );
     let (_, _, b) = t
-        .call(Method::GET, "/v1/credits/alpha", Some(ALPHA), None)
+        .call_as(Method::GET, "/v1/credits/alpha", Some(ALPHA), None)
         .await;
     assert_eq!(b["balance"], 50, "granted once");
 
     // The ledger, newest first, page by page.
     for i in 1..=4 {
         let (s, _, _) = t
-            .call(
+            .call_as(
                 Method::POST,
                 "/v1/credits/alpha/grants",
                 Some(OPERATOR),
@@ -854,7 +776,7 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
     let mut uri = "/v1/credits/alpha/ledger?limit=2".to_owned();
     let mut amounts = Vec::new();
     loop {
-        let (s, _, page) = t.call(Method::GET, &uri, Some(ALPHA), None).await;
+        let (s, _, page) = t.call_as(Method::GET, &uri, Some(ALPHA), None).await;
         assert_eq!(s, StatusCode::OK, "{page}");
         for e in page["items"].as_array().expect("items") {
             amounts.push(e["amount"].as_i64().expect("amount"));
@@ -866,7 +788,7 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
     }
     assert_eq!(amounts, [4, 3, 2, 1, 50]);
     let (s, _, b) = t
-        .call(
+        .call_as(
             Method::GET,
             "/v1/credits/alpha/ledger?cursor=xyz",
             Some(ALPHA),
@@ -879,11 +801,11 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
     );
     // The operator sees any project; the grants were audited.
     let (s, _, b) = t
-        .call(Method::GET, "/v1/credits/alpha", Some(OPERATOR), None)
+        .call_as(Method::GET, "/v1/credits/alpha", Some(OPERATOR), None)
         .await;
     assert_eq!((s, b["balance"].as_i64()), (StatusCode::OK, Some(60)));
     let (_, _, audit) = t
-        .call(Method::GET, "/v1/audit?project=ops", Some(OPERATOR), None)
+        .call_as(Method::GET, "/v1/audit?project=ops", Some(OPERATOR), None)
         .await;
     assert!(audit["items"]
         .as_array()
@@ -895,15 +817,15 @@ async fn the_credits_api_is_scoped_by_project_and_grants_are_for_operators() {
 #[tokio::test]
 async fn usage_csv_parses_and_sums_to_the_ledger_debits() {
     let t = app_with(false, false).await;
-    t.grant("p", 1000).await;
-    let a = t.ready_sandbox("p", 600_000).await;
-    let b = t.ready_sandbox("p", 600_000).await;
-    let other = t.ready_sandbox("q", 600_000).await;
+    grant(&t, "p", 1000).await;
+    let a = ready_sandbox(&t, "p", 600_000).await;
+    let b = ready_sandbox(&t, "p", 600_000).await;
+    let other = ready_sandbox(&t, "q", 600_000).await;
     let at = ms(b.ready_at.expect("ready")) + 7_000;
     tick_at(&t.state, at).await.expect("tick");
     tick_at(&t.state, at + 5_000).await.expect("tick");
     let (s, ctype, body) = t
-        .call(Method::GET, "/v1/usage?project=p&format=csv", None, None)
+        .call_as(Method::GET, "/v1/usage?project=p&format=csv", None, None)
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(ctype, "text/csv; charset=utf-8");
@@ -934,15 +856,17 @@ async fn usage_csv_parses_and_sums_to_the_ledger_debits() {
         ids, want,
         "the other project's sandbox is not in p's export"
     );
-    let debits = sum(&t.ledger("p").await, LedgerKind::Debit, None);
+    let debits = sum(&ledger_of(&t, "p").await, LedgerKind::Debit, None);
     assert!(debits >= 24, "{debits}");
     assert_eq!(total, debits);
     // JSON says the same, with the total.
-    let (_, _, report) = t.call(Method::GET, "/v1/usage?project=p", None, None).await;
+    let (_, _, report) = t
+        .call_as(Method::GET, "/v1/usage?project=p", None, None)
+        .await;
     assert_eq!(report["total_credits"], debits);
     // A window before any debit: the running sandboxes, no credits.
     let (s, _, early) = t
-        .call(
+        .call_as(
             Method::GET,
             "/v1/usage?from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z",
             None,
@@ -952,7 +876,7 @@ async fn usage_csv_parses_and_sums_to_the_ledger_debits() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(early["total_credits"], 0);
     // Every project for an operator.
-    let (_, _, all) = t.call(Method::GET, "/v1/usage", None, None).await;
+    let (_, _, all) = t.call_as(Method::GET, "/v1/usage", None, None).await;
     let all_ids: Vec<&str> = all["items"]
         .as_array()
         .expect("items")
@@ -969,7 +893,7 @@ async fn usage_csv_parses_and_sums_to_the_ledger_debits() {
             "from",
         ),
     ] {
-        let (s, _, b) = t.call(Method::GET, uri, None, None).await;
+        let (s, _, b) = t.call_as(Method::GET, uri, None, None).await;
         assert!(s.is_client_error(), "{uri}");
         assert_eq!(
             (b["code"].as_str(), b["field"].as_str()),
@@ -1004,7 +928,7 @@ async fn a_daemon_killed_mid_tick_never_double_debits() {
     // first tick that finds a ready sandbox (and aborts).
     crashing.retain(|(k, _)| *k != "SANDBOXER_METERING_INTERVAL");
     crashing.push(("SANDBOXER_METERING_INTERVAL", "2s"));
-    let mut d = Daemon::start_with(&data, &args, &crashing);
+    let mut d = testkit::daemon!().args(args).envs(&crashing).start(&data);
     let (status, _) = d
         .client
         .grant("default", 1000, "test", None)
@@ -1033,7 +957,7 @@ async fn a_daemon_killed_mid_tick_never_double_debits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(d);
-    let d = Daemon::start_with(&data, &args, &env);
+    let d = testkit::daemon!().args(args).envs(&env).start(&data);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, done) = d
         .client

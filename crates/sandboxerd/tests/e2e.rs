@@ -1,21 +1,15 @@
 //! End-to-end: the real `sandboxerd` binary on port 0, real bubblewrap
 //! sandboxes, driven through the `sandboxctl` client crate.
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{alive, require_bwrap, run_inside, Daemon};
-use sandboxctl::api::{CreateSandbox, SandboxState};
+use sandboxctl::api::SandboxState;
 use sandboxctl::{ClientError, ListQuery};
 
-fn local_shell() -> CreateSandbox {
-    CreateSandbox {
-        profile: "profile.local-shell".into(),
-        ..CreateSandbox::default()
-    }
-}
+use sandboxer_testkit as testkit;
+use testkit::{alive, local_shell, require_bwrap, run_inside};
 
 fn pid_of(reachability: &serde_json::Value) -> i64 {
     reachability["pid"].as_i64().expect("reachability.pid")
@@ -24,8 +18,8 @@ fn pid_of(reachability: &serde_json::Value) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_lifecycle_on_real_bubblewrap() {
     require_bwrap();
-    let dir = common::TestDir::new();
-    let d = Daemon::start(dir.path());
+    let dir = testkit::TestDir::new();
+    let d = testkit::daemon!().start(dir.path());
     let c = &d.client;
 
     let mut req = local_shell();
@@ -188,8 +182,8 @@ async fn full_lifecycle_on_real_bubblewrap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idempotent_create_through_the_client() {
     require_bwrap();
-    let dir = common::TestDir::new();
-    let d = Daemon::start(dir.path());
+    let dir = testkit::TestDir::new();
+    let d = testkit::daemon!().start(dir.path());
     let c = &d.client;
     let req = local_shell();
     let (_, a) = c
@@ -228,8 +222,8 @@ async fn idempotent_create_through_the_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sandboxes_outlive_kill_9_of_the_daemon() {
     require_bwrap();
-    let dir = common::TestDir::new();
-    let mut d = Daemon::start(dir.path());
+    let dir = testkit::TestDir::new();
+    let mut d = testkit::daemon!().start(dir.path());
     let (_, sbx) = d
         .client
         .create(&local_shell(), Some(Duration::from_secs(30)), None)
@@ -244,7 +238,7 @@ async fn sandboxes_outlive_kill_9_of_the_daemon() {
         "the sandbox is not a child that dies with the daemon"
     );
 
-    let d = Daemon::start(dir.path());
+    let d = testkit::daemon!().start(dir.path());
     let after = d
         .client
         .get(&sbx.id, None)
@@ -270,8 +264,8 @@ async fn sandboxes_outlive_kill_9_of_the_daemon() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_the_daemon_but_not_the_sandboxes() {
     require_bwrap();
-    let dir = common::TestDir::new();
-    let mut d = Daemon::start(dir.path());
+    let dir = testkit::TestDir::new();
+    let mut d = testkit::daemon!().start(dir.path());
     let (_, sbx) = d
         .client
         .create(&local_shell(), Some(Duration::from_secs(30)), None)
@@ -281,7 +275,7 @@ async fn sigterm_stops_the_daemon_but_not_the_sandboxes() {
     let status = d.terminate();
     assert!(status.success(), "graceful exit: {status:?}");
     assert!(alive(pid));
-    let d = Daemon::start(dir.path());
+    let d = testkit::daemon!().start(dir.path());
     d.client
         .destroy(&sbx.id, Some(Duration::from_secs(30)))
         .await
@@ -291,14 +285,12 @@ async fn sigterm_stops_the_daemon_but_not_the_sandboxes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_bubblewrap_the_extension_says_so_and_creates_fail_with_a_reason() {
-    let dir = common::TestDir::new();
+    let dir = testkit::TestDir::new();
     // A PATH with no bwrap on it.
     let bin = tempfile::tempdir().expect("bin");
-    let d = Daemon::start_with(
-        dir.path(),
-        &[],
-        &[("PATH", bin.path().to_str().expect("utf-8"))],
-    );
+    let d = testkit::daemon!()
+        .envs(&[("PATH", bin.path().to_str().expect("utf-8"))])
+        .start(dir.path());
     let ext = d.client.extension("ext.local").await.expect("extension");
     assert!(!ext.availability.available);
     assert!(
@@ -321,8 +313,8 @@ async fn without_bubblewrap_the_extension_says_so_and_creates_fail_with_a_reason
 
 /// Run the binary to completion and return (success, stderr).
 fn run_daemon(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxerd"))
-        .current_dir(common::repo_root())
+    let out = testkit::daemon_bin!()
+        .command()
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
         .output()
@@ -335,11 +327,11 @@ fn run_daemon(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn a_bad_catalog_or_database_stops_the_start_naming_the_path() {
-    let dir = common::TestDir::new();
+    let dir = testkit::TestDir::new();
     let data = dir.path().join("data");
     let profiles = dir.path().join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
-    let root = common::repo_root();
+    let root = testkit::repo_root();
     let text = std::fs::read_to_string(root.join("profiles/local-shell.yaml")).expect("profile");
     std::fs::write(
         profiles.join("broken.yaml"),
@@ -397,8 +389,8 @@ fn a_bad_catalog_or_database_stops_the_start_naming_the_path() {
     assert!(err.contains("sandboxer.db"), "names the database: {err}");
 
     // A non-loopback address without tokens.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxerd"))
-        .current_dir(&root)
+    let out = testkit::daemon_bin!()
+        .command()
         .args([
             "--listen",
             "0.0.0.0:0",

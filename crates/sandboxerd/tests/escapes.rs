@@ -2,23 +2,17 @@
 //! `ext.local` sandbox, or a command entered into it, must not be able to
 //! do to the host. Each runs the real daemon and real bubblewrap, as root
 //! (the README's quick start) and, where it matters, as an unprivileged user.
-mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{require_bwrap, run_inside, run_inside_as, Daemon, TestDir};
-use sandboxctl::api::{CreateSandbox, Sandbox, SandboxState, Snapshot, SnapshotState};
+use sandboxctl::api::{Sandbox, SandboxState, Snapshot, SnapshotState};
+
+use sandboxer_testkit as testkit;
+use testkit::{local_shell, require_bwrap, run_inside, run_inside_as, Daemon, TestDir};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn local_shell() -> CreateSandbox {
-    CreateSandbox {
-        profile: "profile.local-shell".into(),
-        ..CreateSandbox::default()
-    }
-}
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -149,7 +143,7 @@ fn assert_confined(p: &std::collections::BTreeMap<String, String>, who: &str) {
 async fn entered_commands_hold_no_capability_and_run_under_the_filter() {
     require_bwrap();
     let dir = TestDir::new();
-    let d = Daemon::start(&dir.path().join("data"));
+    let d = testkit::daemon!().start(&dir.path().join("data"));
     let (_, reach) = ready(&d).await;
     let p = probe(&run_inside(&reach, &["python3", "-c", PROBE]));
     assert_confined(&p, "entered as the test's user");
@@ -172,7 +166,7 @@ async fn entered_commands_hold_no_capability_and_run_under_the_filter() {
 async fn host_secrets_are_not_readable_inside() {
     require_bwrap();
     let dir = TestDir::new();
-    let d = Daemon::start(&dir.path().join("data"));
+    let d = testkit::daemon!().start(&dir.path().join("data"));
     let (_, reach) = ready(&d).await;
     let mut secrets: Vec<PathBuf> = [
         "/etc/shadow",
@@ -245,7 +239,7 @@ async fn setuid_files_made_inside_give_nothing_on_the_host() {
     require_bwrap();
     let dir = TestDir::new();
     let data = dir.path().join("data");
-    let d = Daemon::start(&data);
+    let d = testkit::daemon!().start(&data);
     let (id, reach) = ready(&d).await;
     let out = run_inside(
         &reach,
@@ -299,7 +293,7 @@ async fn setuid_files_made_inside_give_nothing_on_the_host() {
 
     // A snapshot keeps no setuid bit, and neither does a fork of it.
     let (snap, forked) = snapshot_and_fork(&d, &id).await;
-    let fork_dir = common::workdir(&forked);
+    let fork_dir = testkit::workdir(&forked);
     let meta = std::fs::metadata(fork_dir.join("suid-id")).expect("forked file");
     assert_eq!(
         meta.permissions().mode() & 0o6000,
@@ -329,7 +323,7 @@ async fn setuid_files_made_inside_give_nothing_on_the_host() {
 async fn an_immutable_file_never_pins_a_sandbox() {
     require_bwrap();
     let dir = TestDir::new();
-    let d = Daemon::start(&dir.path().join("data"));
+    let d = testkit::daemon!().start(&dir.path().join("data"));
     let (id, reach) = ready(&d).await;
     let out = run_inside(
         &reach,
@@ -371,7 +365,7 @@ async fn an_unprivileged_daemon_provisions_enters_and_snapshots() {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("mkdir");
     std::os::unix::fs::chown(&data, Some(USER.0), Some(USER.1)).expect("chown");
-    let d = Daemon::start_as(&data, Some(USER), &[], &[]);
+    let d = testkit::daemon!().user(USER).start(&data);
     let (id, reach) = ready(&d).await;
     for (who, user) in [("the daemon's user", Some(USER)), ("root", None)] {
         let p = probe(&run_inside_as(&reach, user, &["python3", "-c", PROBE]));
@@ -413,7 +407,7 @@ async fn an_unprivileged_daemon_provisions_enters_and_snapshots() {
 async fn concurrent_creates_on_a_fresh_data_dir_all_get_ready() {
     require_bwrap();
     let dir = TestDir::new();
-    let d = Daemon::start(&dir.path().join("data"));
+    let d = testkit::daemon!().start(&dir.path().join("data"));
     let req = local_shell();
     let creates = (0..16).map(|_| d.client.create(&req, Some(WAIT), None));
     for res in futures::future::join_all(creates).await {

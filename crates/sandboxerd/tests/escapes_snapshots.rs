@@ -7,7 +7,6 @@
 //! Nothing from outside the workspace may ever reach an archive (or a fork
 //! made from one); a capture must never block; a teardown must cancel a
 //! capture in flight; and SIGTERM must end the daemon within its grace.
-mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -17,11 +16,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{ready_sandbox, require_bwrap, workdir, Daemon, TestDir};
 use rustix::fs::{mkfifoat, renameat_with, Mode, RenameFlags, CWD};
 use sandboxctl::api::{CreateSandbox, Sandbox, SandboxState, Snapshot, SnapshotState};
 use sandboxctl::Client;
 use sandboxerd::extensions::archive;
+
+use sandboxer_testkit as testkit;
+use testkit::{local_shell, ready_sandbox, require_bwrap, workdir, Daemon, TestDir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -192,13 +193,6 @@ fn symlink_race_tree(ws: &Path, host_dir: &Path) -> (Vec<(PathBuf, PathBuf)>, Se
     )
 }
 
-fn local_shell() -> CreateSandbox {
-    CreateSandbox {
-        profile: "profile.local-shell".into(),
-        ..CreateSandbox::default()
-    }
-}
-
 /// Poll snapshot `id` until it is no longer `creating`, at most `limit`.
 async fn settled(c: &Client, id: &str, limit: Duration) -> Snapshot {
     let deadline = Instant::now() + limit;
@@ -358,7 +352,7 @@ fn write_archive_never_blocks_on_a_fifo_swapped_in() {
 async fn snapshots_of_a_racing_workspace_hold_no_host_file() {
     require_bwrap();
     let dir = TestDir::new();
-    let d = Daemon::start(dir.path());
+    let d = testkit::daemon!().start(dir.path());
     let c = &d.client;
     let sbx = ready_sandbox(c, &local_shell()).await;
     let ws = workdir(&sbx);
@@ -440,7 +434,7 @@ async fn snapshots_of_a_racing_workspace_hold_no_host_file() {
 async fn a_fifo_swapped_in_blocks_no_capture_teardown_or_shutdown() {
     require_bwrap();
     let dir = TestDir::new();
-    let mut d = Daemon::start(dir.path());
+    let mut d = testkit::daemon!().start(dir.path());
     let c = d.client.clone();
     let sbx = ready_sandbox(&c, &local_shell()).await;
     let ws = workdir(&sbx);
@@ -503,7 +497,7 @@ async fn a_capture_in_flight_is_cancelled_by_delete_and_by_shutdown() {
     require_bwrap();
     let dir = TestDir::new();
     let env = [("SANDBOXER_FAULT", "snapshot.slow_walk")];
-    let mut d = Daemon::start_with(dir.path(), &[], &env);
+    let mut d = testkit::daemon!().envs(&env).start(dir.path());
     let c = d.client.clone();
 
     // DELETE.
@@ -549,7 +543,7 @@ async fn a_capture_in_flight_is_cancelled_by_delete_and_by_shutdown() {
         "the daemon did not exit within 20 s of SIGTERM with a capture in flight"
     );
     drop(d);
-    let d = Daemon::start(dir.path());
+    let d = testkit::daemon!().start(dir.path());
     let snap = d.client.get_snapshot(&snap.id).await.expect("get");
     assert_eq!(snap.state, SnapshotState::Failed, "{snap:?}");
     let code = snap.failure.expect("failure").code;

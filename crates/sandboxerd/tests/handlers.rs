@@ -1,147 +1,41 @@
 //! Handler tests: a fresh database per test, requests through `Router::oneshot`.
-mod common;
-
-use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
-use http_body_util::BodyExt;
-use sandboxer_api::Consumer;
 use sandboxerd::store::{now_ms, NewSandbox};
-use sandboxerd::AppState;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-struct TestApp {
-    _dir: tempfile::TempDir,
-    state: AppState,
-    app: Router,
-}
+use sandboxer_testkit as testkit;
+use testkit::{assert_problem, TestApp};
 
-async fn app() -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = sandboxerd::build_state(common::settings(dir.path()))
-        .await
-        .expect("state");
-    let app = sandboxerd::http::app(state.clone());
-    TestApp {
-        _dir: dir,
-        state,
-        app,
-    }
-}
-
-impl TestApp {
-    async fn send(&self, req: Request<Body>) -> (StatusCode, String, Value) {
-        let resp = self.app.clone().oneshot(req).await.expect("response");
-        let status = resp.status();
-        let ctype = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, ctype, body)
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        uri: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, String, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.send(req.body(body).expect("request")).await
-    }
-
-    /// Insert a sandbox row directly (no backend), for list and TTL tests.
-    async fn insert(
-        &self,
-        project: &str,
-        labels: &[(&str, &str)],
-        ttl_ms: i64,
-        max_ms: i64,
-    ) -> String {
-        let now = now_ms();
-        let id = sandboxerd::store::new_id("sbx");
-        let new = NewSandbox {
-            placement_host: None,
-            id: id.clone(),
-            profile: "profile.local-shell".into(),
-            profile_version: 1,
-            extension: "ext.local".into(),
-            host: "local".into(),
-            consumer: Consumer {
-                actor_type: "agt".into(),
-                actor: "test".into(),
-                project: project.into(),
-            },
-            inputs: BTreeMap::new(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            now,
-            expires_at: now + ttl_ms,
-            max_expires_at: now + max_ms,
-            estimate_credits: 0,
-        };
-        self.state
-            .db
-            .create_sandbox(new, None)
-            .await
-            .expect("insert");
-        id
-    }
-}
-
-/// A problem answer: status, content type, stable code, and the field it names.
-fn assert_problem(
-    got: &(StatusCode, String, Value),
-    status: StatusCode,
-    code: &str,
-    field: Option<&str>,
-) {
-    let (s, ctype, body) = got;
-    assert_eq!(*s, status, "status; body: {body}");
-    assert_eq!(
-        ctype, "application/problem+json",
-        "content type; body: {body}"
-    );
-    assert_eq!(body["code"], code, "code; body: {body}");
-    assert_eq!(
-        body["status"],
-        status.as_u16(),
-        "status field; body: {body}"
-    );
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "detail; body: {body}"
-    );
-    if let Some(f) = field {
-        assert_eq!(body["field"], f, "field; body: {body}");
-    }
+/// Insert a sandbox row directly (no backend), for list and TTL tests.
+async fn insert(
+    t: &TestApp,
+    project: &str,
+    labels: &[(&str, &str)],
+    ttl_ms: i64,
+    max_ms: i64,
+) -> String {
+    let new = NewSandbox {
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..testkit::sandbox_row(project, ttl_ms, max_ms)
+    };
+    let id = new.id.clone();
+    t.state.db.create_sandbox(new, None).await.expect("insert");
+    id
 }
 
 #[tokio::test]
 async fn health_ready_and_metrics() {
-    let t = app().await;
+    let t = TestApp::new().await;
     let (s, _, b) = t.call(Method::GET, "/healthz", None).await;
     assert_eq!((s, b), (StatusCode::OK, json!({"status": "ok"})));
     let (s, _, b) = t.call(Method::GET, "/readyz", None).await;
     assert_eq!((s, b), (StatusCode::OK, json!({"status": "ok"})));
-    t.insert("p", &[], 60_000, 120_000).await;
+    insert(&t, "p", &[], 60_000, 120_000).await;
     let (s, ctype, b) = t.call(Method::GET, "/metrics", None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(ctype.starts_with("text/plain"));
@@ -164,7 +58,7 @@ async fn health_ready_and_metrics() {
 
 #[tokio::test]
 async fn catalog_lists_and_finds() {
-    let t = app().await;
+    let t = TestApp::new().await;
     let (s, _, b) = t.call(Method::GET, "/v1/profiles", None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(b["items"]
@@ -190,7 +84,7 @@ async fn catalog_lists_and_finds() {
 
 #[tokio::test]
 async fn create_rejects_bad_input_naming_the_field() {
-    let t = app().await;
+    let t = TestApp::new().await;
     let cases = [
         (
             json!({"profile": "profile.nope"}),
@@ -357,7 +251,7 @@ async fn create_rejects_bad_input_naming_the_field() {
 
 #[tokio::test]
 async fn unknown_routes_methods_and_ids_are_problems() {
-    let t = app().await;
+    let t = TestApp::new().await;
     assert_problem(
         &t.call(Method::GET, "/v1/nothing", None).await,
         StatusCode::NOT_FOUND,
@@ -400,18 +294,17 @@ async fn unknown_routes_methods_and_ids_are_problems() {
 /// the one asked for.
 #[tokio::test]
 async fn list_label_filter_matches_escaped_pairs_exactly() {
-    let t = app().await;
-    let odd = t
-        .insert(
-            "alpha",
-            &[("dotted.ké y", "v\"a\\l ü/é"), ("team", "red")],
-            60_000,
-            120_000,
-        )
-        .await;
-    t.insert("alpha", &[("team", "redder")], 60_000, 120_000)
-        .await;
-    t.insert("alpha", &[("team", "re")], 60_000, 120_000).await;
+    let t = TestApp::new().await;
+    let odd = insert(
+        &t,
+        "alpha",
+        &[("dotted.ké y", "v\"a\\l ü/é"), ("team", "red")],
+        60_000,
+        120_000,
+    )
+    .await;
+    insert(&t, "alpha", &[("team", "redder")], 60_000, 120_000).await;
+    insert(&t, "alpha", &[("team", "re")], 60_000, 120_000).await;
     let ids = |b: &Value| -> Vec<String> {
         b["items"]
             .as_array()
@@ -434,13 +327,14 @@ async fn list_label_filter_matches_escaped_pairs_exactly() {
 
 #[tokio::test]
 async fn list_filters_and_paginates() {
-    let t = app().await;
+    let t = TestApp::new().await;
     let mut ids = Vec::new();
     for i in 0..7 {
         let team = if i % 2 == 0 { "red" } else { "blue" };
         let project = if i < 5 { "alpha" } else { "beta" };
         ids.push(
-            t.insert(
+            insert(
+                &t,
                 project,
                 &[("team", team), ("dotted.key", "v")],
                 60_000,
@@ -534,8 +428,8 @@ async fn list_filters_and_paginates() {
 
 #[tokio::test]
 async fn extend_ttl_moves_forward_and_stops_at_the_ceiling() {
-    let t = app().await;
-    let id = t.insert("p", &[], 60 * 60_000, 3 * 60 * 60_000).await;
+    let t = TestApp::new().await;
+    let id = insert(&t, "p", &[], 60 * 60_000, 3 * 60 * 60_000).await;
     let (_, _, before) = t
         .call(Method::GET, &format!("/v1/sandboxes/{id}"), None)
         .await;
@@ -687,7 +581,7 @@ async fn extend_ttl_moves_forward_and_stops_at_the_ceiling() {
 
 #[tokio::test]
 async fn idempotency_key_returns_the_same_sandbox_and_refuses_another_body() {
-    let t = app().await;
+    let t = TestApp::new().await;
     let post = |body: Value, key: &'static str| {
         Request::post("/v1/sandboxes")
             .header(header::CONTENT_TYPE, "application/json")
@@ -736,7 +630,7 @@ async fn openapi_document_is_checked_in_and_served() {
     let generated = sandboxerd::http::openapi()
         .to_pretty_json()
         .expect("render");
-    let path = common::repo_root().join("openapi/openapi.json");
+    let path = testkit::repo_root().join("openapi/openapi.json");
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     if checked_in.trim() != generated.trim() {
         if std::env::var_os("UPDATE_OPENAPI").is_some() {
@@ -749,7 +643,7 @@ async fn openapi_document_is_checked_in_and_served() {
             );
         }
     }
-    let t = app().await;
+    let t = TestApp::new().await;
     let (s, _, served) = t.call(Method::GET, "/openapi.json", None).await;
     assert_eq!(s, StatusCode::OK);
     let doc: Value = serde_json::from_str(&generated).expect("json");
@@ -779,11 +673,11 @@ async fn openapi_document_is_checked_in_and_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_racing_expiry_has_exactly_one_outcome() {
-    let t = app().await;
+    let t = TestApp::new().await;
     let (mut extend_won, mut expiry_won) = (0, 0);
     for i in 0..1000 {
         // Expiring within a millisecond or two of the race.
-        let id = t.insert("p", &[], 1 + (i % 3), 3_600_000).await;
+        let id = insert(&t, "p", &[], 1 + (i % 3), 3_600_000).await;
         let (a, b) = (t.state.clone(), t.state.clone());
         let (id_a, id_b) = (id.clone(), id.clone());
         let extend = tokio::spawn(async move { a.db.extend_ttl(&id_a, None, 600_000).await });
@@ -841,9 +735,9 @@ async fn extend_racing_expiry_has_exactly_one_outcome() {
 
 #[tokio::test]
 async fn expire_endpoint_dry_runs_then_applies() {
-    let t = app().await;
-    let due = t.insert("p", &[], -1000, 3_600_000).await;
-    let fresh = t.insert("p", &[], 3_600_000, 7_200_000).await;
+    let t = TestApp::new().await;
+    let due = insert(&t, "p", &[], -1000, 3_600_000).await;
+    let fresh = insert(&t, "p", &[], 3_600_000, 7_200_000).await;
     let (s, _, b) = t.call(Method::POST, "/v1/expire", None).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["applied"], false);
@@ -903,7 +797,7 @@ async fn expire_endpoint_dry_runs_then_applies() {
 
 #[tokio::test]
 async fn errors_from_the_framework_are_problems_too() {
-    let t = app().await;
+    let t = TestApp::new().await;
     // A path segment that is not UTF-8 once decoded.
     let got = t.call(Method::GET, "/v1/sandboxes/%FF", None).await;
     assert_eq!(got.1, "application/problem+json", "{:?}", got.2);

@@ -2,7 +2,6 @@
 //! that failed before its fix: writes on a full disk (4), two daemons on
 //! one data dir (9), host-path inputs (8), label filters (10), and idle,
 //! slow and too many connections (11).
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -11,21 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_bwrap, Daemon, TestDir};
 use sandboxctl::api::CreateSandbox;
-use sandboxctl::token::token_sha256;
 use sandboxctl::Method;
+
+use sandboxer_testkit as testkit;
+use testkit::{require_bwrap, token_block, Daemon, TestDir};
 
 const CONSUMER: &str = "sbt_hardening_consumer_token_for_tests_only_000000000000000000000";
 const OTHER: &str = "sbt_hardening_other_token_for_tests_only_1111111111111111111111111";
 const OPERATOR: &str = "sbt_hardening_operator_token_for_tests_only_22222222222222222222222";
-
-fn token_block(token: &str, actor: &str, project: &str, role: &str) -> String {
-    format!(
-        "[[tokens]]\ntoken_sha256 = \"{}\"\nactor_type = \"agt\"\nactor = \"{actor}\"\nproject = \"{project}\"\nrole = \"{role}\"\n\n",
-        token_sha256(token)
-    )
-}
 
 /// Write `toml` as the config file under `dir`; answers its path.
 fn config(dir: &Path, toml: &str) -> String {
@@ -105,7 +98,7 @@ fn get_on(s: &mut TcpStream, host: &str, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn more_than_64_label_filters_are_a_400_naming_label() {
     let dir = TestDir::new();
-    let d = Daemon::start(&dir.path().join("data"));
+    let d = testkit::daemon!().start(&dir.path().join("data"));
     let query = |n: usize| {
         let labels: Vec<String> = (0..n).map(|i| format!("label=k{i}%3Dv")).collect();
         format!("/v1/sandboxes?{}", labels.join("&"))
@@ -138,10 +131,10 @@ async fn more_than_64_label_filters_are_a_400_naming_label() {
 async fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
     let dir = TestDir::new();
     let data = dir.path().join("data");
-    let first = Daemon::start(&data);
+    let first = testkit::daemon!().start(&data);
     let first_pid = first.child.id();
-    let out = Command::new(env!("CARGO_BIN_EXE_sandboxerd"))
-        .current_dir(common::repo_root())
+    let out = testkit::daemon_bin!()
+        .command()
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .stdin(Stdio::null())
@@ -171,14 +164,7 @@ async fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
     assert_eq!(first.client.ready().await.expect("readyz").status, "ok");
     let (status, _) = first
         .client
-        .create(
-            &CreateSandbox {
-                profile: "profile.local-shell".into(),
-                ..CreateSandbox::default()
-            },
-            None,
-            None,
-        )
+        .create(&testkit::local_shell(), None, None)
         .await
         .expect("the first daemon still creates");
     assert_eq!(status, 202);
@@ -193,7 +179,9 @@ async fn a_half_sent_request_header_is_cut_after_the_header_timeout() {
         dir.path(),
         "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\n",
     );
-    let d = Daemon::start_with(&dir.path().join("data"), &["--config", &cfg], &[]);
+    let d = testkit::daemon!()
+        .args(["--config", &cfg])
+        .start(&dir.path().join("data"));
     let host = addr(&d);
     let mut s = TcpStream::connect(&host).expect("connect");
     write!(s, "GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").expect("send");
@@ -217,7 +205,9 @@ async fn an_idle_keep_alive_connection_is_closed_but_a_long_poll_is_not() {
         dir.path(),
         "[limits]\nheader_read_timeout = \"30s\"\nidle_timeout = \"1s\"\n",
     );
-    let d = Daemon::start_with(&dir.path().join("data"), &["--config", &cfg], &[]);
+    let d = testkit::daemon!()
+        .args(["--config", &cfg])
+        .start(&dir.path().join("data"));
     let host = addr(&d);
     let mut s = TcpStream::connect(&host).expect("connect");
     assert!(get_on(&mut s, &host, "/healthz").starts_with("HTTP/1.1 200"));
@@ -231,14 +221,7 @@ async fn an_idle_keep_alive_connection_is_closed_but_a_long_poll_is_not() {
     // A request in flight for longer than the idle timeout is not cut.
     let (_, sbx) = d
         .client
-        .create(
-            &CreateSandbox {
-                profile: "profile.local-shell".into(),
-                ..CreateSandbox::default()
-            },
-            Some(Duration::from_secs(30)),
-            None,
-        )
+        .create(&testkit::local_shell(), Some(Duration::from_secs(30)), None)
         .await
         .expect("create");
     let mut s = TcpStream::connect(&host).expect("connect");
@@ -259,7 +242,9 @@ async fn an_idle_keep_alive_connection_is_closed_but_a_long_poll_is_not() {
 async fn connections_over_the_per_client_cap_are_refused_and_the_others_keep_working() {
     let dir = TestDir::new();
     let cfg = config(dir.path(), "[limits]\nmax_connections_per_client = 5\n");
-    let d = Daemon::start_with(&dir.path().join("data"), &["--config", &cfg], &[]);
+    let d = testkit::daemon!()
+        .args(["--config", &cfg])
+        .start(&dir.path().join("data"));
     let host = addr(&d);
     let mut open: Vec<TcpStream> = (0..5)
         .map(|_| TcpStream::connect(&host).expect("connect"))
@@ -296,7 +281,7 @@ async fn connections_over_the_per_client_cap_are_refused_and_the_others_keep_wor
 fn copy_profile(dir: &Path) -> String {
     let profiles = dir.join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
-    let text = std::fs::read_to_string(common::repo_root().join("profiles/local-shell.yaml"))
+    let text = std::fs::read_to_string(testkit::repo_root().join("profiles/local-shell.yaml"))
         .expect("profile");
     std::fs::write(profiles.join("local-shell.yaml"), &text).expect("write");
     let copy = text
@@ -337,7 +322,9 @@ async fn consumer_paths_resolve_only_under_input_roots_and_never_reveal_the_host
     toml.push_str(&token_block(CONSUMER, "a-agent", "a", "consumer"));
     toml.push_str(&token_block(OTHER, "b-agent", "b", "consumer"));
     let cfg = config(&root, &toml);
-    let d = Daemon::start_with(&data, &["--config", &cfg, "--profiles", &profiles], &[]);
+    let d = testkit::daemon!()
+        .args(["--config", &cfg, "--profiles", &profiles])
+        .start(&data);
     let a = d.client_with(CONSUMER);
     let b = d.client_with(OTHER);
 
@@ -406,11 +393,9 @@ async fn without_input_roots_only_operators_pass_host_paths() {
     let mut toml = token_block(CONSUMER, "a-agent", "a", "consumer");
     toml.push_str(&token_block(OPERATOR, "ops", "ops", "operator"));
     let cfg = config(&root, &toml);
-    let d = Daemon::start_with(
-        &root.join("data"),
-        &["--config", &cfg, "--profiles", &profiles],
-        &[],
-    );
+    let d = testkit::daemon!()
+        .args(["--config", &cfg, "--profiles", &profiles])
+        .start(&root.join("data"));
     let err = d
         .client_with(CONSUMER)
         .create(&copy_of(&repo.display().to_string()), None, None)
@@ -486,12 +471,9 @@ async fn on_a_full_disk_no_answer_claims_a_write_that_was_not_committed() {
     let mnt = dir.path().join("mnt");
     let _tmpfs = Tmpfs::mount(&mnt, "50m");
     let data = mnt.join("data");
-    let d = Daemon::start(&data);
+    let d = testkit::daemon!().start(&data);
     let c = &d.client;
-    let req = CreateSandbox {
-        profile: "profile.local-shell".into(),
-        ..CreateSandbox::default()
-    };
+    let req = testkit::local_shell();
     let mut answered = Vec::new();
     let (status, s) = c
         .create(&req, None, None)

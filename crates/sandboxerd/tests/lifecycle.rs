@@ -1,21 +1,21 @@
 //! TTL enforcement, the start-up reconciler, crash points and the event
 //! outbox, against the real daemon and real bubblewrap sandboxes.
-mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{alive, require_bwrap, Daemon};
 use sandboxctl::api::{CreateSandbox, Sandbox, SandboxState};
 use sandboxctl::{Client, ListQuery};
 
+use sandboxer_testkit as testkit;
+use testkit::{alive, require_bwrap, sandbox_dirs};
+
 fn local_shell(ttl: Option<&str>) -> CreateSandbox {
     CreateSandbox {
-        profile: "profile.local-shell".into(),
         ttl: ttl.map(str::to_owned),
-        ..CreateSandbox::default()
+        ..testkit::local_shell()
     }
 }
 
@@ -57,17 +57,6 @@ async fn settled(c: &Client, limit: Duration) -> Vec<Sandbox> {
     }
 }
 
-/// Sandbox ids with a directory under the data dir.
-fn sandbox_dirs(data_dir: &Path) -> HashSet<String> {
-    match std::fs::read_dir(data_dir.join("sandboxes")) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => HashSet::new(),
-    }
-}
-
 /// Nothing on the machine without a live row, and every live row backed.
 fn assert_nothing_leaked(data_dir: &Path, rows: &[Sandbox]) {
     let live: HashSet<String> = rows
@@ -89,13 +78,13 @@ fn assert_nothing_leaked(data_dir: &Path, rows: &[Sandbox]) {
             s.state
         );
     }
-    let procs = common::sandbox_processes(data_dir);
+    let procs = testkit::sandbox_processes(data_dir);
     assert!(
         procs.is_subset(&live),
         "processes without a live row: {:?}",
         procs.difference(&live).collect::<Vec<_>>()
     );
-    let dirs = sandbox_dirs(data_dir);
+    let dirs: HashSet<String> = sandbox_dirs(data_dir).into_iter().collect();
     assert!(
         dirs.is_subset(&live),
         "workspaces without a live row: {:?}",
@@ -109,8 +98,10 @@ fn assert_nothing_leaked(data_dir: &Path, rows: &[Sandbox]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_short_ttl_sandbox_is_expired_and_destroyed_within_two_ticks() {
     require_bwrap();
-    let dir = common::TestDir::new();
-    let d = Daemon::start_with(dir.path(), &[], &[("SANDBOXER_REAPER_INTERVAL", "1s")]);
+    let dir = testkit::TestDir::new();
+    let d = testkit::daemon!()
+        .envs(&[("SANDBOXER_REAPER_INTERVAL", "1s")])
+        .start(dir.path());
     let (_, sbx) = d
         .client
         .create(
@@ -164,8 +155,8 @@ async fn a_short_ttl_sandbox_is_expired_and_destroyed_within_two_ticks() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ttl_that_passed_while_the_daemon_was_down_is_enforced_at_start() {
     require_bwrap();
-    let dir = common::TestDir::new();
-    let mut d = Daemon::start(dir.path());
+    let dir = testkit::TestDir::new();
+    let mut d = testkit::daemon!().start(dir.path());
     let (_, sbx) = d
         .client
         .create(
@@ -183,7 +174,7 @@ async fn a_ttl_that_passed_while_the_daemon_was_down_is_enforced_at_start() {
     d.kill9();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(alive(pid), "nothing kills it while the daemon is down");
-    let d = Daemon::start(dir.path());
+    let d = testkit::daemon!().start(dir.path());
     let s = d.client.get(&sbx.id, None).await.expect("get");
     let s = if s.state == SandboxState::Destroyed {
         s
@@ -208,10 +199,10 @@ async fn a_ttl_that_passed_while_the_daemon_was_down_is_enforced_at_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_sandboxes_are_reaped_and_touch_keeps_them() {
     require_bwrap();
-    let dir = common::TestDir::new();
+    let dir = testkit::TestDir::new();
     let profiles = dir.path().join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
-    let text = std::fs::read_to_string(common::repo_root().join("profiles/local-shell.yaml"))
+    let text = std::fs::read_to_string(testkit::repo_root().join("profiles/local-shell.yaml"))
         .expect("profile");
     std::fs::write(
         profiles.join("idle.yaml"),
@@ -220,11 +211,9 @@ async fn idle_sandboxes_are_reaped_and_touch_keeps_them() {
     )
     .expect("write");
     let data = dir.path().join("data");
-    let d = Daemon::start_with(
-        &data,
-        &["--profiles", profiles.to_str().expect("utf-8")],
-        &[],
-    );
+    let d = testkit::daemon!()
+        .args(["--profiles", profiles.to_str().expect("utf-8")])
+        .start(&data);
     let req = CreateSandbox {
         profile: "profile.idle-shell".into(),
         ..CreateSandbox::default()
@@ -284,9 +273,11 @@ async fn idle_sandboxes_are_reaped_and_touch_keeps_them() {
 async fn every_crash_point_recovers_with_nothing_leaked() {
     require_bwrap();
     for point in sandboxerd::fault::POINTS {
-        let dir = common::TestDir::new();
+        let dir = testkit::TestDir::new();
         let data = dir.path();
-        let mut d = Daemon::start_with(data, &[], &[("SANDBOXER_FAULT", point)]);
+        let mut d = testkit::daemon!()
+            .envs(&[("SANDBOXER_FAULT", point)])
+            .start(data);
         let teardown = point.starts_with("teardown.");
         if teardown {
             let (_, sbx) = d
@@ -322,7 +313,7 @@ async fn every_crash_point_recovers_with_nothing_leaked() {
         );
         drop(d);
 
-        let d = Daemon::start(data);
+        let d = testkit::daemon!().start(data);
         let rows = settled(&d.client, Duration::from_secs(30)).await;
         assert_eq!(rows.len(), 1, "{point}: the row survived the crash");
         assert_nothing_leaked(data, &rows);
@@ -349,7 +340,7 @@ async fn every_crash_point_recovers_with_nothing_leaked() {
             "{point}: {rows:?}"
         );
         assert!(
-            common::sandbox_processes(data).is_empty() && sandbox_dirs(data).is_empty(),
+            testkit::sandbox_processes(data).is_empty() && sandbox_dirs(data).is_empty(),
             "{point}: leaked"
         );
     }
@@ -362,8 +353,10 @@ async fn a_failed_teardown_stays_destroying_and_is_retried_until_it_succeeds() {
         nix::unistd::geteuid().is_root(),
         "this test bind-mounts a directory to make teardown fail: run it as root"
     );
-    let dir = common::TestDir::new();
-    let d = Daemon::start_with(dir.path(), &[], &[("SANDBOXER_REAPER_INTERVAL", "200ms")]);
+    let dir = testkit::TestDir::new();
+    let d = testkit::daemon!()
+        .envs(&[("SANDBOXER_REAPER_INTERVAL", "200ms")])
+        .start(dir.path());
     let (_, sbx) = d
         .client
         .create(&local_shell(None), Some(Duration::from_secs(30)), None)
@@ -462,8 +455,10 @@ async fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<serde_json::Value
 async fn events_reach_a_flaky_receiver_in_order_with_no_loss() {
     require_bwrap();
     let (url, got) = receiver(5).await;
-    let dir = common::TestDir::new();
-    let d = Daemon::start_with(dir.path(), &[], &[("SANDBOXER_STATE_HUB_URL", &url)]);
+    let dir = testkit::TestDir::new();
+    let d = testkit::daemon!()
+        .envs(&[("SANDBOXER_STATE_HUB_URL", &url)])
+        .start(dir.path());
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (_, s) = d

@@ -3,16 +3,17 @@
 //! lifetime and billed from the handout on, members stay invisible to
 //! consumers, age out and are replaced, never leak across `kill -9`, and
 //! are never shared by concurrent creates.
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{alive, require_bwrap, run_inside, Daemon, TestDir};
 use sandboxctl::api::{CreateSandbox, LedgerKind, Sandbox, SandboxState};
 use sandboxctl::token::token_sha256;
 use sandboxctl::{Client, ListQuery, Method, UsageQuery};
+
+use sandboxer_testkit as testkit;
+use testkit::{alive, require_bwrap, run_inside, sandbox_dirs, Daemon, TestDir};
 
 const POOLED: &str = "profile.pooled-shell";
 const LABEL: &str = "io.sandboxer.pool";
@@ -31,7 +32,7 @@ fn setup(dir: &Path, pool: &str, extra: &str) -> Vec<String> {
 }
 
 fn setup_with(dir: &Path, pool: &str, extra: &str, broken: bool) -> Vec<String> {
-    let root = common::repo_root();
+    let root = testkit::repo_root();
     let profiles = dir.join("profiles");
     let extensions = dir.join("extensions");
     std::fs::create_dir_all(&profiles).expect("mkdir");
@@ -88,8 +89,7 @@ fn setup_with(dir: &Path, pool: &str, extra: &str, broken: bool) -> Vec<String> 
 }
 
 fn start(data: &Path, args: &[String], env: &[(&str, &str)]) -> Daemon {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start_with(data, &args, env)
+    testkit::daemon!().args(args).envs(env).start(data)
 }
 
 fn pooled(labels: &[(&str, &str)], ttl: Option<&str>) -> CreateSandbox {
@@ -149,17 +149,6 @@ where
     while !done().await {
         assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Sandbox ids with a directory under the data dir.
-fn sandbox_dirs(data: &Path) -> BTreeSet<String> {
-    match std::fs::read_dir(data.join("sandboxes")) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => BTreeSet::new(),
     }
 }
 
@@ -626,7 +615,7 @@ async fn kill_9_with_a_full_pool_leaks_nothing_and_the_pool_is_made_again() {
         .cloned()
         .chain(std::iter::once(kept.id.clone()))
         .collect();
-    let procs = common::sandbox_processes(&data);
+    let procs = testkit::sandbox_processes(&data);
     assert!(
         procs.is_subset(&live),
         "leaked processes: {procs:?} vs {live:?}"
@@ -703,14 +692,7 @@ async fn creates_a_pool_cannot_serve_are_misses_provisioned_as_usual() {
     assert_eq!(members(&ops, &data, POOLED).await.len(), 1);
     // Another profile is no pool's business.
     let (status, plain) = alpha
-        .create(
-            &CreateSandbox {
-                profile: "profile.local-shell".into(),
-                ..CreateSandbox::default()
-            },
-            Some(WAIT),
-            None,
-        )
+        .create(&testkit::local_shell(), Some(WAIT), None)
         .await
         .expect("create");
     assert_eq!(status, 201);
@@ -814,11 +796,11 @@ fn catalog_error(profile_yaml: &str) -> String {
     let profiles: PathBuf = dir.path().join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
     std::fs::write(profiles.join("pooled.yaml"), profile_yaml).expect("write");
-    let settings = common::settings(&dir.path().join("data"));
+    let settings = testkit::settings(&dir.path().join("data"));
     let registry = sandboxerd::registry(&settings);
     match sandboxerd::catalog::Catalog::load(
         &profiles,
-        &common::repo_root().join("extensions"),
+        &testkit::repo_root().join("extensions"),
         &registry,
     ) {
         Ok(_) => panic!("accepted: {profile_yaml}"),
@@ -828,7 +810,7 @@ fn catalog_error(profile_yaml: &str) -> String {
 
 #[test]
 fn a_bad_pool_is_refused_at_start_naming_the_file_and_the_field() {
-    let shell = std::fs::read_to_string(common::repo_root().join("profiles/local-shell.yaml"))
+    let shell = std::fs::read_to_string(testkit::repo_root().join("profiles/local-shell.yaml"))
         .expect("profile");
     let with = |extra: &str| format!("{shell}\n{extra}\n");
     for (extra, field) in [
@@ -860,10 +842,10 @@ fn a_bad_pool_is_refused_at_start_naming_the_file_and_the_field() {
         with("pool: {size: 0, max_age: 30m}").replace("profile.local-shell", "profile.b"),
     )
     .expect("write");
-    let settings = common::settings(&dir.path().join("data"));
+    let settings = testkit::settings(&dir.path().join("data"));
     let catalog = sandboxerd::catalog::Catalog::load(
         &profiles,
-        &common::repo_root().join("extensions"),
+        &testkit::repo_root().join("extensions"),
         &sandboxerd::registry(&settings),
     )
     .expect("load");

@@ -8,25 +8,20 @@
 //! `ext.local-misconfigured` points it at `/bin/ls`, a binary that is not
 //! bubblewrap: it is available, and every sandbox on it fails before ready,
 //! for real, which is what a failover needs.
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use sandboxer_api::{
     Capabilities, CostBreakdown, ExtensionClass, ExtensionSpec, Isolation, LedgerKind, NetworkMode,
     Pricing, RoutingPolicy,
 };
 use sandboxerd::routing::{isolates_enough, order, Candidate};
-use sandboxerd::AppState;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-use common::{require_bwrap, TestDir};
+use sandboxer_testkit as testkit;
+use testkit::{require_bwrap, Reply, TestApp, TestDir};
 
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write");
@@ -35,7 +30,7 @@ fn write(dir: &Path, name: &str, text: &str) {
 /// The test catalog: five entries over the `ext.local` backend and one
 /// routed profile per case.
 fn catalog(dir: &Path) -> (PathBuf, PathBuf) {
-    let root = common::repo_root();
+    let root = testkit::repo_root();
     let profiles = dir.join("profiles");
     let extensions = dir.join("extensions");
     std::fs::create_dir_all(&profiles).expect("mkdir");
@@ -151,61 +146,23 @@ fn catalog(dir: &Path) -> (PathBuf, PathBuf) {
     (profiles, extensions)
 }
 
-struct TestApp {
-    _dir: TestDir,
-    state: AppState,
-    app: Router,
-}
-
 async fn app(enforce: bool) -> TestApp {
-    let dir = TestDir::new();
-    let (profiles, extensions) = catalog(dir.path());
-    let mut s = common::settings(&dir.path().join("data"));
-    s.profiles_dir = profiles;
-    s.extensions_dir = extensions;
-    s.credits.enforce = enforce;
-    let state = sandboxerd::build_state(s).await.expect("state");
-    let app = sandboxerd::http::app(state.clone());
-    TestApp {
-        _dir: dir,
-        state,
-        app,
-    }
+    TestApp::with(|dir, s| {
+        let (profiles, extensions) = catalog(dir);
+        s.profiles_dir = profiles;
+        s.extensions_dir = extensions;
+        s.credits.enforce = enforce;
+    })
+    .await
 }
 
-impl TestApp {
-    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let resp = self
-            .app
-            .clone()
-            .oneshot(req.body(body).expect("request"))
-            .await
-            .expect("response");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes)
-                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())),
-        )
-    }
-
-    async fn create(&self, profile: &str) -> (StatusCode, Value) {
-        self.call(
-            Method::POST,
-            "/v1/sandboxes?wait=30s",
-            Some(json!({"profile": profile})),
-        )
-        .await
-    }
+async fn create(t: &TestApp, profile: &str) -> Reply {
+    t.call(
+        Method::POST,
+        "/v1/sandboxes?wait=30s",
+        Some(json!({"profile": profile})),
+    )
+    .await
 }
 
 fn considered(sbx: &Value) -> Vec<(String, Option<String>)> {
@@ -226,7 +183,7 @@ fn considered(sbx: &Value) -> Vec<(String, Option<String>)> {
 async fn estimates_follow_the_policy_and_explain_it() {
     let t = app(false).await;
     // prefer-self-hosted: ext.local (self-hosted, 3600/h) before the cheaper SaaS entry.
-    let (s, e) = t
+    let (s, _, e) = t
         .call(
             Method::GET,
             "/v1/estimate?profile=profile.prefer-self&ttl=30m",
@@ -247,7 +204,7 @@ async fn estimates_follow_the_policy_and_explain_it() {
         [("ext.local".into(), None), ("ext.local-saas".into(), None)]
     );
     // lowest-cost: the SaaS entry at half the price.
-    let (_, e) = t
+    let (_, _, e) = t
         .call(
             Method::GET,
             "/v1/estimate?profile=profile.cheapest&ttl=30m",
@@ -261,7 +218,7 @@ async fn estimates_follow_the_policy_and_explain_it() {
     assert_eq!(e["route"]["considered"][0]["estimate_credits"], 900);
     assert_eq!(e["route"]["considered"][1]["estimate_credits"], 1800);
     // A bound profile has no route.
-    let (_, e) = t
+    let (_, _, e) = t
         .call(
             Method::GET,
             "/v1/estimate?profile=profile.local-shell",
@@ -303,7 +260,7 @@ async fn estimates_follow_the_policy_and_explain_it() {
             "no_extension_available",
         ),
     ] {
-        let (s, b) = t.call(Method::GET, uri, None).await;
+        let (s, _, b) = t.call(Method::GET, uri, None).await;
         assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{uri}: {b}");
     }
 }
@@ -312,7 +269,7 @@ async fn estimates_follow_the_policy_and_explain_it() {
 async fn the_router_skips_unavailable_and_incapable_candidates_and_says_why() {
     require_bwrap();
     let t = app(false).await;
-    let (s, sbx) = t.create("profile.skip-missing").await;
+    let (s, _, sbx) = create(&t, "profile.skip-missing").await;
     assert_eq!(s, StatusCode::CREATED, "{sbx}");
     assert_eq!(sbx["state"], "ready");
     assert_eq!(sbx["extension"], "ext.local");
@@ -326,7 +283,7 @@ async fn the_router_skips_unavailable_and_incapable_candidates_and_says_why() {
     assert_eq!(route[1], ("ext.local".into(), None));
     assert_eq!(sbx["route"]["chosen"], "ext.local");
 
-    let (s, sbx) = t.create("profile.needs-snapshots").await;
+    let (s, _, sbx) = create(&t, "profile.needs-snapshots").await;
     assert_eq!(s, StatusCode::CREATED, "{sbx}");
     assert_eq!(
         considered(&sbx)[0],
@@ -337,16 +294,16 @@ async fn the_router_skips_unavailable_and_incapable_candidates_and_says_why() {
     );
     // The decision stays on the sandbox.
     let id = sbx["id"].as_str().expect("id");
-    let (_, got) = t
+    let (_, _, got) = t
         .call(Method::GET, &format!("/v1/sandboxes/{id}"), None)
         .await;
     assert_eq!(got["route"], sbx["route"]);
     // A bound profile's sandbox has none.
-    let (_, bound) = t.create("profile.local-shell").await;
+    let (_, _, bound) = create(&t, "profile.local-shell").await;
     assert!(bound["route"].is_null());
 
     // Nothing left: 503, naming each candidate's reason.
-    let (s, b) = t.create("profile.none-left").await;
+    let (s, _, b) = create(&t, "profile.none-left").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(b["code"], "no_extension_available");
     assert!(
@@ -356,7 +313,7 @@ async fn the_router_skips_unavailable_and_incapable_candidates_and_says_why() {
         "{b}"
     );
     // placement.host no candidate has.
-    let (s, b) = t
+    let (s, _, b) = t
         .call(
             Method::POST,
             "/v1/sandboxes",
@@ -379,7 +336,7 @@ async fn a_create_that_fails_before_ready_fails_over_to_the_next_candidate() {
         .grant("default", 10_000, "test", None)
         .await
         .expect("grant");
-    let (s, sbx) = t.create("profile.failover").await;
+    let (s, _, sbx) = create(&t, "profile.failover").await;
     assert_eq!(s, StatusCode::CREATED, "{sbx}");
     let id = sbx["id"].as_str().expect("id");
     assert_eq!(sbx["state"], "ready");
@@ -396,7 +353,7 @@ async fn a_create_that_fails_before_ready_fails_over_to_the_next_candidate() {
     assert_eq!(route[1], ("ext.local".into(), None));
     assert_eq!(sbx["route"]["chosen"], "ext.local");
     // An event says why it moved.
-    let (_, events) = t
+    let (_, _, events) = t
         .call(Method::GET, &format!("/v1/sandboxes/{id}/events"), None)
         .await;
     let reasons: Vec<&str> = events["items"]
@@ -423,7 +380,7 @@ async fn a_create_that_fails_before_ready_fails_over_to_the_next_candidate() {
             .expect("sums"),
         (10_000, 3600)
     );
-    let (_, metrics) = t.call(Method::GET, "/metrics", None).await;
+    let (_, _, metrics) = t.call(Method::GET, "/metrics", None).await;
     assert!(metrics
         .as_str()
         .expect("text")
@@ -440,7 +397,7 @@ async fn when_every_candidate_fails_the_sandbox_fails_with_the_whole_story() {
         .grant("default", 2000, "test", None)
         .await
         .expect("grant");
-    let (s, sbx) = t.create("profile.failover").await;
+    let (s, _, sbx) = create(&t, "profile.failover").await;
     assert_eq!(s, StatusCode::OK, "{sbx}");
     assert_eq!(sbx["state"], "failed");
     let route = considered(&sbx);
@@ -479,7 +436,7 @@ async fn when_every_candidate_fails_the_sandbox_fails_with_the_whole_story() {
     assert!(entries.iter().all(|e| e.kind != LedgerKind::Debit));
 
     // Both failing for their own reasons.
-    let (s, sbx) = t.create("profile.all-fail").await;
+    let (s, _, sbx) = create(&t, "profile.all-fail").await;
     assert_eq!(s, StatusCode::OK, "{sbx}");
     let route = considered(&sbx);
     assert!(route[0]
@@ -495,23 +452,9 @@ async fn when_every_candidate_fails_the_sandbox_fails_with_the_whole_story() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_burst_profile_routes_to_ext_local() {
     require_bwrap();
-    let dir = TestDir::new();
-    let state = sandboxerd::build_state(common::settings(dir.path()))
-        .await
-        .expect("state");
-    let app = sandboxerd::http::app(state);
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/v1/sandboxes?wait=30s")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(
-            json!({"profile": "profile.burst-sandbox"}).to_string(),
-        ))
-        .expect("request");
-    let resp = app.oneshot(req).await.expect("response");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let sbx: Value = serde_json::from_slice(&bytes).expect("json");
+    let t = TestApp::new().await;
+    let (s, _, sbx) = create(&t, "profile.burst-sandbox").await;
+    assert_eq!(s, StatusCode::CREATED, "{sbx}");
     assert_eq!(sbx["extension"], "ext.local");
     assert_eq!(
         sbx["route"],
@@ -642,7 +585,7 @@ async fn the_catalog_refuses_bad_routing() {
         let text = std::fs::read_to_string(profiles.join("local-shell.yaml")).expect("read");
         assert!(text.contains(from), "{from}");
         std::fs::write(profiles.join("local-shell.yaml"), text.replace(from, to)).expect("write");
-        let mut s = common::settings(&dir.path().join("data"));
+        let mut s = testkit::settings(&dir.path().join("data"));
         s.profiles_dir = profiles;
         s.extensions_dir = extensions;
         let err = match sandboxerd::build_state(s).await {
@@ -663,7 +606,7 @@ async fn the_catalog_refuses_bad_routing() {
         text.replace("bwrap: /nonexistent", "colour: blue\n  bwrap: /nonexistent"),
     )
     .expect("write");
-    let mut s = common::settings(&dir.path().join("data"));
+    let mut s = testkit::settings(&dir.path().join("data"));
     s.profiles_dir = profiles;
     s.extensions_dir = extensions;
     let err = match sandboxerd::build_state(s).await {

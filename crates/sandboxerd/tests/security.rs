@@ -1,32 +1,25 @@
 //! Tokens, per-project isolation, the operator role, the audit trail,
 //! abuse limits and secrets, against the real daemon.
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{require_bwrap, run_inside, Daemon, TestDir};
 use sandboxctl::api::{Consumer, CreateSandbox, SandboxState};
-use sandboxctl::token::token_sha256;
 use sandboxctl::Method;
+
+use sandboxer_testkit as testkit;
+use testkit::{require_bwrap, run_inside, token_block, TestDir};
 
 const ALPHA: &str = "sbt_alpha_token_for_tests_only_000000000000000000000000000000000000";
 const BETA: &str = "sbt_beta_token_for_tests_only_1111111111111111111111111111111111111";
 const OPERATOR: &str = "sbt_operator_token_for_tests_only_22222222222222222222222222222222";
 const SENTINEL: &str = "s3ntinel-VALUE-that-must-never-leak-7f3a9c";
 
-fn token_block(token: &str, actor: &str, project: &str, role: &str) -> String {
-    format!(
-        "[[tokens]]\ntoken_sha256 = \"{}\"\nactor_type = \"agt\"\nactor = \"{actor}\"\nproject = \"{project}\"\nrole = \"{role}\"\n\n",
-        token_sha256(token)
-    )
-}
-
 /// A config file and a profiles dir with `profile.secret-shell` added.
 fn setup(dir: &Path, limits: &str) -> (String, String) {
     let profiles = dir.join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
-    let text = std::fs::read_to_string(common::repo_root().join("profiles/local-shell.yaml"))
+    let text = std::fs::read_to_string(testkit::repo_root().join("profiles/local-shell.yaml"))
         .expect("profile");
     std::fs::write(profiles.join("local-shell.yaml"), &text).expect("write");
     std::fs::write(
@@ -62,11 +55,10 @@ async fn tokens_isolate_projects_audit_and_keep_secrets() {
     let dir = TestDir::new();
     let (config, profiles) = setup(dir.path(), "[limits]\nlive_sandboxes_per_project = 2\n");
     let data = dir.path().join("data");
-    let d = Daemon::start_with(
-        &data,
-        &["--config", &config, "--profiles", &profiles],
-        &[("SANDBOXER_TEST_SENTINEL", SENTINEL)],
-    );
+    let d = testkit::daemon!()
+        .args(["--config", &config, "--profiles", &profiles])
+        .envs(&[("SANDBOXER_TEST_SENTINEL", SENTINEL)])
+        .start(&data);
     let anon = &d.client;
     let alpha = d.client_with(ALPHA);
     let beta = d.client_with(BETA);
@@ -100,10 +92,7 @@ async fn tokens_isolate_projects_audit_and_keep_secrets() {
     assert_eq!(a.state, SandboxState::Ready, "{a:?}");
     assert_eq!(a.consumer.project, "alpha");
     assert_eq!(a.consumer.actor, "alpha-agent");
-    let mut claim = CreateSandbox {
-        profile: "profile.local-shell".into(),
-        ..CreateSandbox::default()
-    };
+    let mut claim = testkit::local_shell();
     claim.consumer = Some(Consumer {
         actor_type: "agt".into(),
         actor: "beta-agent".into(),
@@ -189,10 +178,7 @@ async fn tokens_isolate_projects_audit_and_keep_secrets() {
     );
 
     // The live-sandbox cap per project.
-    let plain = CreateSandbox {
-        profile: "profile.local-shell".into(),
-        ..CreateSandbox::default()
-    };
+    let plain = testkit::local_shell();
     let (_, b) = alpha
         .create(&plain, Some(Duration::from_secs(30)), None)
         .await
@@ -265,11 +251,9 @@ async fn tokens_isolate_projects_audit_and_keep_secrets() {
 async fn a_token_over_its_rate_gets_429_with_retry_after() {
     let dir = TestDir::new();
     let (config, profiles) = setup(dir.path(), "[limits]\nrequests_per_second = 2\nburst = 5\n");
-    let d = Daemon::start_with(
-        &dir.path().join("data"),
-        &["--config", &config, "--profiles", &profiles],
-        &[],
-    );
+    let d = testkit::daemon!()
+        .args(["--config", &config, "--profiles", &profiles])
+        .start(&dir.path().join("data"));
     let alpha = d.client_with(ALPHA);
     let mut limited = None;
     for _ in 0..20 {
@@ -311,8 +295,8 @@ fn a_bad_token_block_stops_the_start_naming_the_field() {
         "[[tokens]]\ntoken_sha256 = \"abc\"\nactor_type = \"agt\"\nactor = \"x\"\nproject = \"p\"\nrole = \"consumer\"\n",
     )
     .expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxerd"))
-        .current_dir(common::repo_root())
+    let out = testkit::daemon_bin!()
+        .command()
         .args(["--config", config.to_str().expect("utf-8"), "--data-dir"])
         .arg(dir.path().join("data"))
         .output()

@@ -2,7 +2,6 @@
 //! recovery. End-to-end tests run the real daemon on real bubblewrap and
 //! drive it with the `sandboxctl` client; handler tests call the router
 //! in-process for the 4xx answers.
-mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -11,24 +10,18 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{ready_sandbox, require_bwrap, run_inside, workdir, Daemon};
-use http_body_util::BodyExt;
 use sandboxctl::api::{CreateSandbox, Sandbox, SandboxState, SnapshotState};
 use sandboxctl::SnapshotQuery;
 use sandboxerd::store::{new_id, now_ms, Captured, NewSnapshot, SnapshotCreated};
-use sandboxerd::AppState;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tower::ServiceExt;
+
+use sandboxer_testkit as testkit;
+use testkit::{
+    assert_problem, local_shell, ready_sandbox, require_bwrap, run_inside, workdir, TestApp,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn local_shell() -> CreateSandbox {
-    CreateSandbox {
-        profile: "profile.local-shell".into(),
-        ..CreateSandbox::default()
-    }
-}
 
 fn fork_of(snapshot_id: &str) -> CreateSandbox {
     CreateSandbox {
@@ -134,7 +127,7 @@ fn populate(ws: &Path) {
     // Written from the host as an operator would: then given to the
     // sandbox's host user (the owner of the workspace), or the sandbox could
     // not read its own 0700 dir and 0600 file.
-    common::give_to_sandbox(ws);
+    testkit::give_to_sandbox(ws);
     // Directories keep their mtimes too (set last: writing inside moves them).
     for d in ["src/deep", "empty"] {
         std::fs::File::open(ws.join(d))
@@ -201,8 +194,8 @@ fn assert_no_restore_leftovers(ws: &Path) {
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_change_restore_and_fork_on_real_bubblewrap() {
     require_bwrap();
-    let dir = common::TestDir::new();
-    let d = Daemon::start(dir.path());
+    let dir = testkit::TestDir::new();
+    let d = testkit::daemon!().start(dir.path());
     let c = &d.client;
 
     let sbx = ready_sandbox(c, &local_shell()).await;
@@ -357,14 +350,12 @@ async fn snapshot_change_restore_and_fork_on_real_bubblewrap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_archive_or_a_failed_swap_leaves_the_workspace_as_it_was() {
     require_bwrap();
-    let dir = common::TestDir::new();
+    let dir = testkit::TestDir::new();
     // Every restore of this daemon fails between moving the old tree out
     // and moving the new one in: the roll-back must put it all back.
-    let d = Daemon::start_with(
-        dir.path(),
-        &[],
-        &[("SANDBOXER_FAULT", "restore.before_move_in")],
-    );
+    let d = testkit::daemon!()
+        .envs(&[("SANDBOXER_FAULT", "restore.before_move_in")])
+        .start(dir.path());
     let c = &d.client;
     let sbx = ready_sandbox(c, &local_shell()).await;
     let ws = workdir(&sbx);
@@ -436,15 +427,13 @@ async fn a_damaged_archive_or_a_failed_swap_leaves_the_workspace_as_it_was() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_capture_or_restore_leaves_nothing_behind() {
     require_bwrap();
-    let dir = common::TestDir::new();
+    let dir = testkit::TestDir::new();
     let data = dir.path();
 
     // 1. The daemon dies with the archive written but not yet named.
-    let mut d = Daemon::start_with(
-        data,
-        &[],
-        &[("SANDBOXER_FAULT", "snapshot.after_temp_write")],
-    );
+    let mut d = testkit::daemon!()
+        .envs(&[("SANDBOXER_FAULT", "snapshot.after_temp_write")])
+        .start(data);
     let sbx = ready_sandbox(&d.client, &local_shell()).await;
     let ws = workdir(&sbx);
     let reach = reach_of(&sbx);
@@ -463,7 +452,9 @@ async fn kill_9_during_capture_or_restore_leaves_nothing_behind() {
 
     // 2. After a restart: no `creating` row, no temp file, no blob; the
     // sandbox is fine. Then the daemon dies mid-restore, the old tree moved out.
-    let mut d = Daemon::start_with(data, &[], &[("SANDBOXER_FAULT", "restore.after_move_out")]);
+    let mut d = testkit::daemon!()
+        .envs(&[("SANDBOXER_FAULT", "restore.after_move_out")])
+        .start(data);
     let rows = d
         .client
         .list_all_snapshots(&SnapshotQuery {
@@ -498,7 +489,7 @@ async fn kill_9_during_capture_or_restore_leaves_nothing_behind() {
     drop(d);
 
     // 3. The restart rolls the half-done restore back: exactly as it was.
-    let d = Daemon::start(data);
+    let d = testkit::daemon!().start(data);
     assert_eq!(manifest(&ws), changed, "rolled back at start");
     assert_no_restore_leftovers(&ws);
     assert!(run_inside(&reach, &["ls", "/workspace"]).contains("added-inside"));
@@ -514,10 +505,10 @@ async fn kill_9_during_capture_or_restore_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_capture_over_max_size_fails_and_forks_may_change_profile() {
     require_bwrap();
-    let dir = common::TestDir::new();
+    let dir = testkit::TestDir::new();
     let profiles = dir.path().join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
-    let root = common::repo_root();
+    let root = testkit::repo_root();
     let shell = std::fs::read_to_string(root.join("profiles/local-shell.yaml")).expect("read");
     std::fs::write(profiles.join("local-shell.yaml"), &shell).expect("write");
     let tiny = shell
@@ -526,11 +517,9 @@ async fn a_capture_over_max_size_fails_and_forks_may_change_profile() {
     assert!(tiny.contains("max_size: 64KiB"));
     std::fs::write(profiles.join("tiny.yaml"), tiny).expect("write");
     let data = dir.path().join("data");
-    let d = Daemon::start_with(
-        &data,
-        &["--profiles", profiles.to_str().expect("utf-8")],
-        &[],
-    );
+    let d = testkit::daemon!()
+        .args(["--profiles", profiles.to_str().expect("utf-8")])
+        .start(&data);
     let c = &d.client;
 
     let tiny_req = CreateSandbox {
@@ -585,134 +574,74 @@ async fn a_capture_over_max_size_fails_and_forks_may_change_profile() {
 
 // ---- handler tests: in-process router, fresh database per test ----
 
-struct TestApp {
-    _dir: common::TestDir,
-    state: AppState,
-    app: axum::Router,
+/// A ready sandbox on real bubblewrap.
+async fn sandbox(t: &TestApp) -> Value {
+    let (s, _, b) = t
+        .call(
+            Method::POST,
+            "/v1/sandboxes?wait=30s",
+            Some(json!({"profile": "profile.local-shell"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    b
 }
 
-async fn app_with(edit: impl FnOnce(&mut sandboxerd::config::Settings)) -> TestApp {
-    let dir = common::TestDir::new();
-    let mut settings = common::settings(dir.path());
-    edit(&mut settings);
-    let state = sandboxerd::build_state(settings).await.expect("state");
-    let app = sandboxerd::http::app(state.clone());
-    TestApp {
-        _dir: dir,
-        state,
-        app,
-    }
-}
-
-impl TestApp {
-    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.raw(req.body(body).expect("request")).await
-    }
-
-    async fn raw(&self, req: Request<Body>) -> (StatusCode, Value) {
-        let resp = self.app.clone().oneshot(req).await.expect("response");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, body)
-    }
-
-    /// A ready sandbox on real bubblewrap.
-    async fn sandbox(&self) -> Value {
-        let (s, b) = self
-            .call(
-                Method::POST,
-                "/v1/sandboxes?wait=30s",
-                Some(json!({"profile": "profile.local-shell"})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        b
-    }
-
-    /// A snapshot row of `sandbox_id` inserted directly, `ready` with a fake
-    /// blob when `ready`.
-    async fn snapshot_row(
-        &self,
-        sandbox_id: &str,
-        project: &str,
-        ready: bool,
-        ttl_ms: i64,
-    ) -> String {
-        let now = now_ms();
-        let id = new_id("snap");
-        let new = NewSnapshot {
-            id: id.clone(),
-            sandbox_id: sandbox_id.into(),
-            sandbox_generation: 1,
-            profile: "profile.local-shell".into(),
-            profile_version: 1,
-            extension: "ext.local".into(),
-            host: "local".into(),
-            project: project.into(),
-            label: None,
-            now,
-            expires_at: now + ttl_ms,
-        };
-        let created = self
-            .state
+/// A snapshot row of `sandbox_id` inserted directly, `ready` with a fake
+/// blob when `ready`.
+async fn snapshot_row(
+    t: &TestApp,
+    sandbox_id: &str,
+    project: &str,
+    ready: bool,
+    ttl_ms: i64,
+) -> String {
+    let now = now_ms();
+    let id = new_id("snap");
+    let new = NewSnapshot {
+        id: id.clone(),
+        sandbox_id: sandbox_id.into(),
+        sandbox_generation: 1,
+        profile: "profile.local-shell".into(),
+        profile_version: 1,
+        extension: "ext.local".into(),
+        host: "local".into(),
+        project: project.into(),
+        label: None,
+        now,
+        expires_at: now + ttl_ms,
+    };
+    let created = t.state.db.create_snapshot(new, 1000).await.expect("insert");
+    assert!(matches!(created, SnapshotCreated::New(_)));
+    if ready {
+        let sha: String = Sha256::digest(id.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let blobs = t.state.settings.data_dir.join("snapshots");
+        std::fs::create_dir_all(&blobs).expect("mkdir");
+        std::fs::write(blobs.join(&sha), b"not really an archive").expect("blob");
+        t.state
             .db
-            .create_snapshot(new, 1000)
+            .snapshot_ready(
+                &id,
+                &Captured {
+                    sha256: sha,
+                    size_bytes: 21,
+                    content_bytes: 21,
+                },
+            )
             .await
-            .expect("insert");
-        assert!(matches!(created, SnapshotCreated::New(_)));
-        if ready {
-            let sha: String = Sha256::digest(id.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let blobs = self.state.settings.data_dir.join("snapshots");
-            std::fs::create_dir_all(&blobs).expect("mkdir");
-            std::fs::write(blobs.join(&sha), b"not really an archive").expect("blob");
-            self.state
-                .db
-                .snapshot_ready(
-                    &id,
-                    &Captured {
-                        sha256: sha,
-                        size_bytes: 21,
-                        content_bytes: 21,
-                    },
-                )
-                .await
-                .expect("ready");
-        }
-        id
+            .expect("ready");
     }
-}
-
-fn assert_problem(got: &(StatusCode, Value), status: StatusCode, code: &str, field: Option<&str>) {
-    let (s, body) = got;
-    assert_eq!(*s, status, "status; body: {body}");
-    assert_eq!(body["code"], code, "code; body: {body}");
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{body}"
-    );
-    if let Some(f) = field {
-        assert_eq!(body["field"], f, "field; body: {body}");
-    }
+    id
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_requests_are_refused_with_stable_codes() {
     require_bwrap();
-    let t = app_with(|_| {}).await;
-    let sbx = t.sandbox().await;
+    let t = TestApp::new().await;
+    let sbx = sandbox(&t).await;
     let id = sbx["id"].as_str().expect("id").to_owned();
     let snaps = format!("/v1/sandboxes/{id}/snapshots");
 
@@ -745,7 +674,7 @@ async fn snapshot_requests_are_refused_with_stable_codes() {
     let got = t.call(Method::POST, &snaps, Some(json!({"nope": 1}))).await;
     assert_problem(&got, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", None);
     let got = t
-        .raw(
+        .send(
             Request::post(&snaps)
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from("{"))
@@ -792,14 +721,14 @@ async fn snapshot_requests_are_refused_with_stable_codes() {
         let got = t
             .call(Method::GET, &format!("/v1/snapshots?{query}"), None)
             .await;
-        assert_eq!(got.0, StatusCode::BAD_REQUEST, "{query}: {}", got.1);
-        assert_eq!(got.1["field"], field, "{query}: {}", got.1);
+        assert_eq!(got.0, StatusCode::BAD_REQUEST, "{query}: {}", got.2);
+        assert_eq!(got.2["field"], field, "{query}: {}", got.2);
     }
 
     // Restore.
     let restore = format!("/v1/sandboxes/{id}/restore");
     let got = t
-        .raw(
+        .send(
             Request::post(&restore)
                 .body(Body::from("{}"))
                 .expect("request"),
@@ -834,7 +763,7 @@ async fn snapshot_requests_are_refused_with_stable_codes() {
         )
         .await;
     assert_problem(&got, StatusCode::NOT_FOUND, "sandbox_not_found", None);
-    let creating = t.snapshot_row(&id, "default", false, 60_000).await;
+    let creating = snapshot_row(&t, &id, "default", false, 60_000).await;
     let got = t
         .call(
             Method::POST,
@@ -883,7 +812,7 @@ async fn snapshot_requests_are_refused_with_stable_codes() {
         "invalid_state",
         Some("from_snapshot"),
     );
-    let ready = t.snapshot_row(&id, "default", true, 60_000).await;
+    let ready = snapshot_row(&t, &id, "default", true, 60_000).await;
     let got = t
         .call(
             Method::POST,
@@ -901,7 +830,7 @@ async fn snapshot_requests_are_refused_with_stable_codes() {
     // A capture that cannot read its workspace ends `failed`, never `ready`.
     let dir = sbx["reachability"]["workdir"].as_str().expect("workdir");
     std::fs::remove_dir_all(dir).expect("rm workspace");
-    let (s, b) = t
+    let (s, _, b) = t
         .call(Method::POST, &format!("{snaps}?wait=30s"), None)
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
@@ -910,7 +839,7 @@ async fn snapshot_requests_are_refused_with_stable_codes() {
     assert!(b["sha256"].is_null());
 
     // Not ready or active: 409.
-    let (s, _) = t
+    let (s, _, _) = t
         .call(
             Method::DELETE,
             &format!("/v1/sandboxes/{id}?wait=30s"),
@@ -929,8 +858,8 @@ async fn snapshot_requests_are_refused_with_stable_codes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_quota_pagination_and_expiry_sweep() {
     require_bwrap();
-    let t = app_with(|s| s.snapshot_quota_per_project = 3).await;
-    let sbx = t.sandbox().await;
+    let t = TestApp::with(|_, s| s.snapshot_quota_per_project = 3).await;
+    let sbx = sandbox(&t).await;
     let id = sbx["id"].as_str().expect("id").to_owned();
     let project = sbx["consumer"]["project"]
         .as_str()
@@ -938,10 +867,10 @@ async fn the_quota_pagination_and_expiry_sweep() {
         .to_owned();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(t.snapshot_row(&id, &project, true, 60_000).await);
+        ids.push(snapshot_row(&t, &id, &project, true, 60_000).await);
     }
     // Another project's snapshots do not count.
-    t.snapshot_row("sbx_other", "elsewhere", true, 60_000).await;
+    snapshot_row(&t, "sbx_other", "elsewhere", true, 60_000).await;
     let got = t
         .call(Method::POST, &format!("/v1/sandboxes/{id}/snapshots"), None)
         .await;
@@ -951,7 +880,7 @@ async fn the_quota_pagination_and_expiry_sweep() {
     let mut seen = Vec::new();
     let mut uri = format!("/v1/sandboxes/{id}/snapshots?limit=2");
     loop {
-        let (s, b) = t.call(Method::GET, &uri, None).await;
+        let (s, _, b) = t.call(Method::GET, &uri, None).await;
         assert_eq!(s, StatusCode::OK, "{b}");
         for item in b["items"].as_array().expect("items") {
             seen.push(item["id"].as_str().expect("id").to_owned());
@@ -964,30 +893,30 @@ async fn the_quota_pagination_and_expiry_sweep() {
     let mut expect = ids.clone();
     expect.reverse();
     assert_eq!(seen, expect);
-    let (_, b) = t
+    let (_, _, b) = t
         .call(Method::GET, "/v1/snapshots?project=elsewhere", None)
         .await;
     assert_eq!(b["items"].as_array().expect("items").len(), 1);
 
     // Deleting one frees a slot and its blob.
     let sha = {
-        let (_, b) = t
+        let (_, _, b) = t
             .call(Method::GET, &format!("/v1/snapshots/{}", ids[0]), None)
             .await;
         b["sha256"].as_str().expect("sha").to_owned()
     };
     let blob = t.state.settings.data_dir.join("snapshots").join(&sha);
     assert!(blob.exists());
-    let (s, b) = t
+    let (s, _, b) = t
         .call(Method::DELETE, &format!("/v1/snapshots/{}", ids[0]), None)
         .await;
     assert_eq!((s, b["state"].as_str()), (StatusCode::OK, Some("deleted")));
     assert!(!blob.exists());
 
     // The expiry sweep deletes what is past `expires_at`, with its blob.
-    let expired = t.snapshot_row(&id, &project, true, -1).await;
+    let expired = snapshot_row(&t, &id, &project, true, -1).await;
     let sha = {
-        let (_, b) = t
+        let (_, _, b) = t
             .call(Method::GET, &format!("/v1/snapshots/{expired}"), None)
             .await;
         b["sha256"].as_str().expect("sha").to_owned()
@@ -996,7 +925,7 @@ async fn the_quota_pagination_and_expiry_sweep() {
         .await
         .expect("sweep");
     assert_eq!(swept, 1);
-    let (_, b) = t
+    let (_, _, b) = t
         .call(Method::GET, &format!("/v1/snapshots/{expired}"), None)
         .await;
     assert_eq!(b["state"], "deleted");
@@ -1019,7 +948,7 @@ async fn the_quota_pagination_and_expiry_sweep() {
 async fn an_extension_that_cannot_snapshot_answers_409() {
     require_bwrap();
     let exts = tempfile::tempdir().expect("tempdir");
-    let yaml = std::fs::read_to_string(common::repo_root().join("extensions/ext.local.yaml"))
+    let yaml = std::fs::read_to_string(testkit::repo_root().join("extensions/ext.local.yaml"))
         .expect("read");
     let off = yaml
         .replace("snapshot: true", "snapshot: false")
@@ -1028,19 +957,19 @@ async fn an_extension_that_cannot_snapshot_answers_409() {
     std::fs::write(exts.path().join("ext.local.yaml"), off).expect("write");
     // The other shipped profiles still need their extensions.
     std::fs::copy(
-        common::repo_root().join("extensions/ext.compose-ssh.yaml"),
+        testkit::repo_root().join("extensions/ext.compose-ssh.yaml"),
         exts.path().join("ext.compose-ssh.yaml"),
     )
     .expect("copy ext.compose-ssh.yaml");
     let path = exts.path().to_owned();
-    let t = app_with(move |s| s.extensions_dir = path).await;
-    let sbx = t.sandbox().await;
+    let t = TestApp::with(move |_, s| s.extensions_dir = path).await;
+    let sbx = sandbox(&t).await;
     let id = sbx["id"].as_str().expect("id");
     let got = t
         .call(Method::POST, &format!("/v1/sandboxes/{id}/snapshots"), None)
         .await;
     assert_problem(&got, StatusCode::CONFLICT, "snapshot_unsupported", None);
-    let snap = t.snapshot_row(id, "default", true, 60_000).await;
+    let snap = snapshot_row(&t, id, "default", true, 60_000).await;
     let got = t
         .call(
             Method::POST,

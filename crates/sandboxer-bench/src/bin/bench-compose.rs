@@ -25,22 +25,18 @@
 #![forbid(unsafe_code)]
 
 #[allow(dead_code)]
-#[path = "../daemon.rs"]
-mod daemon;
-#[allow(dead_code)]
 #[path = "../stats.rs"]
 mod stats;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use sandboxctl::Client;
 use sandboxer_api::{CreateSandbox, Placement, SandboxState};
+use sandboxer_testkit::{prepare_docker, Daemon, DaemonBin, Sshd};
 
 use stats::{ms, Samples};
 
@@ -82,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(run(&args, &repo, &stack, scratch.path(), &sshd));
-    sshd.stop_master(scratch.path());
+    stop_master(&sshd, scratch.path());
     result
 }
 
@@ -108,17 +104,15 @@ async fn run(
             workdir.display()
         ),
     )?;
-    let bin = daemon::locate()?;
-    daemon::warn_if_stale(&bin, repo);
-    let d = daemon::Daemon::start_with(
-        &bin,
-        repo,
-        &repo.join("profiles"),
-        &scratch.join("data"),
-        &scratch.join("daemon.log"),
-        &[OsStr::new("--config"), config.as_os_str()],
-    )?;
-    let client = Client::new(&d.url, None)?;
+    let bin = DaemonBin::beside_current_exe()?;
+    bin.warn_if_stale(repo);
+    let d = Daemon::builder(bin)
+        .repo(repo)
+        .arg("--config")
+        .arg(&config)
+        .log_file(scratch.join("daemon.log"))
+        .try_start(&scratch.join("data"))?;
+    let client = d.client.clone();
     let req = CreateSandbox {
         profile: "profile.compose-e2e".into(),
         inputs: BTreeMap::from([("repo".into(), stack.display().to_string())]),
@@ -309,137 +303,11 @@ fn hand_down(sshd: &Sshd, scratch: &Path, dir: &Path, project: &str) -> anyhow::
     .map(|_| ())
 }
 
-/// `dockerd` answering (started when it is not) and `local/busybox` built
-/// from busybox-static when missing.
-fn prepare_docker() -> anyhow::Result<()> {
-    let sh = |s: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(s)
-            .status()
-            .is_ok_and(|st| st.success())
-    };
-    if !sh("docker info >/dev/null 2>&1") {
-        let log = std::fs::File::create("/tmp/dockerd.log")?;
-        let _dockerd = Command::new("dockerd")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting dockerd (root, docker.io installed?)")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !sh("docker info >/dev/null 2>&1") {
-            ensure!(
-                Instant::now() < deadline,
-                "dockerd did not answer within 60 s; see /tmp/dockerd.log"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-    if !sh("docker image inspect local/busybox >/dev/null 2>&1") {
-        let root = tempfile::tempdir()?;
-        let bin = root.path().join("bin");
-        std::fs::create_dir_all(&bin)?;
-        std::fs::copy("/bin/busybox", bin.join("busybox"))
-            .context("copying /bin/busybox (apt-get install -y busybox-static)")?;
-        for applet in ["sh", "sleep", "httpd", "cat", "ls", "echo", "true"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
-        }
-        for d in ["tmp", "www", "data"] {
-            std::fs::create_dir_all(root.path().join(d))?;
-        }
-        ensure!(
-            sh(&format!(
-                "tar -C {} -c . | docker import - local/busybox >/dev/null",
-                root.path().display()
-            )),
-            "docker import of local/busybox failed"
-        );
-    }
-    Ok(())
-}
-
-/// A throwaway `sshd` on a loopback port, killed on drop.
-struct Sshd {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    host_key: String,
-    identity: PathBuf,
-}
-
-fn keygen(path: &Path) -> anyhow::Result<String> {
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
+/// End the shared `ssh` master connection.
+fn stop_master(sshd: &Sshd, scratch: &Path) {
+    let _ = ssh(sshd, scratch)
+        .args(["-O", "exit", LOGIN])
         .stdout(Stdio::null())
-        .status()
-        .context("ssh-keygen")?
-        .success();
-    ensure!(ok, "ssh-keygen failed");
-    Ok(std::fs::read_to_string(path.with_extension("pub"))?
-        .trim()
-        .to_owned())
-}
-
-impl Sshd {
-    fn start(scratch: &Path) -> anyhow::Result<Sshd> {
-        let dir = scratch.join("sshd");
-        std::fs::create_dir_all(&dir)?;
-        std::fs::create_dir_all("/run/sshd")?;
-        let host_key = keygen(&dir.join("host_key"))?;
-        let client_pub = keygen(&dir.join("client_key"))?;
-        std::fs::write(dir.join("authorized_keys"), format!("{client_pub}\n"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        std::fs::write(
-            dir.join("known_hosts"),
-            format!("[127.0.0.1]:{port} {host_key}\n"),
-        )?;
-        std::fs::write(
-            dir.join("sshd_config"),
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
-                 AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                 StrictModes no\nPidFile {d}/sshd.pid\nLogLevel ERROR\nMaxSessions 20\n",
-                d = dir.display()
-            ),
-        )?;
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting /usr/sbin/sshd (apt-get install -y openssh-server)")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(Instant::now() < deadline, "sshd did not listen within 20 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(Sshd {
-            child,
-            port,
-            identity: dir.join("client_key"),
-            dir,
-            host_key,
-        })
-    }
-
-    /// End the shared `ssh` master connection.
-    fn stop_master(&self, scratch: &Path) {
-        let _ = ssh(self, scratch)
-            .args(["-O", "exit", LOGIN])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .stderr(Stdio::null())
+        .status();
 }
