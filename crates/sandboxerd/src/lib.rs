@@ -42,8 +42,6 @@ pub struct AppState {
     pub db: Db,
     pub catalog: Arc<Catalog>,
     pub extensions: Arc<Registry>,
-    /// The `ext.compose-ssh` backend, for host telemetry (`/v1/hosts`).
-    pub compose: Arc<extensions::compose::ComposeExtension>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// Ids of sandboxes whose row just changed, for long-polls.
@@ -123,10 +121,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
             settings.data_dir.display()
         )
     })?;
-    let compose = Arc::new(extensions::compose::ComposeExtension::new(&settings.hosts));
     let mut registry = registry(&settings);
-    // The same instance serves sandboxes and `/v1/hosts` telemetry.
-    registry.insert(compose.clone());
     let catalog = Catalog::load(&settings.profiles_dir, &settings.extensions_dir, &registry)
         .context("loading the catalog")?;
     catalog.bind_backends(&mut registry).map_err(|e| {
@@ -145,7 +140,6 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         db,
         catalog: Arc::new(catalog),
         extensions: Arc::new(registry),
-        compose,
         settings: Arc::new(settings),
         metrics: Arc::new(Metrics::default()),
         events,

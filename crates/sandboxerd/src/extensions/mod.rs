@@ -258,6 +258,44 @@ pub trait Extension: Send + Sync {
         let _ = (sandbox_id, state);
         Ok(())
     }
+
+    /// The backend's host inventory, when it places on hosts.
+    fn inventory(&self) -> Option<&dyn HostInventory> {
+        None
+    }
+}
+
+/// Facts a host-based backend keeps about one of its placement hosts
+/// (`GET /v1/hosts`).
+#[derive(Debug, Clone, Default)]
+pub struct HostSeen {
+    /// The last connection attempt's outcome (`None`: not tried yet).
+    pub reachable: Option<bool>,
+    /// When (Unix ms).
+    pub checked_at_ms: Option<i64>,
+    /// The last connection error.
+    pub error: Option<String>,
+    /// The container engine found there, once detected (`docker`, `podman`).
+    pub engine: Option<String>,
+    /// Its compose command, once detected.
+    pub compose: Option<String>,
+}
+
+/// What a backend that places on hosts offers the operator routes and the
+/// stale sweep: telemetry, and what it left on a host (by sandbox id) with
+/// the way to remove it. A new host-based backend implements this and
+/// returns itself from [`Extension::inventory`]; nothing else changes.
+#[async_trait]
+pub trait HostInventory: Send + Sync {
+    /// What is known of `host` without asking it; `None` when this backend
+    /// does not place on `host`.
+    fn seen(&self, host: &str) -> Option<HostSeen>;
+    /// Ask `host` for live facts (engine, load, memory, disk, what it runs).
+    async fn inspect(&self, host: &str) -> Result<sandboxer_api::HostInspect, ExtError>;
+    /// Everything this deployment made on `host`, labelled with its sandbox id.
+    async fn owned(&self, host: &str) -> Result<Vec<sandboxer_api::StaleItem>, ExtError>;
+    /// Remove what sandbox `sandbox_id` left on `host` (idempotent).
+    async fn reap(&self, host: &str, sandbox_id: &str) -> Result<(), ExtError>;
 }
 
 /// The extensions the daemon has code for, by id.
@@ -270,6 +308,16 @@ impl Registry {
     /// Add (or replace) a backend under its id.
     pub fn insert(&mut self, ext: Arc<dyn Extension>) {
         self.by_id.insert(ext.id().to_owned(), ext);
+    }
+
+    /// The backend whose inventory covers `host` (the first by id), if any.
+    pub fn inventory_for(&self, host: &str) -> Option<Arc<dyn Extension>> {
+        let mut ids: Vec<&String> = self.by_id.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| self.by_id.get(id))
+            .find(|ext| ext.inventory().is_some_and(|inv| inv.seen(host).is_some()))
+            .cloned()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<dyn Extension>> {

@@ -21,12 +21,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 fn host_view(state: &AppState, host: &crate::hosts::Host) -> Host {
-    let seen = state.compose.seen(&host.id);
-    let extensions = if seen.is_some() {
-        vec![crate::extensions::compose::ID.to_owned()]
-    } else {
-        Vec::new()
-    };
+    let ext = state.extensions.inventory_for(&host.id);
+    let seen = ext
+        .as_deref()
+        .and_then(|e| e.inventory())
+        .and_then(|inv| inv.seen(&host.id));
+    let extensions = ext.iter().map(|e| e.id().to_owned()).collect();
     let seen = seen.unwrap_or_default();
     Host {
         id: host.id.clone(),
@@ -45,8 +45,8 @@ fn host_view(state: &AppState, host: &crate::hosts::Host) -> Host {
                 .checked_at_ms
                 .and_then(chrono::DateTime::from_timestamp_millis),
             error: seen.error,
-            engine: seen.tooling.as_ref().map(|t| t.engine.clone()),
-            compose: seen.tooling.map(|t| t.compose),
+            engine: seen.engine,
+            compose: seen.compose,
         },
     }
 }
@@ -134,12 +134,11 @@ async fn inspect_host(
 ) -> ApiResult<Json<HostInspect>> {
     caller.require_operator("inspecting a host")?;
     known(&state, &id)?;
-    state
-        .compose
-        .inspect(&id)
-        .await
-        .map(Json)
-        .map_err(unreachable)
+    let ext = state.extensions.inventory_for(&id);
+    let Some(inv) = ext.as_deref().and_then(|e| e.inventory()) else {
+        return Err(ApiError::not_found("host", &id));
+    };
+    inv.inspect(&id).await.map(Json).map_err(unreachable)
 }
 
 /// What sand-boxer left on a host that no live sandbox owns.

@@ -35,7 +35,13 @@ async fn is_live(state: &AppState, sandbox_id: &str) -> Result<bool, StoreError>
 
 /// What sand-boxer left on host `host` that no live sandbox owns.
 pub async fn stale_items(state: &AppState, host: &str) -> Result<Vec<StaleItem>, StaleError> {
-    let owned = state.compose.owned(host).await.map_err(StaleError::Host)?;
+    let owned = match state.extensions.inventory_for(host) {
+        Some(ext) => match ext.inventory() {
+            Some(inv) => inv.owned(host).await.map_err(StaleError::Host)?,
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
     let mut live = BTreeMap::new();
     let mut items = Vec::new();
     for item in owned {
@@ -75,7 +81,12 @@ pub async fn reap(
                 continue;
             }
         }
-        match state.compose.reap(host, sandbox_id).await {
+        let ext = state.extensions.inventory_for(host);
+        let Some(inv) = ext.as_deref().and_then(|e| e.inventory()) else {
+            errors.push(format!("{sandbox_id}: no backend places on host `{host}`"));
+            continue;
+        };
+        match inv.reap(host, sandbox_id).await {
             Ok(()) => {
                 reaped += 1;
                 state.metrics.count("stale_reaped");

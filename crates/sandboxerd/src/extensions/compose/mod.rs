@@ -77,19 +77,6 @@ pub struct ComposeExtension {
     tooling: Mutex<BTreeMap<String, Tooling>>,
 }
 
-/// Facts about a host for `GET /v1/hosts`.
-#[derive(Debug, Clone, Default)]
-pub struct HostSeen {
-    /// The last connection attempt's outcome (`None`: not tried yet).
-    pub reachable: Option<bool>,
-    /// When (Unix ms).
-    pub checked_at_ms: Option<i64>,
-    /// The last connection error.
-    pub error: Option<String>,
-    /// The engine and compose command, once detected.
-    pub tooling: Option<Tooling>,
-}
-
 impl ComposeExtension {
     /// A backend over the configured hosts (none is fine: it is then unavailable).
     pub fn new(hosts: &[Host]) -> Self {
@@ -107,19 +94,7 @@ impl ComposeExtension {
         self.hosts.iter().find(|p| p.host.id == id).cloned()
     }
 
-    /// What is known about host `id` without contacting it.
-    pub fn seen(&self, id: &str) -> Option<HostSeen> {
-        let pool = self.pool(id)?;
-        let seen = pool.seen();
-        Some(HostSeen {
-            reachable: seen.reachable,
-            checked_at_ms: seen.at_ms,
-            error: seen.error,
-            tooling: self.cached_tooling(id),
-        })
-    }
-
-    fn cached_tooling(&self, id: &str) -> Option<Tooling> {
+    pub(super) fn cached_tooling(&self, id: &str) -> Option<Tooling> {
         self.tooling
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -468,6 +443,10 @@ impl Extension for ComposeExtension {
     }
 
     /// Configured hosts, those that failed their last connection attempt last.
+    fn inventory(&self) -> Option<&dyn crate::extensions::HostInventory> {
+        Some(self)
+    }
+
     fn hosts(&self) -> Vec<String> {
         let (up, down): (Vec<_>, Vec<_>) = self.hosts.iter().partition(|p| !p.known_down());
         up.into_iter()

@@ -5,7 +5,9 @@ use sandboxer_api::{HostInspect, StaleItem};
 use super::project::{LABEL, WORKDIR_LABEL};
 use super::ssh::{sh_quote, HostPool};
 use super::ComposeExtension;
-use crate::extensions::ExtError;
+use async_trait::async_trait;
+
+use crate::extensions::{ExtError, HostInventory, HostSeen};
 
 /// Whether `s` looks like a sandbox id (`sbx_` then letters and digits), so
 /// names read from a host are never used in a path or command unchecked.
@@ -15,9 +17,24 @@ pub fn is_sandbox_id(s: &str) -> bool {
     })
 }
 
-impl ComposeExtension {
+#[async_trait]
+impl HostInventory for ComposeExtension {
+    /// What is known about host `id` without contacting it.
+    fn seen(&self, id: &str) -> Option<HostSeen> {
+        let pool = self.pool(id)?;
+        let seen = pool.seen();
+        let tooling = self.cached_tooling(id);
+        Some(HostSeen {
+            reachable: seen.reachable,
+            checked_at_ms: seen.at_ms,
+            error: seen.error,
+            engine: tooling.as_ref().map(|t| t.engine.clone()),
+            compose: tooling.map(|t| t.compose),
+        })
+    }
+
     /// Live facts from host `id`.
-    pub async fn inspect(&self, id: &str) -> Result<HostInspect, ExtError> {
+    async fn inspect(&self, id: &str) -> Result<HostInspect, ExtError> {
         let pool = self.pool_or_err(id)?;
         let t = self.tooling(&pool).await?;
         let e = &t.engine;
@@ -77,7 +94,7 @@ echo "workspaces=$(ls -1 {wd} 2>/dev/null | grep -c '^sbx_')"
 
     /// Everything on host `id` that belongs to some sandbox: labelled
     /// containers, networks and volumes, and `sbx_*` folders of the workdir.
-    pub async fn owned(&self, id: &str) -> Result<Vec<StaleItem>, ExtError> {
+    async fn owned(&self, id: &str) -> Result<Vec<StaleItem>, ExtError> {
         let pool = self.pool_or_err(id)?;
         let t = self.tooling(&pool).await?;
         let e = &t.engine;
@@ -102,7 +119,7 @@ echo "workspaces=$(ls -1 {wd} 2>/dev/null | grep -c '^sbx_')"
     }
 
     /// Remove what sandbox `sandbox_id` left on host `id` (by label and folder).
-    pub async fn reap(&self, id: &str, sandbox_id: &str) -> Result<(), ExtError> {
+    async fn reap(&self, id: &str, sandbox_id: &str) -> Result<(), ExtError> {
         if !is_sandbox_id(sandbox_id) {
             return Err(ExtError::new(
                 "invalid_sandbox_id",
