@@ -24,6 +24,7 @@ pub mod http;
 pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
+pub mod periodic;
 pub mod procfs;
 pub mod routing;
 pub mod secrets;

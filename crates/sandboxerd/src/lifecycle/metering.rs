@@ -33,17 +33,11 @@ pub struct Tick {
 
 /// Tick every `interval` until `stop` is cancelled.
 pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = tick_at(&state, now_ms()).await {
-            tracing::error!(error = %e, "metering tick failed; retrying next tick");
-        }
-    }
+    crate::periodic::every(interval, stop, "metering tick", || {
+        let state = state.clone();
+        async move { tick_at(&state, now_ms()).await }
+    })
+    .await;
 }
 
 /// One tick as of `at` (milliseconds since the epoch).

@@ -22,17 +22,11 @@ pub struct Sweep {
 
 /// Run sweeps every `interval` until `stop` is cancelled.
 pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = sweep(&state).await {
-            tracing::error!(error = %e, "reaper sweep failed; retrying next tick");
-        }
-    }
+    crate::periodic::every(interval, stop, "reaper sweep", || {
+        let state = state.clone();
+        async move { sweep(&state).await }
+    })
+    .await;
 }
 
 /// One sweep.

@@ -141,17 +141,19 @@ impl Sweeper {
 /// Sweep every `interval` until `stop` is cancelled (not started when no
 /// host is configured or `interval` is zero).
 pub async fn run(state: AppState, interval: Duration, grace: Duration, stop: CancellationToken) {
-    let mut sweeper = Sweeper::default();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+    // Ticks never overlap, so the lock is only ever taken by one tick.
+    let sweeper = std::sync::Arc::new(tokio::sync::Mutex::new(Sweeper::default()));
+    crate::periodic::every(interval, stop.clone(), "stale sweep", || {
+        let (state, stop, sweeper) = (state.clone(), stop.clone(), sweeper.clone());
+        async move {
+            let mut sweeper = sweeper.lock().await;
+            // A sweep waits on hosts over SSH: a stop cuts it short.
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = sweeper.sweep(&state, grace) => {}
+            }
+            Ok::<(), std::convert::Infallible>(())
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = sweeper.sweep(&state, grace) => {}
-        }
-    }
+    })
+    .await;
 }
