@@ -60,7 +60,11 @@ mod tests {
             })
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(count.load(Ordering::SeqCst), 1, "the first tick runs at once");
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "the first tick runs at once"
+        );
         tokio::time::timeout(Duration::from_secs(10), async {
             while count.load(Ordering::SeqCst) < 3 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
