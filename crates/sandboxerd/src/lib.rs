@@ -141,6 +141,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let db = Db::open(&db_path).await?;
     let (events, _) = broadcast::channel(4096);
     let pools = Arc::new(lifecycle::pool::Pools::new(&catalog, &settings.pools));
+    let rate_limiter = Arc::new(http::auth::RateLimiter::new(&settings.limits));
     let state = AppState {
         db,
         catalog: Arc::new(catalog),
@@ -153,7 +154,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
         captures: Arc::new(lifecycle::snapshots::Captures::default()),
         pools,
-        rate_limiter: Arc::new(http::auth::RateLimiter::default()),
+        rate_limiter,
         tasks: TaskTracker::new(),
         ready: Arc::new(AtomicBool::new(false)),
     };
