@@ -12,6 +12,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Counter;
 use crate::store::{to_time, OutboxEvent};
 use crate::AppState;
 
@@ -74,7 +75,7 @@ pub async fn run(state: AppState, url: String, stop: CancellationToken) {
             match post(&client, &url, event).await {
                 Ok(()) => delivered.push(event.seq),
                 Err(e) => {
-                    state.metrics.count("event_delivery_failures");
+                    state.metrics.count(Counter::EventDeliveryFailures);
                     tracing::warn!(event_id = %event.id, sandbox_id = %event.sandbox_id, error = %e, "event delivery failed; will retry");
                     blocked.insert(event.sandbox_id.clone());
                 }
@@ -82,7 +83,7 @@ pub async fn run(state: AppState, url: String, stop: CancellationToken) {
         }
         state
             .metrics
-            .add("events_delivered", delivered.len() as u64);
+            .add(Counter::EventsDelivered, delivered.len() as u64);
         if let Err(e) = state.db.mark_delivered(&delivered).await {
             tracing::error!(error = %e, "marking events delivered failed; they will be sent again");
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Counter;
 use crate::store::{now_ms, StoreError};
 use crate::AppState;
 
@@ -63,12 +64,13 @@ pub async fn tick_at(state: &AppState, at: i64) -> Result<Tick, StoreError> {
             done.settled += 1;
         }
     }
-    state.metrics.count("metering_ticks");
-    state
-        .metrics
-        .add("credits_debited", u64::try_from(done.debited).unwrap_or(0));
+    state.metrics.count(Counter::MeteringTicks);
     state.metrics.add(
-        "sandboxes_settled",
+        Counter::CreditsDebited,
+        u64::try_from(done.debited).unwrap_or(0),
+    );
+    state.metrics.add(
+        Counter::SandboxesSettled,
         u64::try_from(done.settled).unwrap_or(0),
     );
     Ok(done)
@@ -82,7 +84,7 @@ pub async fn settle(state: &AppState, id: &str) {
         .settle(id, now_ms(), state.settings.credits.enforce)
         .await
     {
-        Ok(true) => state.metrics.count("sandboxes_settled"),
+        Ok(true) => state.metrics.count(Counter::SandboxesSettled),
         Ok(false) => {}
         Err(e) => {
             tracing::warn!(sandbox_id = %id, error = %e, "settling failed; the metering ticker retries")

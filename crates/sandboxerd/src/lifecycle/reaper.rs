@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use sandboxer_api::SandboxState;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Counter;
 use crate::store::{now_ms, Change, StoreError, Transition};
 use crate::AppState;
 
@@ -36,7 +37,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
     let started = Instant::now();
     let due = state.db.due_expiries(now, BATCH).await?;
     state.metrics.observe_sweep(started.elapsed().as_secs_f64());
-    state.metrics.count("reaper_sweeps");
+    state.metrics.count(Counter::ReaperSweeps);
     done.expired = expire(state, &due, now).await?.len();
 
     for (profile_id, profile) in state.catalog.profiles.iter() {
@@ -57,7 +58,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
                 .transition(&id, &from, SandboxState::Destroying, change)
                 .await?
             {
-                state.metrics.count("sandboxes_idle_reaped");
+                state.metrics.count(Counter::SandboxesIdleReaped);
                 state.notify(&id);
                 done.idle_reaped += 1;
                 state.spawn(super::destroy(state.clone(), id));
@@ -100,7 +101,7 @@ pub async fn expire(
             .transition(id, &from, SandboxState::Expired, change)
             .await?
         {
-            state.metrics.count("sandboxes_expired");
+            state.metrics.count(Counter::SandboxesExpired);
             state.notify(id);
             state.spawn(super::destroy(state.clone(), id.clone()));
             expired.push(sandbox);

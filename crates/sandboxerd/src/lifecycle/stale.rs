@@ -12,6 +12,7 @@ use sandboxer_api::{SandboxState, StaleItem};
 use tokio_util::sync::CancellationToken;
 
 use crate::extensions::ExtError;
+use crate::metrics::Counter;
 use crate::store::StoreError;
 use crate::AppState;
 
@@ -78,7 +79,7 @@ pub async fn reap(
         match state.compose.reap(host, sandbox_id).await {
             Ok(()) => {
                 reaped += 1;
-                state.metrics.count("stale_reaped");
+                state.metrics.count(Counter::StaleReaped);
                 tracing::info!(host, sandbox_id = %sandbox_id, "reaped stale resources");
             }
             Err(e) => errors.push(format!("{sandbox_id}: {e}")),
