@@ -296,19 +296,9 @@ pub fn sandboxes_table(items: &[Sandbox], now: DateTime<Utc>) -> String {
     t.render()
 }
 
-/// A byte count for people (`512 B`, `1.5 MiB`).
+/// A byte count for people (`512 B`, `1.5 MiB`): powers of 1024, one decimal.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
 /// Snapshots as a table: ID, SANDBOX, STATE, SIZE, AGE/EXPIRES, LABEL.
@@ -760,6 +750,9 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(100 << 20), "100.0 MiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(bytes((1 << 20) - 1), "1024.0 KiB");
+        assert_eq!(bytes(5 << 40), "5.0 TiB");
+        assert_eq!(bytes(1 << 50), "1.0 PiB");
     }
 
     #[test]

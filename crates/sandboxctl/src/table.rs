@@ -1,63 +1,40 @@
-//! A tiny aligned-column printer for human output.
+//! Aligned columns for human output: comfy-table without borders, columns
+//! three spaces apart, no trailing spaces. Widths are display widths, so a
+//! wide (CJK) character counts as two columns.
+use comfy_table::presets::NOTHING;
+
 use crate::render::clean;
 
 /// Space between two columns.
-const GAP: &str = "   ";
+const GAP: u16 = 3;
 
 /// Rows of text cells printed under a header, each column as wide as its widest cell.
-#[derive(Debug, Default)]
-pub struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
+#[derive(Debug)]
+pub struct Table(comfy_table::Table);
 
 impl Table {
     /// A table with these column headers.
     pub fn new(headers: &[&str]) -> Table {
-        Table {
-            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
-            rows: Vec::new(),
-        }
+        let mut t = comfy_table::Table::new();
+        t.load_preset(NOTHING).set_header(headers.to_vec());
+        Table(t)
     }
 
     /// Adds a row; control characters in cells are escaped so a
     /// server-controlled string can neither break the layout nor the terminal.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows
-            .push(cells.into_iter().map(|c| clean(&c).into_owned()).collect());
+        self.0
+            .add_row(cells.into_iter().map(|c| clean(&c).into_owned()));
     }
 
     /// The table as lines ending in `\n`, without trailing spaces.
     pub fn render(&self) -> String {
-        let columns = self
-            .rows
-            .iter()
-            .map(Vec::len)
-            .chain([self.headers.len()])
-            .max()
-            .unwrap_or(0);
-        let mut widths = vec![0usize; columns];
-        for line in std::iter::once(&self.headers).chain(&self.rows) {
-            for (i, cell) in line.iter().enumerate() {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
+        let mut t = self.0.clone();
+        let last = t.column_count().saturating_sub(1);
+        for (i, column) in t.column_iter_mut().enumerate() {
+            column.set_padding((0, if i < last { GAP } else { 0 }));
         }
-        let mut out = String::new();
-        for line in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut text = String::new();
-            for (i, width) in widths.iter().enumerate() {
-                let cell = line.get(i).map(String::as_str).unwrap_or("");
-                if i > 0 {
-                    text.push_str(GAP);
-                }
-                text.push_str(cell);
-                let pad = width.saturating_sub(cell.chars().count());
-                text.extend(std::iter::repeat_n(' ', pad));
-            }
-            out.push_str(text.trim_end());
-            out.push('\n');
-        }
-        out
+        t.lines().map(|l| l.trim_end().to_owned() + "\n").collect()
     }
 }
 
@@ -71,12 +48,15 @@ mod tests {
         t.row(vec!["sbx_1".into(), "ready".into(), "team=x".into()]);
         t.row(vec!["sbx_22".into(), "provisioning".into(), String::new()]);
         t.row(vec!["sbx_ü".into(), "ok".into(), "a=b".into()]);
+        t.row(vec!["  lead".into(), "x".into()]);
         assert_eq!(
             t.render(),
             "ID       STATE          LABELS\n\
              sbx_1    ready          team=x\n\
              sbx_22   provisioning\n\
              sbx_ü    ok             a=b\n"
+                .to_owned()
+                + "  lead   x\n"
         );
     }
 

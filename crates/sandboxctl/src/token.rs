@@ -8,12 +8,12 @@ use sha2::{Digest, Sha256};
 pub fn new_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(format!("sbt_{}", hex(&bytes)))
+    Ok(format!("sbt_{}", hex::encode(bytes)))
 }
 
 /// Lower-case hex SHA-256 of a token, as `token_sha256` in the configuration.
 pub fn token_sha256(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// The text printed by `token new`: the token once, and the block to paste.
@@ -38,10 +38,6 @@ pub fn config_block(
         actor.replace('\\', "\\\\").replace('"', "\\\""),
         project.replace('\\', "\\\\").replace('"', "\\\""),
     )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -388,6 +388,9 @@ impl LoadedProfile {
 
 /// A byte size: a whole number with an optional unit `B`, `KB`/`MB`/`GB`/`TB`
 /// (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024).
+// Not `bytesize`'s parser: it also takes fractions (`1.5GiB`), any letter
+// case and bare `k`/`m`/`g`, and turns an overflow into `u64::MAX`, so a
+// mistyped `max_size` would load as unlimited instead of being refused.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

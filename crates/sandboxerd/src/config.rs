@@ -495,17 +495,15 @@ impl PoolsConfig {
 impl TokenConfig {
     fn entry(&self, i: usize) -> anyhow::Result<TokenEntry> {
         let key = |field: &str| format!("config `tokens[{i}].{field}`");
-        let hex = self.token_sha256.trim();
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let digest = self.token_sha256.trim();
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             anyhow::bail!(
                 "{}: must be 64 hex digits (the SHA-256 of the token)",
                 key("token_sha256")
             );
         }
         let mut sha256 = [0u8; 32];
-        for (j, byte) in sha256.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * j..2 * j + 2], 16)?;
-        }
+        hex::decode_to_slice(digest, &mut sha256)?;
         if !matches!(self.actor_type.as_str(), "adm" | "agt" | "atm") {
             anyhow::bail!(
                 "{}: `{}` is not adm, agt or atm",

@@ -8,15 +8,27 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Counter;
 use crate::store::{to_time, OutboxEvent};
 use crate::AppState;
 
 const BATCH: u32 = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The waits after failed rounds: 100 ms, doubling up to 30 s, no jitter,
+/// for as long as the hub keeps failing.
+fn backoff() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .without_max_times()
+        .build()
+}
 
 /// Deliver events to `url` until `stop` is cancelled.
 pub async fn run(state: AppState, url: String, stop: CancellationToken) {
@@ -32,7 +44,7 @@ pub async fn run(state: AppState, url: String, stop: CancellationToken) {
         }
     };
     let mut changes = state.events.subscribe();
-    let mut backoff = MIN_BACKOFF;
+    let mut delays = backoff();
     loop {
         if stop.is_cancelled() {
             return;
@@ -63,7 +75,7 @@ pub async fn run(state: AppState, url: String, stop: CancellationToken) {
             match post(&client, &url, event).await {
                 Ok(()) => delivered.push(event.seq),
                 Err(e) => {
-                    state.metrics.count("event_delivery_failures");
+                    state.metrics.count(Counter::EventDeliveryFailures);
                     tracing::warn!(event_id = %event.id, sandbox_id = %event.sandbox_id, error = %e, "event delivery failed; will retry");
                     blocked.insert(event.sandbox_id.clone());
                 }
@@ -71,18 +83,18 @@ pub async fn run(state: AppState, url: String, stop: CancellationToken) {
         }
         state
             .metrics
-            .add("events_delivered", delivered.len() as u64);
+            .add(Counter::EventsDelivered, delivered.len() as u64);
         if let Err(e) = state.db.mark_delivered(&delivered).await {
             tracing::error!(error = %e, "marking events delivered failed; they will be sent again");
         }
         if blocked.is_empty() {
-            backoff = MIN_BACKOFF;
+            delays = backoff();
         } else {
+            let wait = delays.next().unwrap_or(MAX_BACKOFF);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }
@@ -116,5 +128,19 @@ async fn post(client: &reqwest::Client, url: &str, event: &OutboxEvent) -> Resul
         Ok(())
     } else {
         Err(format!("State Hub answered {}", resp.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100ms_to_30s() {
+        let waits: Vec<u128> = backoff().take(11).map(|d| d.as_millis()).collect();
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
     }
 }

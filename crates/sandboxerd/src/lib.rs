@@ -25,6 +25,7 @@ pub mod http;
 pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
+pub mod periodic;
 pub mod procfs;
 pub mod routing;
 pub mod secrets;
@@ -136,6 +137,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let db = Db::open(&db_path).await?;
     let (events, _) = broadcast::channel(4096);
     let pools = Arc::new(lifecycle::pool::Pools::new(&catalog, &settings.pools));
+    let rate_limiter = Arc::new(http::auth::RateLimiter::new(&settings.limits));
     let state = AppState {
         db,
         catalog: Arc::new(catalog),
@@ -147,7 +149,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
         captures: Arc::new(lifecycle::snapshots::Captures::default()),
         pools,
-        rate_limiter: Arc::new(http::auth::RateLimiter::default()),
+        rate_limiter,
         tasks: TaskTracker::new(),
         ready: Arc::new(AtomicBool::new(false)),
     };

@@ -1,4 +1,9 @@
 //! Prometheus metrics, kept in memory and rendered as text on `/metrics`.
+//!
+//! Rendered by hand, not with `prometheus-client`: that crate writes only
+//! OpenMetrics (counter families named without `_total`, `# EOF`,
+//! `le="1.0"`), served as `application/openmetrics-text`, while `/metrics`
+//! is documented (OpenAPI, tests) as `text/plain; version=0.0.4`.
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,46 +14,100 @@ const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// Plain counters: name (rendered `sandboxer_<name>_total`) and help text.
-pub const COUNTERS: &[(&str, &str)] = &[
-    ("reaper_sweeps", "Reaper sweeps run."),
-    (
-        "host_failovers",
-        "Sandboxes moved to another host after theirs could not be used.",
-    ),
-    (
-        "stale_reaped",
-        "Sandboxes whose stale leftovers on a host were reaped.",
-    ),
-    ("sandboxes_expired", "Sandboxes expired by their TTL."),
-    (
-        "sandboxes_idle_reaped",
-        "Sandboxes destroyed for being idle.",
-    ),
-    ("teardown_retries", "Teardown attempts after a failed one."),
-    (
-        "sandboxes_backend_lost",
-        "Ready sandboxes found gone from their backend.",
-    ),
-    (
-        "events_delivered",
-        "Lifecycle events delivered to State Hub.",
-    ),
-    (
-        "event_delivery_failures",
-        "Failed deliveries of lifecycle events (retried).",
-    ),
-    ("metering_ticks", "Metering ticks run."),
-    ("credits_debited", "Credits debited for running time."),
-    (
-        "sandboxes_settled",
-        "Sandbox generations settled (final debit, rest released).",
-    ),
-    (
-        "route_failovers",
-        "Creates moved to the next routing candidate after failing before ready.",
-    ),
-];
+/// The plain counters, each rendered `sandboxer_<name>_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Reaper sweeps run.
+    ReaperSweeps,
+    /// Sandboxes moved to another host after theirs could not be used.
+    HostFailovers,
+    /// Sandboxes whose stale leftovers on a host were reaped.
+    StaleReaped,
+    /// Sandboxes expired by their TTL.
+    SandboxesExpired,
+    /// Sandboxes destroyed for being idle.
+    SandboxesIdleReaped,
+    /// Teardown attempts after a failed one.
+    TeardownRetries,
+    /// Ready sandboxes found gone from their backend.
+    SandboxesBackendLost,
+    /// Lifecycle events delivered to State Hub.
+    EventsDelivered,
+    /// Failed deliveries of lifecycle events (retried).
+    EventDeliveryFailures,
+    /// Metering ticks run.
+    MeteringTicks,
+    /// Credits debited for running time.
+    CreditsDebited,
+    /// Sandbox generations settled (final debit, rest released).
+    SandboxesSettled,
+    /// Creates moved to the next routing candidate after failing before ready.
+    RouteFailovers,
+}
+
+impl Counter {
+    /// Every counter, in the order they are rendered.
+    pub const ALL: [Counter; 13] = [
+        Counter::ReaperSweeps,
+        Counter::HostFailovers,
+        Counter::StaleReaped,
+        Counter::SandboxesExpired,
+        Counter::SandboxesIdleReaped,
+        Counter::TeardownRetries,
+        Counter::SandboxesBackendLost,
+        Counter::EventsDelivered,
+        Counter::EventDeliveryFailures,
+        Counter::MeteringTicks,
+        Counter::CreditsDebited,
+        Counter::SandboxesSettled,
+        Counter::RouteFailovers,
+    ];
+
+    /// The name (without `sandboxer_` and `_total`) and the help text.
+    pub fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Counter::ReaperSweeps => ("reaper_sweeps", "Reaper sweeps run."),
+            Counter::HostFailovers => (
+                "host_failovers",
+                "Sandboxes moved to another host after theirs could not be used.",
+            ),
+            Counter::StaleReaped => (
+                "stale_reaped",
+                "Sandboxes whose stale leftovers on a host were reaped.",
+            ),
+            Counter::SandboxesExpired => ("sandboxes_expired", "Sandboxes expired by their TTL."),
+            Counter::SandboxesIdleReaped => (
+                "sandboxes_idle_reaped",
+                "Sandboxes destroyed for being idle.",
+            ),
+            Counter::TeardownRetries => {
+                ("teardown_retries", "Teardown attempts after a failed one.")
+            }
+            Counter::SandboxesBackendLost => (
+                "sandboxes_backend_lost",
+                "Ready sandboxes found gone from their backend.",
+            ),
+            Counter::EventsDelivered => (
+                "events_delivered",
+                "Lifecycle events delivered to State Hub.",
+            ),
+            Counter::EventDeliveryFailures => (
+                "event_delivery_failures",
+                "Failed deliveries of lifecycle events (retried).",
+            ),
+            Counter::MeteringTicks => ("metering_ticks", "Metering ticks run."),
+            Counter::CreditsDebited => ("credits_debited", "Credits debited for running time."),
+            Counter::SandboxesSettled => (
+                "sandboxes_settled",
+                "Sandbox generations settled (final debit, rest released).",
+            ),
+            Counter::RouteFailovers => (
+                "route_failovers",
+                "Creates moved to the next routing candidate after failing before ready.",
+            ),
+        }
+    }
+}
 
 /// What happened in a warm pool, counted per profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +149,7 @@ pub struct PoolGauge {
 pub struct Metrics {
     /// Warm-pool counters by profile.
     pools: Mutex<BTreeMap<String, PoolCounters>>,
-    counters: [AtomicU64; COUNTERS.len()],
+    counters: [AtomicU64; Counter::ALL.len()],
     /// Database time of the last reaper sweep, in microseconds.
     last_sweep_us: AtomicU64,
     http: Mutex<BTreeMap<(String, String, u16), u64>>,
@@ -109,25 +168,19 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// Add one to a counter of [`COUNTERS`] (unknown names are ignored).
-    pub fn count(&self, name: &str) {
-        self.add(name, 1);
+    /// Add one to `counter`.
+    pub fn count(&self, counter: Counter) {
+        self.add(counter, 1);
     }
 
-    /// Add `n` to a counter of [`COUNTERS`].
-    pub fn add(&self, name: &str, n: u64) {
-        if let Some(i) = COUNTERS.iter().position(|(c, _)| *c == name) {
-            self.counters[i].fetch_add(n, Ordering::Relaxed);
-        }
+    /// Add `n` to `counter`.
+    pub fn add(&self, counter: Counter, n: u64) {
+        self.counters[counter as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The value of a counter.
-    pub fn get(&self, name: &str) -> u64 {
-        COUNTERS
-            .iter()
-            .position(|(c, _)| *c == name)
-            .map(|i| self.counters[i].load(Ordering::Relaxed))
-            .unwrap_or(0)
+    /// The value of `counter`.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counters[counter as usize].load(Ordering::Relaxed)
     }
 
     /// Record the database time of a reaper sweep.
@@ -186,11 +239,12 @@ impl Metrics {
         pools: &[PoolGauge],
     ) -> String {
         let mut out = String::new();
-        for (i, (name, help)) in COUNTERS.iter().enumerate() {
+        for counter in Counter::ALL {
+            let (name, help) = counter.describe();
             let _ = writeln!(
                 out,
                 "# HELP sandboxer_{name}_total {help}\n# TYPE sandboxer_{name}_total counter\nsandboxer_{name}_total {}",
-                self.counters[i].load(Ordering::Relaxed)
+                self.get(counter)
             );
         }
         let _ = writeln!(
@@ -351,4 +405,27 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_renders_under_its_documented_name() {
+        let m = Metrics::default();
+        m.count(Counter::ReaperSweeps);
+        m.add(Counter::CreditsDebited, 42);
+        let text = m.render(&[], 0, &[]);
+        assert!(text.contains(
+            "# HELP sandboxer_reaper_sweeps_total Reaper sweeps run.\n\
+             # TYPE sandboxer_reaper_sweeps_total counter\n\
+             sandboxer_reaper_sweeps_total 1\n"
+        ));
+        assert!(text.contains("sandboxer_credits_debited_total 42\n"));
+        for counter in Counter::ALL {
+            let name = format!("\nsandboxer_{}_total ", counter.describe().0);
+            assert_eq!(text.matches(&name).count(), 1, "{name}");
+        }
+    }
 }

@@ -17,6 +17,7 @@ use sandboxer_api::{
 
 use crate::catalog::LoadedProfile;
 use crate::extensions::ExtError;
+use crate::metrics::Counter;
 use crate::store::{Rerouted, StoreError};
 use crate::AppState;
 
@@ -409,7 +410,7 @@ pub async fn failover(
         {
             Rerouted::Done => {
                 tracing::warn!(sandbox_id = %id, from = %failed, to = %to.extension, "failed over to the next candidate");
-                state.metrics.count("route_failovers");
+                state.metrics.count(Counter::RouteFailovers);
                 state.notify(id);
                 return Ok(true);
             }

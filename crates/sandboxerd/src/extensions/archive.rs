@@ -627,7 +627,7 @@ impl<W> HashingWriter<W> {
     }
 
     fn finish(self) -> (W, String, u64) {
-        (self.inner, hex(&self.hasher.finalize()), self.len)
+        (self.inner, hex::encode(self.hasher.finalize()), self.len)
     }
 }
 
@@ -661,7 +661,7 @@ impl<R> HashingReader<R> {
     }
 
     fn finish(self) -> (String, u64) {
-        (hex(&self.hasher.finalize()), self.len)
+        (hex::encode(self.hasher.finalize()), self.len)
     }
 }
 
@@ -715,10 +715,6 @@ impl<R: Read> Read for ExactReader<R> {
         self.left -= n as u64;
         Ok(n)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -6,14 +6,15 @@
 //! SHA-256 is compared in constant time against every configured hash.
 //! Without tokens the daemon serves loopback only and every caller is the
 //! one local operator.
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::num::NonZeroU32;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::HashMapStateStore;
+use governor::Quota;
 use sha2::{Digest, Sha256};
 
 use super::caller::Caller;
@@ -25,29 +26,33 @@ use crate::AppState;
 /// Routes anyone may call.
 pub const PUBLIC: &[&str] = &["/healthz", "/readyz", "/openapi.json"];
 
-/// Token buckets per token index.
-#[derive(Default)]
-pub struct RateLimiter(Mutex<HashMap<usize, (f64, Instant)>>);
+/// Per-token rate limits of `[limits]`, keyed by token index: GCRA, which
+/// behaves as a token bucket holding `burst` requests (at least 1), full at
+/// first and refilled at `requests_per_second`.
+pub struct RateLimiter(
+    /// `None` when `requests_per_second` is 0 (no limit).
+    Option<governor::RateLimiter<usize, HashMapStateStore<usize>, DefaultClock>>,
+);
 
 impl RateLimiter {
-    /// Take one request from `token`'s bucket; `Err(seconds)` to wait when empty.
-    pub fn take(&self, token: usize, limits: &Limits) -> Result<(), u64> {
-        if limits.requests_per_second == 0 {
+    /// The limiter of `limits`.
+    pub fn new(limits: &Limits) -> RateLimiter {
+        RateLimiter(NonZeroU32::new(limits.requests_per_second).map(|rate| {
+            let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+            governor::RateLimiter::hashmap(Quota::per_second(rate).allow_burst(burst))
+        }))
+    }
+
+    /// Take one request from `token`'s bucket; `Err(seconds)` to wait when
+    /// empty (whole seconds, rounded up, at least 1).
+    pub fn take(&self, token: usize) -> Result<(), u64> {
+        let Some(limiter) = &self.0 else {
             return Ok(());
-        }
-        let rate = f64::from(limits.requests_per_second);
-        let burst = f64::from(limits.burst.max(1));
-        let now = Instant::now();
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = map.entry(token).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
-        }
+        };
+        limiter.check_key(&token).map_err(|not_until| {
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        })
     }
 }
 
@@ -110,7 +115,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         }
     };
     if let Some(Caller { token: Some(i), .. }) = &caller {
-        if let Err(wait) = state.rate_limiter.take(*i, &state.settings.limits) {
+        if let Err(wait) = state.rate_limiter.take(*i) {
             let mut resp = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -166,4 +171,42 @@ fn sandbox_of(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v1/sandboxes/")?;
     let id = rest.split('/').next()?;
     (!id.is_empty()).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(requests_per_second: u32, burst: u32) -> Limits {
+        Limits {
+            requests_per_second,
+            burst,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_token_gets_its_burst_then_waits_whole_seconds() {
+        let limiter = RateLimiter::new(&limits(2, 5));
+        for _ in 0..5 {
+            assert_eq!(limiter.take(0), Ok(()));
+        }
+        // Half a second to the next request, answered as 1 s.
+        assert_eq!(limiter.take(0), Err(1));
+        // Another token has its own bucket.
+        assert_eq!(limiter.take(1), Ok(()));
+        // A slow rate waits longer than a second.
+        let slow = RateLimiter::new(&limits(1, 0));
+        assert_eq!(slow.take(0), Ok(()));
+        let wait = slow.take(0).expect_err("limited");
+        assert!((1..=2).contains(&wait), "{wait}");
+    }
+
+    #[test]
+    fn zero_requests_per_second_is_no_limit() {
+        let limiter = RateLimiter::new(&limits(0, 0));
+        for _ in 0..1000 {
+            assert_eq!(limiter.take(0), Ok(()));
+        }
+    }
 }

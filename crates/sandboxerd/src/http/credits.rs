@@ -374,39 +374,67 @@ async fn usage(
     .into_response())
 }
 
-/// Usage records as CSV (RFC 4180): a header row, then one row each.
+/// Usage records as CSV (RFC 4180): a header row, then one row each, each
+/// ending in CRLF; a cell is quoted only when it holds `,`, `"`, CR or LF.
 pub fn usage_csv(items: &[UsageRecord]) -> String {
-    let mut out = String::from(USAGE_CSV_HEADER);
-    out.push_str("\r\n");
+    let mut out = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
     let time = |t: &Option<DateTime<Utc>>| {
         t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default()
     };
-    for r in items {
-        let cells = [
-            r.sandbox_id.clone(),
-            r.project.clone(),
-            r.profile.clone(),
-            r.extension.clone(),
-            r.host.clone(),
-            r.generation.to_string(),
-            time(&r.start),
-            time(&r.end),
-            r.seconds.to_string(),
-            r.credits.to_string(),
-        ];
-        let row: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
-        out.push_str(&row.join(","));
-        out.push_str("\r\n");
-    }
-    out
+    // Writing to a `Vec` cannot fail, and every cell is a `String`, so the
+    // bytes are UTF-8.
+    let written = out
+        .write_record(USAGE_CSV_HEADER.split(','))
+        .and_then(|()| {
+            items.iter().try_for_each(|r| {
+                out.write_record([
+                    r.sandbox_id.as_str(),
+                    &r.project,
+                    &r.profile,
+                    &r.extension,
+                    &r.host,
+                    &r.generation.to_string(),
+                    &time(&r.start),
+                    &time(&r.end),
+                    &r.seconds.to_string(),
+                    &r.credits.to_string(),
+                ])
+            })
+        });
+    debug_assert!(written.is_ok(), "{written:?}");
+    let bytes = out.into_inner().unwrap_or_default();
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
-fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_csv_quotes_only_what_needs_it() {
+        let record = UsageRecord {
+            sandbox_id: "sbx_1".into(),
+            project: "a,b".into(),
+            profile: "say \"hi\"".into(),
+            extension: "ext.local".into(),
+            host: "two\r\nlines".into(),
+            generation: 2,
+            start: DateTime::from_timestamp_millis(1_700_000_000_123),
+            end: None,
+            seconds: 61,
+            credits: 7,
+        };
+        assert_eq!(
+            usage_csv(&[record]),
+            format!(
+                "{USAGE_CSV_HEADER}\r\n\
+                 sbx_1,\"a,b\",\"say \"\"hi\"\"\",ext.local,\"two\r\nlines\",2,2023-11-14T22:13:20.123Z,,61,7\r\n"
+            )
+        );
+        assert_eq!(usage_csv(&[]), format!("{USAGE_CSV_HEADER}\r\n"));
     }
 }
 

@@ -207,7 +207,7 @@ fn request_hash(project: &str, req: &CreateSandbox) -> String {
     h.update(project.as_bytes());
     h.update([0]);
     h.update(serde_json::to_vec(req).unwrap_or_default());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 /// Check a create against the catalog and route it; every error names the field.

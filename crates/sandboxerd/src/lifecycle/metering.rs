@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Counter;
 use crate::store::{now_ms, StoreError};
 use crate::AppState;
 
@@ -33,17 +34,11 @@ pub struct Tick {
 
 /// Tick every `interval` until `stop` is cancelled.
 pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = tick_at(&state, now_ms()).await {
-            tracing::error!(error = %e, "metering tick failed; retrying next tick");
-        }
-    }
+    crate::periodic::every(interval, stop, "metering tick", || {
+        let state = state.clone();
+        async move { tick_at(&state, now_ms()).await }
+    })
+    .await;
 }
 
 /// One tick as of `at` (milliseconds since the epoch).
@@ -69,12 +64,13 @@ pub async fn tick_at(state: &AppState, at: i64) -> Result<Tick, StoreError> {
             done.settled += 1;
         }
     }
-    state.metrics.count("metering_ticks");
-    state
-        .metrics
-        .add("credits_debited", u64::try_from(done.debited).unwrap_or(0));
+    state.metrics.count(Counter::MeteringTicks);
     state.metrics.add(
-        "sandboxes_settled",
+        Counter::CreditsDebited,
+        u64::try_from(done.debited).unwrap_or(0),
+    );
+    state.metrics.add(
+        Counter::SandboxesSettled,
         u64::try_from(done.settled).unwrap_or(0),
     );
     Ok(done)
@@ -88,7 +84,7 @@ pub async fn settle(state: &AppState, id: &str) {
         .settle(id, now_ms(), state.settings.credits.enforce)
         .await
     {
-        Ok(true) => state.metrics.count("sandboxes_settled"),
+        Ok(true) => state.metrics.count(Counter::SandboxesSettled),
         Ok(false) => {}
         Err(e) => {
             tracing::warn!(sandbox_id = %id, error = %e, "settling failed; the metering ticker retries")

@@ -11,6 +11,7 @@ use sandboxer_api::{Failure, Sandbox, SandboxState};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::extensions::{BackendState, ExtError, ProvisionRequest};
+use crate::metrics::Counter;
 use crate::store::{now_ms, Change, StoreError, Transition};
 use crate::AppState;
 
@@ -322,7 +323,7 @@ async fn try_another_host(
         return Ok(false);
     }
     tracing::warn!(sandbox_id = %id, from, to = %to, code = e.code, "moved to another host");
-    state.metrics.count("host_failovers");
+    state.metrics.count(Counter::HostFailovers);
     state.notify(id);
     Ok(true)
 }
@@ -413,7 +414,7 @@ async fn destroy_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
     metering::settle(state, id).await;
     crate::fault::hit("teardown.after_destroying");
     if row.teardown_attempts > 0 {
-        state.metrics.count("teardown_retries");
+        state.metrics.count(Counter::TeardownRetries);
     }
     let result = match state.extensions.get(&row.extension) {
         Some(ext) => ext.teardown(id, row.backend_state().as_ref()).await,

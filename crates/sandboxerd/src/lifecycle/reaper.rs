@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use sandboxer_api::SandboxState;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Counter;
 use crate::store::{now_ms, Change, StoreError, Transition};
 use crate::AppState;
 
@@ -22,17 +23,11 @@ pub struct Sweep {
 
 /// Run sweeps every `interval` until `stop` is cancelled.
 pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = sweep(&state).await {
-            tracing::error!(error = %e, "reaper sweep failed; retrying next tick");
-        }
-    }
+    crate::periodic::every(interval, stop, "reaper sweep", || {
+        let state = state.clone();
+        async move { sweep(&state).await }
+    })
+    .await;
 }
 
 /// One sweep.
@@ -42,7 +37,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
     let started = Instant::now();
     let due = state.db.due_expiries(now, BATCH).await?;
     state.metrics.observe_sweep(started.elapsed().as_secs_f64());
-    state.metrics.count("reaper_sweeps");
+    state.metrics.count(Counter::ReaperSweeps);
     done.expired = expire(state, &due, now).await?.len();
 
     for (profile_id, profile) in state.catalog.profiles.iter() {
@@ -63,7 +58,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
                 .transition(&id, &from, SandboxState::Destroying, change)
                 .await?
             {
-                state.metrics.count("sandboxes_idle_reaped");
+                state.metrics.count(Counter::SandboxesIdleReaped);
                 state.notify(&id);
                 done.idle_reaped += 1;
                 state.spawn(super::destroy(state.clone(), id));
@@ -106,7 +101,7 @@ pub async fn expire(
             .transition(id, &from, SandboxState::Expired, change)
             .await?
         {
-            state.metrics.count("sandboxes_expired");
+            state.metrics.count(Counter::SandboxesExpired);
             state.notify(id);
             state.spawn(super::destroy(state.clone(), id.clone()));
             expired.push(sandbox);

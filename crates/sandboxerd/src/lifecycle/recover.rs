@@ -20,6 +20,7 @@ use std::time::Duration;
 use sandboxer_api::{Failure, SandboxState};
 
 use crate::extensions::Liveness;
+use crate::metrics::Counter;
 use crate::store::{Change, SandboxRow, StoreError};
 use crate::AppState;
 
@@ -143,7 +144,7 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
         Ok(Liveness::Alive) => Ok(()),
         Ok(Liveness::Gone) => {
             let _guard = state.locks.lock(&row.id).await;
-            state.metrics.count("sandboxes_backend_lost");
+            state.metrics.count(Counter::SandboxesBackendLost);
             if let Err(e) = ext.teardown(&row.id, backend_state.as_ref()).await {
                 tracing::warn!(sandbox_id = %row.id, error = %e, "clearing a lost sandbox failed");
             }

@@ -362,17 +362,11 @@ pub async fn sweep_expired_snapshots(state: &AppState) -> Result<usize, StoreErr
 
 /// Run [`sweep_expired_snapshots`] every `interval` until `stop` is cancelled.
 pub async fn run_sweeper(state: AppState, interval: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = sweep_expired_snapshots(&state).await {
-            tracing::error!(error = %e, "snapshot sweep failed; retrying next tick");
-        }
-    }
+    crate::periodic::every(interval, stop, "snapshot sweep", || {
+        let state = state.clone();
+        async move { sweep_expired_snapshots(&state).await }
+    })
+    .await;
 }
 
 /// What a provision needs of the snapshot its sandbox is forked from: the

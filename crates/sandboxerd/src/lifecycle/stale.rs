@@ -12,6 +12,7 @@ use sandboxer_api::{SandboxState, StaleItem};
 use tokio_util::sync::CancellationToken;
 
 use crate::extensions::ExtError;
+use crate::metrics::Counter;
 use crate::store::StoreError;
 use crate::AppState;
 
@@ -89,7 +90,7 @@ pub async fn reap(
         match inv.reap(host, sandbox_id).await {
             Ok(()) => {
                 reaped += 1;
-                state.metrics.count("stale_reaped");
+                state.metrics.count(Counter::StaleReaped);
                 tracing::info!(host, sandbox_id = %sandbox_id, "reaped stale resources");
             }
             Err(e) => errors.push(format!("{sandbox_id}: {e}")),
@@ -152,17 +153,19 @@ impl Sweeper {
 /// Sweep every `interval` until `stop` is cancelled (not started when no
 /// host is configured or `interval` is zero).
 pub async fn run(state: AppState, interval: Duration, grace: Duration, stop: CancellationToken) {
-    let mut sweeper = Sweeper::default();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+    // Ticks never overlap, so the lock is only ever taken by one tick.
+    let sweeper = std::sync::Arc::new(tokio::sync::Mutex::new(Sweeper::default()));
+    crate::periodic::every(interval, stop.clone(), "stale sweep", || {
+        let (state, stop, sweeper) = (state.clone(), stop.clone(), sweeper.clone());
+        async move {
+            let mut sweeper = sweeper.lock().await;
+            // A sweep waits on hosts over SSH: a stop cuts it short.
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = sweeper.sweep(&state, grace) => {}
+            }
+            Ok::<(), std::convert::Infallible>(())
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = sweeper.sweep(&state, grace) => {}
-        }
-    }
+    })
+    .await;
 }
