@@ -69,6 +69,8 @@ struct EstimateParams {
     ttl: Option<String>,
 }
 
+impl QueryParams for EstimateParams {}
+
 /// What a sandbox of a profile would cost, and where it would run now.
 #[utoipa::path(
     get, path = "/v1/estimate", tag = "credits",
@@ -217,6 +219,8 @@ struct LedgerParams {
     cursor: Option<String>,
 }
 
+impl QueryParams for LedgerParams {}
+
 /// A project's ledger entries, newest first.
 #[utoipa::path(
     get, path = "/v1/credits/{project}/ledger", tag = "credits",
@@ -281,6 +285,8 @@ struct UsageParams {
     /// `json` (default) or `csv` (`text/csv` with a header row).
     format: Option<String>,
 }
+
+impl QueryParams for UsageParams {}
 
 /// The CSV header of `GET /v1/usage?format=csv`.
 pub const USAGE_CSV_HEADER: &str =
@@ -437,7 +443,3 @@ mod tests {
         assert_eq!(usage_csv(&[]), format!("{USAGE_CSV_HEADER}\r\n"));
     }
 }
-
-impl QueryParams for EstimateParams {}
-impl QueryParams for LedgerParams {}
-impl QueryParams for UsageParams {}

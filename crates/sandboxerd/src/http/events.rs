@@ -35,6 +35,8 @@ struct EventsParams {
     limit: Option<u32>,
 }
 
+impl QueryParams for EventsParams {}
+
 /// Lifecycle events across sandboxes, oldest first. Poll with `after` set
 /// to the last id seen (or `next_cursor`).
 #[utoipa::path(
@@ -125,6 +127,8 @@ struct AuditParams {
     cursor: Option<String>,
 }
 
+impl QueryParams for AuditParams {}
+
 /// Operator: the audit trail of mutating requests, newest first.
 #[utoipa::path(
     get, path = "/v1/audit", tag = "events",
@@ -176,6 +180,3 @@ async fn list_audit(
         next_cursor: cursor::next(List::Audit, next),
     }))
 }
-
-impl QueryParams for EventsParams {}
-impl QueryParams for AuditParams {}

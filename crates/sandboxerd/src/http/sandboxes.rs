@@ -55,6 +55,8 @@ struct CreateParams {
     wait: Option<String>,
 }
 
+impl QueryParams for CreateParams {}
+
 /// Headers of `POST /v1/sandboxes`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -451,6 +453,8 @@ struct GetParams {
     timeout: Option<String>,
 }
 
+impl QueryParams for GetParams {}
+
 /// One sandbox.
 #[utoipa::path(
     get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
@@ -508,6 +512,10 @@ struct ListParams {
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+}
+
+impl QueryParams for ListParams {
+    const REPEATABLE: &'static [&'static str] = &["label"];
 }
 
 /// Sandboxes, newest first.
@@ -597,6 +605,8 @@ struct WaitParams {
     #[param(example = "60s")]
     wait: Option<String>,
 }
+
+impl QueryParams for WaitParams {}
 
 /// Destroy a sandbox (idempotent).
 #[utoipa::path(
@@ -876,6 +886,8 @@ struct EventParams {
     cursor: Option<String>,
 }
 
+impl QueryParams for EventParams {}
+
 /// The lifecycle transitions of a sandbox, oldest first.
 #[utoipa::path(
     get, path = "/v1/sandboxes/{id}/events", tag = "sandboxes",
@@ -922,11 +934,3 @@ async fn sandbox_events(
         next_cursor: cursor::next(List::SandboxEvents, next_cursor),
     }))
 }
-
-impl QueryParams for CreateParams {}
-impl QueryParams for GetParams {}
-impl QueryParams for ListParams {
-    const REPEATABLE: &'static [&'static str] = &["label"];
-}
-impl QueryParams for WaitParams {}
-impl QueryParams for EventParams {}

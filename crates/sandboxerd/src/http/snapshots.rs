@@ -42,6 +42,8 @@ struct CreateParams {
     wait: Option<String>,
 }
 
+impl QueryParams for CreateParams {}
+
 /// Snapshot a sandbox's workspace.
 ///
 /// The capture runs in the background under the sandbox's lock (provision,
@@ -170,6 +172,8 @@ struct ListParams {
     cursor: Option<String>,
 }
 
+impl QueryParams for ListParams {}
+
 /// Query of `GET /v1/snapshots`: the list filters plus `sandbox` and `project`.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -188,6 +192,8 @@ struct AllParams {
     /// Only snapshots of this project (operators; a consumer sees only its own).
     project: Option<String>,
 }
+
+impl QueryParams for AllParams {}
 
 /// Snapshots of one sandbox, newest first.
 #[utoipa::path(
@@ -462,7 +468,3 @@ pub async fn record_fork(state: &AppState, sandbox_id: &str, req: &CreateSandbox
     }
     Ok(())
 }
-
-impl QueryParams for CreateParams {}
-impl QueryParams for ListParams {}
-impl QueryParams for AllParams {}
