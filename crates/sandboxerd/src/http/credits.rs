@@ -244,19 +244,7 @@ async fn list_ledger(
     let before = q
         .cursor
         .as_deref()
-        .map(|c| {
-            cursor::decode(List::Ledger, c)?
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_cursor",
-                        "cursor",
-                        "`cursor` is not a cursor this API gave out",
-                    )
-                })
-        })
+        .map(|c| cursor::decode_seq(List::Ledger, c, 1))
         .transpose()?;
     let filter = LedgerFilter {
         project,

@@ -69,6 +69,22 @@ pub fn decode(list: List, cursor: &str) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
+/// The sequence number a cursor of `list` carries (lists keyed by a
+/// sequence, at least `min`); anything else is 400 `invalid_cursor`.
+pub fn decode_seq(list: List, cursor: &str, min: i64) -> Result<i64, ApiError> {
+    decode(list, cursor)?
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= min)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor",
+                "`cursor` is not a cursor this API gave out",
+            )
+        })
+}
+
 /// A page's `next_cursor` from the store's next key.
 pub fn next(list: List, key: Option<String>) -> Option<String> {
     key.map(|k| encode(list, &k))

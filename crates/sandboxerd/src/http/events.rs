@@ -153,19 +153,7 @@ async fn list_audit(
     let before = q
         .cursor
         .as_deref()
-        .map(|c| {
-            cursor::decode(List::Audit, c)?
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_cursor",
-                        "cursor",
-                        "`cursor` is not a cursor this API gave out",
-                    )
-                })
-        })
+        .map(|c| cursor::decode_seq(List::Audit, c, 1))
         .transpose()?;
     let filter = AuditFilter {
         project: q.project,

@@ -907,17 +907,7 @@ async fn sandbox_events(
     let limit = page_limit(q.limit)?;
     let after = match q.cursor.as_deref() {
         None => 0,
-        Some(c) => cursor::decode(List::SandboxEvents, c)?
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_cursor",
-                    "cursor",
-                    "`cursor` is not a cursor this API gave out",
-                )
-            })?,
+        Some(c) => cursor::decode_seq(List::SandboxEvents, c, 0)?,
     };
     if state.db.get_row(&id, caller.scope()).await?.is_none() {
         return Err(ApiError::not_found("sandbox", &id));
