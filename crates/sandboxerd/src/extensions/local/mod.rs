@@ -1,0 +1,506 @@
+//! `ext.local`: a bubblewrap sandbox per request on the daemon's own machine.
+//!
+//! Each sandbox gets a directory `<data_dir>/sandboxes/<id>/` holding its
+//! `workspace/` (bound read-write at `/workspace` inside, passed to
+//! bubblewrap as a descriptor), bubblewrap's `info.json` (the host pid of
+//! the sandbox's pid 1) and `bwrap.log`. The sandbox runs in its own user
+//! namespace, where uid and gid 0 are one unprivileged host id (the daemon's
+//! own; `[local] sandbox_uid` under a root daemon, which starts bubblewrap as
+//! that id), and new pid, mount, net, ipc, uts (and cgroup, where allowed)
+//! namespaces, with read-only system directories, host secrets hidden, only
+//! loopback, no capabilities and the seccomp filter of
+//! [`crate::confine::seccomp`]. Its init (bubblewrap's reaper as pid 1,
+//! `sleep infinity` under it) lives until teardown. It is spawned in its own
+//! process group and never waited on, so it outlives a restart or `kill -9`
+//! of the daemon; everything needed to find it again is on disk. Commands
+//! are entered with the sandbox's own privileges by `sandboxerd enter`
+//! ([`crate::confine::enter`]).
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use command_fds::{CommandFdExt, FdMapping};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sandboxer_api::Availability;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::archive::{self, ExtractError};
+use super::fsutil;
+use super::{
+    BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo, SnapshotArchive,
+    SnapshotSource,
+};
+use crate::config::LocalConfig;
+use crate::confine::seccomp;
+use crate::procfs::{self, is_zombie, owns_pid, stat as proc_stat};
+
+/// The one host `ext.local` places on.
+pub const LOCAL_HOST: &str = "local";
+
+mod bwrap;
+mod process;
+mod restore;
+mod workspace;
+
+use bwrap::find_in_path;
+use process::*;
+use restore::*;
+use workspace::*;
+
+/// `ext.local` over bubblewrap.
+pub struct LocalExtension {
+    /// The catalog id it serves (`ext.local`, or an entry naming `backend: ext.local`).
+    id: &'static str,
+    root: PathBuf,
+    bwrap: Option<PathBuf>,
+    /// The `bwrap` option of its catalog entry, for messages when it is missing.
+    bwrap_option: Option<PathBuf>,
+    /// Who the sandbox is on the host.
+    ids: SandboxIds,
+    /// The seccomp programs, as bubblewrap reads them (built once).
+    seccomp: Result<Arc<Vec<Vec<u8>>>, String>,
+    /// This daemon's executable, whose `enter` subcommand joins a sandbox.
+    exe: PathBuf,
+}
+
+/// The host ids that uid and gid 0 inside a sandbox map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxIds {
+    pub uid: u32,
+    pub gid: u32,
+    /// The daemon is root and switches to these ids before starting
+    /// bubblewrap (an unprivileged daemon's sandboxes are its own user).
+    pub switch: bool,
+}
+
+impl SandboxIds {
+    /// The owner to give what fills a workspace: the sandbox's host ids
+    /// under a root daemon; `None` (leave it the daemon's, which it is)
+    /// under an unprivileged one.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.switch.then_some((self.uid, self.gid))
+    }
+
+    /// The ids for a daemon running as the current user: `configured` when
+    /// it is root, its own otherwise.
+    pub fn for_this_process(configured: LocalConfig) -> Self {
+        if nix::unistd::geteuid().is_root() {
+            SandboxIds {
+                uid: configured.sandbox_uid,
+                gid: configured.sandbox_gid,
+                switch: true,
+            }
+        } else {
+            SandboxIds {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+                switch: false,
+            }
+        }
+    }
+}
+
+/// What is kept on the sandbox row for `ext.local`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LocalState {
+    dir: PathBuf,
+    #[serde(default)]
+    pid: Option<i32>,
+    /// Start time of `pid` (clock ticks since boot), so a reused pid is never killed.
+    #[serde(default)]
+    pid_start: Option<u64>,
+}
+
+impl LocalExtension {
+    /// A backend keeping its sandboxes under `<data_dir>/sandboxes`, run as
+    /// `local` says (see [`SandboxIds::for_this_process`]).
+    pub fn new(data_dir: &Path, local: LocalConfig) -> Self {
+        let seccomp = seccomp::programs()
+            .map(|ps| Arc::new(ps.iter().map(|p| seccomp::to_bytes(p)).collect()))
+            .map_err(|e| e.to_string());
+        Self {
+            id: "ext.local",
+            root: data_dir.join("sandboxes"),
+            bwrap: find_in_path("bwrap"),
+            bwrap_option: None,
+            ids: SandboxIds::for_this_process(local),
+            seccomp,
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sandboxerd")),
+        }
+    }
+
+    /// Who this backend's sandboxes are on the host.
+    pub fn ids(&self) -> SandboxIds {
+        self.ids
+    }
+
+    fn dir_of(&self, sandbox_id: &str) -> PathBuf {
+        self.root.join(sandbox_id)
+    }
+
+    fn load_state(&self, sandbox_id: &str, state: Option<&BackendState>) -> LocalState {
+        let mut st: LocalState = state
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        // The directory is always derived from the id: a row never points us
+        // at another path to delete.
+        st.dir = self.dir_of(sandbox_id);
+        if st.pid.is_none() {
+            if let Some(pid) = read_info_pid(&st.dir.join("info.json")) {
+                st.pid = Some(pid);
+            }
+        }
+        st
+    }
+}
+
+#[async_trait]
+impl Extension for LocalExtension {
+    fn id(&self) -> &'static str {
+        self.id
+    }
+
+    async fn availability(&self) -> Availability {
+        if let (None, Some(path)) = (&self.bwrap, &self.bwrap_option) {
+            return Availability {
+                available: false,
+                reason: Some(format!(
+                    "bubblewrap not found at {} (option `bwrap` of {})",
+                    path.display(),
+                    self.id
+                )),
+            };
+        }
+        if self.bwrap.is_none() {
+            return Availability {
+                available: false,
+                reason: Some(
+                    "bubblewrap (`bwrap`) is not installed or not on PATH; install it with `apt-get install bubblewrap`"
+                        .into(),
+                ),
+            };
+        }
+        if let Err(e) = &self.seccomp {
+            return Availability {
+                available: false,
+                reason: Some(format!("no seccomp filter for this machine: {e}")),
+            };
+        }
+        Availability {
+            available: true,
+            reason: None,
+        }
+    }
+
+    fn hosts(&self) -> Vec<String> {
+        vec![LOCAL_HOST.to_owned()]
+    }
+
+    /// Options: `bwrap`, the absolute path of the bubblewrap to run instead
+    /// of the one found on PATH. Every instance keeps its sandboxes under the
+    /// same `<data_dir>/sandboxes` (ids never clash).
+    fn instance(
+        &self,
+        id: &'static str,
+        options: &BTreeMap<String, String>,
+    ) -> Option<Result<std::sync::Arc<dyn Extension>, String>> {
+        let mut ext = LocalExtension {
+            id,
+            root: self.root.clone(),
+            bwrap: self.bwrap.clone(),
+            bwrap_option: None,
+            ids: self.ids,
+            seccomp: self.seccomp.clone(),
+            exe: self.exe.clone(),
+        };
+        for (key, value) in options {
+            if key == "nsenter" {
+                return Some(Err(
+                    "`nsenter` is no longer an option of ext.local: commands enter a sandbox through `sandboxerd enter`, with the sandbox's own privileges".into(),
+                ));
+            }
+            if key != "bwrap" {
+                return Some(Err(format!(
+                    "`{key}` is not an option of ext.local (it takes `bwrap`)"
+                )));
+            }
+            let path = PathBuf::from(value);
+            if !path.is_absolute() {
+                return Some(Err(format!("`{key}`: `{value}` is not an absolute path")));
+            }
+            ext.bwrap = path.is_file().then(|| path.clone());
+            ext.bwrap_option = Some(path);
+        }
+        Some(Ok(std::sync::Arc::new(ext)))
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %req.sandbox_id))]
+    async fn provision(&self, req: &ProvisionRequest) -> Result<BackendState, ExtError> {
+        if self.bwrap.is_none() {
+            return Err(ExtError::new(
+                "backend_unavailable",
+                "bubblewrap (`bwrap`) is not installed; install it with `apt-get install bubblewrap`",
+            ));
+        }
+        let dir = self.dir_of(&req.sandbox_id);
+        let workspace = dir.join("workspace");
+        let copy_from = match (
+            req.profile.workspace.mode.as_str(),
+            &req.profile.workspace.from_input,
+        ) {
+            // A fork starts from its snapshot, not from the profile's source.
+            _ if req.from_snapshot.is_some() => None,
+            ("copy", Some(input)) => req.inputs.get(input).map(PathBuf::from),
+            _ => None,
+        };
+        let dir2 = dir.clone();
+        let workspace2 = workspace.clone();
+        let from_snapshot = req.from_snapshot.clone();
+        let ids = self.ids;
+        tokio::task::spawn_blocking(move || {
+            prepare_dir(&dir2, &workspace2, copy_from.as_deref(), ids)?;
+            match &from_snapshot {
+                Some(src) => fill_from_snapshot(&workspace2, src, ids),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| ExtError::new("provision_failed", format!("workspace task: {e}")))??;
+
+        let cmd = self.bwrap_command(req, &dir)?;
+        let bwrap = cmd.get_program().to_owned();
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(false);
+        let child = cmd.spawn().map_err(|e| {
+            ExtError::new(
+                "provision_failed",
+                format!("starting {}: {e}", Path::new(&bwrap).display()),
+            )
+        })?;
+        // Never waited on: dropping the handle leaves the sandbox running and
+        // lets tokio reap the process whenever it exits.
+        drop(child);
+        Ok(serde_json::to_value(LocalState {
+            dir,
+            pid: None,
+            pid_start: None,
+        })
+        .unwrap_or_default())
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id))]
+    async fn wait_ready(
+        &self,
+        sandbox_id: &str,
+        state: &BackendState,
+        timeout: Duration,
+    ) -> Result<ReadyInfo, ExtError> {
+        let st = self.load_state(sandbox_id, Some(state));
+        let info_path = st.dir.join("info.json");
+        let started = Instant::now();
+        // tokio rounds a sleep up to its next millisecond tick, so this
+        // polls about once a millisecond (a 1 ms sleep would take ~2 ms).
+        let mut pause = Duration::from_micros(250);
+        loop {
+            if let Some(pid) = read_info_pid(&info_path) {
+                if let Some((proc_state, start)) = proc_stat(pid) {
+                    if proc_state != 'Z' && proc_state != 'X' && has_child(pid) {
+                        let workdir = st.dir.join("workspace");
+                        let reachability = json!({
+                            "kind": "local",
+                            "workdir": workdir,
+                            "pid": pid,
+                            "enter": self.enter_prefix(pid, start),
+                        });
+                        let backend_state = serde_json::to_value(LocalState {
+                            dir: st.dir.clone(),
+                            pid: Some(pid),
+                            pid_start: Some(start),
+                        })
+                        .unwrap_or_default();
+                        return Ok(ReadyInfo {
+                            reachability,
+                            backend_state,
+                        });
+                    }
+                    if proc_state == 'Z' || proc_state == 'X' {
+                        return Err(exited_error(&st.dir));
+                    }
+                } else {
+                    return Err(exited_error(&st.dir));
+                }
+            } else if bwrap_exited(&st.dir) {
+                return Err(exited_error(&st.dir));
+            }
+            if started.elapsed() >= timeout {
+                return Err(ExtError::new(
+                    "not_ready_in_time",
+                    format!("bubblewrap did not report the sandbox within {timeout:?}"),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            // Bubblewrap starts in a few milliseconds, and each step of a
+            // back-off is added whole to a create's latency: poll every tick
+            // while a normal start is plausible, back off only for slow ones.
+            if started.elapsed() > Duration::from_millis(100) {
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id))]
+    async fn teardown(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        let st = self.load_state(sandbox_id, state);
+        if let Some(pid) = st.pid {
+            if owns_pid(pid, st.pid_start) {
+                // SIGKILL to the namespace's pid 1 ends every process in it.
+                match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => {
+                        return Err(ExtError::new(
+                            "teardown_failed",
+                            format!("killing sandbox init {pid}: {e}"),
+                        ))
+                    }
+                }
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while owns_pid(pid, st.pid_start) && !is_zombie(pid) {
+                    if Instant::now() > deadline {
+                        return Err(ExtError::new(
+                            "teardown_failed",
+                            format!("sandbox init {pid} still alive 10s after SIGKILL"),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+        // Whatever else runs for this sandbox: a bubblewrap started by a
+        // daemon that died before it learnt the pid (or before bubblewrap
+        // reported it) is found by its command line.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stray = pids_running(sandbox_id);
+            if stray.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(ExtError::new(
+                    "teardown_failed",
+                    format!("processes {stray:?} of {sandbox_id} still alive 10s after SIGKILL"),
+                ));
+            }
+            for pid in stray {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let dir = st.dir.clone();
+        tokio::task::spawn_blocking(move || match remove_sandbox_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(ExtError::new(
+                "teardown_failed",
+                format!("removing {}: {e}", dir.display()),
+            )),
+        })
+        .await
+        .map_err(|e| ExtError::new("teardown_failed", format!("teardown task: {e}")))?
+    }
+
+    async fn probe(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<Liveness, ExtError> {
+        let st = self.load_state(sandbox_id, state);
+        Ok(match st.pid {
+            Some(pid) if owns_pid(pid, st.pid_start) && !is_zombie(pid) => Liveness::Alive,
+            _ => Liveness::Gone,
+        })
+    }
+
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    async fn snapshot(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+        dest: &Path,
+        max_content_bytes: u64,
+        cancel: &CancellationToken,
+    ) -> Result<SnapshotArchive, ExtError> {
+        let dir = self.dir_of(sandbox_id);
+        let dest = dest.to_owned();
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || {
+            // Never archive a half-swapped tree.
+            finish_interrupted_restore(&dir)?;
+            let workspace = dir.join("workspace");
+            if !workspace.is_dir() {
+                return Err(ExtError::new(
+                    "snapshot_failed",
+                    format!("workspace {} does not exist", workspace.display()),
+                ));
+            }
+            let cancelled = || cancel.is_cancelled();
+            let info = archive::write_archive(&workspace, &dest, max_content_bytes, &cancelled)
+                .map_err(super::snapshot_write_error)?;
+            if info.skipped > 0 {
+                tracing::info!(
+                    skipped = info.skipped,
+                    "sockets, FIFOs, device nodes or entries changing under the walk left out of the snapshot"
+                );
+            }
+            Ok(SnapshotArchive {
+                sha256: info.sha256,
+                size_bytes: info.size_bytes,
+                content_bytes: info.content_bytes,
+            })
+        })
+        .await
+        .map_err(|e| ExtError::new("snapshot_failed", format!("capture task: {e}")))?
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id, snapshot_id = %src.id))]
+    async fn restore(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+        src: &SnapshotSource,
+        // The init keeps running through a restore: nothing to start again.
+        _env: super::SandboxEnv<'_>,
+    ) -> Result<(), ExtError> {
+        let dir = self.dir_of(sandbox_id);
+        let src = src.clone();
+        let ids = self.ids;
+        tokio::task::spawn_blocking(move || restore_in_place(&dir, &src, ids))
+            .await
+            .map_err(|e| ExtError::new("restore_failed", format!("restore task: {e}")))?
+    }
+
+    async fn recover_workspace(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        let dir = self.dir_of(sandbox_id);
+        tokio::task::spawn_blocking(move || finish_interrupted_restore(&dir))
+            .await
+            .map_err(|e| ExtError::new("restore_failed", format!("recovery task: {e}")))?
+    }
+}

@@ -1,0 +1,220 @@
+//! Restore in place and fork: a snapshot extracted beside the workspace
+//! (or into a fresh one), then swapped in entry by entry, rolled back on a
+//! failure and finished or undone after a crash.
+
+use super::*;
+
+/// Beside `workspace/` in the sandbox dir (so renames stay on one file
+/// system): the extracted snapshot, the entries moved out of the workspace,
+/// and the marker saying which half of the swap is under way.
+pub(super) const RESTORE_NEW: &str = "restore-new";
+pub(super) const RESTORE_OLD: &str = "restore-old";
+/// Present while new entries are moved in (the old ones are all out).
+pub(super) const RESTORE_SWAPPING: &str = "restore-swapping";
+/// Present once every new entry is in: what is left is clean-up.
+pub(super) const RESTORE_DONE: &str = "restore-done";
+
+pub(super) fn restore_err(what: impl std::fmt::Display) -> ExtError {
+    ExtError::new("restore_failed", what.to_string())
+}
+
+/// Fill a fresh workspace from a snapshot (fork), verifying the archive.
+pub(super) fn fill_from_snapshot(
+    workspace: &Path,
+    src: &SnapshotSource,
+    ids: SandboxIds,
+) -> Result<(), ExtError> {
+    // Owned by the sandbox's host user, setuid and setgid stripped.
+    let root = archive::extract_archive(&src.path, &src.sha256, workspace, ids.owner())
+        .map_err(|e| extract_error(src, e, "provision_failed"))?;
+    archive::apply_root_meta(workspace, root).map_err(|e| {
+        ExtError::new(
+            "provision_failed",
+            format!("workspace of snapshot {}: {e}", src.id),
+        )
+    })
+}
+
+pub(super) fn extract_error(
+    src: &SnapshotSource,
+    e: ExtractError,
+    io_code: &'static str,
+) -> ExtError {
+    match e {
+        ExtractError::Corrupt(msg) => ExtError::new(
+            "snapshot_corrupt",
+            format!("snapshot {} is damaged: {msg}", src.id),
+        ),
+        ExtractError::Io(msg) => ExtError::new(io_code, msg),
+    }
+}
+
+/// Restore in place. The bubblewrap sandbox holds `workspace/` itself (a
+/// bind mount pins the directory, not its path), so the tree is replaced
+/// inside that directory: the snapshot is extracted beside it (and verified)
+/// first; then the old entries move out into `restore-old/`, the new ones
+/// move in, and the old ones are deleted. Each move is a rename on one file
+/// system. A failure rolls the moves back, and a crash is rolled back by
+/// [`finish_interrupted_restore`], so the workspace ends either exactly as
+/// it was or exactly as the snapshot.
+pub(super) fn restore_in_place(
+    dir: &Path,
+    src: &SnapshotSource,
+    ids: SandboxIds,
+) -> Result<(), ExtError> {
+    let workspace = dir.join("workspace");
+    if !workspace.is_dir() {
+        return Err(restore_err(format!(
+            "workspace {} does not exist",
+            workspace.display()
+        )));
+    }
+    finish_interrupted_restore(dir)?;
+    let new = dir.join(RESTORE_NEW);
+    let old = dir.join(RESTORE_OLD);
+    // 1. Extract beside the workspace, verifying the hash; nothing touched yet.
+    // Owned by the sandbox's host user before it becomes visible to the
+    // sandbox, setuid and setgid stripped.
+    let root = match archive::extract_archive(&src.path, &src.sha256, &new, ids.owner()) {
+        Ok(root) => root,
+        Err(e) => {
+            let _ = remove_tree(&new);
+            return Err(extract_error(src, e, "restore_failed"));
+        }
+    };
+    // Moving entries out and back touches the workspace directory itself;
+    // a rollback puts its mtime back too, so it is exactly as it was.
+    let root_mtime = std::fs::metadata(&workspace)
+        .and_then(|m| m.modified())
+        .ok();
+    let restore_root_mtime = || {
+        if let Some(t) = root_mtime {
+            let _ = std::fs::File::open(&workspace).and_then(|f| f.set_modified(t));
+        }
+    };
+    // 2. Move the old entries out.
+    std::fs::create_dir(&old)
+        .map_err(|e| restore_err(format!("creating {}: {e}", old.display())))?;
+    sync_dir(dir);
+    if let Err(e) = move_entries(&workspace, &old) {
+        let back = move_entries(&old, &workspace);
+        restore_root_mtime();
+        let _ = remove_tree(&old);
+        let _ = remove_tree(&new);
+        return Err(restore_err(format!(
+            "moving the old workspace aside: {e}{}",
+            rollback_note(back)
+        )));
+    }
+    let swapping = dir.join(RESTORE_SWAPPING);
+    let marked = std::fs::File::create(&swapping).and_then(|f| f.sync_all());
+    sync_dir(dir);
+    crate::fault::hit("restore.after_move_out");
+    // 3. Move the new entries in.
+    let moved_in = marked.map_err(|e| e.to_string()).and_then(|()| {
+        if fault_error("restore.before_move_in") {
+            return Err("fault injected at restore.before_move_in".to_owned());
+        }
+        move_entries(&new, &workspace).map_err(|e| e.to_string())
+    });
+    if let Err(e) = moved_in {
+        let back = roll_back_swap(dir);
+        restore_root_mtime();
+        return Err(restore_err(format!(
+            "moving the snapshot in: {e}{}",
+            rollback_note(back)
+        )));
+    }
+    let _ = std::fs::rename(&swapping, dir.join(RESTORE_DONE));
+    sync_dir(dir);
+    if let Err(e) = archive::apply_root_meta(&workspace, root) {
+        tracing::warn!(error = %e, "could not apply the snapshot's workspace mode and mtime");
+    }
+    // 4. Clean up; a crash here is finished by the next start.
+    finish_interrupted_restore(dir)
+}
+
+pub(super) fn rollback_note(back: std::io::Result<()>) -> String {
+    match back {
+        Ok(()) => "; the workspace was left as it was".to_owned(),
+        Err(e) => format!("; rolling back failed too ({e}), the next start finishes it"),
+    }
+}
+
+/// Whether the test-only fault `point` is set to make an operation fail
+/// (`SANDBOXER_FAULT=<point>`, debug builds only).
+pub(super) fn fault_error(point: &str) -> bool {
+    cfg!(debug_assertions) && std::env::var("SANDBOXER_FAULT").is_ok_and(|v| v == point)
+}
+
+/// Put a workspace an interrupted restore left behind back in order:
+/// finished swaps are cleaned up, unfinished ones rolled back.
+pub(super) fn finish_interrupted_restore(dir: &Path) -> Result<(), ExtError> {
+    let new = dir.join(RESTORE_NEW);
+    let old = dir.join(RESTORE_OLD);
+    let done = dir.join(RESTORE_DONE);
+    let swapping = dir.join(RESTORE_SWAPPING);
+    if done.exists() {
+        remove_tree(&old).map_err(|e| restore_err(format!("removing {}: {e}", old.display())))?;
+        remove_tree(&new).map_err(|e| restore_err(format!("removing {}: {e}", new.display())))?;
+        remove_tree(&done).map_err(|e| restore_err(format!("removing {}: {e}", done.display())))?;
+        return Ok(());
+    }
+    if swapping.exists() || old.exists() {
+        tracing::warn!(dir = %dir.display(), "rolling back an interrupted restore");
+        roll_back_swap(dir).map_err(|e| restore_err(format!("rolling back a restore: {e}")))?;
+    }
+    remove_tree(&new).map_err(|e| restore_err(format!("removing {}: {e}", new.display())))
+}
+
+/// Undo a swap: with the marker, the workspace holds new entries (moved
+/// back to `restore-new/`); then every old entry moves back in.
+pub(super) fn roll_back_swap(dir: &Path) -> std::io::Result<()> {
+    let workspace = dir.join("workspace");
+    let new = dir.join(RESTORE_NEW);
+    let old = dir.join(RESTORE_OLD);
+    let swapping = dir.join(RESTORE_SWAPPING);
+    if swapping.exists() {
+        std::fs::create_dir_all(&new)?;
+        move_entries(&workspace, &new)?;
+    }
+    if old.exists() {
+        move_entries(&old, &workspace)?;
+    }
+    sync_dir(dir);
+    remove_tree(&swapping)?;
+    remove_tree(&old)?;
+    remove_tree(&new)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Rename every entry of `from` into `to` (same file system, no name clashes).
+pub(super) fn move_entries(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::rename(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+/// Remove a file or a tree; gone already is fine.
+pub(super) fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let res = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match res {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Make renames in `dir` durable (best effort: a failure here only weakens
+/// crash ordering, which the recovery copes with).
+pub(super) fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
