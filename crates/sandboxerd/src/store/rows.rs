@@ -1,7 +1,7 @@
 //! Row types as stored.
 use std::str::FromStr;
 
-use sandboxer_api::{Event, SandboxState};
+use sandboxer_api::{Consumer, Cost, Event, Failure, Sandbox, SandboxState};
 
 use super::to_time;
 
@@ -96,6 +96,64 @@ impl EventRow {
             id: self.id,
             sandbox_id: self.sandbox_id,
             reason: self.reason,
+        })
+    }
+}
+
+impl SandboxRow {
+    /// The row as the API shows it.
+    pub fn into_api(self) -> Result<Sandbox, StoreError> {
+        let state = self.state()?;
+        let corrupt = |what: String| StoreError::Corrupt {
+            id: self.id.clone(),
+            what,
+        };
+        let inputs =
+            serde_json::from_str(&self.inputs).map_err(|e| corrupt(format!("inputs: {e}")))?;
+        let labels =
+            serde_json::from_str(&self.labels).map_err(|e| corrupt(format!("labels: {e}")))?;
+        let reachability = match &self.reachability {
+            Some(r) => {
+                Some(serde_json::from_str(r).map_err(|e| corrupt(format!("reachability: {e}")))?)
+            }
+            None => None,
+        };
+        let route = match &self.route {
+            Some(r) => Some(serde_json::from_str(r).map_err(|e| corrupt(format!("route: {e}")))?),
+            None => None,
+        };
+        let failure = self.failure_code.clone().map(|code| Failure {
+            code,
+            message: self.failure_message.clone().unwrap_or_default(),
+        });
+        Ok(Sandbox {
+            profile_version: self.profile_version,
+            generation: self.generation,
+            created_at: to_time(self.created_at),
+            updated_at: to_time(self.updated_at),
+            ready_at: self.ready_at.map(to_time),
+            expires_at: to_time(self.expires_at),
+            destroyed_at: self.destroyed_at.map(to_time),
+            last_activity_at: to_time(self.last_activity_at),
+            consumer: Consumer {
+                actor_type: self.actor_type,
+                actor: self.actor,
+                project: self.project,
+            },
+            inputs,
+            labels,
+            state,
+            reachability,
+            failure,
+            cost: Cost {
+                estimate_credits: self.estimate_credits,
+                accrued_credits: self.accrued_credits,
+            },
+            route,
+            id: self.id,
+            profile: self.profile,
+            extension: self.extension,
+            host: self.host,
         })
     }
 }

@@ -1,0 +1,698 @@
+//! Sandbox rows: insert (with idempotency, caps and escrow), read, list,
+//! transitions with their events and outbox rows, TTL and activity.
+//! (Longer than 600 lines: the create and transition queries each keep
+//! their idempotency, cap and escrow steps in one transaction, which reads
+//! best whole.)
+use super::*;
+
+/// A sandbox about to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewSandbox {
+    pub id: String,
+    pub profile: String,
+    pub profile_version: u32,
+    pub extension: String,
+    pub host: String,
+    pub consumer: Consumer,
+    pub inputs: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub now: i64,
+    pub expires_at: i64,
+    pub max_expires_at: i64,
+    pub estimate_credits: i64,
+    /// `placement.host` of the request: the sandbox never moves off it.
+    pub placement_host: Option<String>,
+}
+
+/// What an idempotent create found.
+#[derive(Debug)]
+pub enum Created {
+    /// A new sandbox was inserted.
+    New(Sandbox),
+    /// The same key and body were seen before: this is that sandbox.
+    Replayed(Sandbox),
+    /// The key was used before with another body.
+    KeyConflict,
+    /// The project already has `cap` live sandboxes.
+    OverCap { cap: i64 },
+    /// Credits are enforced and the project cannot cover the estimate.
+    InsufficientCredits(Shortfall),
+}
+
+/// Filters of `GET /v1/sandboxes`.
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub states: Vec<SandboxState>,
+    pub include_all: bool,
+    pub profile: Option<String>,
+    pub extension: Option<String>,
+    pub host: Option<String>,
+    pub project: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub cursor: Option<String>,
+    pub limit: u32,
+}
+
+/// A state change and the columns that go with it.
+#[derive(Debug, Default)]
+pub struct Change<'a> {
+    pub reason: &'a str,
+    /// Only when the row's generation is this one (a provision task of an
+    /// older generation must not touch a recreated sandbox).
+    pub generation: Option<u32>,
+    pub set_ready_at: bool,
+    pub set_destroyed_at: bool,
+    pub reachability: Option<Option<serde_json::Value>>,
+    pub backend_state: Option<Option<serde_json::Value>>,
+    pub failure: Option<Option<Failure>>,
+    /// Recreate: bump the generation and start a fresh lifetime.
+    pub new_generation: Option<NewLifetime>,
+    /// Only when `expires_at` is at or before this time (expiry by the reaper).
+    pub expired_by: Option<i64>,
+    /// Only when the last activity is at or before this time (idle reap).
+    pub idle_since: Option<i64>,
+    /// Set (or clear) the next teardown attempt and the attempts so far.
+    pub teardown_retry: Option<Option<(i64, i64)>>,
+    /// With `new_generation`: settle the old generation's use and reserve
+    /// the new lifetime's estimate, in the same transaction.
+    pub escrow: Option<Escrow>,
+}
+
+/// The lifetime a recreated sandbox starts with.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLifetime {
+    pub expires_at: i64,
+    pub max_expires_at: i64,
+}
+
+/// Outcome of a conditional transition.
+#[derive(Debug)]
+pub enum Transition {
+    Done {
+        from: SandboxState,
+        sandbox: Sandbox,
+    },
+    /// The row exists but was in a state (or generation) the change does not apply to.
+    Refused(Sandbox),
+    NotFound,
+    /// Nothing was written: the change needs credits the project cannot cover.
+    InsufficientCredits(Shortfall),
+}
+
+pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension, host, state, actor_type, actor, project, \
+     inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
+     last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
+     teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route, pool \
+     FROM sandboxes";
+
+impl Db {
+    /// Insert a sandbox in `requested`, honouring an `Idempotency-Key`.
+    pub async fn create_sandbox(
+        &self,
+        new: NewSandbox,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Created, StoreError> {
+        self.create_sandbox_capped(new, idempotency, None).await
+    }
+
+    /// [`Db::create_sandbox`], refused when the project already has `cap`
+    /// live sandboxes (counted in the same transaction, so concurrent
+    /// creates can never overshoot it).
+    pub async fn create_sandbox_capped(
+        &self,
+        new: NewSandbox,
+        idempotency: Option<(&str, &str)>,
+        cap: Option<i64>,
+    ) -> Result<Created, StoreError> {
+        self.create_sandbox_billed(new, idempotency, cap, &Billing::default())
+            .await
+    }
+
+    /// [`Db::create_sandbox_capped`] that also records the sandbox's rate
+    /// and route and, with `billing.enforce`, reserves its estimate in the
+    /// same transaction: the available balance is read and reduced there,
+    /// so concurrent creates can never reserve more than the project has.
+    pub async fn create_sandbox_billed(
+        &self,
+        new: NewSandbox,
+        idempotency: Option<(&str, &str)>,
+        cap: Option<i64>,
+        billing: &Billing,
+    ) -> Result<Created, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(refused) = self.admit(&mut tx, &new, idempotency, cap, billing).await? {
+            tx.rollback().await?;
+            return Ok(refused);
+        }
+        sqlx::query(
+            "INSERT INTO sandboxes (id, profile, profile_version, extension, host, state, actor_type, actor, project, \
+             inputs, labels, generation, created_at, updated_at, expires_at, max_expires_at, last_activity_at, estimate_credits, \
+             rate_centicredits, route, placement_host) \
+             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&new.id)
+        .bind(&new.profile)
+        .bind(new.profile_version)
+        .bind(&new.extension)
+        .bind(&new.host)
+        .bind(&new.consumer.actor_type)
+        .bind(&new.consumer.actor)
+        .bind(&new.consumer.project)
+        .bind(serde_json::to_string(&new.inputs).unwrap_or_else(|_| "{}".into()))
+        .bind(serde_json::to_string(&new.labels).unwrap_or_else(|_| "{}".into()))
+        .bind(new.now)
+        .bind(new.now)
+        .bind(new.expires_at)
+        .bind(new.max_expires_at)
+        .bind(new.now)
+        .bind(new.estimate_credits)
+        .bind(billing.rate_centicredits)
+        .bind(
+            billing
+                .route
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok()),
+        )
+        .bind(&new.placement_host)
+        .execute(&mut *tx)
+        .await?;
+        if billing.enforce && new.estimate_credits > 0 {
+            ledger::reserve_new(
+                &mut tx,
+                &new.id,
+                &new.consumer.project,
+                new.estimate_credits,
+                new.now,
+            )
+            .await?;
+        }
+        insert_event(
+            &mut tx,
+            &new.id,
+            1,
+            None,
+            SandboxState::Requested,
+            "create requested",
+            new.now,
+        )
+        .await?;
+        if let Some((key, hash)) = idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (project, key, request_hash, sandbox_id, created_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&new.consumer.project)
+            .bind(key)
+            .bind(hash)
+            .bind(&new.id)
+            .bind(new.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let sbx = fetch_in(&mut tx, &new.id).await?;
+        self.commit(tx).await?;
+        match sbx {
+            Some(row) => Ok(Created::New(row.into_api()?)),
+            None => Err(StoreError::Corrupt {
+                id: new.id,
+                what: "inserted row not found".into(),
+            }),
+        }
+    }
+
+    /// The checks of a create that may refuse it, inside its transaction:
+    /// an `Idempotency-Key` seen before (the same sandbox, or a conflict),
+    /// the project's cap on live sandboxes, and (with `billing.enforce`) the
+    /// credits its estimate needs. `None`: go ahead.
+    pub(crate) async fn admit(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        new: &NewSandbox,
+        idempotency: Option<(&str, &str)>,
+        cap: Option<i64>,
+        billing: &Billing,
+    ) -> Result<Option<Created>, StoreError> {
+        if let Some((key, hash)) = idempotency {
+            let seen: Option<(String, String)> = sqlx::query_as(
+                "SELECT request_hash, sandbox_id FROM idempotency_keys WHERE project = ? AND key = ?",
+            )
+            .bind(&new.consumer.project)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some((seen_hash, sandbox_id)) = seen {
+                if seen_hash != hash {
+                    return Ok(Some(Created::KeyConflict));
+                }
+                return match fetch_in(tx, &sandbox_id).await? {
+                    Some(row) => Ok(Some(Created::Replayed(row.into_api()?))),
+                    None => Err(StoreError::Corrupt {
+                        id: sandbox_id,
+                        what: "idempotency key points at a missing sandbox".into(),
+                    }),
+                };
+            }
+        }
+        if let Some(cap) = cap {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active')",
+            )
+            .bind(&new.consumer.project)
+            .fetch_one(&mut **tx)
+            .await?;
+            if live >= cap {
+                return Ok(Some(Created::OverCap { cap }));
+            }
+        }
+        if billing.enforce && new.estimate_credits > 0 {
+            if let Err(short) =
+                ledger::check_available(tx, &new.consumer.project, new.estimate_credits).await?
+            {
+                return Ok(Some(Created::InsufficientCredits(short)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One sandbox; with `project`, only if it belongs to that project.
+    pub async fn get_sandbox(
+        &self,
+        id: &str,
+        project: Option<&str>,
+    ) -> Result<Option<Sandbox>, StoreError> {
+        match self.get_row(id, project).await? {
+            Some(row) => Ok(Some(row.into_api()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One sandbox row with its backend state.
+    pub async fn get_row(
+        &self,
+        id: &str,
+        project: Option<&str>,
+    ) -> Result<Option<SandboxRow>, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(SELECT);
+        qb.push(" WHERE id = ").push_bind(id);
+        if let Some(p) = project {
+            qb.push(" AND project = ").push_bind(p);
+        }
+        Ok(qb
+            .build_query_as::<SandboxRow>()
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    /// A page of sandboxes, newest first.
+    pub async fn list_sandboxes(
+        &self,
+        f: &ListFilter,
+    ) -> Result<(Vec<Sandbox>, Option<String>), StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(SELECT);
+        // Unassigned warm-pool members (and retired ones) are nobody's sandboxes.
+        qb.push(" WHERE pool IS NULL");
+        push_states(
+            &mut qb,
+            f.states.iter().map(|s| s.as_str()),
+            f.include_all,
+            "destroyed",
+        );
+        for (col, val) in [
+            ("profile", &f.profile),
+            ("extension", &f.extension),
+            ("host", &f.host),
+            ("project", &f.project),
+        ] {
+            if let Some(v) = val {
+                qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+        for (k, v) in &f.labels {
+            // `sandbox_labels` mirrors the `labels` column (kept by triggers,
+            // migration 0008): an index lookup per pair, no JSON parsing.
+            qb.push(" AND id IN (SELECT sandbox_id FROM sandbox_labels WHERE key = ")
+                .push_bind(k.clone())
+                .push(" AND value = ")
+                .push_bind(v.clone())
+                .push(")");
+        }
+        let (rows, next) = self
+            .fetch_page(qb, f.cursor.as_deref(), f.limit, |r: &SandboxRow| &r.id)
+            .await?;
+        let items = rows
+            .into_iter()
+            .map(SandboxRow::into_api)
+            .collect::<Result<_, _>>()?;
+        Ok((items, next))
+    }
+
+    /// One page of a list, newest first by id: the rows after `cursor` (ids
+    /// below it), at most `limit`, and the cursor of the next page when there
+    /// is one. `qb` holds the `SELECT ... WHERE ...` so far.
+    pub(crate) async fn fetch_page<'q, R>(
+        &self,
+        mut qb: QueryBuilder<'q, Sqlite>,
+        cursor: Option<&str>,
+        limit: u32,
+        id: impl Fn(&R) -> &str,
+    ) -> Result<(Vec<R>, Option<String>), StoreError>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        if let Some(c) = cursor {
+            qb.push(" AND id < ").push_bind(c.to_owned());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let mut rows = qb.build_query_as::<R>().fetch_all(&self.reader).await?;
+        let next = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| id(r).to_owned())
+        } else {
+            None
+        };
+        Ok((rows, next))
+    }
+
+    /// Move a sandbox from one of `from` to `to`, appending the event in the
+    /// same transaction. Refused (nothing written) when the row is elsewhere.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[SandboxState],
+        to: SandboxState,
+        change: Change<'_>,
+    ) -> Result<Transition, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let Some(row) = fetch_in(&mut tx, id).await? else {
+            return Ok(Transition::NotFound);
+        };
+        let current = row.state()?;
+        // Read and write happen in one transaction on the one writer
+        // connection, so these checks and the update below cannot interleave
+        // with another write (an extend racing an expiry has one outcome).
+        let guards_ok = change.generation.is_none_or(|g| g == row.generation)
+            && change.expired_by.is_none_or(|t| row.expires_at <= t)
+            && change.idle_since.is_none_or(|t| row.last_activity_at <= t);
+        if !from.contains(&current) || !guards_ok {
+            tx.rollback().await?;
+            return Ok(Transition::Refused(row.into_api()?));
+        }
+        let now = now_ms();
+        if let (Some(escrow), Some(_)) = (change.escrow, change.new_generation) {
+            // The old generation's use ends here; it is charged and its
+            // reservation released before the new lifetime reserves its own.
+            ledger::settle_in(&mut tx, &row, now, escrow.enforce, now).await?;
+        }
+        let mut generation = row.generation;
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE sandboxes SET state = ");
+        qb.push_bind(to.as_str())
+            .push(", updated_at = ")
+            .push_bind(now);
+        if change.set_ready_at {
+            qb.push(", ready_at = ").push_bind(now);
+        }
+        if change.set_destroyed_at {
+            qb.push(", destroyed_at = ").push_bind(now);
+        }
+        if !matches!(
+            to,
+            SandboxState::Requested
+                | SandboxState::Provisioning
+                | SandboxState::Ready
+                | SandboxState::Active
+        ) {
+            // Billing stops when the sandbox stops being usable.
+            qb.push(", ended_at = COALESCE(ended_at, ")
+                .push_bind(now)
+                .push(")");
+        }
+        if let Some(r) = &change.reachability {
+            qb.push(", reachability = ")
+                .push_bind(r.as_ref().map(|v| v.to_string()));
+        }
+        if let Some(b) = &change.backend_state {
+            qb.push(", backend_state = ")
+                .push_bind(b.as_ref().map(|v| v.to_string()));
+        }
+        if let Some(f) = &change.failure {
+            qb.push(", failure_code = ")
+                .push_bind(f.as_ref().map(|f| f.code.clone()))
+                .push(", failure_message = ")
+                .push_bind(f.as_ref().map(|f| f.message.clone()));
+        }
+        if let Some(life) = change.new_generation {
+            generation += 1;
+            qb.push(", generation = ")
+                .push_bind(generation)
+                .push(", created_at = ")
+                .push_bind(now)
+                .push(", expires_at = ")
+                .push_bind(life.expires_at)
+                .push(", max_expires_at = ")
+                .push_bind(life.max_expires_at)
+                .push(", last_activity_at = ")
+                .push_bind(now)
+                .push(", ready_at = NULL, destroyed_at = NULL, ended_at = NULL, settled_at = NULL");
+            if change.escrow.is_some() {
+                let ttl_ms = life.expires_at.saturating_sub(now);
+                qb.push(", estimate_credits = ")
+                    .push_bind(crate::ledger::credits_for(
+                        row.rate_centicredits,
+                        crate::ledger::billed_seconds(ttl_ms),
+                    ));
+            }
+        }
+        if let Some(retry) = change.teardown_retry {
+            let (at, attempts) = match retry {
+                Some((at, attempts)) => (Some(at), attempts),
+                None => (None, 0),
+            };
+            qb.push(", next_teardown_at = ")
+                .push_bind(at)
+                .push(", teardown_attempts = ")
+                .push_bind(attempts);
+        }
+        qb.push(" WHERE id = ").push_bind(id);
+        qb.build().execute(&mut *tx).await?;
+        if let (Some(escrow), Some(_)) = (change.escrow, change.new_generation) {
+            if let Some(after) = fetch_in(&mut tx, id).await? {
+                if let Err(short) = ledger::rebalance(&mut tx, &after, escrow.enforce, now).await? {
+                    tx.rollback().await?;
+                    return Ok(Transition::InsufficientCredits(short));
+                }
+            }
+        }
+        insert_event(
+            &mut tx,
+            id,
+            generation,
+            Some(current),
+            to,
+            change.reason,
+            now,
+        )
+        .await?;
+        let sbx = fetch_in(&mut tx, id).await?;
+        self.commit(tx).await?;
+        match sbx {
+            Some(row) => Ok(Transition::Done {
+                from: current,
+                sandbox: row.into_api()?,
+            }),
+            None => Ok(Transition::NotFound),
+        }
+    }
+
+    /// Record the backend's handle without a state change (written before the
+    /// sandbox is reported ready, so a restart can always find it).
+    pub async fn set_backend_state(
+        &self,
+        id: &str,
+        generation: u32,
+        state: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sandboxes SET backend_state = ?, updated_at = ? WHERE id = ? AND generation = ?")
+            .bind(state.to_string())
+            .bind(now_ms())
+            .bind(id)
+            .bind(generation)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Move `expires_at` forward by `by_ms`, never past `max_expires_at`, in
+    /// one conditional statement. `None` when the sandbox is not extendable.
+    /// Nothing is reserved (see [`Db::extend_ttl_billed`]).
+    pub async fn extend_ttl(
+        &self,
+        id: &str,
+        project: Option<&str>,
+        by_ms: i64,
+    ) -> Result<Option<(Sandbox, bool)>, StoreError> {
+        match self.extend_ttl_billed(id, project, by_ms, false).await? {
+            Extended::Done(sbx, capped) => Ok(Some((*sbx, capped))),
+            Extended::NotExtendable | Extended::InsufficientCredits(_) => Ok(None),
+        }
+    }
+
+    /// Mark activity; `ready` becomes `active` (with an event).
+    pub async fn touch(&self, id: &str) -> Result<Transition, StoreError> {
+        let now = now_ms();
+        sqlx::query("UPDATE sandboxes SET last_activity_at = ? WHERE id = ? AND state IN ('ready','active')")
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        match self
+            .transition(
+                id,
+                &[SandboxState::Ready],
+                SandboxState::Active,
+                Change {
+                    reason: "touched",
+                    ..Change::default()
+                },
+            )
+            .await?
+        {
+            Transition::Refused(sbx) if sbx.state == SandboxState::Active => Ok(Transition::Done {
+                from: SandboxState::Active,
+                sandbox: sbx,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Events of one sandbox, oldest first, after the sequence `after`.
+    pub async fn events(
+        &self,
+        id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<Event>, Option<String>), StoreError> {
+        self.events_from(id, after, limit, 0).await
+    }
+
+    /// [`Db::events`] of generation `min_generation` and later: 1 leaves out
+    /// what happened while the sandbox waited unassigned in a warm pool
+    /// (generation 0), which is not its consumer's history.
+    pub async fn events_from(
+        &self,
+        id: &str,
+        after: i64,
+        limit: u32,
+        min_generation: u32,
+    ) -> Result<(Vec<Event>, Option<String>), StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT seq, id, sandbox_id, generation, from_state, to_state, reason, at FROM events \
+             WHERE sandbox_id = ? AND seq > ? AND generation >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(min_generation)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for row in rows.into_iter().take(limit as usize) {
+            last = Some(row.seq);
+            items.push(row.into_api()?);
+        }
+        Ok((
+            items,
+            if more {
+                last.map(|s| s.to_string())
+            } else {
+                None
+            },
+        ))
+    }
+
+    /// Sandboxes by state, for `/metrics`; warm-pool members (unassigned
+    /// or retired unassigned) are counted apart ([`Db::pool_counts`]).
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        // Two covering index scans: all rows by state, minus pool rows by
+        // state (a small partial index), cheaper than filtering every row.
+        let mut all: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes GROUP BY state")
+                .fetch_all(&self.reader)
+                .await?;
+        let pooled: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM sandboxes WHERE pool IS NOT NULL GROUP BY state",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        for (state, n) in pooled {
+            if let Some(row) = all.iter_mut().find(|(s, _)| *s == state) {
+                row.1 -= n;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Rows that are not settled, for the start-up pass.
+    pub async fn unsettled(&self) -> Result<Vec<SandboxRow>, StoreError> {
+        Ok(sqlx::query_as::<_, SandboxRow>(&format!(
+            "{SELECT} WHERE state NOT IN ('destroyed','failed')"
+        ))
+        .fetch_all(&self.reader)
+        .await?)
+    }
+}
+
+pub(super) async fn fetch_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+) -> Result<Option<SandboxRow>, sqlx::Error> {
+    sqlx::query_as::<_, SandboxRow>(&format!("{SELECT} WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// `AND state IN (states)`; with no states, `AND state <> hidden` unless
+/// `include_all` (the default list leaves out what is gone).
+pub(crate) fn push_states<'q>(
+    qb: &mut QueryBuilder<'q, Sqlite>,
+    states: impl ExactSizeIterator<Item = &'static str>,
+    include_all: bool,
+    hidden: &'static str,
+) {
+    if states.len() > 0 {
+        qb.push(" AND state IN (");
+        let mut sep = qb.separated(", ");
+        for s in states {
+            sep.push_bind(s);
+        }
+        qb.push(")");
+    } else if !include_all {
+        qb.push(format!(" AND state <> '{hidden}'"));
+    }
+}
+
+pub(super) async fn insert_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    sandbox_id: &str,
+    generation: u32,
+    from: Option<SandboxState>,
+    to: SandboxState,
+    reason: &str,
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (id, sandbox_id, generation, from_state, to_state, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(new_id("evt"))
+    .bind(sandbox_id)
+    .bind(generation)
+    .bind(from.map(|s| s.as_str()))
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
