@@ -1,7 +1,6 @@
 //! Human output: sandboxes, events and the catalog as aligned text.
 //! Everything here treats server data as untrusted text: control
 //! characters are escaped and no field is assumed to be present.
-use std::borrow::Cow;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sandboxer_api::{Event, Extension, Profile, Sandbox, Snapshot};
@@ -9,21 +8,8 @@ use serde_json::Value;
 
 use crate::table::Table;
 
-/// `s` with control characters (newlines, escape sequences) escaped.
-pub fn clean(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+// Defined with the table, which escapes every cell.
+pub use crate::table::clean;
 
 /// `key: value` lines with the values aligned.
 pub fn key_values(pairs: &[(String, String)]) -> String {

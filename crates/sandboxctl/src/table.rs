@@ -2,8 +2,23 @@
 //! three spaces apart, no trailing spaces. Widths are display widths, so a
 //! wide (CJK) character counts as two columns.
 use comfy_table::presets::NOTHING;
+use std::borrow::Cow;
 
-use crate::render::clean;
+/// `s` with control characters (newlines, escape sequences) escaped.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Space between two columns.
 const GAP: u16 = 3;
