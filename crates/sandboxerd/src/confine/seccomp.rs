@@ -107,25 +107,12 @@ pub fn programs() -> Result<Vec<BpfProgram>, FilterError> {
         .map_err(|e| FilterError(format!("{e:?}")))?;
         rules.insert(*nr, vec![cond]);
     }
-    let deny = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
+    let deny = compile(rules, libc::EPERM, arch)?;
+    let mut enosys = compile(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        libc::ENOSYS,
         arch,
-    )
-    .and_then(BpfProgram::try_from)
-    .map_err(|e| FilterError(format!("{e:?}")))?;
-
-    let mut enosys_rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    enosys_rules.insert(libc::SYS_clone3, Vec::new());
-    let mut enosys = SeccompFilter::new(
-        enosys_rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .and_then(BpfProgram::try_from)
-    .map_err(|e| FilterError(format!("{e:?}")))?;
+    )?;
     if arch == TargetArch::x86_64 {
         // Prepend: x32 calls (bit 30 set) answer ENOSYS before anything else.
         let mut x32 = x32_guard();
@@ -133,6 +120,22 @@ pub fn programs() -> Result<Vec<BpfProgram>, FilterError> {
         enosys = x32;
     }
     Ok(vec![deny, enosys])
+}
+
+/// One program: the calls of `rules` fail with `errno`, every other is allowed.
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    errno: i32,
+    arch: TargetArch,
+) -> Result<BpfProgram, FilterError> {
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        arch,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(|e| FilterError(format!("{e:?}")))
 }
 
 /// `nr & __X32_SYSCALL_BIT` → `ENOSYS`; anything else falls through to the
