@@ -20,8 +20,10 @@ pub const METERING_POINTS: &[&str] = &["metering.after_debit"];
 /// instead of aborting (see [`pause`]).
 pub const SLOW_POINTS: &[&str] = &["snapshot.slow_walk"];
 
-/// Whether `SANDBOXER_FAULT` names `point` (always false in release builds).
-fn wanted(point: &str) -> bool {
+/// Whether `SANDBOXER_FAULT` names `point` (always false in release
+/// builds). Also for error points, where the operation fails instead of
+/// the process aborting (e.g. `restore.before_move_in`).
+pub fn wanted(point: &str) -> bool {
     #[cfg(debug_assertions)]
     {
         static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();

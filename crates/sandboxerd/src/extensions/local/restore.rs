@@ -112,7 +112,7 @@ pub(super) fn restore_in_place(
     crate::fault::hit("restore.after_move_out");
     // 3. Move the new entries in.
     let moved_in = marked.map_err(|e| e.to_string()).and_then(|()| {
-        if fault_error("restore.before_move_in") {
+        if crate::fault::wanted("restore.before_move_in") {
             return Err("fault injected at restore.before_move_in".to_owned());
         }
         move_entries(&new, &workspace).map_err(|e| e.to_string())
@@ -139,12 +139,6 @@ pub(super) fn rollback_note(back: std::io::Result<()>) -> String {
         Ok(()) => "; the workspace was left as it was".to_owned(),
         Err(e) => format!("; rolling back failed too ({e}), the next start finishes it"),
     }
-}
-
-/// Whether the test-only fault `point` is set to make an operation fail
-/// (`SANDBOXER_FAULT=<point>`, debug builds only).
-pub(super) fn fault_error(point: &str) -> bool {
-    cfg!(debug_assertions) && std::env::var("SANDBOXER_FAULT").is_ok_and(|v| v == point)
 }
 
 /// Put a workspace an interrupted restore left behind back in order:
