@@ -72,16 +72,10 @@ pub fn sandbox_processes(data_dir: &Path) -> HashSet<String> {
 pub fn give_to_sandbox(ws: &Path) {
     use std::os::unix::fs::MetadataExt;
     let owner = std::fs::metadata(ws).expect("workspace");
-    fn walk(p: &Path, uid: u32, gid: u32) {
-        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).expect("lchown");
-        let meta = std::fs::symlink_metadata(p).expect("stat");
-        if meta.is_dir() {
-            for e in std::fs::read_dir(p).expect("read_dir") {
-                walk(&e.expect("entry").path(), uid, gid);
-            }
-        }
-    }
-    walk(ws, owner.uid(), owner.gid());
+    // The daemon's own walk (no symlink followed; setuid bits dropped, as
+    // for everything that fills a workspace).
+    sandboxerd::extensions::fsutil::own_tree(ws, Some((owner.uid(), owner.gid())))
+        .expect("giving the workspace to the sandbox's user");
 }
 
 /// Create `req` and wait up to 30 s for it: it must be ready (201).
