@@ -3,6 +3,7 @@
 //! drift apart. OpenAPI schemas are derived behind the `openapi` feature.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod catalog;
 pub mod credits;
 pub mod host;
@@ -11,6 +12,7 @@ pub mod routing;
 pub mod sandbox;
 pub mod snapshot;
 
+pub use access::*;
 pub use catalog::*;
 pub use credits::*;
 pub use host::*;

@@ -59,6 +59,8 @@ pub struct Config {
     pub pools: PoolsConfig,
     /// `ext.local` sandboxes.
     pub local: LocalConfig,
+    /// `[access]`: exec, files and ports of running sandboxes.
+    pub access: AccessConfig,
 }
 
 /// `[local]`: who `ext.local` sandboxes are on the host.
@@ -257,6 +259,7 @@ impl Default for Config {
             credits: CreditsConfig::default(),
             pools: PoolsConfig::default(),
             local: LocalConfig::default(),
+            access: AccessConfig::default(),
         }
     }
 }
@@ -306,6 +309,8 @@ pub struct Settings {
     pub pools: PoolSettings,
     /// `[local]`, checked.
     pub local: LocalConfig,
+    /// `[access]`, checked.
+    pub access: AccessSettings,
 }
 
 impl Config {
@@ -439,6 +444,7 @@ impl Config {
                 ),
                 ok => ok,
             },
+            access: self.access.settings()?,
         })
     }
 }
@@ -617,5 +623,141 @@ mod tests {
             let err = format!("{:#}", from_toml(text).expect_err(text));
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+}
+
+/// `[access]`: limits of exec, processes, files and ports (API v1.1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// The in-sandbox agent binary; empty: `sandboxer-agent` next to the
+    /// daemon's own executable, else on `PATH`.
+    pub agent: String,
+    /// Output kept per stream of an exec answered as JSON (the rest is
+    /// dropped and `stdout_truncated`/`stderr_truncated` set).
+    pub exec_output_max: String,
+    /// Output passed on per stream of a streamed exec.
+    pub exec_stream_output_max: String,
+    /// An exec's `timeout` when the request gives none.
+    pub exec_timeout: String,
+    /// The longest `timeout` an exec may ask for.
+    pub exec_timeout_max: String,
+    /// Execs running at once in one sandbox; one more is answered 429 `too_many_execs`.
+    pub max_concurrent_execs: u32,
+    /// Background processes kept per sandbox (running and exited).
+    pub max_processes: u32,
+    /// Output kept per background process (the newest).
+    pub process_log_max: String,
+    /// Largest file `PUT …/files` writes.
+    pub file_max: String,
+    /// Largest archive `POST …/files/upload` takes.
+    pub upload_max: String,
+    /// Most entries `GET …/files/list` returns.
+    pub list_max_entries: u32,
+    /// How long the daemon waits for the agent to accept a request and answer it.
+    pub agent_timeout: String,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            agent: String::new(),
+            exec_output_max: "1MiB".into(),
+            exec_stream_output_max: "1GiB".into(),
+            exec_timeout: "60s".into(),
+            exec_timeout_max: "24h".into(),
+            max_concurrent_execs: 128,
+            max_processes: 256,
+            process_log_max: "64MiB".into(),
+            file_max: "4GiB".into(),
+            upload_max: "4GiB".into(),
+            list_max_entries: 10_000,
+            agent_timeout: "10s".into(),
+        }
+    }
+}
+
+/// `[access]`, checked.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// Set when the daemon starts (see [`AccessConfig::agent`]).
+    pub agent: Option<PathBuf>,
+    pub exec_output_max: u64,
+    pub exec_stream_output_max: u64,
+    pub exec_timeout: Duration,
+    pub exec_timeout_max: Duration,
+    pub max_concurrent_execs: u32,
+    pub max_processes: u32,
+    pub process_log_max: u64,
+    pub file_max: u64,
+    pub upload_max: u64,
+    pub list_max_entries: u32,
+    pub agent_timeout: Duration,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        // The defaults are valid: this cannot fail.
+        AccessConfig::default()
+            .settings()
+            .unwrap_or_else(|e| panic!("default [access] settings: {e}"))
+    }
+}
+
+impl AccessConfig {
+    fn settings(&self) -> anyhow::Result<AccessSettings> {
+        let dur = |key: &str, v: &str| {
+            let d = humantime::parse_duration(v).map_err(|e| {
+                anyhow::anyhow!("config `access.{key}`: `{v}` is not a duration ({e})")
+            })?;
+            if d.is_zero() {
+                anyhow::bail!("config `access.{key}`: must be more than zero");
+            }
+            Ok(d)
+        };
+        let size = |key: &str, v: &str| match crate::catalog::parse_size(v) {
+            Some(n) if n > 0 => Ok(n),
+            _ => Err(anyhow::anyhow!(
+                "config `access.{key}`: `{v}` is not a size above zero (e.g. `1MiB`, `4GiB`)"
+            )),
+        };
+        let count = |key: &str, v: u32| {
+            if v == 0 {
+                anyhow::bail!("config `access.{key}`: must be at least 1");
+            }
+            Ok(v)
+        };
+        let agent = match self.agent.trim() {
+            "" => None,
+            p => {
+                let p = PathBuf::from(p);
+                if !p.is_absolute() {
+                    anyhow::bail!(
+                        "config `access.agent`: `{}` is not an absolute path",
+                        p.display()
+                    );
+                }
+                Some(p)
+            }
+        };
+        let exec_timeout = dur("exec_timeout", &self.exec_timeout)?;
+        let exec_timeout_max = dur("exec_timeout_max", &self.exec_timeout_max)?;
+        if exec_timeout > exec_timeout_max {
+            anyhow::bail!("config `access.exec_timeout`: longer than `access.exec_timeout_max`");
+        }
+        Ok(AccessSettings {
+            agent,
+            exec_output_max: size("exec_output_max", &self.exec_output_max)?,
+            exec_stream_output_max: size("exec_stream_output_max", &self.exec_stream_output_max)?,
+            exec_timeout,
+            exec_timeout_max,
+            max_concurrent_execs: count("max_concurrent_execs", self.max_concurrent_execs)?,
+            max_processes: count("max_processes", self.max_processes)?,
+            process_log_max: size("process_log_max", &self.process_log_max)?,
+            file_max: size("file_max", &self.file_max)?,
+            upload_max: size("upload_max", &self.upload_max)?,
+            list_max_entries: count("list_max_entries", self.list_max_entries)?,
+            agent_timeout: dur("agent_timeout", &self.agent_timeout)?,
+        })
     }
 }

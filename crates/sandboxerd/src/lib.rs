@@ -55,6 +55,8 @@ pub struct AppState {
     pub captures: Arc<lifecycle::snapshots::Captures>,
     /// Sandboxes whose teardown is running now.
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
+    /// Execs running and activity written per sandbox (API v1.1 access).
+    pub access_gates: Arc<lifecycle::access::Gates>,
     /// Warm pools of the profiles that declare one.
     pub pools: Arc<lifecycle::pool::Pools>,
     /// Lifecycle tasks in flight, awaited on shutdown.
@@ -77,10 +79,10 @@ impl AppState {
 /// The backends compiled into this daemon.
 pub fn registry(settings: &Settings) -> Registry {
     let mut registry = Registry::default();
-    registry.insert(Arc::new(extensions::local::LocalExtension::new(
-        &settings.data_dir,
-        settings.local,
-    )));
+    registry.insert(Arc::new(
+        extensions::local::LocalExtension::new(&settings.data_dir, settings.local)
+            .with_access(&settings.data_dir, &settings.access),
+    ));
     registry.insert(Arc::new(extensions::compose::ComposeExtension::new(
         &settings.hosts,
     )));
@@ -147,6 +149,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         events,
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
+        access_gates: Arc::new(lifecycle::access::Gates::default()),
         captures: Arc::new(lifecycle::snapshots::Captures::default()),
         pools,
         rate_limiter,

@@ -263,6 +263,20 @@ pub trait Extension: Send + Sync {
     fn inventory(&self) -> Option<&dyn HostInventory> {
         None
     }
+
+    /// Where the agent of a running sandbox answers (exec, processes, files
+    /// and ports of API v1.1); `None`: this backend has no agent.
+    fn agent(&self, sandbox_id: &str, state: &BackendState) -> Option<AgentEndpoint> {
+        let _ = (sandbox_id, state);
+        None
+    }
+}
+
+/// How the daemon reaches a sandbox's in-sandbox agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEndpoint {
+    /// A Unix socket on the daemon's machine, outside the sandbox.
+    Unix(PathBuf),
 }
 
 /// Facts a host-based backend keeps about one of its placement hosts

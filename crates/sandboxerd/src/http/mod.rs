@@ -13,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
 
+pub mod access;
 pub mod auth;
 pub mod caller;
 pub mod catalog;
@@ -49,6 +50,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
         (name = "events", description = "Lifecycle events and expiry"),
         (name = "health", description = "Liveness, readiness, metrics"),
         (name = "hosts", description = "Placement hosts and their telemetry"),
+        (name = "access", description = "Inside a sandbox: exec, background processes, files, ports"),
     )
 )]
 struct ApiDoc;
@@ -62,6 +64,7 @@ fn routers() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(hosts::router())
         .merge(credits::router())
+        .merge(access::router())
 }
 
 /// The OpenAPI document of everything the daemon serves.

@@ -15,6 +15,7 @@ use crate::metrics::Counter;
 use crate::store::{now_ms, Change, StoreError, Transition};
 use crate::AppState;
 
+pub mod access;
 pub mod metering;
 pub mod pool;
 pub mod reaper;

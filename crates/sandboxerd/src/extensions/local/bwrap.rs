@@ -52,6 +52,8 @@ pub(super) fn hidden_files() -> Vec<PathBuf> {
 /// Fixed descriptor numbers in bubblewrap's process.
 pub(super) const WORKSPACE_FD: i32 = 10;
 pub(super) const SECCOMP_FD: i32 = 11;
+/// The agent's listening socket (after the two seccomp programs).
+pub(super) const AGENT_FD: i32 = 14;
 
 impl LocalExtension {
     /// The bubblewrap arguments (everything after `bwrap`) that start the
@@ -118,6 +120,8 @@ impl LocalExtension {
                 "/tmp",
                 "--tmpfs",
                 "/run",
+                "--dir",
+                "/run/sandboxer",
                 // Kernel settings stay read-only whatever their modes.
                 "--ro-bind",
                 "/proc/sys",
@@ -167,7 +171,15 @@ impl LocalExtension {
         for (k, v) in env {
             args.extend(["--setenv".into(), k, v]);
         }
-        args.extend(["--".into(), "sleep".into(), "infinity".into()]);
+        if let Ok(agent) = &self.agent {
+            args.extend([
+                "--ro-bind".into(),
+                agent.to_string_lossy().into_owned(),
+                agent::AGENT_IN_SANDBOX.into(),
+            ]);
+        }
+        args.push("--".into());
+        args.extend(agent::command(AGENT_FD, self.agent_limits));
         args
     }
 
@@ -193,6 +205,9 @@ impl LocalExtension {
                 format!("no seccomp filter for this machine: {e}"),
             )
         })?;
+        if let Err(e) = &self.agent {
+            return Err(ExtError::new("backend_unavailable", e.clone()));
+        }
         let fail = |what: String| {
             move |e: std::io::Error| ExtError::new("provision_failed", format!("{what}: {e}"))
         };
@@ -218,6 +233,14 @@ impl LocalExtension {
                 child_fd: SECCOMP_FD + i as i32,
             });
         }
+        let listener = agent::listen(dir).map_err(fail(format!(
+            "making the agent's socket in {}",
+            dir.display()
+        )))?;
+        mappings.push(FdMapping {
+            parent_fd: OwnedFd::from(listener),
+            child_fd: AGENT_FD,
+        });
         let info = std::fs::File::create(dir.join("info.json"))
             .map_err(fail("creating info.json".into()))?;
         let log = std::fs::File::create(dir.join("bwrap.log"))

@@ -10,11 +10,13 @@
 //! namespaces, with read-only system directories, host secrets hidden, only
 //! loopback, no capabilities and the seccomp filter of
 //! [`crate::confine::seccomp`]. Its init (bubblewrap's reaper as pid 1,
-//! `sleep infinity` under it) lives until teardown. It is spawned in its own
+//! the agent under it) lives until teardown. It is spawned in its own
 //! process group and never waited on, so it outlives a restart or `kill -9`
-//! of the daemon; everything needed to find it again is on disk. Commands
-//! are entered with the sandbox's own privileges by `sandboxerd enter`
-//! ([`crate::confine::enter`]).
+//! of the daemon; everything needed to find it again is on disk. Its
+//! command is the in-sandbox agent ([`agent`]), which serves exec, files,
+//! processes and ports on `agent.sock` in the sandbox's directory. Commands
+//! can also be entered with the sandbox's own privileges by `sandboxerd
+//! enter` ([`crate::confine::enter`]).
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -35,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use super::archive::{self, ExtractError};
 use super::fsutil;
 use super::{
-    BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo, SnapshotArchive,
-    SnapshotSource,
+    AgentEndpoint, BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo,
+    SnapshotArchive, SnapshotSource,
 };
 use crate::config::LocalConfig;
 use crate::confine::seccomp;
@@ -45,6 +47,7 @@ use crate::procfs::{self, is_zombie, owns_pid, stat as proc_stat};
 /// The one host `ext.local` places on.
 pub const LOCAL_HOST: &str = "local";
 
+pub mod agent;
 mod bwrap;
 mod process;
 mod restore;
@@ -69,6 +72,11 @@ pub struct LocalExtension {
     seccomp: Result<Arc<Vec<Vec<u8>>>, String>,
     /// This daemon's executable, whose `enter` subcommand joins a sandbox.
     exe: PathBuf,
+    /// The in-sandbox agent as installed under the data dir (see
+    /// [`agent::install`]), or why there is none.
+    agent: Result<PathBuf, String>,
+    /// The agent's own limits.
+    agent_limits: agent::Limits,
 }
 
 /// The host ids that uid and gid 0 inside a sandbox map to.
@@ -134,7 +142,21 @@ impl LocalExtension {
             ids: SandboxIds::for_this_process(local),
             seccomp,
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sandboxerd")),
+            agent: agent::install(None, data_dir, SandboxIds::for_this_process(local)),
+            agent_limits: agent::Limits::default(),
         }
+    }
+
+    /// The same backend with the agent and limits of `[access]`.
+    pub fn with_access(mut self, data_dir: &Path, access: &crate::config::AccessSettings) -> Self {
+        if access.agent.is_some() {
+            self.agent = agent::install(access.agent.as_deref(), data_dir, self.ids);
+        }
+        self.agent_limits = agent::Limits {
+            max_log_bytes: access.process_log_max,
+            max_processes: access.max_processes,
+        };
+        self
     }
 
     /// Who this backend's sandboxes are on the host.
@@ -194,6 +216,12 @@ impl Extension for LocalExtension {
                 reason: Some(format!("no seccomp filter for this machine: {e}")),
             };
         }
+        if let Err(e) = &self.agent {
+            return Availability {
+                available: false,
+                reason: Some(e.clone()),
+            };
+        }
         Availability {
             available: true,
             reason: None,
@@ -220,6 +248,8 @@ impl Extension for LocalExtension {
             ids: self.ids,
             seccomp: self.seccomp.clone(),
             exe: self.exe.clone(),
+            agent: self.agent.clone(),
+            agent_limits: self.agent_limits,
         };
         for (key, value) in options {
             if key == "nsenter" {
@@ -296,6 +326,12 @@ impl Extension for LocalExtension {
         .unwrap_or_default())
     }
 
+    fn agent(&self, sandbox_id: &str, _state: &BackendState) -> Option<AgentEndpoint> {
+        Some(AgentEndpoint::Unix(
+            self.dir_of(sandbox_id).join(agent::SOCKET),
+        ))
+    }
+
     #[tracing::instrument(skip_all, fields(sandbox_id))]
     async fn wait_ready(
         &self,
@@ -313,6 +349,25 @@ impl Extension for LocalExtension {
             if let Some(pid) = read_info_pid(&info_path) {
                 if let Some((proc_state, start)) = proc_stat(pid) {
                     if proc_state != 'Z' && proc_state != 'X' && has_child(pid) {
+                        // Ready once the agent answers (bounded by what is left of `timeout`).
+                        let left = timeout.saturating_sub(started.elapsed());
+                        let socket = st.dir.join(agent::SOCKET);
+                        if let Err(e) = agent::ping(&socket, left.min(Duration::from_secs(5))).await
+                        {
+                            if started.elapsed() >= timeout {
+                                return Err(ExtError::new(
+                                    "not_ready_in_time",
+                                    format!(
+                                        "the sandbox started but its agent did not answer: {e}"
+                                    ),
+                                ));
+                            }
+                            if !bwrap_exited(&st.dir) {
+                                tokio::time::sleep(pause).await;
+                                continue;
+                            }
+                            return Err(exited_error(&st.dir));
+                        }
                         let workdir = st.dir.join("workspace");
                         let reachability = json!({
                             "kind": "local",

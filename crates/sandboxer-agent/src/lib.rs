@@ -1,0 +1,242 @@
+//! The in-sandbox agent (see `docs/access.md`).
+//!
+//! bubblewrap starts it as the sandbox's command (its own reaper is pid 1,
+//! the agent pid 2; when the agent ends, so does the sandbox). It inherits
+//! a listening Unix socket as a descriptor: the daemon made the socket on
+//! the host, outside anything the sandbox can see, so code in the sandbox
+//! can neither replace it nor see its path. Every process the agent starts
+//! and every file it touches is the sandbox's: same user namespace, no
+//! capabilities, `no_new_privs`, the seccomp filter, the sandbox's mount
+//! namespace (so a path, a symlink or `..` can only resolve to what the
+//! sandbox itself sees). The agent trusts nothing it is sent beyond that.
+//!
+//! [`proto`] is the wire; [`client`] is the daemon's side of it.
+
+pub mod client;
+mod exec;
+mod files;
+mod logstore;
+mod ports;
+mod procs;
+pub mod proto;
+
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+
+use proto::{read_line, write_line, AgentError, Reply, Request};
+
+/// How the agent was started (its command line).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The inherited listening socket.
+    pub listen_fd: i32,
+    /// Where background processes' output is spilled (inside the sandbox).
+    pub log_dir: PathBuf,
+    /// Bytes of output kept per background process (older output is dropped).
+    pub max_log_bytes: u64,
+    /// Background processes kept (running and exited); the oldest exited go first.
+    pub max_processes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            listen_fd: 3,
+            log_dir: PathBuf::from("/run/sandboxer/logs"),
+            max_log_bytes: 64 << 20,
+            max_processes: 256,
+        }
+    }
+}
+
+const USAGE: &str = "usage: sandboxer-agent [--listen-fd N] [--log-dir DIR] [--max-log-bytes N] [--max-processes N]";
+
+impl Options {
+    /// Parses the agent's arguments (after the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut o = Options::default();
+        let mut it = args.into_iter();
+        while let Some(flag) = it.next() {
+            let mut value = || {
+                it.next()
+                    .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))
+            };
+            let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
+            match flag.as_str() {
+                "--listen-fd" => o.listen_fd = number(value()?)? as i32,
+                "--log-dir" => o.log_dir = PathBuf::from(value()?),
+                "--max-log-bytes" => o.max_log_bytes = number(value()?)?.max(4096),
+                "--max-processes" => o.max_processes = number(value()?)?.max(1) as usize,
+                _ => return Err(format!("unknown argument {flag}; {USAGE}")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// What every connection shares.
+pub(crate) struct Agent {
+    pub opts: Options,
+    pub procs: procs::Table,
+}
+
+/// The agent's `main`: serves until the socket fails. Returns the exit code.
+pub fn run(opts: Options) -> i32 {
+    // Not dumpable: code in the sandbox (same uid, no capabilities) cannot
+    // ptrace the agent, read its memory or take its descriptors.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    // The descriptor came without close-on-exec: nothing started here may inherit it.
+    let fd = opts.listen_fd;
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        eprintln!(
+            "sandboxer-agent: descriptor {fd} is not open: {}",
+            std::io::Error::last_os_error()
+        );
+        return 2;
+    }
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    if let Err(e) = std_listener.set_nonblocking(true) {
+        eprintln!("sandboxer-agent: descriptor {fd}: {e}");
+        return 2;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandboxer-agent: no runtime: {e}");
+            return 2;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::UnixListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("sandboxer-agent: descriptor {fd} is not a listening socket: {e}");
+                return 2;
+            }
+        };
+        let agent = Arc::new(Agent {
+            procs: procs::Table::new(opts.max_processes),
+            opts,
+        });
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    let agent = agent.clone();
+                    tokio::spawn(async move { serve(agent, conn).await });
+                }
+                Err(e) if is_transient(&e) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    eprintln!("sandboxer-agent: accept: {e}");
+                    return 1;
+                }
+            }
+        }
+    })
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+        )
+    )
+}
+
+/// Reads the request of one connection and answers it.
+async fn serve(agent: Arc<Agent>, conn: UnixStream) {
+    let (r, mut w) = conn.into_split();
+    let mut r = BufReader::new(r);
+    let req: Request = match read_line(&mut r).await {
+        Ok(Some(req)) => req,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = write_line(
+                &mut w,
+                &Reply::Err(AgentError::new("bad_request", e.to_string())),
+            )
+            .await;
+            return;
+        }
+    };
+    let result = match req {
+        Request::Ping => {
+            let hello = proto::Hello {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id() as i32,
+                processes: agent.procs.len(),
+            };
+            reply_ok(&mut w, &hello).await
+        }
+        Request::Exec(x) => exec::exec(x, r, w).await,
+        Request::Spawn(s) => procs::spawn(&agent, s, &mut w).await,
+        Request::Processes => reply_ok(&mut w, &agent.procs.list()).await,
+        Request::Process { id } => match agent.procs.info(&id) {
+            Some(info) => reply_ok(&mut w, &info).await,
+            None => reply_err(&mut w, procs::not_found(&id)).await,
+        },
+        Request::Logs { id, offset, follow } => {
+            procs::logs(&agent, &id, offset, follow, r, w).await
+        }
+        Request::Signal { id, signal } => match agent.procs.signal(&id, signal) {
+            Ok(info) => reply_ok(&mut w, &info).await,
+            Err(e) => reply_err(&mut w, e).await,
+        },
+        Request::Read { path } => files::read(&path, w).await,
+        Request::Write {
+            path,
+            mode,
+            max_bytes,
+        } => files::write(&path, mode, max_bytes, r, w).await,
+        Request::Delete { path, recursive } => files::delete(&path, recursive, &mut w).await,
+        Request::List {
+            path,
+            depth,
+            max_entries,
+        } => files::list(&path, depth, max_entries, &mut w).await,
+        Request::Upload { path, max_bytes } => files::upload(&path, max_bytes, r, w).await,
+        Request::Download { path } => files::download(&path, w).await,
+        Request::Ports => reply_ok(&mut w, &ports::list()).await,
+        Request::Connect { port } => ports::connect(port, r, w).await,
+    };
+    // A connection that broke is the daemon's business; nothing to tell.
+    let _ = result;
+}
+
+pub(crate) async fn reply_ok<W, T>(w: &mut W, v: &T) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    T: serde::Serialize,
+{
+    let value = serde_json::to_value(v).map_err(std::io::Error::other)?;
+    write_line(w, &Reply::Ok(value)).await
+}
+
+pub(crate) async fn reply_err<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    e: AgentError,
+) -> std::io::Result<()> {
+    write_line(w, &Reply::Err(e)).await
+}
+
+/// Now, RFC 3339 with milliseconds.
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,231 @@
+//! The wire between the daemon and an agent: one request per connection.
+//!
+//! The daemon writes one JSON [`Request`] and a newline. The agent answers
+//! with one JSON line, [`Reply`]: `{"ok": ...}` or `{"err": {"code", "message"}}`.
+//! What follows depends on the operation:
+//! - `exec`, `logs`: [`Frame`]s (a kind byte, a big-endian `u32` length, the
+//!   payload) until the connection closes; the last is an `exit` frame.
+//! - `read`, `download`: the raw bytes (a file, a tar archive) until EOF.
+//! - `write`, `upload`: the daemon first sends the raw bytes and shuts its
+//!   side down; the agent answers after it has read them all (or at once
+//!   when it refuses the request).
+//! - `connect`: raw bytes both ways, to and from the port inside.
+//!
+//! Everything is untrusted in both directions: the agent runs with the
+//! sandbox's privileges and the code in the sandbox may have replaced it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
+
+/// The longest request or reply line accepted.
+pub const MAX_LINE: usize = 8 << 20;
+/// The largest frame payload accepted.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// One operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Answers `{"ok": Hello}`.
+    Ping,
+    /// Run a command; frames of its output, then `exit`.
+    Exec(Exec),
+    /// Start a background process; answers its [`sandboxer_api::ProcessInfo`].
+    Spawn(Spawn),
+    /// Answers [`sandboxer_api::ProcessList`].
+    Processes,
+    /// Answers one [`sandboxer_api::ProcessInfo`].
+    Process { id: String },
+    /// Answers the process's info, then frames of its output from `offset`
+    /// (`stdout`/`stderr`), and when it has exited and `follow` is set, or
+    /// at the current end otherwise, an `exit` frame.
+    Logs {
+        id: String,
+        offset: u64,
+        follow: bool,
+    },
+    /// Signals a process's group.
+    Signal { id: String, signal: i32 },
+    /// Answers [`FileMeta`], then the file's bytes.
+    Read { path: String },
+    /// Answers [`sandboxer_api::Written`] after reading the bytes.
+    Write {
+        path: String,
+        mode: Option<u32>,
+        max_bytes: u64,
+    },
+    /// Answers `{"ok": {"deleted": bool}}`.
+    Delete { path: String, recursive: bool },
+    /// Answers [`sandboxer_api::FileList`].
+    List {
+        path: String,
+        depth: u32,
+        max_entries: usize,
+    },
+    /// Answers [`sandboxer_api::Written`] after unpacking the tar archive sent.
+    Upload { path: String, max_bytes: u64 },
+    /// Answers [`FileMeta`] of the directory, then a tar archive of it.
+    Download { path: String },
+    /// Answers [`sandboxer_api::PortList`].
+    Ports,
+    /// Answers `{"ok": null}`, then relays bytes to and from the port.
+    Connect { port: u16 },
+}
+
+/// What `exec` runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Exec {
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Milliseconds before the process tree is killed.
+    pub timeout_ms: u64,
+    /// Bytes kept per stream; the rest is read and dropped.
+    pub max_output: Option<u64>,
+}
+
+/// What `spawn` starts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Spawn {
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub tag: Option<String>,
+}
+
+/// The agent's answer to `ping`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: String,
+    /// The agent's pid inside the sandbox.
+    pub pid: i32,
+    pub processes: usize,
+}
+
+/// What `read` and `download` announce before the bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub size: u64,
+    pub mode: u32,
+}
+
+/// A refusal, with a problem code the daemon passes on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct AgentError {
+    pub code: String,
+    pub message: String,
+}
+
+impl AgentError {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        AgentError {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The first line of every answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok(serde_json::Value),
+    Err(AgentError),
+}
+
+/// Kinds of [`Frame`].
+pub mod kind {
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    /// JSON [`sandboxer_api::ExecExit`].
+    pub const EXIT: u8 = 3;
+}
+
+/// A piece of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: u8,
+    pub data: Vec<u8>,
+}
+
+/// Writes one JSON line.
+pub async fn write_line<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    v: &T,
+) -> std::io::Result<()> {
+    let mut buf = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    buf.push(b'\n');
+    w.write_all(&buf).await
+}
+
+/// Reads one JSON line of at most [`MAX_LINE`] bytes; `None` at a clean EOF.
+pub async fn read_line<R: AsyncBufRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+) -> std::io::Result<Option<T>> {
+    let mut buf = Vec::new();
+    let n = (&mut *r)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        let why = if buf.len() > MAX_LINE {
+            "line too long"
+        } else {
+            "line cut short"
+        };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    }
+    serde_json::from_slice(&buf)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Writes a frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(data.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&head).await?;
+    w.write_all(data).await
+}
+
+/// Reads a frame; `None` at a clean EOF between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Frame>> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head[..1]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    r.read_exact(&mut head[1..]).await?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut data = vec![0u8; len];
+    r.read_exact(&mut data).await?;
+    Ok(Some(Frame {
+        kind: head[0],
+        data,
+    }))
+}

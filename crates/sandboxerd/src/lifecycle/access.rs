@@ -1,0 +1,161 @@
+//! Reaching into a running sandbox (API v1.1): which sandbox, whether it
+//! can be reached now, its agent, the activity every call counts as, and
+//! how many execs may run in it at once. `http::access` parses and renders
+//! around these; the work itself is the agent's.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sandboxer_agent::client::CallError;
+
+use crate::extensions::AgentEndpoint;
+use crate::store::{StoreError, Transition};
+use crate::AppState;
+
+/// Activity is written at most this often per sandbox (a `ready` sandbox
+/// becomes `active` on its first call whatever this says).
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a sandbox cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("sandbox `{0}` not found")]
+    NotFound(String),
+    #[error("sandbox {id} is `{state}`; only ready or active sandboxes can be reached")]
+    InvalidState { id: String, state: String },
+    #[error("extension {0} cannot run commands or move files in its sandboxes")]
+    Unsupported(String),
+    #[error("{running} execs are running in sandbox {id}, the most `[access] max_concurrent_execs` allows")]
+    TooManyExecs { id: String, running: u32 },
+    #[error("the project cannot cover more time for this sandbox")]
+    Insufficient(crate::store::Shortfall),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Agent(#[from] CallError),
+}
+
+/// A reachable sandbox's agent.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub sandbox_id: String,
+    pub project: String,
+    pub socket: PathBuf,
+}
+
+/// Per-sandbox bookkeeping of calls: execs running, last activity written.
+#[derive(Default)]
+pub struct Gates {
+    running: Mutex<HashMap<String, u32>>,
+    touched: Mutex<HashMap<String, Instant>>,
+}
+
+/// An exec slot; freed when dropped.
+pub struct Slot {
+    gates: Arc<Gates>,
+    id: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.gates.running.lock() {
+            if let Some(n) = m.get_mut(&self.id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.id);
+                }
+            }
+        }
+    }
+}
+
+impl Gates {
+    /// Takes one of the `max` exec slots of sandbox `id`.
+    pub fn exec_slot(self: &Arc<Self>, id: &str, max: u32) -> Result<Slot, AccessError> {
+        let mut m = self.running.lock().map_err(|_| AccessError::TooManyExecs {
+            id: id.into(),
+            running: max,
+        })?;
+        let n = m.entry(id.to_string()).or_insert(0);
+        if *n >= max {
+            return Err(AccessError::TooManyExecs {
+                id: id.into(),
+                running: *n,
+            });
+        }
+        *n += 1;
+        Ok(Slot {
+            gates: self.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Whether activity should be written now (and notes that it is).
+    fn due(&self, id: &str, force: bool) -> bool {
+        let Ok(mut m) = self.touched.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if !force
+            && m.get(id)
+                .is_some_and(|t| now.duration_since(*t) < TOUCH_EVERY)
+        {
+            return false;
+        }
+        if m.len() > 100_000 {
+            m.retain(|_, t| now.duration_since(*t) < TOUCH_EVERY);
+        }
+        m.insert(id.to_string(), now);
+        true
+    }
+}
+
+/// The agent of sandbox `id` as `scope` sees it (`None`: every project),
+/// after checking it is `ready` or `active`; counts as activity.
+pub async fn target(
+    state: &AppState,
+    scope: Option<&str>,
+    id: &str,
+) -> Result<Target, AccessError> {
+    let Some(row) = state.db.get_row(id, scope).await? else {
+        return Err(AccessError::NotFound(id.into()));
+    };
+    if row.state != "ready" && row.state != "active" {
+        return Err(AccessError::InvalidState {
+            id: id.into(),
+            state: row.state,
+        });
+    }
+    let backend_state: serde_json::Value = row
+        .backend_state
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let endpoint = state
+        .extensions
+        .get(&row.extension)
+        .and_then(|ext| ext.agent(id, &backend_state));
+    let Some(AgentEndpoint::Unix(socket)) = endpoint else {
+        return Err(AccessError::Unsupported(row.extension));
+    };
+    if state.access_gates.due(id, row.state == "ready") {
+        match state.db.touch(id).await? {
+            Transition::Done { .. } => state.notify(id),
+            Transition::Refused(sbx) => {
+                return Err(AccessError::InvalidState {
+                    id: id.into(),
+                    state: sbx.state.to_string(),
+                })
+            }
+            Transition::NotFound => return Err(AccessError::NotFound(id.into())),
+            Transition::InsufficientCredits(short) => return Err(AccessError::Insufficient(short)),
+        }
+    }
+    Ok(Target {
+        sandbox_id: id.into(),
+        project: row.project,
+        socket,
+    })
+}
