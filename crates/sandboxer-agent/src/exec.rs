@@ -67,6 +67,10 @@ pub(crate) fn command(
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The command adopts its orphaned descendants (a double fork
+            // into a new session included), so they stay in its tree for
+            // as long as it runs and `kill_tree` finds them.
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
             // The agent ignores nothing it hands down; default dispositions.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             Ok(())
@@ -223,8 +227,8 @@ async fn forward(
     Ok(())
 }
 
-/// `(pid, ppid, session)` of every live (not zombie) process in the sandbox.
-fn processes() -> Vec<(i32, i32, i32)> {
+/// `(pid, ppid, process group, session)` of every live (not zombie) process in the sandbox.
+fn processes() -> Vec<(i32, i32, i32, i32)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -245,55 +249,69 @@ fn processes() -> Vec<(i32, i32, i32)> {
         if f.first() == Some(&"Z") {
             continue;
         }
-        if let (Some(ppid), Some(sid)) = (
-            f.get(1).and_then(|s| s.parse().ok()),
-            f.get(3).and_then(|s| s.parse().ok()),
-        ) {
-            out.push((pid, ppid, sid));
+        let num = |i: usize| f.get(i).and_then(|s| s.parse::<i32>().ok());
+        if let (Some(ppid), Some(pgrp), Some(sid)) = (num(1), num(2), num(3)) {
+            out.push((pid, ppid, pgrp, sid));
         }
     }
     out
 }
 
-/// Kills `root`'s process tree: its process group and session (it leads
-/// both) and every process descending from it, again until none is left
-/// (a fork bomb forks while it is being killed). A process that left the
-/// session and was re-parented away escapes; the sandbox's own limits
-/// (pids, TTL) still hold it.
+/// The processes of `root`'s tree now: its descendants (it adopts orphans,
+/// see [`command`]), its process group and its session.
+fn tree_of(root: i32) -> HashSet<i32> {
+    let all = processes();
+    let me = std::process::id() as i32;
+    let mut tree: HashSet<i32> = all.iter().filter(|p| p.0 == root).map(|p| p.0).collect();
+    loop {
+        let before = tree.len();
+        for &(pid, ppid, pgrp, sid) in &all {
+            if pid != me && pid > 1 && (tree.contains(&ppid) || pgrp == root || sid == root) {
+                tree.insert(pid);
+            }
+        }
+        if tree.len() == before {
+            return tree;
+        }
+    }
+}
+
+/// Kills `root`'s process tree: stops every member first (a stopped
+/// process can neither fork nor exit and orphan its children away), again
+/// until no new one appears, then kills them all; repeated while any is
+/// left. A process that left the tree before this began (re-parented to the
+/// sandbox's init while `root` was already gone) escapes; the sandbox's own
+/// limits still hold it.
 pub(crate) fn kill_tree(root: i32) {
     if root <= 1 {
         return;
     }
     for _ in 0..20 {
+        let mut stopped: HashSet<i32> = HashSet::new();
+        loop {
+            let tree = tree_of(root);
+            let new: Vec<i32> = tree.difference(&stopped).copied().collect();
+            if new.is_empty() {
+                break;
+            }
+            for pid in new {
+                unsafe {
+                    libc::kill(pid, libc::SIGSTOP);
+                }
+                stopped.insert(pid);
+            }
+        }
         unsafe {
             libc::kill(-root, libc::SIGKILL);
         }
-        let all = processes();
-        let mut tree: HashSet<i32> = HashSet::from([root]);
-        loop {
-            let before = tree.len();
-            for &(pid, ppid, sid) in &all {
-                if sid == root || tree.contains(&ppid) {
-                    tree.insert(pid);
-                }
-            }
-            if tree.len() == before {
-                break;
+        for &pid in &stopped {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
             }
         }
-        let me = std::process::id() as i32;
-        let mut left = 0;
-        for pid in tree {
-            if pid != me && pid > 1 && all.iter().any(|p| p.0 == pid) {
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-                left += 1;
-            }
-        }
-        if left == 0 {
+        if stopped.is_empty() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

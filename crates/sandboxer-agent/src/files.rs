@@ -17,7 +17,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::io::SyncIoBridge;
 
 use crate::exec::WORKSPACE;
-use crate::proto::{AgentError, FileMeta};
+use crate::proto::{AgentError, FileMeta, FrameReader};
 use crate::{reply_err, reply_ok};
 
 /// The longest path accepted.
@@ -160,7 +160,7 @@ pub(crate) async fn write(
         Ok(Err(e)) | Err(e) => return reply_err(&mut w, e).await,
     };
     let mut f = tokio::fs::File::from_std(tmp);
-    let mut body = r.take(max_bytes.saturating_add(1));
+    let mut body = FrameReader::new(r).take(max_bytes.saturating_add(1));
     let copied = tokio::io::copy(&mut body, &mut f).await;
     let flushed = f.flush().await;
     let outcome = match (copied, flushed) {
@@ -175,6 +175,12 @@ pub(crate) async fn write(
                 Ok(Ok(())) => Ok(n),
                 Ok(Err(e)) | Err(e) => Err(e),
             }
+        }
+        (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(AgentError::new(
+                "body_incomplete",
+                "the body was broken off before its end; the file was left as it was",
+            ))
         }
         (Err(e), _) | (_, Err(e)) => Err(fs_error(&p, &e)),
     };
@@ -516,7 +522,7 @@ pub(crate) async fn upload(
     if let Ok(Err(e)) | Err(e) = ready {
         return reply_err(&mut w, e).await;
     }
-    let bridge = SyncIoBridge::new(r);
+    let bridge = SyncIoBridge::new(FrameReader::new(r));
     let outcome = blocking(move || unpack(bridge, &dst, max_bytes)).await;
     match outcome {
         Ok(Ok(written)) => reply_ok(&mut w, &written).await,

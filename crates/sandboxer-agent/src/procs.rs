@@ -117,13 +117,15 @@ impl Table {
                         }
                     }
                 }
-                None => return Err(AgentError::new(
-                    "too_many_processes",
-                    format!(
+                None => {
+                    return Err(AgentError::new(
+                        "too_many_processes",
+                        format!(
                         "{} background processes are running in this sandbox, the most it keeps",
                         m.len()
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(())

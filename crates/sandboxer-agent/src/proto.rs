@@ -6,9 +6,11 @@
 //! - `exec`, `logs`: [`Frame`]s (a kind byte, a big-endian `u32` length, the
 //!   payload) until the connection closes; the last is an `exit` frame.
 //! - `read`, `download`: the raw bytes (a file, a tar archive) until EOF.
-//! - `write`, `upload`: the daemon first sends the raw bytes and shuts its
-//!   side down; the agent answers after it has read them all (or at once
-//!   when it refuses the request).
+//! - `write`, `upload`: the daemon first sends the body as `data` frames
+//!   and an `end` frame; the agent answers after it has read them all (or
+//!   at once when it refuses the request). A body without its `end` frame
+//!   was broken off (the client went away, or sent too much): a `write`
+//!   then leaves the file as it was.
 //! - `connect`: raw bytes both ways, to and from the port inside.
 //!
 //! Everything is untrusted in both directions: the agent runs with the
@@ -148,6 +150,11 @@ pub mod kind {
     pub const STDERR: u8 = 2;
     /// JSON [`sandboxer_api::ExecExit`].
     pub const EXIT: u8 = 3;
+    /// A piece of the body of a `write` or `upload`.
+    pub const DATA: u8 = 4;
+    /// The body is complete. A connection that ends without it is an
+    /// abort: nothing of a `write` is kept.
+    pub const END: u8 = 5;
 }
 
 /// A piece of a stream.
@@ -228,4 +235,128 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
         kind: head[0],
         data,
     }))
+}
+
+/// The body of a `write` or `upload` as a byte stream: the payloads of
+/// `data` frames, ending cleanly at the `end` frame and with
+/// `UnexpectedEof` when the connection ends before it.
+pub struct FrameReader<R> {
+    inner: R,
+    head: [u8; 5],
+    head_len: usize,
+    remaining: usize,
+    done: bool,
+}
+
+impl<R> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            head: [0; 5],
+            head_len: 0,
+            remaining: 0,
+            done: false,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for FrameReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.done || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if this.remaining > 0 {
+                let want = this.remaining.min(buf.remaining());
+                let mut tmp = vec![0u8; want];
+                let mut rb = tokio::io::ReadBuf::new(&mut tmp);
+                match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(broken_off()));
+                }
+                buf.put_slice(&tmp[..n]);
+                this.remaining -= n;
+                return Poll::Ready(Ok(()));
+            }
+            while this.head_len < this.head.len() {
+                let mut rb = tokio::io::ReadBuf::new(&mut this.head[this.head_len..]);
+                match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(broken_off()));
+                }
+                this.head_len += n;
+            }
+            this.head_len = 0;
+            let len = u32::from_be_bytes([this.head[1], this.head[2], this.head[3], this.head[4]])
+                as usize;
+            match this.head[0] {
+                kind::DATA if len <= MAX_FRAME => this.remaining = len,
+                kind::END => this.done = true,
+                _ => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "not a body frame",
+                    )))
+                }
+            }
+        }
+    }
+}
+
+fn broken_off() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the body was broken off before its end",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_ends_at_its_end_frame_and_fails_without_it() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, kind::DATA, b"hello ").await.unwrap();
+        write_frame(&mut wire, kind::DATA, b"").await.unwrap();
+        write_frame(&mut wire, kind::DATA, b"world").await.unwrap();
+        let complete = {
+            let mut w = wire.clone();
+            write_frame(&mut w, kind::END, b"").await.unwrap();
+            w
+        };
+        let mut out = Vec::new();
+        FrameReader::new(&complete[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"hello world");
+        let mut out = Vec::new();
+        let err = FrameReader::new(&wire[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        let err = FrameReader::new(&wire[..3])
+            .read_to_end(&mut Vec::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 }

@@ -231,6 +231,12 @@ impl DaemonBuilder {
             exe = stage.join("sandboxerd");
             std::fs::copy(&self.bin.0, &exe)
                 .with_context(|| format!("copying {}", self.bin.0.display()))?;
+            // The in-sandbox agent, which the daemon looks for beside itself.
+            let agent = self.bin.0.with_file_name("sandboxer-agent");
+            if agent.is_file() {
+                std::fs::copy(&agent, stage.join("sandboxer-agent"))
+                    .with_context(|| format!("copying {}", agent.display()))?;
+            }
             for dir in ["profiles", "extensions"] {
                 copy_dir(&root.join(dir), &stage.join(dir))?;
             }

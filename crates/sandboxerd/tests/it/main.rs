@@ -3,6 +3,7 @@
 //! copies of it on disk, which a CI machine with little free space could not
 //! hold). Run one group with `cargo nextest run -E 'test(/^escapes::/)'`.
 
+mod access;
 mod compose;
 mod credits;
 mod e2e;

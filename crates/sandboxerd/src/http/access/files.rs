@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use sandboxer_agent::client::Conn;
-use sandboxer_agent::proto::{FileMeta, Request};
+use sandboxer_agent::proto::{self, FileMeta, Request};
 use sandboxer_api::{FileList, Problem, Written};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -161,9 +161,10 @@ fn byte_stream(conn: Conn) -> impl futures::Stream<Item = std::io::Result<Bytes>
     })
 }
 
-/// Streams a request body to the agent, at most `limit` bytes, then reads
-/// its answer. Over the limit: 413 (the agent is told by the connection
-/// closing early, and removes what it wrote).
+/// Streams a request body to the agent as `data` frames, at most `limit`
+/// bytes, ends it with `end`, then reads the answer. Over the limit, or
+/// when the client breaks off, no `end` is sent: the agent drops what it
+/// got (a write leaves the file as it was).
 async fn send_body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     mut conn: Conn,
@@ -189,14 +190,22 @@ async fn send_body<T: serde::de::DeserializeOwned>(
                 format!("the body is larger than the limit of {limit} bytes"),
             ));
         }
-        if conn.w.write_all(&chunk).await.is_err() {
-            // The agent stopped reading: it has refused; its answer says why.
-            broken = true;
+        for piece in chunk.chunks(proto::MAX_FRAME) {
+            if proto::write_frame(&mut conn.w, proto::kind::DATA, piece)
+                .await
+                .is_err()
+            {
+                // The agent stopped reading: it has refused; its answer says why.
+                broken = true;
+                break;
+            }
+        }
+        if broken {
             break;
         }
     }
     if !broken {
-        let _ = conn.finish().await;
+        let _ = proto::write_frame(&mut conn.w, proto::kind::END, b"").await;
     }
     conn.reply(
         state

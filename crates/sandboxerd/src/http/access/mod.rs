@@ -99,6 +99,7 @@ pub(super) fn agent_error(e: CallError) -> ApiError {
         "exec_failed" => (StatusCode::UNPROCESSABLE_ENTITY, "exec_failed"),
         "too_many_processes" => (StatusCode::TOO_MANY_REQUESTS, "too_many_processes"),
         "file_error" => (StatusCode::UNPROCESSABLE_ENTITY, "file_error"),
+        "body_incomplete" => (StatusCode::BAD_REQUEST, "body_incomplete"),
         _ => (StatusCode::BAD_GATEWAY, "agent_error"),
     };
     let field = match code {
