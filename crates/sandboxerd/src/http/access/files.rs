@@ -116,6 +116,7 @@ fn parse_mode(v: &str) -> ApiResult<u32> {
     get, path = "/v1/sandboxes/{id}/files", tag = "access",
     params(("id" = String, Path, description = "Sandbox id"), PathParams),
     responses(
+        (status = 400, description = "Unknown, missing or malformed query parameter; `body_incomplete`", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "`sandbox_not_found`, `file_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`is_a_directory`, `not_a_file` (a device, fifo or socket), `invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
@@ -224,6 +225,7 @@ async fn send_body<T: serde::de::DeserializeOwned>(
     params(("id" = String, Path, description = "Sandbox id"), WriteParams),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
+        (status = 400, description = "Unknown, missing or malformed query parameter; `body_incomplete`", body = Problem, content_type = "application/problem+json"),
         (status = 201, body = Written),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`is_a_directory`, `invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
@@ -265,6 +267,7 @@ pub struct Deleted {
     delete, path = "/v1/sandboxes/{id}/files", tag = "access",
     params(("id" = String, Path, description = "Sandbox id"), DeleteParams),
     responses(
+        (status = 400, description = "Unknown, missing or malformed query parameter; `body_incomplete`", body = Problem, content_type = "application/problem+json"),
         (status = 200, body = Deleted),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`is_a_directory` (without `recursive`), `invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
@@ -292,6 +295,7 @@ async fn delete_file(
     get, path = "/v1/sandboxes/{id}/files/list", tag = "access",
     params(("id" = String, Path, description = "Sandbox id"), ListParams),
     responses(
+        (status = 400, description = "Unknown, missing or malformed query parameter; `body_incomplete`", body = Problem, content_type = "application/problem+json"),
         (status = 200, body = FileList),
         (status = 404, description = "`sandbox_not_found`, `file_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`not_a_directory`, `invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
@@ -351,8 +355,9 @@ fn is_tar(headers: &HeaderMap) -> bool {
 #[utoipa::path(
     post, path = "/v1/sandboxes/{id}/files/upload", tag = "access",
     params(("id" = String, Path, description = "Sandbox id"), PathParams),
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    request_body(description = "A tar archive", content((Vec<u8> = "application/x-tar"), (Vec<u8> = "application/octet-stream"))),
     responses(
+        (status = 400, description = "Unknown, missing or malformed query parameter; `body_incomplete`", body = Problem, content_type = "application/problem+json"),
         (status = 200, body = Written),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
@@ -393,6 +398,7 @@ async fn upload(
     get, path = "/v1/sandboxes/{id}/files/download", tag = "access",
     params(("id" = String, Path, description = "Sandbox id"), PathParams),
     responses(
+        (status = 400, description = "Unknown, missing or malformed query parameter; `body_incomplete`", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The tree as a tar archive: directories, regular files and symlinks (as links); sockets, fifos and devices are left out", content_type = "application/x-tar", body = Vec<u8>),
         (status = 404, description = "`sandbox_not_found`, `file_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`not_a_file`, `invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),

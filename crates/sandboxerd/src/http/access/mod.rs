@@ -178,6 +178,8 @@ fn check_command(cmd: &sandboxer_api::Command) -> ApiResult<Vec<String>> {
     params(("id" = String, Path, description = "Sandbox id")),
     request_body = ExecRequest,
     responses(
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The command ran (whatever its exit code). With `Accept: text/event-stream`: events `stdout` and `stderr` (data: a chunk of output as text) and a final `exit` (data: `ExecExit` JSON).", body = ExecResult),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state` (not ready or active), `unsupported` (the backend has no agent)", body = Problem, content_type = "application/problem+json"),
@@ -358,6 +360,8 @@ fn exec_events(
     params(("id" = String, Path, description = "Sandbox id")),
     request_body = StartProcess,
     responses(
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 201, body = ProcessInfo),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
@@ -458,6 +462,7 @@ struct LogHead {
     get, path = "/v1/sandboxes/{id}/processes/{proc}/logs", tag = "access",
     params(("id" = String, Path, description = "Sandbox id"), ("proc" = String, Path, description = "Process id"), LogParams),
     responses(
+        (status = 400, description = "Unknown, missing or malformed query parameter; `body_incomplete`", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The output (`text/plain`), or a stream of events with `follow=true`", content_type = "text/plain", body = String),
         (status = 404, description = "`sandbox_not_found`, `process_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
@@ -518,6 +523,8 @@ async fn process_logs(
     params(("id" = String, Path, description = "Sandbox id"), ("proc" = String, Path, description = "Process id")),
     request_body = SendSignal,
     responses(
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "Sent (nothing happens to a process that has exited)", body = ProcessInfo),
         (status = 404, description = "`sandbox_not_found`, `process_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
