@@ -6,10 +6,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sandboxer_api::{signal_name, ExecExit};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::proto::{kind, write_frame, AgentError, Exec};
+use crate::proto::{kind, read_frame, write_frame, AgentError, Exec, PtySize};
 use crate::{reply_err, reply_ok};
 
 /// Bytes read from a pipe at once (and the largest frame sent).
@@ -99,47 +102,158 @@ pub(crate) fn exit_of(status: std::process::ExitStatus) -> (Option<i32>, Option<
     }
 }
 
-pub(crate) async fn exec(
-    x: Exec,
-    mut r: BufReader<OwnedReadHalf>,
-    mut w: OwnedWriteHalf,
-) -> std::io::Result<()> {
-    let mut cmd = match command(&x.argv, x.cwd.as_deref(), &x.env) {
+/// What the control-reader task hands the main loop.
+enum Ctl {
+    Resize(u16, u16),
+    Signal(i32),
+    /// The daemon hung up.
+    Gone,
+}
+
+/// What goes to the command's standard input.
+enum Input {
+    Data(Vec<u8>),
+    End,
+}
+
+/// A pseudo-terminal: the master (read and written by the agent) and the
+/// slave (the command's standard streams).
+fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let ws = libc::winsize {
+        ws_row: rows.max(1),
+        ws_col: cols.max(1),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: out-pointers to live locals; no name buffer; default termios.
+    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty returned two fresh descriptors that nothing else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    Ok((master, slave))
+}
+
+fn resize(master: &OwnedFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows.max(1),
+        ws_col: cols.max(1),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid descriptor and a live winsize.
+    unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+    }
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+
+pub(crate) async fn exec(x: Exec, r: BufReader<OwnedReadHalf>, mut w: OwnedWriteHalf) -> std::io::Result<()> {
+    let mut env = x.env.clone();
+    if let Some(p) = &x.pty {
+        env.entry("TERM".into()).or_insert_with(|| p.term.clone().unwrap_or_else(|| "xterm-256color".into()));
+    }
+    let mut cmd = match command(&x.argv, x.cwd.as_deref(), &env) {
         Ok(c) => c,
         Err(e) => return reply_err(&mut w, e).await,
     };
-    cmd.stdin(if x.stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let pty = match &x.pty {
+        None => None,
+        Some(p) => match open_pty(p.rows, p.cols) {
+            Ok(fds) => Some(fds),
+            Err(e) => return reply_err(&mut w, AgentError::new("exec_failed", format!("no terminal: {e}"))).await,
+        },
+    };
+    match &pty {
+        Some((_, slave)) => {
+            let stdio = || slave.try_clone().map(Stdio::from);
+            cmd.stdin(stdio()?).stdout(stdio()?).stderr(stdio()?);
+            // SAFETY: one ioctl between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::ioctl(0, libc::TIOCSCTTY, 0);
+                    Ok(())
+                });
+            }
+        }
+        None => {
+            let input = if x.stdin.is_some() || x.stdin_stream { Stdio::piped() } else { Stdio::null() };
+            cmd.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
     let started = Instant::now();
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The command holds the terminal's slave side now; the agent must not.
+    let master = pty.map(|(m, _slave)| m);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return reply_err(&mut w, spawn_error(&x.argv[0], &e)).await,
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     reply_ok(&mut w, &serde_json::json!({ "pid": pid })).await?;
-    if let (Some(mut stdin), Some(text)) = (child.stdin.take(), x.stdin) {
-        // A command that never reads its input must not stall the rest.
-        tokio::spawn(async move {
-            let _ = stdin.write_all(text.as_bytes()).await;
-        });
+
+    // Standard input: a writer task fed by the control reader (so a command
+    // that does not read never stalls its output).
+    let (in_tx, mut in_rx) = mpsc::channel::<Input>(64);
+    let mut stdin_sink: Option<Box<dyn AsyncWrite + Unpin + Send>> = match (&master, child.stdin.take()) {
+        (Some(m), _) => Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(m.try_clone()?)))),
+        (None, Some(pipe)) => Some(Box::new(pipe)),
+        (None, None) => None,
+    };
+    let is_pty = master.is_some();
+    if let (Some(text), false) = (&x.stdin, x.stdin_stream) {
+        let _ = in_tx.try_send(Input::Data(text.as_bytes().to_vec()));
+        let _ = in_tx.try_send(Input::End);
     }
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
+    tokio::spawn(async move {
+        while let Some(msg) = in_rx.recv().await {
+            let Some(sink) = stdin_sink.as_mut() else { continue };
+            match msg {
+                Input::Data(d) => {
+                    if sink.write_all(&d).await.is_err() {
+                        stdin_sink = None;
+                    }
+                }
+                Input::End if is_pty => {
+                    // End of input on a terminal is its EOF character.
+                    let _ = sink.write_all(&[4]).await;
+                }
+                Input::End => {
+                    let _ = sink.shutdown().await;
+                    stdin_sink = None;
+                }
+            }
+        }
+    });
+    let (ctl_tx, mut ctl) = mpsc::channel::<Ctl>(16);
+    tokio::spawn(read_controls(r, x.stdin_stream, in_tx, ctl_tx));
+
+    let (mut out, mut err): (Option<Reader>, Option<Reader>) = match &master {
+        Some(m) => (Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(m.try_clone()?)))), None),
+        None => (
+            child.stdout.take().map(|o| Box::new(o) as Reader),
+            child.stderr.take().map(|e| Box::new(e) as Reader),
+        ),
+    };
     let cap = x.max_output.unwrap_or(u64::MAX);
     let mut sent = [0u64; 2];
     let mut truncated = [false; 2];
     let mut buf_out = vec![0u8; CHUNK];
     let mut buf_err = vec![0u8; CHUNK];
-    let mut probe = [0u8; 1];
     let deadline = tokio::time::Instant::now() + Duration::from_millis(x.timeout_ms.max(1));
     let mut status = None;
     let mut timed_out = false;
-    // After the tree is killed, how long a pipe held by an escaped process is waited for.
+    // After the command ends (or its tree is killed), how long a pipe held
+    // by a process outside the tree is waited for.
     let mut give_up: Option<tokio::time::Instant> = None;
     loop {
         if status.is_some() && out.is_none() && err.is_none() {
@@ -160,6 +274,11 @@ pub(crate) async fn exec(
             }
             s = child.wait(), if status.is_none() => {
                 status = Some(s?);
+                if is_pty {
+                    // A terminal's master reads until every holder of the
+                    // slave is gone; a background job may hold it forever.
+                    give_up = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                }
             }
             _ = tokio::time::sleep_until(deadline), if !timed_out => {
                 timed_out = true;
@@ -167,17 +286,24 @@ pub(crate) async fn exec(
                 give_up = Some(tokio::time::Instant::now() + Duration::from_millis(500));
             }
             _ = tokio::time::sleep_until(give_up.unwrap_or(deadline)), if give_up.is_some() && status.is_some() => {
-                // Something outside the tree keeps a pipe open: stop reading.
                 break;
             }
-            gone = r.read(&mut probe) => {
-                // The daemon hung up (its client went away): the command goes too.
-                if matches!(gone, Ok(0) | Err(_)) {
+            c = ctl.recv() => match c {
+                Some(Ctl::Resize(rows, cols)) => {
+                    if let Some(m) = &master {
+                        resize(m, rows, cols);
+                    }
+                }
+                Some(Ctl::Signal(sig)) => unsafe {
+                    libc::kill(-pid, sig);
+                },
+                Some(Ctl::Gone) | None => {
+                    // The daemon hung up (its client went away): the command goes too.
                     kill_tree(pid);
                     let _ = child.wait().await;
                     return Ok(());
                 }
-            }
+            },
         }
     }
     let status = match status {
@@ -196,6 +322,56 @@ pub(crate) async fn exec(
     let json = serde_json::to_vec(&exit).map_err(std::io::Error::other)?;
     write_frame(&mut w, kind::EXIT, &json).await?;
     w.shutdown().await
+}
+
+/// Reads what the daemon sends after an `exec` request: input, resizes and
+/// signals as frames when `streamed`, else nothing but its hanging up.
+async fn read_controls(
+    mut r: BufReader<OwnedReadHalf>,
+    streamed: bool,
+    input: mpsc::Sender<Input>,
+    ctl: mpsc::Sender<Ctl>,
+) {
+    if !streamed {
+        let mut probe = [0u8; 64];
+        while let Ok(n) = r.read(&mut probe).await {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = ctl.send(Ctl::Gone).await;
+        return;
+    }
+    loop {
+        let frame = match read_frame(&mut r).await {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(_) => break,
+        };
+        match frame.kind {
+            kind::STDIN => {
+                if input.send(Input::Data(frame.data)).await.is_err() {
+                    continue;
+                }
+            }
+            kind::STDIN_END => {
+                let _ = input.send(Input::End).await;
+            }
+            kind::RESIZE => {
+                if let Ok(size) = serde_json::from_slice::<PtySize>(&frame.data) {
+                    let _ = ctl.send(Ctl::Resize(size.rows, size.cols)).await;
+                }
+            }
+            kind::SIGNAL => {
+                if let Ok(sig) = serde_json::from_slice::<i32>(&frame.data) {
+                    if matches!(sig, 1 | 2 | 3 | 9 | 15 | 10 | 12 | 28) {
+                        let _ = ctl.send(Ctl::Signal(sig)).await;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = ctl.send(Ctl::Gone).await;
 }
 
 async fn read_some<R: AsyncRead + Unpin>(r: &mut Option<R>, buf: &mut [u8]) -> Option<usize> {

@@ -91,6 +91,22 @@ pub struct Exec {
     pub timeout_ms: u64,
     /// Bytes kept per stream; the rest is read and dropped.
     pub max_output: Option<u64>,
+    /// After the reply, the daemon sends `stdin`, `stdin_end`, `resize` and
+    /// `signal` frames (interactive use: SSH, a terminal).
+    #[serde(default)]
+    pub stdin_stream: bool,
+    /// Run on a pseudo-terminal of this size (its output comes as `stdout`).
+    #[serde(default)]
+    pub pty: Option<PtySize>,
+}
+
+/// A terminal's size (and, when starting one, its `TERM`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+    #[serde(default)]
+    pub term: Option<String>,
 }
 
 /// What `spawn` starts.
@@ -155,6 +171,14 @@ pub mod kind {
     /// The body is complete. A connection that ends without it is an
     /// abort: nothing of a `write` is kept.
     pub const END: u8 = 5;
+    /// Input for an interactive `exec`.
+    pub const STDIN: u8 = 6;
+    /// The end of that input.
+    pub const STDIN_END: u8 = 7;
+    /// JSON [`super::PtySize`]: the terminal was resized.
+    pub const RESIZE: u8 = 8;
+    /// JSON signal number for the command's process group.
+    pub const SIGNAL: u8 = 9;
 }
 
 /// A piece of a stream.

@@ -219,6 +219,8 @@ async fn exec(
         stdin: req.stdin,
         timeout_ms: timeout.as_millis() as u64,
         max_output: Some(max_output),
+        stdin_stream: false,
+        pty: None,
     });
     let mut conn = open(&state, &t, &request).await?;
     let _started: serde_json::Value = conn
