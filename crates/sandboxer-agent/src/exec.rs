@@ -9,8 +9,8 @@ use sandboxer_api::{signal_name, ExecExit};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
 
 use crate::proto::{kind, read_frame, write_frame, AgentError, Exec, PtySize};
 use crate::{reply_err, reply_ok};
@@ -128,7 +128,15 @@ fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
         ws_ypixel: 0,
     };
     // SAFETY: out-pointers to live locals; no name buffer; default termios.
-    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -157,10 +165,15 @@ fn resize(master: &OwnedFd, rows: u16, cols: u16) {
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
 
-pub(crate) async fn exec(x: Exec, r: BufReader<OwnedReadHalf>, mut w: OwnedWriteHalf) -> std::io::Result<()> {
+pub(crate) async fn exec(
+    x: Exec,
+    r: BufReader<OwnedReadHalf>,
+    mut w: OwnedWriteHalf,
+) -> std::io::Result<()> {
     let mut env = x.env.clone();
     if let Some(p) = &x.pty {
-        env.entry("TERM".into()).or_insert_with(|| p.term.clone().unwrap_or_else(|| "xterm-256color".into()));
+        env.entry("TERM".into())
+            .or_insert_with(|| p.term.clone().unwrap_or_else(|| "xterm-256color".into()));
     }
     let mut cmd = match command(&x.argv, x.cwd.as_deref(), &env) {
         Ok(c) => c,
@@ -170,7 +183,13 @@ pub(crate) async fn exec(x: Exec, r: BufReader<OwnedReadHalf>, mut w: OwnedWrite
         None => None,
         Some(p) => match open_pty(p.rows, p.cols) {
             Ok(fds) => Some(fds),
-            Err(e) => return reply_err(&mut w, AgentError::new("exec_failed", format!("no terminal: {e}"))).await,
+            Err(e) => {
+                return reply_err(
+                    &mut w,
+                    AgentError::new("exec_failed", format!("no terminal: {e}")),
+                )
+                .await
+            }
         },
     };
     match &pty {
@@ -186,8 +205,14 @@ pub(crate) async fn exec(x: Exec, r: BufReader<OwnedReadHalf>, mut w: OwnedWrite
             }
         }
         None => {
-            let input = if x.stdin.is_some() || x.stdin_stream { Stdio::piped() } else { Stdio::null() };
-            cmd.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let input = if x.stdin.is_some() || x.stdin_stream {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            };
+            cmd.stdin(input)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
         }
     }
     let started = Instant::now();
@@ -204,11 +229,14 @@ pub(crate) async fn exec(x: Exec, r: BufReader<OwnedReadHalf>, mut w: OwnedWrite
     // Standard input: a writer task fed by the control reader (so a command
     // that does not read never stalls its output).
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(64);
-    let mut stdin_sink: Option<Box<dyn AsyncWrite + Unpin + Send>> = match (&master, child.stdin.take()) {
-        (Some(m), _) => Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(m.try_clone()?)))),
-        (None, Some(pipe)) => Some(Box::new(pipe)),
-        (None, None) => None,
-    };
+    let mut stdin_sink: Option<Box<dyn AsyncWrite + Unpin + Send>> =
+        match (&master, child.stdin.take()) {
+            (Some(m), _) => Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(
+                m.try_clone()?,
+            )))),
+            (None, Some(pipe)) => Some(Box::new(pipe)),
+            (None, None) => None,
+        };
     let is_pty = master.is_some();
     if let (Some(text), false) = (&x.stdin, x.stdin_stream) {
         let _ = in_tx.try_send(Input::Data(text.as_bytes().to_vec()));
@@ -216,7 +244,9 @@ pub(crate) async fn exec(x: Exec, r: BufReader<OwnedReadHalf>, mut w: OwnedWrite
     }
     tokio::spawn(async move {
         while let Some(msg) = in_rx.recv().await {
-            let Some(sink) = stdin_sink.as_mut() else { continue };
+            let Some(sink) = stdin_sink.as_mut() else {
+                continue;
+            };
             match msg {
                 Input::Data(d) => {
                     if sink.write_all(&d).await.is_err() {
@@ -238,7 +268,12 @@ pub(crate) async fn exec(x: Exec, r: BufReader<OwnedReadHalf>, mut w: OwnedWrite
     tokio::spawn(read_controls(r, x.stdin_stream, in_tx, ctl_tx));
 
     let (mut out, mut err): (Option<Reader>, Option<Reader>) = match &master {
-        Some(m) => (Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(m.try_clone()?)))), None),
+        Some(m) => (
+            Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(
+                m.try_clone()?,
+            )))),
+            None,
+        ),
         None => (
             child.stdout.take().map(|o| Box::new(o) as Reader),
             child.stderr.take().map(|e| Box::new(e) as Reader),

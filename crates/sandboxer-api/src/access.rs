@@ -290,3 +290,33 @@ pub struct PortInfo {
 pub struct PortList {
     pub items: Vec<PortInfo>,
 }
+
+/// Body of `POST /v1/sandboxes/{id}/ssh-keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddSshKey {
+    /// An OpenSSH public key line: `ssh-ed25519 AAAA… comment`
+    /// (ed25519, ECDSA, or RSA of at least 2048 bits).
+    pub public_key: String,
+}
+
+/// A public key that may open SSH sessions into a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SshKey {
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// The key, without its comment.
+    pub public_key: String,
+    pub comment: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// Answer of `GET /v1/sandboxes/{id}/ssh-keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SshKeyList {
+    pub items: Vec<SshKey>,
+}

@@ -61,6 +61,8 @@ pub struct Config {
     pub local: LocalConfig,
     /// `[access]`: exec, files and ports of running sandboxes.
     pub access: AccessConfig,
+    /// `[ssh_gateway]`: SSH into sandboxes (off unless `listen` is set).
+    pub ssh_gateway: SshGatewayConfig,
 }
 
 /// `[local]`: who `ext.local` sandboxes are on the host.
@@ -260,6 +262,7 @@ impl Default for Config {
             pools: PoolsConfig::default(),
             local: LocalConfig::default(),
             access: AccessConfig::default(),
+            ssh_gateway: SshGatewayConfig::default(),
         }
     }
 }
@@ -311,6 +314,8 @@ pub struct Settings {
     pub local: LocalConfig,
     /// `[access]`, checked.
     pub access: AccessSettings,
+    /// `[ssh_gateway]`, checked; `None`: off.
+    pub ssh_gateway: Option<SshGatewaySettings>,
 }
 
 impl Config {
@@ -445,6 +450,7 @@ impl Config {
                 ok => ok,
             },
             access: self.access.settings()?,
+            ssh_gateway: self.ssh_gateway.settings()?,
         })
     }
 }
@@ -759,5 +765,61 @@ impl AccessConfig {
             list_max_entries: count("list_max_entries", self.list_max_entries)?,
             agent_timeout: dur("agent_timeout", &self.agent_timeout)?,
         })
+    }
+}
+
+/// `[ssh_gateway]`: SSH into sandboxes with keys registered per sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshGatewayConfig {
+    /// Address to accept SSH on (`0.0.0.0:2222`); empty: no gateway.
+    pub listen: String,
+    /// Host name clients are told to connect to (`reachability.ssh.host`);
+    /// empty: the `listen` address.
+    pub advertise_host: String,
+    /// The SFTP server run inside a sandbox for the `sftp` subsystem.
+    pub sftp_server: String,
+}
+
+impl Default for SshGatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            advertise_host: String::new(),
+            sftp_server: "/usr/lib/openssh/sftp-server".into(),
+        }
+    }
+}
+
+/// `[ssh_gateway]`, checked.
+#[derive(Debug, Clone)]
+pub struct SshGatewaySettings {
+    pub listen: SocketAddr,
+    pub advertise_host: Option<String>,
+    pub sftp_server: PathBuf,
+}
+
+impl SshGatewayConfig {
+    fn settings(&self) -> anyhow::Result<Option<SshGatewaySettings>> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        let listen: SocketAddr = listen.parse().map_err(|e| {
+            anyhow::anyhow!("config `ssh_gateway.listen`: `{listen}` is not an address ({e})")
+        })?;
+        let sftp_server = PathBuf::from(self.sftp_server.trim());
+        if !sftp_server.is_absolute() {
+            anyhow::bail!(
+                "config `ssh_gateway.sftp_server`: `{}` is not an absolute path",
+                sftp_server.display()
+            );
+        }
+        let host = self.advertise_host.trim();
+        Ok(Some(SshGatewaySettings {
+            listen,
+            advertise_host: (!host.is_empty()).then(|| host.to_string()),
+            sftp_server,
+        }))
     }
 }

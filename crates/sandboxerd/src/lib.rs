@@ -29,6 +29,7 @@ pub mod periodic;
 pub mod procfs;
 pub mod routing;
 pub mod secrets;
+pub mod sshgw;
 pub mod store;
 
 use catalog::Catalog;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
     /// Execs running and activity written per sandbox (API v1.1 access).
     pub access_gates: Arc<lifecycle::access::Gates>,
+    /// The SSH gateway, when `[ssh_gateway]` is set.
+    pub ssh_gateway: Option<Arc<sshgw::Gateway>>,
     /// Warm pools of the profiles that declare one.
     pub pools: Arc<lifecycle::pool::Pools>,
     /// Lifecycle tasks in flight, awaited on shutdown.
@@ -140,6 +143,14 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
     let (events, _) = broadcast::channel(4096);
     let pools = Arc::new(lifecycle::pool::Pools::new(&catalog, &settings.pools));
     let rate_limiter = Arc::new(http::auth::RateLimiter::new(&settings.limits));
+    let ssh_gateway = match &settings.ssh_gateway {
+        Some(gw) => Some(Arc::new(
+            sshgw::Gateway::bind(gw, &settings.data_dir)
+                .await
+                .with_context(|| format!("SSH gateway on {}", gw.listen))?,
+        )),
+        None => None,
+    };
     let state = AppState {
         db,
         catalog: Arc::new(catalog),
@@ -150,6 +161,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
         access_gates: Arc::new(lifecycle::access::Gates::default()),
+        ssh_gateway,
         captures: Arc::new(lifecycle::snapshots::Captures::default()),
         pools,
         rate_limiter,
@@ -177,6 +189,9 @@ pub async fn serve(
     let grace = state.settings.shutdown_grace;
     let app = http::app(state.clone());
     let background = start_background(&state);
+    if let Some(gw) = state.ssh_gateway.clone() {
+        state.spawn(gw.serve(state.clone(), background.clone()));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let captures = state.captures.clone();
     let shutdown = async move {

@@ -21,6 +21,7 @@ mod reaper;
 mod rows;
 mod sandboxes;
 mod snapshots;
+mod ssh_keys;
 pub use audit::{AuditFilter, NewAudit};
 pub use ledger::{
     Billing, Escrow, Extended, Granted, LedgerFilter, Rerouted, Shortfall, Target, UsageFilter,
@@ -31,6 +32,7 @@ pub use rows::{EventRow, SandboxRow};
 use sandboxes::{fetch_in, insert_event, push_states, SELECT};
 pub use sandboxes::{Change, Created, ListFilter, NewLifetime, NewSandbox, Transition};
 pub use snapshots::{Captured, NewSnapshot, SnapshotCreated, SnapshotFilter, SnapshotRow};
+pub use ssh_keys::{KeyAdded, MAX_SSH_KEYS};
 
 /// Storage failures. Client mistakes never end up here; these are 500s.
 #[derive(Debug, thiserror::Error)]

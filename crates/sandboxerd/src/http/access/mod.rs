@@ -30,6 +30,7 @@ use crate::AppState;
 
 mod files;
 mod ports;
+pub mod ssh_keys;
 mod text;
 
 use text::Utf8Chunks;
@@ -43,6 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(signal_process))
         .merge(files::router())
         .merge(ports::router())
+        .merge(ssh_keys::router())
 }
 
 /// A failure of [`ops::target`] or of a call, as an answer.
