@@ -98,7 +98,7 @@ impl Gateway {
         let key = host_key(data_dir)?;
         let listener = TcpListener::bind(gw.listen).await?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "SSH gateway listening");
+        tracing::info!(ssh_addr = %addr, "SSH gateway listening");
         Ok(Gateway {
             listener: std::sync::Mutex::new(Some(listener)),
             addr,

@@ -25,6 +25,7 @@ pub mod extract;
 pub mod health;
 pub mod hosts;
 pub mod inputs;
+pub mod render;
 pub mod sandboxes;
 pub mod server;
 pub mod snapshots;

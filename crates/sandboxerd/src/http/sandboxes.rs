@@ -179,6 +179,7 @@ async fn create_sandbox(
         (true, SandboxState::Failed) => StatusCode::OK,
         _ => StatusCode::ACCEPTED,
     };
+    let sandbox = super::render::sandbox(&state, &caller, sandbox);
     let mut resp = (status, Json(&sandbox)).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/sandboxes/{}", sandbox.id)) {
         resp.headers_mut().insert(header::LOCATION, loc);
@@ -489,7 +490,7 @@ async fn get_sandbox(
         }
     };
     found
-        .map(Json)
+        .map(|s| Json(super::render::sandbox(&state, &caller, s)))
         .ok_or_else(|| ApiError::not_found("sandbox", &id))
 }
 
@@ -591,7 +592,10 @@ async fn list_sandboxes(
         .transpose()?;
     let (items, next) = state.db.list_sandboxes(&f).await?;
     Ok(Json(Page {
-        items,
+        items: items
+            .into_iter()
+            .map(|s| super::render::sandbox(&state, &caller, s))
+            .collect(),
         next_cursor: cursor::next(List::Sandboxes, next),
     }))
 }

@@ -16,3 +16,4 @@ mod pools;
 mod routing;
 mod security;
 mod snapshots;
+mod ssh_gateway;

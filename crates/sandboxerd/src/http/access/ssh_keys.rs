@@ -126,7 +126,7 @@ async fn list_keys(
 /// Remove a key (by its `SHA256:…` fingerprint); sessions it opened stay until they end.
 #[utoipa::path(
     delete, path = "/v1/sandboxes/{id}/ssh-keys/{fingerprint}", tag = "access",
-    params(("id" = String, Path, description = "Sandbox id"), ("fingerprint" = String, Path, description = "`SHA256:…`")),
+    params(("id" = String, Path, description = "Sandbox id"), ("fingerprint" = String, Path, description = "`SHA256:…`, percent-encoded (its base64 holds `/` and `+`)")),
     responses(
         (status = 200, description = "Removed", body = SshKeyList),
         (status = 404, description = "`sandbox_not_found`, `ssh_key_not_found`", body = Problem, content_type = "application/problem+json"),
