@@ -176,6 +176,17 @@ async fn exec_answers_exit_codes_output_stdin_cwd_env_and_kills_its_tree_on_time
         "processes outlived the timeout: {left}"
     );
 
+    // The agent (pid 2) is not dumpable: its descriptors, memory and
+    // environment are out of the tenant's reach.
+    let (_, v) = s
+        .exec(json!({"cmd": "cat /proc/2/cmdline >/dev/null; ls /proc/2/fd; cat /proc/2/environ"}))
+        .await;
+    assert_ne!(v["exit_code"], 0, "{v}");
+    assert!(
+        v["stderr"].as_str().unwrap().contains("Permission denied"),
+        "{v}"
+    );
+
     // Invalid bytes are replaced, not an error.
     let (_, v) = s.exec(json!({"cmd": "printf 'a\\377b'"})).await;
     assert_eq!(v["stdout"], "a\u{fffd}b");
