@@ -12,8 +12,8 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode, Url};
 use sandboxer_api::{
     AuditEntry, Balance, CreateGrant, CreateSandbox, CreateSnapshot, Estimate, Event, ExpireReport,
-    ExtendTtl, ExtendedSandbox, Extension, Health, LedgerEntry, Page, Problem, Profile,
-    RecreateSandbox, RestoreSnapshot, Sandbox, Snapshot, UsageReport,
+    ExtendTtl, ExtendedSandbox, Extension, Health, LedgerEntry, Page, Problem, ProblemCode,
+    Profile, RecreateSandbox, RestoreSnapshot, Sandbox, Snapshot, UsageReport,
 };
 use serde::de::DeserializeOwned;
 
@@ -71,6 +71,16 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { problem, .. } => Some(problem.code.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The problem's code as a [`ProblemCode`] when the server answered with
+    /// an error ([`ProblemCode::Unknown`] for a code newer than this client,
+    /// and for an error answer that was not a problem).
+    pub fn problem_code(&self) -> Option<ProblemCode> {
+        match self {
+            ClientError::Api { problem, .. } => Some(problem.problem_code()),
             _ => None,
         }
     }

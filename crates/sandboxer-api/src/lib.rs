@@ -14,7 +14,7 @@ pub mod snapshot;
 pub use catalog::*;
 pub use credits::*;
 pub use host::*;
-pub use problem::Problem;
+pub use problem::{Problem, ProblemCode};
 pub use routing::*;
 pub use sandbox::*;
 pub use snapshot::*;
@@ -57,5 +57,6 @@ pub struct AuditEntry {
     /// The HTTP status answered.
     pub status: u16,
     /// The problem code, when the request failed.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<ProblemCode>))]
     pub code: Option<String>,
 }

@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::Json;
-use sandboxer_api::{AuditEntry, Event, ExpireReport, ExpireRequest, Page, Problem};
+use sandboxer_api::{AuditEntry, Event, ExpireReport, ExpireRequest, Page, Problem, ProblemCode};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -57,7 +57,7 @@ async fn list_events(
     match state.db.events_after(after, caller.scope(), limit).await? {
         Some((items, next_cursor)) => Ok(Json(Page { items, next_cursor })),
         None => Err(ApiError::bad_request(
-            "invalid_cursor",
+            ProblemCode::InvalidCursor,
             "after",
             "`after` is not the id of an event",
         )),

@@ -8,6 +8,7 @@ use utoipa_axum::routes;
 
 use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
+use crate::lifecycle::Missing;
 use crate::AppState;
 
 /// The hosts routes.
@@ -88,30 +89,20 @@ async fn get_host(
         .iter()
         .find(|h| h.id == id)
         .map(|h| Json(host_view(&state, h)))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "host_not_found",
-                format!("host `{id}` not found"),
-            )
-        })
+        .ok_or_else(|| ApiError::not_found(Missing::Host, &id))
 }
 
 fn known(state: &AppState, id: &str) -> ApiResult<()> {
     if state.settings.hosts.iter().any(|h| h.id == id) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "host_not_found",
-            format!("host `{id}` not found"),
-        ))
+        Err(ApiError::not_found(Missing::Host, id))
     }
 }
 
 /// A host that could not be asked: 502 with the backend's code.
 fn unreachable(e: crate::extensions::ExtError) -> ApiError {
-    tracing::warn!(code = e.code, message = %e.message, "host query failed");
+    tracing::warn!(code = %e.code, message = %e.message, "host query failed");
     ApiError::new(StatusCode::BAD_GATEWAY, e.code, e.message)
 }
 
@@ -136,7 +127,7 @@ async fn inspect_host(
     known(&state, &id)?;
     let ext = state.extensions.inventory_for(&id);
     let Some(inv) = ext.as_deref().and_then(|e| e.inventory()) else {
-        return Err(ApiError::not_found("host", &id));
+        return Err(ApiError::not_found(Missing::Host, &id));
     };
     inv.inspect(&id).await.map(Json).map_err(unreachable)
 }

@@ -1,13 +1,17 @@
-//! The lifecycle: provisioning and teardown tasks, waiting for a state, and
-//! the start-up pass that finishes what a previous run left in flight.
+//! The lifecycle: the operations a client asks for (create, destroy,
+//! recreate, extend, touch, snapshot, restore, fork, grant, estimate) as
+//! plain async functions over [`AppState`] that answer [`OpError`]; the
+//! provisioning and teardown tasks they start; waiting for a state; and the
+//! start-up pass that finishes what a previous run left in flight.
 //!
 //! Every step is written to SQLite before the side effect it leads to; each
-//! sandbox's steps run one at a time under a per-sandbox lock.
+//! sandbox's steps run one at a time under a per-sandbox lock. Nothing here
+//! knows HTTP: `http/` parses, authorizes, calls one of these and renders.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandboxer_api::{Failure, Sandbox, SandboxState};
+use sandboxer_api::{ProblemCode, Sandbox, SandboxState};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::extensions::{BackendState, ExtError, ProvisionRequest};
@@ -15,12 +19,20 @@ use crate::metrics::Counter;
 use crate::store::{now_ms, Change, StoreError, Transition};
 use crate::AppState;
 
+pub mod create;
+pub mod credits;
+pub mod error;
 pub mod metering;
+pub mod ops;
 pub mod pool;
 pub mod reaper;
 pub mod recover;
 pub mod snapshots;
 pub mod stale;
+pub mod validate;
+
+pub use create::{create, Actor};
+pub use error::{Missing, OpError, OpResult, Refusal};
 
 /// Per-sandbox async locks, so provision, teardown and recreate of one
 /// sandbox never overlap while different sandboxes never wait on each other.
@@ -157,7 +169,7 @@ async fn provision_inner(
             generation,
             None,
             ExtError::new(
-                "backend_unavailable",
+                ProblemCode::BackendUnavailable,
                 format!("no backend `{}` in this daemon", row.extension),
             ),
         )
@@ -171,7 +183,7 @@ async fn provision_inner(
             generation,
             None,
             ExtError::new(
-                "profile_not_found",
+                ProblemCode::ProfileNotFound,
                 format!("profile `{}` is no longer in the catalog", row.profile),
             ),
         )
@@ -322,7 +334,7 @@ async fn try_another_host(
     {
         return Ok(false);
     }
-    tracing::warn!(sandbox_id = %id, from, to = %to, code = e.code, "moved to another host");
+    tracing::warn!(sandbox_id = %id, from, to = %to, code = %e.code, "moved to another host");
     state.metrics.count(Counter::HostFailovers);
     state.notify(id);
     Ok(true)
@@ -353,16 +365,13 @@ async fn fail(
     backend_state: Option<BackendState>,
     e: ExtError,
 ) -> Result<(), StoreError> {
-    tracing::warn!(code = e.code, message = %e.message, "provisioning failed");
-    state.metrics.count_failure(e.code);
+    tracing::warn!(code = %e.code, message = %e.message, "provisioning failed");
+    state.metrics.count_failure(e.code.as_str());
     let reason = format!("{}: {}", e.code, e.message);
     let change = Change {
         reason: &reason,
         generation: Some(generation),
-        failure: Some(Some(Failure {
-            code: e.code.to_owned(),
-            message: e.message,
-        })),
+        failure: Some(Some(e.into_failure())),
         backend_state: backend_state.map(Some),
         ..Change::default()
     };
@@ -419,7 +428,7 @@ async fn destroy_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
     let result = match state.extensions.get(&row.extension) {
         Some(ext) => ext.teardown(id, row.backend_state().as_ref()).await,
         None => Err(ExtError::new(
-            "backend_unavailable",
+            ProblemCode::BackendUnavailable,
             format!("no backend `{}` in this daemon", row.extension),
         )),
     };

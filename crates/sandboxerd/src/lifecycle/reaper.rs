@@ -44,7 +44,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
         let Some(idle) = profile.idle_reap else {
             continue;
         };
-        let cutoff = now - i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now - crate::clock::millis(idle);
         for id in state.db.due_idle(profile_id, cutoff, BATCH).await? {
             let reason = format!("idle for more than {}", humantime::format_duration(idle));
             let change = Change {

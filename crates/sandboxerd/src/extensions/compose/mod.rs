@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sandboxer_api::{Availability, ComposeAllow, NetworkMode};
+use sandboxer_api::{Availability, ComposeAllow, NetworkMode, ProblemCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -105,7 +105,7 @@ impl ComposeExtension {
     fn pool_or_err(&self, id: &str) -> Result<Arc<HostPool>, ExtError> {
         self.pool(id).ok_or_else(|| {
             ExtError::new(
-                "unknown_host",
+                ProblemCode::UnknownHost,
                 format!("host `{id}` is not configured (`[[hosts]]`)"),
             )
         })
@@ -141,7 +141,7 @@ impl ComposeExtension {
         let line = out.stdout_text();
         let Some((engine, compose)) = line.trim().split_once('|') else {
             return Err(ExtError::new(
-                "engine_not_found",
+                ProblemCode::EngineNotFound,
                 format!(
                     "host {}: no compose tool found for engine `{}` (docker compose, docker-compose or podman-compose)",
                     pool.host.id,
@@ -163,7 +163,7 @@ impl ComposeExtension {
     fn known_state(&self, state: Option<&BackendState>) -> Result<ComposeState, ExtError> {
         parse_state(state).ok_or_else(|| {
             ExtError::new(
-                "invalid_state",
+                ProblemCode::InvalidState,
                 "the sandbox has no compose state yet (it is not ready)",
             )
         })
@@ -179,7 +179,9 @@ impl ComposeExtension {
             "{} ps -a --filter label={LABEL} --format '{{{{.Label \"{LABEL}\"}}}}' | sort -u",
             t.engine
         );
-        let out = pool.run(&cmd, "host_error", "listing sandboxes").await?;
+        let out = pool
+            .run(&cmd, ProblemCode::HostError, "listing sandboxes")
+            .await?;
         Ok(out
             .stdout_text()
             .lines()
@@ -226,7 +228,8 @@ fi
 rm -rf "$d" || exit 1
 "#
         );
-        pool.run(&script, "teardown_failed", "teardown").await?;
+        pool.run(&script, ProblemCode::TeardownFailed, "teardown")
+            .await?;
         Ok(())
     }
 
@@ -245,7 +248,7 @@ rm -rf "$d" || exit 1
         let out = pool.exec(&cmd, None, Some(QUICK)).await?;
         if !out.success() {
             return Err(ExtError::new(
-                "host_error",
+                ProblemCode::HostError,
                 format!(
                     "host {}: listing containers failed: {}",
                     pool.host.id,
@@ -318,14 +321,19 @@ impl ComposeExtension {
             Ok::<_, ExtError>((ws, tar))
         })
         .await
-        .map_err(|e| ExtError::new("upload_failed", format!("packing the workspace: {e}")))??;
+        .map_err(|e| {
+            ExtError::new(
+                ProblemCode::UploadFailed,
+                format!("packing the workspace: {e}"),
+            )
+        })??;
         let t = self.tooling(pool).await?;
         if up.check_capacity
             && pool.host.max_sandboxes > 0
             && self.sandboxes_on(pool, &t).await? >= pool.host.max_sandboxes as usize
         {
             return Err(ExtError::new(
-                "host_full",
+                ProblemCode::HostFull,
                 format!(
                     "host {} already holds its `max_sandboxes` ({})",
                     pool.host.id, pool.host.max_sandboxes
@@ -344,7 +352,7 @@ impl ComposeExtension {
             .await?;
         if !out.success() {
             return Err(ExtError::new(
-                "upload_failed",
+                ProblemCode::UploadFailed,
                 format!(
                     "host {}: unpacking into {dir} failed: {}",
                     pool.host.id,
@@ -370,7 +378,7 @@ impl ComposeExtension {
                 .await?;
             if !created.success() {
                 return Err(ExtError::new(
-                    "compose_up_failed",
+                    ProblemCode::ComposeUpFailed,
                     format!(
                         "host {}: `{} up --no-start` failed (exit {:?}): {}",
                         pool.host.id,
@@ -388,7 +396,7 @@ impl ComposeExtension {
         let out = pool.exec(&started, None, None).await?;
         if !out.success() {
             return Err(ExtError::new(
-                "compose_up_failed",
+                ProblemCode::ComposeUpFailed,
                 format!(
                     "host {}: `{} up` failed (exit {:?}): {}",
                     pool.host.id,
@@ -409,7 +417,7 @@ impl ComposeExtension {
             allow: up.allow,
         };
         serde_json::to_value(&state)
-            .map_err(|e| ExtError::new("internal", format!("backend state: {e}")))
+            .map_err(|e| ExtError::new(ProblemCode::Internal, format!("backend state: {e}")))
     }
 }
 
@@ -478,7 +486,7 @@ impl Extension for ComposeExtension {
         }
         let Some(repo) = req.inputs.get(REPO_INPUT) else {
             return Err(ExtError::new(
-                "invalid_input",
+                ProblemCode::InvalidInput,
                 format!("input `{REPO_INPUT}` is required by {ID}"),
             ));
         };
@@ -502,7 +510,7 @@ impl Extension for ComposeExtension {
     ) -> Result<ReadyInfo, ExtError> {
         let Some(s) = parse_state(Some(state)) else {
             return Err(ExtError::new(
-                "internal",
+                ProblemCode::Internal,
                 "the sandbox's backend state is not a compose state",
             ));
         };
@@ -522,7 +530,7 @@ impl Extension for ComposeExtension {
                     }
                     "exited" | "dead" => {
                         return Err(ExtError::new(
-                            "service_exited",
+                            ProblemCode::ServiceExited,
                             format!("service `{service}` ({name}) stopped: {status}"),
                         ))
                     }
@@ -563,7 +571,7 @@ impl Extension for ComposeExtension {
             }
             if Instant::now() >= deadline {
                 return Err(ExtError::new(
-                    "ready_timeout",
+                    ProblemCode::ReadyTimeout,
                     format!("not ready within {timeout:?}: {}", waiting.join("; ")),
                 ));
             }
@@ -593,7 +601,10 @@ impl Extension for ComposeExtension {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(ExtError::new("teardown_failed", errors.join("; ")))
+            Err(ExtError::new(
+                ProblemCode::TeardownFailed,
+                errors.join("; "),
+            ))
         }
     }
 
@@ -644,7 +655,7 @@ impl Extension for ComposeExtension {
                 t.engine,
                 sh_quote(&format!("label={LABEL}={sandbox_id}"))
             );
-            let out = pool.run(&cmd, "host_error", "probing").await?;
+            let out = pool.run(&cmd, ProblemCode::HostError, "probing").await?;
             if !out.stdout_text().trim().is_empty() {
                 return Ok(Liveness::Alive);
             }
