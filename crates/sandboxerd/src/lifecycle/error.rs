@@ -100,6 +100,16 @@ impl OpError {
         Self::refused(Refusal::Conflict, code, detail)
     }
 
+    /// 409 `invalid_state`: `what` (`sandbox sbx_…`) is in `state`, and
+    /// `only` says what the request needs (`ready or active sandboxes can be
+    /// touched`).
+    pub fn wrong_state(what: &str, state: impl std::fmt::Display, only: &str) -> Self {
+        Self::conflict(
+            ProblemCode::InvalidState,
+            format!("{what} is `{state}`; only {only}"),
+        )
+    }
+
     /// `what` `id` does not exist (for this caller).
     pub fn not_found(what: Missing, id: &str) -> Self {
         Self::refused(

@@ -106,12 +106,10 @@ pub async fn recreate(
             ));
             Ok(sandbox)
         }
-        Transition::Refused(sbx) => Err(OpError::conflict(
-            ProblemCode::InvalidState,
-            format!(
-                "sandbox {id} is `{}`; only ready, active or failed sandboxes can be recreated",
-                sbx.state
-            ),
+        Transition::Refused(sbx) => Err(OpError::wrong_state(
+            &format!("sandbox {id}"),
+            sbx.state,
+            "ready, active or failed sandboxes can be recreated",
         )),
         Transition::NotFound => Err(OpError::not_found(Missing::Sandbox, id)),
         Transition::InsufficientCredits(short) => {
@@ -184,12 +182,10 @@ pub async fn touch(state: &AppState, scope: Option<&str>, id: &str) -> OpResult<
             state.notify(id);
             Ok(sandbox)
         }
-        Transition::Refused(sbx) => Err(OpError::conflict(
-            ProblemCode::InvalidState,
-            format!(
-                "sandbox {id} is `{}`; only ready or active sandboxes can be touched",
-                sbx.state
-            ),
+        Transition::Refused(sbx) => Err(OpError::wrong_state(
+            &format!("sandbox {id}"),
+            sbx.state,
+            "ready or active sandboxes can be touched",
         )),
         Transition::NotFound => Err(OpError::not_found(Missing::Sandbox, id)),
         Transition::InsufficientCredits(short) => Err(OpError::insufficient(short, "", "a touch")),

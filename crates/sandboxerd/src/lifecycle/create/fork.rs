@@ -30,12 +30,10 @@ pub async fn resolve(
         return Err(OpError::not_found(Missing::Snapshot, &snap_id).field("from_snapshot"));
     };
     if snap.state != SnapshotState::Ready {
-        return Err(OpError::conflict(
-            ProblemCode::InvalidState,
-            format!(
-                "snapshot {snap_id} is `{}`; only ready snapshots can be forked",
-                snap.state
-            ),
+        return Err(OpError::wrong_state(
+            &format!("snapshot {snap_id}"),
+            snap.state,
+            "ready snapshots can be forked",
         )
         .field("from_snapshot"));
     }

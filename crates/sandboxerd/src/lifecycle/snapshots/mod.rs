@@ -181,11 +181,10 @@ pub async fn create(
     }
     let sbx_state = row.state()?;
     if !sbx_state.is_live() {
-        return Err(OpError::conflict(
-            ProblemCode::InvalidState,
-            format!(
-                "sandbox {sandbox_id} is `{sbx_state}`; only ready or active sandboxes can be snapshotted"
-            ),
+        return Err(OpError::wrong_state(
+            &format!("sandbox {sandbox_id}"),
+            sbx_state,
+            "ready or active sandboxes can be snapshotted",
         ));
     }
     let now = now_ms();

@@ -122,22 +122,20 @@ pub async fn restore(
     }
     let sbx_state = row.state()?;
     if !sbx_state.is_live() {
-        return Err(OpError::conflict(
-            ProblemCode::InvalidState,
-            format!(
-                "sandbox {sandbox_id} is `{sbx_state}`; only ready or active sandboxes can be restored"
-            ),
+        return Err(OpError::wrong_state(
+            &format!("sandbox {sandbox_id}"),
+            sbx_state,
+            "ready or active sandboxes can be restored",
         ));
     }
     let snap_state = snap.state()?;
     let sha = match (&snap.sha256, snap_state) {
         (Some(sha), SnapshotState::Ready) => sha.clone(),
         _ => {
-            return Err(OpError::conflict(
-                ProblemCode::InvalidState,
-                format!(
-                    "snapshot {snapshot_id} is `{snap_state}`; only ready snapshots can be restored"
-                ),
+            return Err(OpError::wrong_state(
+                &format!("snapshot {snapshot_id}"),
+                snap_state,
+                "ready snapshots can be restored",
             )
             .field("snapshot_id"))
         }
