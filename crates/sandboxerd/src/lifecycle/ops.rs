@@ -36,7 +36,7 @@ pub async fn destroy(state: &AppState, scope: Option<&str>, id: &str) -> OpResul
     {
         Transition::Done { sandbox, .. } => {
             state.notify(id);
-            state.spawn(super::destroy(state.clone(), id.to_owned()));
+            state.spawn(super::teardown::destroy(state.clone(), id.to_owned()));
             Ok(sandbox)
         }
         Transition::Refused(sandbox) => Ok(sandbox),
@@ -98,7 +98,7 @@ pub async fn recreate(
     {
         Transition::Done { sandbox, .. } => {
             state.notify(id);
-            state.spawn(super::provision(
+            state.spawn(super::provision::provision(
                 state.clone(),
                 id.to_owned(),
                 sandbox.generation,

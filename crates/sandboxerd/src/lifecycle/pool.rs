@@ -222,7 +222,7 @@ pub async fn shut_down(state: &AppState) {
     {
         Ok(ids) => {
             for id in ids {
-                state.spawn(super::destroy(state.clone(), id));
+                state.spawn(super::teardown::destroy(state.clone(), id));
             }
         }
         Err(e) => {
@@ -319,7 +319,7 @@ async fn refill(state: AppState, profile_id: String, stop: CancellationToken) {
                             let st = state.clone();
                             let tx = done_tx.clone();
                             state.spawn(async move {
-                                super::provision(st.clone(), id.clone(), 0, None).await;
+                                super::provision::provision(st.clone(), id.clone(), 0, None).await;
                                 let outcome = match st.db.get_row(&id, None).await {
                                     Ok(Some(row)) => match row.state() {
                                         Ok(SandboxState::Ready) => Outcome::Ready,
@@ -462,7 +462,7 @@ async fn probe_members(state: &AppState, profile_id: &str) {
                 tracing::warn!(sandbox_id = %m.id, "warm-pool member gone from its backend");
                 state.metrics.pool(profile_id, PoolEvent::Lost);
                 state.notify(&m.id);
-                state.spawn(super::destroy(state.clone(), m.id));
+                state.spawn(super::teardown::destroy(state.clone(), m.id));
             }
             Ok(_) => {}
             Err(e) => {

@@ -61,7 +61,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
                 state.metrics.count(Counter::SandboxesIdleReaped);
                 state.notify(&id);
                 done.idle_reaped += 1;
-                state.spawn(super::destroy(state.clone(), id));
+                state.spawn(super::teardown::destroy(state.clone(), id));
             }
         }
     }
@@ -69,7 +69,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
     for id in state.db.due_teardowns(now, BATCH).await? {
         if !state.teardowns_in_flight.contains(&id) {
             done.teardowns_started += 1;
-            state.spawn(super::destroy(state.clone(), id));
+            state.spawn(super::teardown::destroy(state.clone(), id));
         }
     }
     Ok(done)
@@ -103,7 +103,7 @@ pub async fn expire(
         {
             state.metrics.count(Counter::SandboxesExpired);
             state.notify(id);
-            state.spawn(super::destroy(state.clone(), id.clone()));
+            state.spawn(super::teardown::destroy(state.clone(), id.clone()));
             expired.push(sandbox);
         }
     }

@@ -49,7 +49,7 @@ pub async fn recover(state: &AppState) -> Result<usize, StoreError> {
     for row in rows {
         match row.state()? {
             SandboxState::Requested => {
-                state.spawn(super::provision(
+                state.spawn(super::provision::provision(
                     state.clone(),
                     row.id.clone(),
                     row.generation,
@@ -59,7 +59,7 @@ pub async fn recover(state: &AppState) -> Result<usize, StoreError> {
             SandboxState::Provisioning => finish_or_fail(state, row).await?,
             SandboxState::Ready | SandboxState::Active => check_live(state, row).await?,
             SandboxState::Destroying | SandboxState::Expired => {
-                state.spawn(super::destroy(state.clone(), row.id.clone()));
+                state.spawn(super::teardown::destroy(state.clone(), row.id.clone()));
             }
             SandboxState::Destroyed | SandboxState::Failed => {}
         }

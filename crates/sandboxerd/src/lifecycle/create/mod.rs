@@ -67,7 +67,7 @@ pub async fn create(
         Created::New(sbx) if pooled => Ok(sbx),
         Created::New(sbx) => {
             crate::fault::hit("create.after_insert");
-            state.spawn(super::provision(
+            state.spawn(super::provision::provision(
                 state.clone(),
                 sbx.id.clone(),
                 sbx.generation,
