@@ -90,6 +90,7 @@ impl From<OpError> for ApiError {
             Refusal::Busy => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::Upstream => StatusCode::BAD_GATEWAY,
         };
         let mut err = ApiError::new(status, code, detail);
         err.field = field;

@@ -14,7 +14,7 @@ use super::cursor::{self, List};
 use super::error::{ApiError, ApiResult};
 use super::extract::{optional_json, page_limit, parse_query, ApiQuery, QueryParams};
 use crate::lifecycle::reaper;
-use crate::store::{now_ms, AuditFilter};
+use crate::store::AuditFilter;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -84,29 +84,7 @@ async fn expire(
 ) -> ApiResult<Json<ExpireReport>> {
     caller.require_operator("POST /v1/expire")?;
     let req: ExpireRequest = optional_json(&body)?;
-    let now = now_ms();
-    let mut items = Vec::new();
-    loop {
-        let due = state.db.due_expiries(now, 1000).await?;
-        if due.is_empty() {
-            break;
-        }
-        if req.apply {
-            let expired = reaper::expire(&state, &due, now).await?;
-            let progressed = !expired.is_empty();
-            items.extend(expired);
-            if !progressed {
-                break;
-            }
-        } else {
-            for id in &due {
-                if let Some(sbx) = state.db.get_sandbox(id, None).await? {
-                    items.push(sbx);
-                }
-            }
-            break;
-        }
-    }
+    let items = reaper::expire_due(&state, req.apply).await?;
     Ok(Json(ExpireReport {
         applied: req.apply,
         items,

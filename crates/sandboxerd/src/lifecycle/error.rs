@@ -25,6 +25,9 @@ pub enum Refusal {
     Unavailable,
     /// The backend failed; nothing was changed (500).
     Failed,
+    /// A host the request needs could not be asked; the code is the
+    /// backend's (502).
+    Upstream,
 }
 
 /// Something a request names, which may not exist.

@@ -22,6 +22,7 @@ use crate::AppState;
 pub mod create;
 pub mod credits;
 pub mod error;
+pub mod hosts;
 pub mod metering;
 pub mod ops;
 pub mod pool;

@@ -75,6 +75,38 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
     Ok(done)
 }
 
+/// `POST /v1/expire`: the sandboxes past their expiry now; with `apply`,
+/// expired (in batches, until none is left) and their teardown started.
+#[tracing::instrument(skip_all, fields(apply))]
+pub async fn expire_due(
+    state: &AppState,
+    apply: bool,
+) -> Result<Vec<sandboxer_api::Sandbox>, StoreError> {
+    let now = now_ms();
+    let mut items = Vec::new();
+    loop {
+        let due = state.db.due_expiries(now, 1000).await?;
+        if due.is_empty() {
+            break;
+        }
+        if !apply {
+            for id in &due {
+                if let Some(sbx) = state.db.get_sandbox(id, None).await? {
+                    items.push(sbx);
+                }
+            }
+            break;
+        }
+        let expired = expire(state, &due, now).await?;
+        let progressed = !expired.is_empty();
+        items.extend(expired);
+        if !progressed {
+            break;
+        }
+    }
+    Ok(items)
+}
+
 /// Expire the sandboxes among `ids` that are still past their expiry at
 /// `now` (one conditional transition each) and start their teardown.
 /// Answers the ones this call expired.
