@@ -54,7 +54,7 @@ pub struct Grant {
 
 /// Add `amount` credits to `project` for `reason`. With an
 /// `idempotency_key`, a retry answers the entry written first.
-#[tracing::instrument(skip_all, fields(project = %project, amount))]
+#[tracing::instrument(skip_all, fields(project = %project, amount = amount))]
 pub async fn grant(
     state: &AppState,
     project: &str,

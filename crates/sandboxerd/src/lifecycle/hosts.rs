@@ -39,7 +39,7 @@ pub async fn inspect(state: &AppState, id: &str) -> OpResult<HostInspect> {
 /// What sand-boxer left on host `id` that no live sandbox owns; with
 /// `apply`, removed (each sandbox's leftovers under its lock), and what
 /// could not be removed listed in `errors`.
-#[tracing::instrument(skip_all, fields(host = %id, apply))]
+#[tracing::instrument(skip_all, fields(host = %id, apply = apply))]
 pub async fn stale_report(state: &AppState, id: &str, apply: bool) -> OpResult<StaleReport> {
     known(state, id)?;
     let items = match stale::stale_items(state, id).await {

@@ -77,7 +77,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
 
 /// `POST /v1/expire`: the sandboxes past their expiry now; with `apply`,
 /// expired (in batches, until none is left) and their teardown started.
-#[tracing::instrument(skip_all, fields(apply))]
+#[tracing::instrument(skip_all, fields(apply = apply))]
 pub async fn expire_due(
     state: &AppState,
     apply: bool,
