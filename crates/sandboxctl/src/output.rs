@@ -3,6 +3,7 @@
 //! every command shares.
 use std::io::Write;
 
+use sandboxctl::api::ProblemCode;
 use sandboxctl::ClientError;
 use serde::Serialize;
 
@@ -51,11 +52,15 @@ impl CliError {
             Some(ClientError::Api { problem, .. }) => {
                 let detail = render::clean(&problem.detail);
                 let code = render::clean(&problem.code);
-                match &problem.field {
+                let line = match &problem.field {
                     Some(field) => {
                         format!("error: {detail} ({code}, field: {})", render::clean(field))
                     }
                     None => format!("error: {detail} ({code})"),
+                };
+                match hint(problem.problem_code()) {
+                    Some(hint) => format!("{line}\n({hint})"),
+                    None => line,
                 }
             }
             Some(ClientError::Transport(msg)) => format!(
@@ -64,6 +69,26 @@ impl CliError {
             ),
             _ => format!("error: {}", render::clean(&self.to_string())),
         }
+    }
+}
+
+/// What the user can do about a problem, for the codes where there is
+/// something to say beyond the detail.
+fn hint(code: ProblemCode) -> Option<&'static str> {
+    match code {
+        ProblemCode::Unauthorized => Some("set --token or SANDBOXER_TOKEN"),
+        ProblemCode::Forbidden => Some("this needs an operator token"),
+        ProblemCode::InsufficientCredits => Some(
+            "see `sandboxctl credits balance <project>`; an operator adds credits with `sandboxctl credits grant`",
+        ),
+        ProblemCode::TooManySandboxes => {
+            Some("destroy sandboxes you no longer need (`sandboxctl list`), then retry")
+        }
+        ProblemCode::RateLimited
+        | ProblemCode::TooManyConnections
+        | ProblemCode::StorageUnavailable
+        | ProblemCode::NoExtensionAvailable => Some("retry in a moment"),
+        _ => None,
     }
 }
 
@@ -118,6 +143,15 @@ mod tests {
             "error: ttl 9d is over the max 1d (ttl_too_long, field: ttl)"
         );
         assert_eq!(api(None).exit_code(), 1);
+        let mut unauthorized = api(None);
+        if let CliError::Client(e) = &mut unauthorized {
+            if let ClientError::Api { problem, .. } = &mut **e {
+                problem.code = "unauthorized".into();
+            }
+        }
+        assert!(unauthorized
+            .message()
+            .ends_with("(unauthorized)\n(set --token or SANDBOXER_TOKEN)"));
         let transport = CliError::from(ClientError::Transport(
             "could not connect to http://x/".into(),
         ));

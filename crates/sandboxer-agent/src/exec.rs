@@ -384,9 +384,8 @@ async fn read_controls(
         };
         match frame.kind {
             kind::STDIN => {
-                if input.send(Input::Data(frame.data)).await.is_err() {
-                    continue;
-                }
+                // A closed input (the program exited) drops the bytes.
+                let _ = input.send(Input::Data(frame.data)).await;
             }
             kind::STDIN_END => {
                 let _ = input.send(Input::End).await;

@@ -16,7 +16,7 @@ pub use access::*;
 pub use catalog::*;
 pub use credits::*;
 pub use host::*;
-pub use problem::Problem;
+pub use problem::{Problem, ProblemCode};
 pub use routing::*;
 pub use sandbox::*;
 pub use snapshot::*;
@@ -59,5 +59,6 @@ pub struct AuditEntry {
     /// The HTTP status answered.
     pub status: u16,
     /// The problem code, when the request failed.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<ProblemCode>))]
     pub code: Option<String>,
 }

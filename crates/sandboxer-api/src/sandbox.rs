@@ -98,9 +98,21 @@ pub struct Consumer {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failure {
     /// Stable code, e.g. `backend_unavailable`, `provision_failed`, `not_ready_in_time`.
+    // A string, so a code newer than the client still decodes.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::ProblemCode))]
     pub code: String,
     /// What happened, for people.
     pub message: String,
+}
+
+impl Failure {
+    /// A failure with `code` and what happened.
+    pub fn new(code: crate::ProblemCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
 }
 
 /// What a sandbox is expected to cost and has cost so far, in integer credits.

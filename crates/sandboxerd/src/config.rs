@@ -1,5 +1,10 @@
 //! Configuration: defaults in code, then the TOML file, then `SANDBOXER_*`
 //! environment variables, then command-line flags.
+//!
+//! (Longer than 600 lines: one tree of sections, each with its defaults
+//! beside its fields, and the one pass that checks them into [`Settings`];
+//! split, a reader would jump between a field, its default and its check.
+//! The tests at the end are the layering's.)
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

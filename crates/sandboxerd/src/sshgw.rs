@@ -317,35 +317,35 @@ async fn pump(
                     Ok(Some(f)) => f,
                     Ok(None) | Err(_) => break,
                 };
-                match f.kind {
-                    kind::STDOUT => {
-                        if handle.data(channel, f.data).await.is_err() {
-                            return;
-                        }
+                if f.kind == kind::STDOUT || f.kind == kind::STDERR {
+                    let sent = if f.kind == kind::STDOUT {
+                        handle.data(channel, f.data).await
+                    } else {
+                        handle.extended_data(channel, 1, f.data).await
+                    };
+                    if sent.is_err() {
+                        // The client is gone.
+                        return;
                     }
-                    kind::STDERR => {
-                        if handle.extended_data(channel, 1, f.data).await.is_err() {
-                            return;
-                        }
-                    }
-                    kind::EXIT => {
-                        let exit: sandboxer_api::ExecExit = serde_json::from_slice(&f.data).unwrap_or_default();
-                        let _ = handle.eof(channel).await;
-                        match (exit.exit_code, exit.signal) {
-                            (Some(code), _) => {
-                                let _ = handle.exit_status_request(channel, code as u32).await;
-                            }
-                            (None, Some(sig)) => {
-                                let _ = handle
-                                    .exit_signal_request(channel, sig_of(&sig), false, String::new(), String::new())
-                                    .await;
-                            }
-                            (None, None) => {}
-                        }
-                        break;
-                    }
-                    _ => {}
+                    continue;
                 }
+                if f.kind != kind::EXIT {
+                    continue;
+                }
+                let exit: sandboxer_api::ExecExit = serde_json::from_slice(&f.data).unwrap_or_default();
+                let _ = handle.eof(channel).await;
+                match (exit.exit_code, exit.signal) {
+                    (Some(code), _) => {
+                        let _ = handle.exit_status_request(channel, code as u32).await;
+                    }
+                    (None, Some(sig)) => {
+                        let _ = handle
+                            .exit_signal_request(channel, sig_of(&sig), false, String::new(), String::new())
+                            .await;
+                    }
+                    (None, None) => {}
+                }
+                break;
             }
             m = input.recv(), if input_open => {
                 let sent = match m {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sandboxer_api::{Availability, CostBreakdown, Pricing, Profile};
+use sandboxer_api::{Availability, CostBreakdown, Pricing, ProblemCode, Profile};
 use tokio_util::sync::CancellationToken;
 
 pub mod archive;
@@ -80,7 +80,7 @@ pub enum Liveness {
 /// The failure of a capture whose `cancel` token was cancelled.
 pub fn snapshot_cancelled() -> ExtError {
     ExtError::new(
-        "snapshot_cancelled",
+        ProblemCode::SnapshotCancelled,
         "the capture was cancelled: the sandbox is being torn down or the daemon is stopping",
     )
 }
@@ -89,13 +89,13 @@ pub fn snapshot_cancelled() -> ExtError {
 pub fn snapshot_write_error(e: archive::WriteError) -> ExtError {
     match e {
         archive::WriteError::TooLarge { limit } => ExtError::new(
-            "snapshot_too_large",
+            ProblemCode::SnapshotTooLarge,
             format!(
                 "the workspace is larger than the profile's snapshot.max_size ({limit} bytes before compression)"
             ),
         ),
         archive::WriteError::Cancelled => snapshot_cancelled(),
-        archive::WriteError::Io(msg) => ExtError::new("snapshot_failed", msg),
+        archive::WriteError::Io(msg) => ExtError::new(ProblemCode::SnapshotFailed, msg),
     }
 }
 
@@ -103,7 +103,7 @@ pub fn snapshot_write_error(e: archive::WriteError) -> ExtError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ExtError {
-    pub code: &'static str,
+    pub code: ProblemCode,
     pub message: String,
     /// The host could not be used at all and nothing was made on it (no
     /// connection, or full): placement may try another host.
@@ -112,17 +112,22 @@ pub struct ExtError {
 
 impl From<crate::secrets::SecretError> for ExtError {
     fn from(e: crate::secrets::SecretError) -> Self {
-        ExtError::new("secret_unavailable", e.0)
+        ExtError::new(ProblemCode::SecretUnavailable, e.0)
     }
 }
 
 impl ExtError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ProblemCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
             host_unusable: false,
         }
+    }
+
+    /// The `failure` a sandbox or snapshot records for this error.
+    pub fn into_failure(self) -> sandboxer_api::Failure {
+        sandboxer_api::Failure::new(self.code, self.message)
     }
 
     /// Mark the failure as one of the host, before anything was made there.
@@ -199,7 +204,7 @@ pub trait Extension: Send + Sync {
     ) -> Result<SnapshotArchive, ExtError> {
         let _ = (sandbox_id, state, dest, max_content_bytes, cancel);
         Err(ExtError::new(
-            "snapshot_unsupported",
+            ProblemCode::SnapshotUnsupported,
             format!("{} cannot snapshot sandboxes", self.id()),
         ))
     }
@@ -217,7 +222,7 @@ pub trait Extension: Send + Sync {
     ) -> Result<(), ExtError> {
         let _ = (sandbox_id, state, src, env);
         Err(ExtError::new(
-            "snapshot_unsupported",
+            ProblemCode::SnapshotUnsupported,
             format!("{} cannot restore snapshots", self.id()),
         ))
     }

@@ -15,10 +15,11 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::HashMapStateStore;
 use governor::Quota;
+use sandboxer_api::ProblemCode;
 use sha2::{Digest, Sha256};
 
 use super::caller::Caller;
-use super::error::{ApiError, ProblemCode};
+use super::error::ApiError;
 use crate::config::{Limits, TokenEntry};
 use crate::store::NewAudit;
 use crate::AppState;
@@ -83,7 +84,8 @@ pub fn lookup(tokens: &[TokenEntry], bearer: &str) -> Option<(usize, Caller)> {
 }
 
 fn unauthorized(detail: &str) -> Response {
-    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_response();
+    let mut resp =
+        ApiError::new(StatusCode::UNAUTHORIZED, ProblemCode::Unauthorized, detail).into_response();
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
@@ -116,19 +118,16 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     };
     if let Some(Caller { token: Some(i), .. }) = &caller {
         if let Err(wait) = state.rate_limiter.take(*i) {
-            let mut resp = ApiError::new(
+            return ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ProblemCode::RateLimited,
                 format!(
                     "more than {} requests per second from this token; retry in {wait}s",
                     state.settings.limits.requests_per_second
                 ),
             )
+            .retry_after(wait)
             .into_response();
-            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return resp;
         }
     }
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -146,7 +145,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                     .and_then(sandbox_of)
                     .map(str::to_owned)
             });
-            let code = resp.extensions().get::<ProblemCode>().map(|p| p.0);
+            let code = resp.extensions().get::<ProblemCode>().map(|c| c.as_str());
             let entry = NewAudit {
                 actor_type: &c.consumer.actor_type,
                 actor: &c.consumer.actor,

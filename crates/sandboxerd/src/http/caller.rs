@@ -3,9 +3,10 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use sandboxer_api::Consumer;
+use sandboxer_api::{Consumer, ProblemCode};
 
 use super::error::ApiError;
+use crate::lifecycle::Actor;
 
 /// The identity a request acts as.
 #[derive(Debug, Clone)]
@@ -31,13 +32,17 @@ impl Caller {
         }
     }
 
+    /// Who the operations see asking.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor {
+            consumer: &self.consumer,
+            operator: self.operator,
+        }
+    }
+
     /// The project every query is scoped to (`None`: all, for operators).
     pub fn scope(&self) -> Option<&str> {
-        if self.operator {
-            None
-        } else {
-            Some(&self.consumer.project)
-        }
+        self.actor().scope()
     }
 
     /// `consumer` or `operator`.
@@ -56,7 +61,7 @@ impl Caller {
         } else {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ProblemCode::Forbidden,
                 format!("{what} is for operators; this token has the consumer role"),
             ))
         }
@@ -70,7 +75,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ProblemCode::Unauthorized,
                 "this route needs `Authorization: Bearer <token>`",
             )
         })

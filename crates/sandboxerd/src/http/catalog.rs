@@ -6,6 +6,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult};
+use crate::lifecycle::Missing;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -48,7 +49,7 @@ async fn get_profile(
         .profiles
         .get(&id)
         .map(|p| Json(p.spec.clone()))
-        .ok_or_else(|| ApiError::not_found("profile", &id))
+        .ok_or_else(|| ApiError::not_found(Missing::Profile, &id))
 }
 
 async fn with_availability(state: &AppState, spec: &sandboxer_api::ExtensionSpec) -> Extension {
@@ -90,6 +91,6 @@ async fn get_extension(
 ) -> ApiResult<Json<Extension>> {
     match state.catalog.extensions.get(&id) {
         Some(spec) => Ok(Json(with_availability(&state, spec).await)),
-        None => Err(ApiError::not_found("extension", &id)),
+        None => Err(ApiError::not_found(Missing::Extension, &id)),
     }
 }

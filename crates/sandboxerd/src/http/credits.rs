@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use sandboxer_api::{
-    Balance, CreateGrant, Estimate, LedgerEntry, Page, Problem, UsageRecord, UsageReport,
+    Balance, CreateGrant, Estimate, LedgerEntry, Page, Problem, ProblemCode, UsageRecord,
+    UsageReport,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -17,14 +18,10 @@ use utoipa_axum::routes;
 use super::caller::Caller;
 use super::cursor::{self, List};
 use super::error::{ApiError, ApiResult};
-use super::extract::{page_limit, parse_query, ApiJson, ApiQuery, QueryParams};
-use crate::ledger::MAX_CREDITS;
-use crate::routing::{self, Needs};
-use crate::store::{now_ms, to_time, Granted, LedgerFilter, UsageFilter};
+use super::extract::{idempotency_key, page_limit, parse_query, ApiJson, ApiQuery, QueryParams};
+use crate::lifecycle;
+use crate::store::{now_ms, to_time, LedgerFilter, UsageFilter};
 use crate::AppState;
-
-/// The most one grant may add.
-pub const MAX_GRANT: i64 = 1_000_000_000_000;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,15 +32,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(usage))
 }
 
-// Built where every error is; credits answers it too.
-pub use super::error::insufficient;
-
 /// Check that `caller` may see `project` (and that it is a project name).
 fn scoped(caller: &Caller, project: &str) -> ApiResult<()> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "project_not_found",
+            ProblemCode::ProjectNotFound,
             format!("project `{project}` not found"),
         )
     };
@@ -87,29 +81,9 @@ async fn estimate(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EstimateParams>,
 ) -> ApiResult<Json<Estimate>> {
-    let Some(profile_id) = q.profile.as_deref() else {
-        return Err(ApiError::unprocessable(
-            "missing_profile",
-            "profile",
-            "`profile` is required",
-        ));
-    };
-    let profile = state
-        .catalog
-        .profiles
-        .get(profile_id)
-        .ok_or_else(|| ApiError::not_found("profile", profile_id).field("profile"))?;
-    let ttl = super::sandboxes::requested_ttl(q.ttl.as_deref(), profile)?;
-    let placed = routing::place(&state, profile, ttl, &Needs::default())
-        .await
-        .map_err(|e| super::sandboxes::place_error(profile_id, e))?;
-    Ok(Json(Estimate {
-        profile: profile.spec.id.clone(),
-        extension: placed.target.extension,
-        credits: placed.target.estimate_credits,
-        breakdown: placed.target.breakdown,
-        route: placed.route,
-    }))
+    let estimate =
+        lifecycle::credits::estimate(&state, q.profile.as_deref(), q.ttl.as_deref()).await?;
+    Ok(Json(estimate))
 }
 
 /// A project's balance, what is reserved for its live sandboxes, and what is available.
@@ -168,42 +142,16 @@ async fn create_grant(
 ) -> ApiResult<Response> {
     caller.require_operator("POST /v1/credits/{project}/grants")?;
     scoped(&caller, &project)?;
-    let key = super::sandboxes::idempotency_key(&headers)?;
-    if !(1..=MAX_GRANT).contains(&req.amount) {
-        return Err(ApiError::unprocessable(
-            "invalid_amount",
-            "amount",
-            format!("`amount` must be a whole number of credits from 1 to {MAX_GRANT}"),
-        ));
-    }
-    let reason = req.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 512 || reason.chars().any(char::is_control) {
-        return Err(ApiError::unprocessable(
-            "invalid_reason",
-            "reason",
-            "`reason` must be 1 to 512 characters without control characters",
-        ));
-    }
-    match state
-        .db
-        .grant(&project, req.amount, reason, key.as_deref())
-        .await?
-    {
-        Granted::New(entry) => Ok((StatusCode::CREATED, Json(entry)).into_response()),
-        Granted::Replayed(entry) => Ok((StatusCode::OK, Json(entry)).into_response()),
-        Granted::KeyConflict => Err(ApiError::conflict(
-            "idempotency_conflict",
-            "this Idempotency-Key was already used for a different grant",
-        )
-        .field("Idempotency-Key")),
-        Granted::OverLimit { balance } => Err(ApiError::unprocessable(
-            "invalid_amount",
-            "amount",
-            format!(
-                "the balance ({balance}) plus `amount` would pass the most a project may hold ({MAX_CREDITS})"
-            ),
-        )),
-    }
+    let key = idempotency_key(&headers)?;
+    let grant =
+        lifecycle::credits::grant(&state, &project, req.amount, &req.reason, key.as_deref())
+            .await?;
+    let status = if grant.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(grant.entry)).into_response())
 }
 
 /// Query of `GET /v1/credits/{project}/ledger`.
@@ -314,7 +262,7 @@ async fn usage(
                     .map(|t| t.with_timezone(&Utc).timestamp_millis())
                     .map_err(|e| {
                         ApiError::unprocessable(
-                            "invalid_time",
+                            ProblemCode::InvalidTime,
                             field,
                             format!("`{field}`: `{v}` is not an RFC 3339 time ({e})"),
                         )
@@ -326,7 +274,7 @@ async fn usage(
     let to = time("to", q.to.as_deref())?.unwrap_or_else(|| now_ms() + 1);
     if from > to {
         return Err(ApiError::unprocessable(
-            "invalid_time",
+            ProblemCode::InvalidTime,
             "from",
             "`from` is after `to`",
         ));
@@ -336,7 +284,7 @@ async fn usage(
         Some("csv") => true,
         Some(other) => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ProblemCode::InvalidQuery,
                 "format",
                 format!("`format`: `{other}` is not `json` or `csv`"),
             ))

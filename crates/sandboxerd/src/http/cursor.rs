@@ -3,6 +3,7 @@
 //! one) is 400 `invalid_cursor` in another, never a wrong page.
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use sandboxer_api::ProblemCode;
 
 use super::error::ApiError;
 
@@ -45,7 +46,7 @@ pub fn encode(list: List, key: &str) -> String {
 pub fn decode(list: List, cursor: &str) -> Result<String, ApiError> {
     let invalid = || {
         ApiError::bad_request(
-            "invalid_cursor",
+            ProblemCode::InvalidCursor,
             "cursor",
             "`cursor` is not a cursor this API gave out",
         )
@@ -78,7 +79,7 @@ pub fn decode_seq(list: List, cursor: &str, min: i64) -> Result<i64, ApiError> {
         .filter(|n| *n >= min)
         .ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_cursor",
+                ProblemCode::InvalidCursor,
                 "cursor",
                 "`cursor` is not a cursor this API gave out",
             )

@@ -1,26 +1,31 @@
-//! One error type for handlers, mapped once to `application/problem+json`.
+//! One error type for handlers, mapped once to `application/problem+json`:
+//! the operations' [`OpError`] and storage errors become problems here.
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use sandboxer_api::Problem;
+use sandboxer_api::{Problem, ProblemCode};
 
+use crate::lifecycle::{Missing, OpError, Refusal};
 use crate::store::StoreError;
 
 /// An error answer: a status, a stable code, a detail naming the field.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ProblemCode,
     pub detail: String,
     pub field: Option<String>,
+    /// Seconds for `Retry-After`, when waiting may help.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ProblemCode, detail: impl Into<String>) -> Self {
         Self {
             status,
             code,
             detail: detail.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -30,31 +35,23 @@ impl ApiError {
         self
     }
 
-    pub fn not_found(what: &str, id: &str) -> Self {
-        let code = match what {
-            "sandbox" => "sandbox_not_found",
-            "profile" => "profile_not_found",
-            "extension" => "extension_not_found",
-            "snapshot" => "snapshot_not_found",
-            _ => "not_found",
-        };
-        Self::new(
-            StatusCode::NOT_FOUND,
-            code,
-            format!("{what} `{id}` not found"),
-        )
+    /// The same error, telling the client to retry after `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
-    pub fn unprocessable(code: &'static str, field: &str, detail: impl Into<String>) -> Self {
+    /// 404: `what` `id` does not exist (for this caller).
+    pub fn not_found(what: Missing, id: &str) -> Self {
+        OpError::not_found(what, id).into()
+    }
+
+    pub fn unprocessable(code: ProblemCode, field: &str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).field(field)
     }
 
-    pub fn bad_request(code: &'static str, field: &str, detail: impl Into<String>) -> Self {
+    pub fn bad_request(code: ProblemCode, field: &str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail).field(field)
-    }
-
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, detail)
     }
 
     /// The problem body.
@@ -62,14 +59,46 @@ impl ApiError {
         Problem {
             kind: format!(
                 "https://sand-boxer.dev/problems/{}",
-                self.code.replace('_', "-")
+                self.code.as_str().replace('_', "-")
             ),
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
-            code: self.code.to_owned(),
+            code: self.code.as_str().to_owned(),
             field: self.field.clone(),
         }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        let (how, code, detail, field) = match e {
+            OpError::Store(e) => return e.into(),
+            OpError::Refused {
+                how,
+                code,
+                detail,
+                field,
+            } => (how, code, detail, field),
+        };
+        let status = match how {
+            Refusal::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Conflict => StatusCode::CONFLICT,
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
+            Refusal::Credits => StatusCode::PAYMENT_REQUIRED,
+            Refusal::Busy => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::Upstream => StatusCode::BAD_GATEWAY,
+        };
+        let mut err = ApiError::new(status, code, detail);
+        err.field = field;
+        if how == Refusal::Busy {
+            // Sandboxes come and go within seconds to minutes.
+            err = err.retry_after(30);
+        }
+        err
     }
 }
 
@@ -81,51 +110,35 @@ impl From<StoreError> for ApiError {
             // Nothing of the request was stored: worth retrying later.
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                ProblemCode::StorageUnavailable,
                 "the daemon cannot store this now (its database cannot be written); nothing was changed, retry later",
             );
         }
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ProblemCode::Internal,
             "internal error; see the daemon's log",
         )
     }
 }
 
-/// The problem code of an error answer, left on the response for the audit trail.
-#[derive(Debug, Clone, Copy)]
-pub struct ProblemCode(pub &'static str);
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
-        resp.headers_mut().insert(
+        let headers = resp.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        resp.extensions_mut().insert(ProblemCode(self.code));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        // Left on the response for the audit trail.
+        resp.extensions_mut().insert(self.code);
         resp
     }
 }
 
 /// Handler result.
 pub type ApiResult<T> = Result<T, ApiError>;
-
-/// 402 `insufficient_credits`, naming what is available and what `what` needs.
-pub fn insufficient(short: crate::store::Shortfall, project: &str, what: &str) -> ApiError {
-    let whose = if project.is_empty() {
-        "the project".to_owned()
-    } else {
-        format!("project `{project}`")
-    };
-    ApiError::new(
-        StatusCode::PAYMENT_REQUIRED,
-        "insufficient_credits",
-        format!(
-            "{whose} has {} credits available; {what} needs {} reserved",
-            short.available, short.needed
-        ),
-    )
-}

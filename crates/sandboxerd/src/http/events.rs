@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::Json;
-use sandboxer_api::{AuditEntry, Event, ExpireReport, ExpireRequest, Page, Problem};
+use sandboxer_api::{AuditEntry, Event, ExpireReport, ExpireRequest, Page, Problem, ProblemCode};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -14,7 +14,7 @@ use super::cursor::{self, List};
 use super::error::{ApiError, ApiResult};
 use super::extract::{optional_json, page_limit, parse_query, ApiQuery, QueryParams};
 use crate::lifecycle::reaper;
-use crate::store::{now_ms, AuditFilter};
+use crate::store::AuditFilter;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -57,7 +57,7 @@ async fn list_events(
     match state.db.events_after(after, caller.scope(), limit).await? {
         Some((items, next_cursor)) => Ok(Json(Page { items, next_cursor })),
         None => Err(ApiError::bad_request(
-            "invalid_cursor",
+            ProblemCode::InvalidCursor,
             "after",
             "`after` is not the id of an event",
         )),
@@ -84,29 +84,7 @@ async fn expire(
 ) -> ApiResult<Json<ExpireReport>> {
     caller.require_operator("POST /v1/expire")?;
     let req: ExpireRequest = optional_json(&body)?;
-    let now = now_ms();
-    let mut items = Vec::new();
-    loop {
-        let due = state.db.due_expiries(now, 1000).await?;
-        if due.is_empty() {
-            break;
-        }
-        if req.apply {
-            let expired = reaper::expire(&state, &due, now).await?;
-            let progressed = !expired.is_empty();
-            items.extend(expired);
-            if !progressed {
-                break;
-            }
-        } else {
-            for id in &due {
-                if let Some(sbx) = state.db.get_sandbox(id, None).await? {
-                    items.push(sbx);
-                }
-            }
-            break;
-        }
-    }
+    let items = reaper::expire_due(&state, req.apply).await?;
     Ok(Json(ExpireReport {
         applied: req.apply,
         items,

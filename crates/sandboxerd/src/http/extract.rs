@@ -4,7 +4,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use sandboxer_api::ProblemCode;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ApiResult};
@@ -32,25 +33,25 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     match r {
         JsonRejection::JsonDataError(_) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ProblemCode::InvalidBody,
             // serde names the field and where it is.
             text.trim_start_matches("Failed to deserialize the JSON body into the target type: ")
                 .to_owned(),
         ),
         JsonRejection::JsonSyntaxError(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", text)
+            ApiError::new(StatusCode::BAD_REQUEST, ProblemCode::InvalidJson, text)
         }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ProblemCode::UnsupportedMediaType,
             "the body must be JSON with `Content-Type: application/json`",
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ProblemCode::PayloadTooLarge,
             "the request body is larger than 1 MiB",
         ),
-        other => ApiError::new(other.status(), "invalid_body", text),
+        other => ApiError::new(other.status(), ProblemCode::InvalidBody, text),
     }
 }
 
@@ -58,7 +59,7 @@ fn json_rejection(r: JsonRejection) -> ApiError {
 fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or("")).map_err(|e| {
         ApiError::bad_request(
-            "invalid_query",
+            ProblemCode::InvalidQuery,
             "query",
             format!("malformed query string: {e}"),
         )
@@ -70,26 +71,26 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// Parse a humantime duration from field `field`; `max` bounds it.
 pub fn duration(field: &str, value: &str, max: Option<Duration>) -> Result<Duration, ApiError> {
-    let d = humantime::parse_duration(value.trim()).map_err(|e| {
-        ApiError::unprocessable(
-            "invalid_duration",
-            field,
-            format!("`{field}`: `{value}` is not a duration like `30m`, `4h` or `1h30m` ({e})"),
+    Ok(crate::lifecycle::validate::duration(field, value, max)?)
+}
+
+/// The `Idempotency-Key` header, when given: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            ProblemCode::InvalidHeader,
+            "Idempotency-Key",
+            "`Idempotency-Key` must be 1 to 255 visible ASCII characters",
         )
-    })?;
-    if let Some(max) = max {
-        if d > max {
-            return Err(ApiError::unprocessable(
-                "invalid_duration",
-                field,
-                format!(
-                    "`{field}`: {value} is longer than the most allowed, {}",
-                    humantime::format_duration(max)
-                ),
-            ));
-        }
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
     }
-    Ok(d)
+    Ok(Some(s.to_owned()))
 }
 
 /// A JSON body that may be empty (then the type's default).
@@ -101,11 +102,15 @@ pub fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> 
         if e.is_data() {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
+                ProblemCode::InvalidBody,
                 e.to_string(),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ProblemCode::InvalidJson,
+                e.to_string(),
+            )
         }
     })
 }
@@ -146,7 +151,7 @@ pub fn parse_query<T: QueryParams>(raw: Option<&str>) -> Result<T, ApiError> {
     for (i, (key, _)) in pairs.iter().enumerate() {
         if !T::REPEATABLE.contains(&key.as_str()) && pairs[..i].iter().any(|(k, _)| k == key) {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ProblemCode::InvalidQuery,
                 key,
                 format!("query parameter `{key}` given more than once"),
             ));
@@ -163,7 +168,7 @@ fn query_error<T: QueryParams>(pairs: &[(String, String)], message: &str) -> Api
         let key = parts.next().unwrap_or_default();
         let takes: Vec<&str> = parts.skip(1).step_by(2).collect();
         return ApiError::bad_request(
-            "unknown_parameter",
+            ProblemCode::UnknownParameter,
             key,
             format!(
                 "unknown query parameter `{key}` (this route takes: {})",
@@ -178,7 +183,7 @@ fn query_error<T: QueryParams>(pairs: &[(String, String)], message: &str) -> Api
     if let Some(rest) = message.strip_prefix("missing field `") {
         let key = rest.split('`').next().unwrap_or_default();
         return ApiError::bad_request(
-            "invalid_query",
+            ProblemCode::InvalidQuery,
             key,
             format!("query parameter `{key}` is required"),
         );
@@ -189,14 +194,14 @@ fn query_error<T: QueryParams>(pairs: &[(String, String)], message: &str) -> Api
         if let Err(e) = serde_html_form::from_str::<T>(&alone) {
             if !e.to_string().starts_with("missing field") {
                 return ApiError::bad_request(
-                    "invalid_query",
+                    ProblemCode::InvalidQuery,
                     key,
                     format!("`{key}`: `{value}` is not accepted ({e})"),
                 );
             }
         }
     }
-    ApiError::bad_request("invalid_query", "query", message.to_owned())
+    ApiError::bad_request(ProblemCode::InvalidQuery, "query", message.to_owned())
 }
 
 /// A route that takes no query parameters.
@@ -212,7 +217,7 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
         None => Ok(100),
         Some(n) if (1..=1000).contains(&n) => Ok(n),
         Some(n) => Err(ApiError::bad_request(
-            "invalid_query",
+            ProblemCode::InvalidQuery,
             "limit",
             format!("`limit`: `{n}` is not a whole number from 1 to 1000"),
         )),

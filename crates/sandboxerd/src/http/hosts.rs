@@ -1,6 +1,5 @@
 //! `/v1/hosts`: the configured placement hosts and what was last seen of them.
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Json;
 use sandboxer_api::{Host, HostInspect, HostTelemetry, Page, Problem, ReapStale, StaleReport};
 use utoipa_axum::router::OpenApiRouter;
@@ -8,6 +7,7 @@ use utoipa_axum::routes;
 
 use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
+use crate::lifecycle::{self, Missing};
 use crate::AppState;
 
 /// The hosts routes.
@@ -88,31 +88,7 @@ async fn get_host(
         .iter()
         .find(|h| h.id == id)
         .map(|h| Json(host_view(&state, h)))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "host_not_found",
-                format!("host `{id}` not found"),
-            )
-        })
-}
-
-fn known(state: &AppState, id: &str) -> ApiResult<()> {
-    if state.settings.hosts.iter().any(|h| h.id == id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "host_not_found",
-            format!("host `{id}` not found"),
-        ))
-    }
-}
-
-/// A host that could not be asked: 502 with the backend's code.
-fn unreachable(e: crate::extensions::ExtError) -> ApiError {
-    tracing::warn!(code = e.code, message = %e.message, "host query failed");
-    ApiError::new(StatusCode::BAD_GATEWAY, e.code, e.message)
+        .ok_or_else(|| ApiError::not_found(Missing::Host, &id))
 }
 
 /// Live facts from a host: engine and version, load, memory, disk of the
@@ -133,28 +109,7 @@ async fn inspect_host(
     Path(id): Path<String>,
 ) -> ApiResult<Json<HostInspect>> {
     caller.require_operator("inspecting a host")?;
-    known(&state, &id)?;
-    let ext = state.extensions.inventory_for(&id);
-    let Some(inv) = ext.as_deref().and_then(|e| e.inventory()) else {
-        return Err(ApiError::not_found("host", &id));
-    };
-    inv.inspect(&id).await.map(Json).map_err(unreachable)
-}
-
-/// What sand-boxer left on a host that no live sandbox owns.
-async fn stale_report(state: &AppState, id: &str) -> ApiResult<StaleReport> {
-    known(state, id)?;
-    let items = match crate::lifecycle::stale::stale_items(state, id).await {
-        Ok(items) => items,
-        Err(crate::lifecycle::stale::StaleError::Host(e)) => return Err(unreachable(e)),
-        Err(crate::lifecycle::stale::StaleError::Store(e)) => return Err(e.into()),
-    };
-    Ok(StaleReport {
-        host: id.to_owned(),
-        items,
-        applied: false,
-        errors: Vec::new(),
-    })
+    Ok(Json(lifecycle::hosts::inspect(&state, &id).await?))
 }
 
 /// Labelled containers, networks, volumes and workdirs on a host that no
@@ -175,7 +130,9 @@ async fn stale(
     Path(id): Path<String>,
 ) -> ApiResult<Json<StaleReport>> {
     caller.require_operator("listing stale resources")?;
-    stale_report(&state, &id).await.map(Json)
+    Ok(Json(
+        lifecycle::hosts::stale_report(&state, &id, false).await?,
+    ))
 }
 
 /// Remove what no live sandbox owns on a host; a dry run unless `apply` (operator).
@@ -201,14 +158,7 @@ async fn reap_stale(
 ) -> ApiResult<Json<StaleReport>> {
     caller.require_operator("reaping stale resources")?;
     let req: ReapStale = super::extract::optional_json(&body)?;
-    let apply = req.apply;
-    let mut report = stale_report(&state, &id).await?;
-    if apply {
-        let ids: std::collections::BTreeSet<String> =
-            report.items.iter().map(|i| i.sandbox_id.clone()).collect();
-        let (_, errors) = crate::lifecycle::stale::reap(&state, &id, &ids).await;
-        report.errors = errors;
-        report.applied = true;
-    }
-    Ok(Json(report))
+    Ok(Json(
+        lifecycle::hosts::stale_report(&state, &id, req.apply).await?,
+    ))
 }

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use sandboxer_api::ProblemCode;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -24,7 +25,6 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod hosts;
-pub mod inputs;
 pub mod render;
 pub mod sandboxes;
 pub mod server;
@@ -162,13 +162,17 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ProblemCode::NotFound,
+        "no such route",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ProblemCode::MethodNotAllowed,
         "this route does not take that method",
     )
 }
@@ -191,14 +195,14 @@ async fn problem_for_plain_errors(resp: Response) -> Response {
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
     let code = match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => "timeout",
-        s if s.is_client_error() => "bad_request",
-        _ => "internal",
+        StatusCode::BAD_REQUEST => ProblemCode::BadRequest,
+        StatusCode::NOT_FOUND => ProblemCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ProblemCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ProblemCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemCode::UnsupportedMediaType,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => ProblemCode::Timeout,
+        s if s.is_client_error() => ProblemCode::BadRequest,
+        _ => ProblemCode::Internal,
     };
     let detail = match (status, text.is_empty()) {
         (StatusCode::SERVICE_UNAVAILABLE, true) => {

@@ -1,13 +1,13 @@
 //! Snapshots: capture (`POST /v1/sandboxes/{id}/snapshots`), list, get,
-//! delete, restore in place (`POST /v1/sandboxes/{id}/restore`), and the
-//! fork side of `POST /v1/sandboxes` (`from_snapshot`).
+//! delete, restore in place (`POST /v1/sandboxes/{id}/restore`). The fork
+//! side of `POST /v1/sandboxes` (`from_snapshot`) is `lifecycle::create::fork`.
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sandboxer_api::{
-    CreateSandbox, CreateSnapshot, Page, Problem, RestoreSnapshot, Sandbox, Snapshot, SnapshotState,
+    CreateSnapshot, Page, Problem, ProblemCode, RestoreSnapshot, Sandbox, Snapshot, SnapshotState,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -20,8 +20,9 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{
     duration, optional_json, page_limit, ApiJson, ApiQuery, QueryParams, MAX_WAIT,
 };
-use crate::lifecycle::snapshots::{self as lifecycle, capable, Capability, RestoreError};
-use crate::store::{new_id, now_ms, NewSnapshot, SnapshotCreated, SnapshotFilter};
+use crate::lifecycle::snapshots as lifecycle;
+use crate::lifecycle::Missing;
+use crate::store::SnapshotFilter;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -78,67 +79,7 @@ async fn create_snapshot(
         .map(|v| duration("wait", v, Some(MAX_WAIT)))
         .transpose()?;
     let req: CreateSnapshot = optional_json(&body)?;
-    if let Some(label) = &req.label {
-        if label.chars().count() > 256 || label.chars().any(char::is_control) {
-            return Err(ApiError::unprocessable(
-                "invalid_label",
-                "label",
-                "`label` must be at most 256 characters without control characters",
-            ));
-        }
-    }
-    let Some(row) = state.db.get_row(&id, caller.scope()).await? else {
-        return Err(ApiError::not_found("sandbox", &id));
-    };
-    if !capable(&state, &row.extension, Capability::Snapshot) {
-        return Err(ApiError::conflict(
-            "snapshot_unsupported",
-            format!("extension {} cannot snapshot sandboxes", row.extension),
-        ));
-    }
-    let sbx_state = row.state()?;
-    if !sbx_state.is_live() {
-        return Err(ApiError::conflict(
-            "invalid_state",
-            format!(
-                "sandbox {id} is `{sbx_state}`; only ready or active sandboxes can be snapshotted"
-            ),
-        ));
-    }
-    let now = now_ms();
-    let ttl = state
-        .catalog
-        .profiles
-        .get(&row.profile)
-        .map(|p| p.snapshot_ttl)
-        .unwrap_or(std::time::Duration::from_secs(7 * 86_400));
-    let new = NewSnapshot {
-        id: new_id("snap"),
-        sandbox_id: row.id.clone(),
-        sandbox_generation: row.generation,
-        profile: row.profile.clone(),
-        profile_version: row.profile_version,
-        extension: row.extension.clone(),
-        host: row.host.clone(),
-        project: row.project.clone(),
-        label: req.label.clone(),
-        now,
-        expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-    };
-    let quota = state.settings.snapshot_quota_per_project;
-    let snap = match state.db.create_snapshot(new, quota).await? {
-        SnapshotCreated::New(snap) => *snap,
-        SnapshotCreated::OverQuota { quota } => {
-            return Err(ApiError::conflict(
-                "snapshot_quota_exceeded",
-                format!(
-                    "project {} already holds {quota} snapshots (the quota); delete some first",
-                    row.project
-                ),
-            ))
-        }
-    };
-    state.spawn(lifecycle::capture(state.clone(), snap.id.clone()));
+    let snap = lifecycle::create(&state, caller.scope(), &id, req.label).await?;
     let snap = match wait {
         Some(timeout) => lifecycle::wait_settled(&state, &snap.id, None, timeout)
             .await?
@@ -218,7 +159,7 @@ async fn list_sandbox_snapshots(
         q.cursor.as_deref(),
     )?;
     if state.db.get_row(&id, caller.scope()).await?.is_none() {
-        return Err(ApiError::not_found("sandbox", &id));
+        return Err(ApiError::not_found(Missing::Sandbox, &id));
     }
     f.sandbox_id = Some(id);
     f.project = caller.scope().map(str::to_owned);
@@ -275,7 +216,7 @@ fn filter(
     if let Some(states) = states {
         for s in states.split(',').filter(|s| !s.is_empty()) {
             f.states.push(s.parse().map_err(|e| {
-                ApiError::bad_request("invalid_query", "state", format!("`state`: {e}"))
+                ApiError::bad_request(ProblemCode::InvalidQuery, "state", format!("`state`: {e}"))
             })?);
         }
     }
@@ -284,7 +225,7 @@ fn filter(
         Some("all") => true,
         Some(other) => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ProblemCode::InvalidQuery,
                 "include",
                 format!("`include`: `{other}` is not `all`"),
             ))
@@ -315,7 +256,7 @@ async fn get_snapshot(
         .get_snapshot(&id, caller.scope())
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("snapshot", &id))
+        .ok_or_else(|| ApiError::not_found(Missing::Snapshot, &id))
 }
 
 /// Delete a snapshot (idempotent). Its archive is removed unless another
@@ -337,7 +278,7 @@ async fn delete_snapshot(
     lifecycle::delete(&state, &id, caller.scope())
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("snapshot", &id))
+        .ok_or_else(|| ApiError::not_found(Missing::Snapshot, &id))
 }
 
 /// Roll a sandbox's workspace back to a snapshot, in place.
@@ -367,104 +308,7 @@ async fn restore_sandbox(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<RestoreSnapshot>,
 ) -> ApiResult<Json<Sandbox>> {
-    match lifecycle::restore(&state, &id, &req.snapshot_id, caller.scope()).await {
-        Ok(sandbox) => {
-            state.notify(&id);
-            Ok(Json(sandbox))
-        }
-        Err(e) => Err(match e {
-            RestoreError::SandboxNotFound(id) => ApiError::not_found("sandbox", &id),
-            RestoreError::SnapshotNotFound(snap) => {
-                ApiError::not_found("snapshot", &snap).field("snapshot_id")
-            }
-            RestoreError::Unsupported(msg) => ApiError::conflict("snapshot_unsupported", msg),
-            RestoreError::Incompatible(msg) => {
-                ApiError::unprocessable("snapshot_incompatible", "snapshot_id", msg)
-            }
-            RestoreError::SandboxState(msg) => ApiError::conflict("invalid_state", msg),
-            RestoreError::SnapshotState(msg) => {
-                ApiError::conflict("invalid_state", msg).field("snapshot_id")
-            }
-            RestoreError::Backend(e) if e.code == "snapshot_corrupt" => {
-                ApiError::conflict("snapshot_corrupt", e.message).field("snapshot_id")
-            }
-            RestoreError::Backend(e) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "restore_failed",
-                format!("{}; the workspace was left as it was", e.message),
-            ),
-            RestoreError::Store(e) => e.into(),
-        }),
-    }
-}
-
-/// The fork side of `POST /v1/sandboxes`: check `from_snapshot` and fill in
-/// the profile (the snapshot's, unless the request names another profile on
-/// the same extension). Without `from_snapshot`, only checks that a profile
-/// is named.
-pub async fn resolve_fork(
-    state: &AppState,
-    caller: &Caller,
-    mut req: CreateSandbox,
-) -> ApiResult<CreateSandbox> {
-    let Some(snap_id) = req.from_snapshot.clone() else {
-        if req.profile.is_empty() {
-            return Err(ApiError::unprocessable(
-                "missing_profile",
-                "profile",
-                "`profile` is required (unless `from_snapshot` is given)",
-            ));
-        }
-        return Ok(req);
-    };
-    let Some(snap) = state.db.get_snapshot(&snap_id, caller.scope()).await? else {
-        return Err(ApiError::not_found("snapshot", &snap_id).field("from_snapshot"));
-    };
-    if snap.state != SnapshotState::Ready {
-        return Err(ApiError::conflict(
-            "invalid_state",
-            format!(
-                "snapshot {snap_id} is `{}`; only ready snapshots can be forked",
-                snap.state
-            ),
-        )
-        .field("from_snapshot"));
-    }
-    if req.profile.is_empty() {
-        req.profile = snap.profile.clone();
-    }
-    let Some(profile) = state.catalog.profiles.get(&req.profile) else {
-        return Err(ApiError::not_found("profile", &req.profile).field("profile"));
-    };
-    if !profile.candidates().contains(&snap.extension.as_str()) {
-        return Err(ApiError::unprocessable(
-            "snapshot_incompatible",
-            "profile",
-            format!(
-                "profile {} runs on {}, but snapshot {snap_id} was taken on {}",
-                req.profile,
-                profile.candidates().join(" or "),
-                snap.extension
-            ),
-        ));
-    }
-    if !capable(state, &snap.extension, Capability::Restore) {
-        return Err(ApiError::conflict(
-            "snapshot_unsupported",
-            format!(
-                "extension {} cannot start sandboxes from snapshots",
-                snap.extension
-            ),
-        ));
-    }
-    Ok(req)
-}
-
-/// Record that the sandbox about to be inserted as `sandbox_id` is a fork
-/// (before its row, so its first provision always finds the source).
-pub async fn record_fork(state: &AppState, sandbox_id: &str, req: &CreateSandbox) -> ApiResult<()> {
-    if let Some(snap) = &req.from_snapshot {
-        state.db.set_fork_source(sandbox_id, snap).await?;
-    }
-    Ok(())
+    let sandbox = lifecycle::restore(&state, &id, &req.snapshot_id, caller.scope()).await?;
+    state.notify(&id);
+    Ok(Json(super::render::sandbox(&state, &caller, sandbox)))
 }

@@ -4,6 +4,5 @@
 mod pricing;
 
 pub use pricing::{
-    billed_seconds, credits_for, estimate, millis, rate_centicredits, MAX_CREDITS,
-    MAX_CREDITS_PER_HOUR,
+    billed_seconds, credits_for, estimate, rate_centicredits, MAX_CREDITS, MAX_CREDITS_PER_HOUR,
 };

@@ -48,14 +48,9 @@ pub fn credits_for(rate: i64, seconds: i64) -> i64 {
         .min(MAX_CREDITS)
 }
 
-/// Milliseconds of a duration, saturating.
-pub fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// What `ttl` costs at `pricing` scaled by `factor_percent`.
 pub fn estimate(pricing: &Pricing, factor_percent: u32, ttl: Duration) -> CostBreakdown {
-    let seconds = billed_seconds(millis(ttl));
+    let seconds = billed_seconds(crate::clock::millis(ttl));
     CostBreakdown {
         credits_per_hour: pricing.credits_per_hour,
         price_factor_percent: factor_percent,

@@ -8,34 +8,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandboxer_agent::client::CallError;
+use sandboxer_api::ProblemCode;
 
+use super::error::{Missing, OpError, Refusal};
 use crate::extensions::AgentEndpoint;
-use crate::store::{StoreError, Transition};
+use crate::store::Transition;
 use crate::AppState;
 
 /// Activity is written at most this often per sandbox (a `ready` sandbox
 /// becomes `active` on its first call whatever this says).
 const TOUCH_EVERY: Duration = Duration::from_secs(1);
-
-/// Why a sandbox cannot be reached.
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("sandbox `{0}` not found")]
-    NotFound(String),
-    #[error("sandbox {id} is `{state}`; only ready or active sandboxes can be reached")]
-    InvalidState { id: String, state: String },
-    #[error("extension {0} cannot run commands or move files in its sandboxes")]
-    Unsupported(String),
-    #[error("{running} execs are running in sandbox {id}, the most `[access] max_concurrent_execs` allows")]
-    TooManyExecs { id: String, running: u32 },
-    #[error("the project cannot cover more time for this sandbox")]
-    Insufficient(crate::store::Shortfall),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Agent(#[from] CallError),
-}
 
 /// A reachable sandbox's agent.
 #[derive(Debug, Clone)]
@@ -73,17 +55,18 @@ impl Drop for Slot {
 
 impl Gates {
     /// Takes one of the `max` exec slots of sandbox `id`.
-    pub fn exec_slot(self: &Arc<Self>, id: &str, max: u32) -> Result<Slot, AccessError> {
-        let mut m = self.running.lock().map_err(|_| AccessError::TooManyExecs {
-            id: id.into(),
-            running: max,
-        })?;
+    pub fn exec_slot(self: &Arc<Self>, id: &str, max: u32) -> Result<Slot, OpError> {
+        let too_many = |running: u32| {
+            OpError::refused(
+                Refusal::Busy,
+                ProblemCode::TooManyExecs,
+                format!("{running} execs are running in sandbox {id}, the most `[access] max_concurrent_execs` allows"),
+            )
+        };
+        let mut m = self.running.lock().map_err(|_| too_many(max))?;
         let n = m.entry(id.to_string()).or_insert(0);
         if *n >= max {
-            return Err(AccessError::TooManyExecs {
-                id: id.into(),
-                running: *n,
-            });
+            return Err(too_many(*n));
         }
         *n += 1;
         Ok(Slot {
@@ -114,19 +97,12 @@ impl Gates {
 
 /// The agent of sandbox `id` as `scope` sees it (`None`: every project),
 /// after checking it is `ready` or `active`; counts as activity.
-pub async fn target(
-    state: &AppState,
-    scope: Option<&str>,
-    id: &str,
-) -> Result<Target, AccessError> {
+pub async fn target(state: &AppState, scope: Option<&str>, id: &str) -> Result<Target, OpError> {
     let Some(row) = state.db.get_row(id, scope).await? else {
-        return Err(AccessError::NotFound(id.into()));
+        return Err(OpError::not_found(Missing::Sandbox, id));
     };
     if row.state != "ready" && row.state != "active" {
-        return Err(AccessError::InvalidState {
-            id: id.into(),
-            state: row.state,
-        });
+        return Err(wrong_state(id, &row.state));
     }
     let backend_state: serde_json::Value = row
         .backend_state
@@ -138,19 +114,22 @@ pub async fn target(
         .get(&row.extension)
         .and_then(|ext| ext.agent(id, &backend_state));
     let Some(AgentEndpoint::Unix(socket)) = endpoint else {
-        return Err(AccessError::Unsupported(row.extension));
+        return Err(OpError::conflict(
+            ProblemCode::Unsupported,
+            format!(
+                "extension {} cannot run commands or move files in its sandboxes",
+                row.extension
+            ),
+        ));
     };
     if state.access_gates.due(id, row.state == "ready") {
         match state.db.touch(id).await? {
             Transition::Done { .. } => state.notify(id),
-            Transition::Refused(sbx) => {
-                return Err(AccessError::InvalidState {
-                    id: id.into(),
-                    state: sbx.state.to_string(),
-                })
+            Transition::Refused(sbx) => return Err(wrong_state(id, &sbx.state.to_string())),
+            Transition::NotFound => return Err(OpError::not_found(Missing::Sandbox, id)),
+            Transition::InsufficientCredits(short) => {
+                return Err(OpError::insufficient(short, &row.project, "more activity"))
             }
-            Transition::NotFound => return Err(AccessError::NotFound(id.into())),
-            Transition::InsufficientCredits(short) => return Err(AccessError::Insufficient(short)),
         }
     }
     Ok(Target {
@@ -158,4 +137,11 @@ pub async fn target(
         project: row.project,
         socket,
     })
+}
+
+fn wrong_state(id: &str, state: &str) -> OpError {
+    OpError::conflict(
+        ProblemCode::InvalidState,
+        format!("sandbox {id} is `{state}`; only ready or active sandboxes can be reached"),
+    )
 }

@@ -222,7 +222,7 @@ pub async fn shut_down(state: &AppState) {
     {
         Ok(ids) => {
             for id in ids {
-                state.spawn(super::destroy(state.clone(), id));
+                state.spawn(super::teardown::destroy(state.clone(), id));
             }
         }
         Err(e) => {
@@ -273,10 +273,6 @@ pub fn lead(max_age: Duration) -> Duration {
     (max_age / 4).min(Duration::from_secs(10))
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// How a member's provisioning ended, as its refill task learns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -305,7 +301,7 @@ async fn refill(state: AppState, profile_id: String, stop: CancellationToken) {
     let mut failures = 0u32;
     let mut not_before = Instant::now();
     let mut next_probe = Instant::now() + cfg.probe_interval;
-    let lead_ms = millis(lead(policy.max_age));
+    let lead_ms = crate::clock::millis(lead(policy.max_age));
     tracing::info!(size = policy.size, max_age = %humantime::format_duration(policy.max_age), "warm pool refill started");
     loop {
         if stop.is_cancelled() {
@@ -323,7 +319,7 @@ async fn refill(state: AppState, profile_id: String, stop: CancellationToken) {
                             let st = state.clone();
                             let tx = done_tx.clone();
                             state.spawn(async move {
-                                super::provision(st.clone(), id.clone(), 0, None).await;
+                                super::provision::provision(st.clone(), id.clone(), 0, None).await;
                                 let outcome = match st.db.get_row(&id, None).await {
                                     Ok(Some(row)) => match row.state() {
                                         Ok(SandboxState::Ready) => Outcome::Ready,
@@ -399,7 +395,7 @@ async fn start_member(
             ),
         })?;
     let now = now_ms();
-    let expires_at = now.saturating_add(millis(policy.max_age));
+    let expires_at = now.saturating_add(crate::clock::millis(policy.max_age));
     let new = NewSandbox {
         id: new_id("sbx"),
         profile: spec.id.clone(),
@@ -466,7 +462,7 @@ async fn probe_members(state: &AppState, profile_id: &str) {
                 tracing::warn!(sandbox_id = %m.id, "warm-pool member gone from its backend");
                 state.metrics.pool(profile_id, PoolEvent::Lost);
                 state.notify(&m.id);
-                state.spawn(super::destroy(state.clone(), m.id));
+                state.spawn(super::teardown::destroy(state.clone(), m.id));
             }
             Ok(_) => {}
             Err(e) => {

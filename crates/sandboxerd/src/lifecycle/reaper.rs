@@ -44,7 +44,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
         let Some(idle) = profile.idle_reap else {
             continue;
         };
-        let cutoff = now - i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now - crate::clock::millis(idle);
         for id in state.db.due_idle(profile_id, cutoff, BATCH).await? {
             let reason = format!("idle for more than {}", humantime::format_duration(idle));
             let change = Change {
@@ -61,7 +61,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
                 state.metrics.count(Counter::SandboxesIdleReaped);
                 state.notify(&id);
                 done.idle_reaped += 1;
-                state.spawn(super::destroy(state.clone(), id));
+                state.spawn(super::teardown::destroy(state.clone(), id));
             }
         }
     }
@@ -69,10 +69,42 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
     for id in state.db.due_teardowns(now, BATCH).await? {
         if !state.teardowns_in_flight.contains(&id) {
             done.teardowns_started += 1;
-            state.spawn(super::destroy(state.clone(), id));
+            state.spawn(super::teardown::destroy(state.clone(), id));
         }
     }
     Ok(done)
+}
+
+/// `POST /v1/expire`: the sandboxes past their expiry now; with `apply`,
+/// expired (in batches, until none is left) and their teardown started.
+#[tracing::instrument(skip_all, fields(apply = apply))]
+pub async fn expire_due(
+    state: &AppState,
+    apply: bool,
+) -> Result<Vec<sandboxer_api::Sandbox>, StoreError> {
+    let now = now_ms();
+    let mut items = Vec::new();
+    loop {
+        let due = state.db.due_expiries(now, 1000).await?;
+        if due.is_empty() {
+            break;
+        }
+        if !apply {
+            for id in &due {
+                if let Some(sbx) = state.db.get_sandbox(id, None).await? {
+                    items.push(sbx);
+                }
+            }
+            break;
+        }
+        let expired = expire(state, &due, now).await?;
+        let progressed = !expired.is_empty();
+        items.extend(expired);
+        if !progressed {
+            break;
+        }
+    }
+    Ok(items)
 }
 
 /// Expire the sandboxes among `ids` that are still past their expiry at
@@ -103,7 +135,7 @@ pub async fn expire(
         {
             state.metrics.count(Counter::SandboxesExpired);
             state.notify(id);
-            state.spawn(super::destroy(state.clone(), id.clone()));
+            state.spawn(super::teardown::destroy(state.clone(), id.clone()));
             expired.push(sandbox);
         }
     }

@@ -17,7 +17,7 @@
 //! first sweep, right after start.
 use std::time::Duration;
 
-use sandboxer_api::{Failure, SandboxState};
+use sandboxer_api::{Failure, ProblemCode, SandboxState};
 
 use crate::extensions::Liveness;
 use crate::metrics::Counter;
@@ -49,7 +49,7 @@ pub async fn recover(state: &AppState) -> Result<usize, StoreError> {
     for row in rows {
         match row.state()? {
             SandboxState::Requested => {
-                state.spawn(super::provision(
+                state.spawn(super::provision::provision(
                     state.clone(),
                     row.id.clone(),
                     row.generation,
@@ -59,7 +59,7 @@ pub async fn recover(state: &AppState) -> Result<usize, StoreError> {
             SandboxState::Provisioning => finish_or_fail(state, row).await?,
             SandboxState::Ready | SandboxState::Active => check_live(state, row).await?,
             SandboxState::Destroying | SandboxState::Expired => {
-                state.spawn(super::destroy(state.clone(), row.id.clone()));
+                state.spawn(super::teardown::destroy(state.clone(), row.id.clone()));
             }
             SandboxState::Destroyed | SandboxState::Failed => {}
         }
@@ -73,7 +73,7 @@ async fn finish_or_fail(state: &AppState, row: SandboxRow) -> Result<(), StoreEr
         return fail(
             state,
             &row,
-            "backend_unavailable",
+            ProblemCode::BackendUnavailable,
             format!("no backend `{}` in this daemon", row.extension),
         )
         .await;
@@ -108,10 +108,10 @@ async fn finish_or_fail(state: &AppState, row: SandboxRow) -> Result<(), StoreEr
         // Leave it to the reaper: on its way out, retried until it succeeds.
         let change = Change {
             reason: "interrupted: the daemon stopped while provisioning; teardown pending",
-            failure: Some(Some(Failure {
-                code: "interrupted".into(),
-                message: format!("sandboxerd stopped while provisioning; teardown failed: {e}"),
-            })),
+            failure: Some(Some(Failure::new(
+                ProblemCode::Interrupted,
+                format!("sandboxerd stopped while provisioning; teardown failed: {e}"),
+            ))),
             ..Change::default()
         };
         state
@@ -128,7 +128,7 @@ async fn finish_or_fail(state: &AppState, row: SandboxRow) -> Result<(), StoreEr
     fail(
         state,
         &row,
-        "interrupted",
+        ProblemCode::Interrupted,
         "sandboxerd stopped while this sandbox was being provisioned; what was made was torn down"
             .into(),
     )
@@ -151,7 +151,7 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
             fail(
                 state,
                 &row,
-                "backend_lost",
+                ProblemCode::BackendLost,
                 "the backend no longer holds this sandbox (found at daemon start)".into(),
             )
             .await
@@ -168,16 +168,13 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
 async fn fail(
     state: &AppState,
     row: &SandboxRow,
-    code: &str,
+    code: ProblemCode,
     message: String,
 ) -> Result<(), StoreError> {
     let reason = format!("{code}: {message}");
     let change = Change {
         reason: &reason,
-        failure: Some(Some(Failure {
-            code: code.into(),
-            message,
-        })),
+        failure: Some(Some(Failure::new(code, message))),
         reachability: Some(None),
         ..Change::default()
     };

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sandboxer_api::{Availability, ComposeAllow, NetworkMode};
+use sandboxer_api::{Availability, ComposeAllow, NetworkMode, ProblemCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -25,6 +25,9 @@ pub mod project;
 pub mod snapshot;
 pub mod ssh;
 pub mod telemetry;
+mod up;
+
+pub(crate) use up::BringUp;
 
 use project::{LABEL, OVERRIDE_FILE};
 use ssh::{sh_quote, HostPool};
@@ -105,7 +108,7 @@ impl ComposeExtension {
     fn pool_or_err(&self, id: &str) -> Result<Arc<HostPool>, ExtError> {
         self.pool(id).ok_or_else(|| {
             ExtError::new(
-                "unknown_host",
+                ProblemCode::UnknownHost,
                 format!("host `{id}` is not configured (`[[hosts]]`)"),
             )
         })
@@ -141,7 +144,7 @@ impl ComposeExtension {
         let line = out.stdout_text();
         let Some((engine, compose)) = line.trim().split_once('|') else {
             return Err(ExtError::new(
-                "engine_not_found",
+                ProblemCode::EngineNotFound,
                 format!(
                     "host {}: no compose tool found for engine `{}` (docker compose, docker-compose or podman-compose)",
                     pool.host.id,
@@ -163,7 +166,7 @@ impl ComposeExtension {
     fn known_state(&self, state: Option<&BackendState>) -> Result<ComposeState, ExtError> {
         parse_state(state).ok_or_else(|| {
             ExtError::new(
-                "invalid_state",
+                ProblemCode::InvalidState,
                 "the sandbox has no compose state yet (it is not ready)",
             )
         })
@@ -179,7 +182,9 @@ impl ComposeExtension {
             "{} ps -a --filter label={LABEL} --format '{{{{.Label \"{LABEL}\"}}}}' | sort -u",
             t.engine
         );
-        let out = pool.run(&cmd, "host_error", "listing sandboxes").await?;
+        let out = pool
+            .run(&cmd, ProblemCode::HostError, "listing sandboxes")
+            .await?;
         Ok(out
             .stdout_text()
             .lines()
@@ -226,7 +231,8 @@ fi
 rm -rf "$d" || exit 1
 "#
         );
-        pool.run(&script, "teardown_failed", "teardown").await?;
+        pool.run(&script, ProblemCode::TeardownFailed, "teardown")
+            .await?;
         Ok(())
     }
 
@@ -245,7 +251,7 @@ rm -rf "$d" || exit 1
         let out = pool.exec(&cmd, None, Some(QUICK)).await?;
         if !out.success() {
             return Err(ExtError::new(
-                "host_error",
+                ProblemCode::HostError,
                 format!(
                     "host {}: listing containers failed: {}",
                     pool.host.id,
@@ -262,154 +268,6 @@ rm -rf "$d" || exit 1
                 std::array::from_fn(|_| parts.next().unwrap_or_default())
             })
             .collect())
-    }
-}
-
-/// What [`ComposeExtension::bring_up`] puts on a host.
-pub(crate) struct BringUp<'a> {
-    pub sandbox_id: &'a str,
-    /// The workspace on the daemon's machine (a repository, or a snapshot's
-    /// `workdir/` extracted).
-    pub root: PathBuf,
-    /// Make the project's networks internal.
-    pub internal: bool,
-    /// A snapshot's `volumes/` extracted: each folder fills the project's
-    /// named volume of that name before any service starts.
-    pub volumes: Option<PathBuf>,
-    /// Refuse with `host_full` at the host's `max_sandboxes`.
-    pub check_capacity: bool,
-    /// Host-reaching compose settings the profile allows (`compose.allow`).
-    pub allow: Vec<ComposeAllow>,
-}
-
-/// `export K=V; ` for every variable, quoted for the shell.
-fn exports(env: SandboxEnv<'_>) -> String {
-    let mut out = String::new();
-    for (k, v) in env.env {
-        out.push_str(&format!("export {}={}; ", sh_quote(k), sh_quote(v)));
-    }
-    for (k, v) in env.secrets {
-        out.push_str(&format!(
-            "export {}={}; ",
-            sh_quote(k),
-            sh_quote(v.expose())
-        ));
-    }
-    out
-}
-
-impl ComposeExtension {
-    /// Upload a workspace to `<workdir>/<sandbox id>` and start its stack
-    /// (filling named volumes first when a snapshot gives them).
-    pub(crate) async fn bring_up(
-        &self,
-        pool: &HostPool,
-        up: BringUp<'_>,
-        env: SandboxEnv<'_>,
-    ) -> Result<BackendState, ExtError> {
-        let root = up.root.clone();
-        let id = up.sandbox_id.to_owned();
-        let workdir = pool.host.workdir.clone();
-        let internal = up.internal;
-        let allow = up.allow.clone();
-        let (ws, tar) = tokio::task::spawn_blocking(move || {
-            let ws = project::prepare(&root, &id, &workdir, internal, &allow)?;
-            let tar = project::tar(&ws)?;
-            Ok::<_, ExtError>((ws, tar))
-        })
-        .await
-        .map_err(|e| ExtError::new("upload_failed", format!("packing the workspace: {e}")))??;
-        let t = self.tooling(pool).await?;
-        if up.check_capacity
-            && pool.host.max_sandboxes > 0
-            && self.sandboxes_on(pool, &t).await? >= pool.host.max_sandboxes as usize
-        {
-            return Err(ExtError::new(
-                "host_full",
-                format!(
-                    "host {} already holds its `max_sandboxes` ({})",
-                    pool.host.id, pool.host.max_sandboxes
-                ),
-            )
-            .host_unusable());
-        }
-        let dir = Self::dir(&pool.host, up.sandbox_id);
-        let qdir = sh_quote(&dir);
-        let out = pool
-            .exec(
-                &format!("mkdir -p {qdir} && tar -x -C {qdir} -f -"),
-                Some(&tar),
-                None,
-            )
-            .await?;
-        if !out.success() {
-            return Err(ExtError::new(
-                "upload_failed",
-                format!(
-                    "host {}: unpacking into {dir} failed: {}",
-                    pool.host.id,
-                    out.stderr_tail()
-                ),
-            ));
-        }
-        let project = up.sandbox_id.to_lowercase();
-        let env = exports(env);
-        let compose = format!(
-            "{} -p {} -f {} -f {OVERRIDE_FILE}",
-            t.compose,
-            sh_quote(&project),
-            sh_quote(&ws.compose_file),
-        );
-        if let Some(volumes) = &up.volumes {
-            let created = pool
-                .exec(
-                    &format!("cd {qdir} && {env}{compose} up --no-start"),
-                    None,
-                    None,
-                )
-                .await?;
-            if !created.success() {
-                return Err(ExtError::new(
-                    "compose_up_failed",
-                    format!(
-                        "host {}: `{} up --no-start` failed (exit {:?}): {}",
-                        pool.host.id,
-                        t.compose,
-                        created.status,
-                        created.stderr_tail()
-                    ),
-                ));
-            }
-            snapshot::fill_volumes(pool, &t, up.sandbox_id, &project, volumes).await?;
-        }
-        let started = format!(
-            "cd {qdir} && {env}echo $$ > {UP_PID_FILE} && exec {compose} up -d --remove-orphans"
-        );
-        let out = pool.exec(&started, None, None).await?;
-        if !out.success() {
-            return Err(ExtError::new(
-                "compose_up_failed",
-                format!(
-                    "host {}: `{} up` failed (exit {:?}): {}",
-                    pool.host.id,
-                    t.compose,
-                    out.status,
-                    out.stderr_tail()
-                ),
-            ));
-        }
-        let state = ComposeState {
-            host: pool.host.id.clone(),
-            project,
-            dir,
-            compose_file: ws.compose_file,
-            services: ws.services,
-            tooling: t,
-            internal: up.internal,
-            allow: up.allow,
-        };
-        serde_json::to_value(&state)
-            .map_err(|e| ExtError::new("internal", format!("backend state: {e}")))
     }
 }
 
@@ -478,7 +336,7 @@ impl Extension for ComposeExtension {
         }
         let Some(repo) = req.inputs.get(REPO_INPUT) else {
             return Err(ExtError::new(
-                "invalid_input",
+                ProblemCode::InvalidInput,
                 format!("input `{REPO_INPUT}` is required by {ID}"),
             ));
         };
@@ -502,7 +360,7 @@ impl Extension for ComposeExtension {
     ) -> Result<ReadyInfo, ExtError> {
         let Some(s) = parse_state(Some(state)) else {
             return Err(ExtError::new(
-                "internal",
+                ProblemCode::Internal,
                 "the sandbox's backend state is not a compose state",
             ));
         };
@@ -522,7 +380,7 @@ impl Extension for ComposeExtension {
                     }
                     "exited" | "dead" => {
                         return Err(ExtError::new(
-                            "service_exited",
+                            ProblemCode::ServiceExited,
                             format!("service `{service}` ({name}) stopped: {status}"),
                         ))
                     }
@@ -563,7 +421,7 @@ impl Extension for ComposeExtension {
             }
             if Instant::now() >= deadline {
                 return Err(ExtError::new(
-                    "ready_timeout",
+                    ProblemCode::ReadyTimeout,
                     format!("not ready within {timeout:?}: {}", waiting.join("; ")),
                 ));
             }
@@ -593,7 +451,10 @@ impl Extension for ComposeExtension {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(ExtError::new("teardown_failed", errors.join("; ")))
+            Err(ExtError::new(
+                ProblemCode::TeardownFailed,
+                errors.join("; "),
+            ))
         }
     }
 
@@ -644,7 +505,7 @@ impl Extension for ComposeExtension {
                 t.engine,
                 sh_quote(&format!("label={LABEL}={sandbox_id}"))
             );
-            let out = pool.run(&cmd, "host_error", "probing").await?;
+            let out = pool.run(&cmd, ProblemCode::HostError, "probing").await?;
             if !out.stdout_text().trim().is_empty() {
                 return Ok(Liveness::Alive);
             }

@@ -3,6 +3,7 @@
 //! and closes its networks.
 use std::path::{Path, PathBuf};
 
+use sandboxer_api::ProblemCode;
 use serde_yaml::{Mapping, Value};
 
 use crate::extensions::ExtError;
@@ -41,7 +42,7 @@ pub fn prepare(
     internal: bool,
     allow: &[sandboxer_api::ComposeAllow],
 ) -> Result<Workspace, ExtError> {
-    let bad = |m: String| ExtError::new("invalid_input", m);
+    let bad = |m: String| ExtError::new(ProblemCode::InvalidInput, m);
     if !root.is_dir() {
         return Err(bad(format!(
             "input `repo`: `{}` is not a directory on the sand-boxer host",
@@ -65,7 +66,7 @@ pub fn prepare(
     let compose_dir = compose_dir.parent().unwrap_or(root);
     super::policy::check(&doc, root, compose_dir, allow).map_err(|m| {
         ExtError::new(
-            "compose_not_allowed",
+            ProblemCode::ComposeNotAllowed,
             format!("input `repo`: {compose_file}: {m}"),
         )
     })?;
@@ -217,7 +218,7 @@ pub fn override_for(
 pub fn tar(ws: &Workspace) -> Result<Vec<u8>, ExtError> {
     let fail = |e: std::io::Error| {
         ExtError::new(
-            "upload_failed",
+            ProblemCode::UploadFailed,
             format!("packing `{}`: {e}", ws.root.display()),
         )
     };

@@ -18,6 +18,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sandboxer_api::ProblemCode;
+
 use super::project::{LABEL, OVERRIDE_FILE};
 use super::ssh::{sh_quote, HostPool};
 use super::{BringUp, ComposeExtension, ComposeState, Tooling, UP_PID_FILE};
@@ -38,13 +40,13 @@ impl Drop for Staging {
     }
 }
 
-fn io_error(code: &'static str, what: &str, e: impl std::fmt::Display) -> ExtError {
+fn io_error(code: ProblemCode, what: &str, e: impl std::fmt::Display) -> ExtError {
     ExtError::new(code, format!("{what}: {e}"))
 }
 
 fn too_large(limit: u64) -> ExtError {
     ExtError::new(
-        "snapshot_too_large",
+        ProblemCode::SnapshotTooLarge,
         format!("the sandbox holds more than the profile's snapshot.max_size ({limit} bytes)"),
     )
 }
@@ -88,7 +90,11 @@ done
 "#
     );
     let out = pool
-        .run(&script, "host_error", "listing the project's volumes")
+        .run(
+            &script,
+            ProblemCode::HostError,
+            "listing the project's volumes",
+        )
         .await?;
     let mut found = Vec::new();
     for line in out.stdout_text().lines() {
@@ -134,7 +140,7 @@ async fn download(
     }
     if got.status != Some(0) {
         return Err(ExtError::new(
-            "snapshot_failed",
+            ProblemCode::SnapshotFailed,
             format!(
                 "host {}: {what} failed (exit {:?}): {}",
                 pool.host.id,
@@ -176,7 +182,7 @@ pub async fn capture(
     let staging = Staging(PathBuf::from(format!("{}.d", dest.display())));
     let root = staging.0.clone();
     std::fs::create_dir_all(root.join("volumes"))
-        .map_err(|e| io_error("snapshot_failed", "making the staging folder", e))?;
+        .map_err(|e| io_error(ProblemCode::SnapshotFailed, "making the staging folder", e))?;
     let qdir = sh_quote(&s.dir);
     let compose = format!(
         "cd {qdir} && {} -p {} -f {} -f {OVERRIDE_FILE}",
@@ -205,13 +211,13 @@ pub async fn capture(
                 if o.success() {
                     Ok(())
                 } else {
-                    Err(ExtError::new("host_error", o.stderr_tail()))
+                    Err(ExtError::new(ProblemCode::HostError, o.stderr_tail()))
                 }
             })
         {
             tracing::error!(sandbox_id, error = %e, "could not unpause the project after a capture");
             return Err(ExtError::new(
-                "snapshot_failed",
+                ProblemCode::SnapshotFailed,
                 format!("unpausing the project after the capture: {e}"),
             ));
         }
@@ -226,7 +232,7 @@ pub async fn capture(
         archive::write_archive(&root, &dest, max, &|| cancel.is_cancelled())
     })
     .await
-    .map_err(|e| io_error("snapshot_failed", "archive task", e))?;
+    .map_err(|e| io_error(ProblemCode::SnapshotFailed, "archive task", e))?;
     drop(staging);
     match info {
         Ok(info) => Ok(SnapshotArchive {
@@ -236,7 +242,7 @@ pub async fn capture(
         }),
         Err(WriteError::TooLarge { limit }) => Err(too_large(limit)),
         Err(WriteError::Cancelled) => Err(crate::extensions::snapshot_cancelled()),
-        Err(e) => Err(ExtError::new("snapshot_failed", e.to_string())),
+        Err(e) => Err(ExtError::new(ProblemCode::SnapshotFailed, e.to_string())),
     }
 }
 
@@ -266,8 +272,8 @@ async fn copy_out(
     let into = root.join("workdir");
     tokio::task::spawn_blocking(move || unpack(&tar_path, &into))
         .await
-        .map_err(|e| io_error("snapshot_failed", "unpack task", e))?
-        .map_err(|e| io_error("snapshot_failed", "unpacking the workdir", e))?;
+        .map_err(|e| io_error(ProblemCode::SnapshotFailed, "unpack task", e))?
+        .map_err(|e| io_error(ProblemCode::SnapshotFailed, "unpacking the workdir", e))?;
     for m in mounted_volumes(pool, &s.tooling, sandbox_id).await? {
         let tar_path = root.join(format!("volume-{}.tar", m.key));
         download(
@@ -297,10 +303,10 @@ async fn copy_out(
             std::fs::remove_dir_all(&tmp)
         })
         .await
-        .map_err(|e| io_error("snapshot_failed", "unpack task", e))?
+        .map_err(|e| io_error(ProblemCode::SnapshotFailed, "unpack task", e))?
         .map_err(|e| {
             io_error(
-                "snapshot_failed",
+                ProblemCode::SnapshotFailed,
                 &format!("unpacking volume {}", m.volume),
                 e,
             )
@@ -315,17 +321,17 @@ async fn unpack_snapshot(src: &SnapshotSource, staging: &Path) -> Result<(), Ext
     let id = src.id.clone();
     tokio::task::spawn_blocking(move || archive::extract_archive(&path, &sha, &into, None))
         .await
-        .map_err(|e| io_error("restore_failed", "unpack task", e))?
+        .map_err(|e| io_error(ProblemCode::RestoreFailed, "unpack task", e))?
         .map_err(|e| match e {
             ExtractError::Corrupt(msg) => ExtError::new(
-                "snapshot_corrupt",
+                ProblemCode::SnapshotCorrupt,
                 format!("snapshot {id} is damaged: {msg}"),
             ),
-            ExtractError::Io(msg) => ExtError::new("restore_failed", msg),
+            ExtractError::Io(msg) => ExtError::new(ProblemCode::RestoreFailed, msg),
         })?;
     if !staging.join("workdir").is_dir() {
         return Err(ExtError::new(
-            "snapshot_incompatible",
+            ProblemCode::SnapshotIncompatible,
             format!("snapshot {} holds no compose workdir", src.id),
         ));
     }
@@ -384,7 +390,7 @@ pub async fn restore(
         super::project::prepare(&check, &id, &host_workdir, internal, &allow).map(|_| ())
     })
     .await
-    .map_err(|e| io_error("restore_failed", "check task", e))??;
+    .map_err(|e| io_error(ProblemCode::RestoreFailed, "check task", e))??;
     // Down with its volumes and workdir (the snapshot has both), then up.
     ext.teardown_on(pool, sandbox_id, Some(s)).await?;
     let up = BringUp {
@@ -397,7 +403,7 @@ pub async fn restore(
     };
     ext.bring_up(pool, up, env).await.map(|_| ()).map_err(|e| {
         ExtError::new(
-            "restore_failed",
+            ProblemCode::RestoreFailed,
             format!(
                 "the stack was taken down but did not come back up from the snapshot ({}: {}); \
                  restore again or destroy the sandbox",
@@ -442,7 +448,7 @@ pub(crate) async fn fill_volumes(
     for key in keys {
         let Some(m) = mounted.iter().find(|m| m.key == key) else {
             return Err(ExtError::new(
-                "snapshot_incompatible",
+                ProblemCode::SnapshotIncompatible,
                 format!(
                     "the snapshot holds volume `{key}`, which no service of project {project} mounts"
                 ),
@@ -451,8 +457,14 @@ pub(crate) async fn fill_volumes(
         let dir = volumes.join(&key);
         let tar = tokio::task::spawn_blocking(move || tar_dir(&dir))
             .await
-            .map_err(|e| io_error("restore_failed", "pack task", e))?
-            .map_err(|e| io_error("restore_failed", &format!("packing volume {key}"), e))?;
+            .map_err(|e| io_error(ProblemCode::RestoreFailed, "pack task", e))?
+            .map_err(|e| {
+                io_error(
+                    ProblemCode::RestoreFailed,
+                    &format!("packing volume {key}"),
+                    e,
+                )
+            })?;
         let out = pool
             .exec(
                 &format!(
@@ -467,7 +479,7 @@ pub(crate) async fn fill_volumes(
             .await?;
         if !out.success() {
             return Err(ExtError::new(
-                "restore_failed",
+                ProblemCode::RestoreFailed,
                 format!(
                     "host {}: filling volume {} failed: {}",
                     pool.host.id,

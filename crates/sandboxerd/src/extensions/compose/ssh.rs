@@ -8,6 +8,7 @@ use std::time::Duration;
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::ChannelMsg;
+use sandboxer_api::ProblemCode;
 
 use crate::extensions::ExtError;
 use crate::hosts::Host;
@@ -49,14 +50,14 @@ pub enum SshError {
 
 impl SshError {
     /// The stable failure code a sandbox gets.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ProblemCode {
         match self {
-            SshError::HostKeyMismatch { .. } => "host_key_mismatch",
-            SshError::Unreachable { .. } => "host_unreachable",
-            SshError::Timeout { .. } => "host_timeout",
-            SshError::Auth { .. } => "host_auth_failed",
-            SshError::Config { .. } => "host_misconfigured",
-            SshError::Channel { .. } => "host_connection_lost",
+            SshError::HostKeyMismatch { .. } => ProblemCode::HostKeyMismatch,
+            SshError::Unreachable { .. } => ProblemCode::HostUnreachable,
+            SshError::Timeout { .. } => ProblemCode::HostTimeout,
+            SshError::Auth { .. } => ProblemCode::HostAuthFailed,
+            SshError::Config { .. } => ProblemCode::HostMisconfigured,
+            SshError::Channel { .. } => ProblemCode::HostConnectionLost,
         }
     }
 }
@@ -439,7 +440,7 @@ impl HostPool {
     pub async fn run(
         &self,
         command: &str,
-        code: &'static str,
+        code: ProblemCode,
         what: &str,
     ) -> Result<Output, ExtError> {
         let out = self.exec(command, None, None).await?;

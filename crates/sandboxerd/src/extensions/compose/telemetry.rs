@@ -1,6 +1,6 @@
 //! Host telemetry and orphans: live facts from a host, and what sand-boxer
 //! left there (found by label and by workdir folder name).
-use sandboxer_api::{HostInspect, StaleItem};
+use sandboxer_api::{HostInspect, ProblemCode, StaleItem};
 
 use super::project::{LABEL, WORKDIR_LABEL};
 use super::ssh::{sh_quote, HostPool};
@@ -56,7 +56,9 @@ echo "running=$({e} ps -q {mine} | wc -l)"
 echo "workspaces=$(ls -1 {wd} 2>/dev/null | grep -c '^sbx_')"
 "#
         );
-        let out = pool.run(&script, "host_error", "inspecting").await?;
+        let out = pool
+            .run(&script, ProblemCode::HostError, "inspecting")
+            .await?;
         let mut r = HostInspect {
             host: id.to_owned(),
             engine: t.engine.clone(),
@@ -113,7 +115,11 @@ echo "workspaces=$(ls -1 {wd} 2>/dev/null | grep -c '^sbx_')"
             wd = sh_quote(&pool.host.workdir),
         );
         let out = pool
-            .run(&script, "host_error", "listing what sandboxes left")
+            .run(
+                &script,
+                ProblemCode::HostError,
+                "listing what sandboxes left",
+            )
             .await?;
         Ok(parse_owned(&pool, &out.stdout_text()))
     }
@@ -122,7 +128,7 @@ echo "workspaces=$(ls -1 {wd} 2>/dev/null | grep -c '^sbx_')"
     async fn reap(&self, id: &str, sandbox_id: &str) -> Result<(), ExtError> {
         if !is_sandbox_id(sandbox_id) {
             return Err(ExtError::new(
-                "invalid_sandbox_id",
+                ProblemCode::InvalidSandboxId,
                 format!("`{sandbox_id}` is not a sandbox id"),
             ));
         }

@@ -195,21 +195,23 @@ impl LocalExtension {
     ) -> Result<std::process::Command, ExtError> {
         let Some(bwrap) = self.bwrap.clone() else {
             return Err(ExtError::new(
-                "backend_unavailable",
+                ProblemCode::BackendUnavailable,
                 "bubblewrap (`bwrap`) is not installed; install it with `apt-get install bubblewrap`",
             ));
         };
         let programs = self.seccomp.as_ref().map_err(|e| {
             ExtError::new(
-                "backend_unavailable",
+                ProblemCode::BackendUnavailable,
                 format!("no seccomp filter for this machine: {e}"),
             )
         })?;
         if let Err(e) = &self.agent {
-            return Err(ExtError::new("backend_unavailable", e.clone()));
+            return Err(ExtError::new(ProblemCode::BackendUnavailable, e.clone()));
         }
         let fail = |what: String| {
-            move |e: std::io::Error| ExtError::new("provision_failed", format!("{what}: {e}"))
+            move |e: std::io::Error| {
+                ExtError::new(ProblemCode::ProvisionFailed, format!("{what}: {e}"))
+            }
         };
         let workspace = dir.join("workspace");
         // By descriptor, so what is bound is the directory opened here.
@@ -265,7 +267,7 @@ impl LocalExtension {
         }
         cmd.fd_mappings(mappings).map_err(|e| {
             ExtError::new(
-                "provision_failed",
+                ProblemCode::ProvisionFailed,
                 format!("descriptors for bubblewrap: {e}"),
             )
         })?;

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sandboxer_api::Availability;
+use sandboxer_api::{Availability, ProblemCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -276,7 +276,7 @@ impl Extension for LocalExtension {
     async fn provision(&self, req: &ProvisionRequest) -> Result<BackendState, ExtError> {
         if self.bwrap.is_none() {
             return Err(ExtError::new(
-                "backend_unavailable",
+                ProblemCode::BackendUnavailable,
                 "bubblewrap (`bwrap`) is not installed; install it with `apt-get install bubblewrap`",
             ));
         }
@@ -303,7 +303,9 @@ impl Extension for LocalExtension {
             }
         })
         .await
-        .map_err(|e| ExtError::new("provision_failed", format!("workspace task: {e}")))??;
+        .map_err(|e| {
+            ExtError::new(ProblemCode::ProvisionFailed, format!("workspace task: {e}"))
+        })??;
 
         let cmd = self.bwrap_command(req, &dir)?;
         let bwrap = cmd.get_program().to_owned();
@@ -311,7 +313,7 @@ impl Extension for LocalExtension {
         cmd.kill_on_drop(false);
         let child = cmd.spawn().map_err(|e| {
             ExtError::new(
-                "provision_failed",
+                ProblemCode::ProvisionFailed,
                 format!("starting {}: {e}", Path::new(&bwrap).display()),
             )
         })?;
@@ -356,7 +358,7 @@ impl Extension for LocalExtension {
                         {
                             if started.elapsed() >= timeout {
                                 return Err(ExtError::new(
-                                    "not_ready_in_time",
+                                    ProblemCode::NotReadyInTime,
                                     format!(
                                         "the sandbox started but its agent did not answer: {e}"
                                     ),
@@ -397,7 +399,7 @@ impl Extension for LocalExtension {
             }
             if started.elapsed() >= timeout {
                 return Err(ExtError::new(
-                    "not_ready_in_time",
+                    ProblemCode::NotReadyInTime,
                     format!("bubblewrap did not report the sandbox within {timeout:?}"),
                 ));
             }
@@ -425,7 +427,7 @@ impl Extension for LocalExtension {
                     Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                     Err(e) => {
                         return Err(ExtError::new(
-                            "teardown_failed",
+                            ProblemCode::TeardownFailed,
                             format!("killing sandbox init {pid}: {e}"),
                         ))
                     }
@@ -434,7 +436,7 @@ impl Extension for LocalExtension {
                 while owns_pid(pid, st.pid_start) && !is_zombie(pid) {
                     if Instant::now() > deadline {
                         return Err(ExtError::new(
-                            "teardown_failed",
+                            ProblemCode::TeardownFailed,
                             format!("sandbox init {pid} still alive 10s after SIGKILL"),
                         ));
                     }
@@ -453,7 +455,7 @@ impl Extension for LocalExtension {
             }
             if Instant::now() > deadline {
                 return Err(ExtError::new(
-                    "teardown_failed",
+                    ProblemCode::TeardownFailed,
                     format!("processes {stray:?} of {sandbox_id} still alive 10s after SIGKILL"),
                 ));
             }
@@ -466,12 +468,12 @@ impl Extension for LocalExtension {
         tokio::task::spawn_blocking(move || match remove_sandbox_dir(&dir) {
             Ok(()) => Ok(()),
             Err(e) => Err(ExtError::new(
-                "teardown_failed",
+                ProblemCode::TeardownFailed,
                 format!("removing {}: {e}", dir.display()),
             )),
         })
         .await
-        .map_err(|e| ExtError::new("teardown_failed", format!("teardown task: {e}")))?
+        .map_err(|e| ExtError::new(ProblemCode::TeardownFailed, format!("teardown task: {e}")))?
     }
 
     async fn probe(
@@ -508,7 +510,7 @@ impl Extension for LocalExtension {
             let workspace = dir.join("workspace");
             if !workspace.is_dir() {
                 return Err(ExtError::new(
-                    "snapshot_failed",
+                    ProblemCode::SnapshotFailed,
                     format!("workspace {} does not exist", workspace.display()),
                 ));
             }
@@ -528,7 +530,7 @@ impl Extension for LocalExtension {
             })
         })
         .await
-        .map_err(|e| ExtError::new("snapshot_failed", format!("capture task: {e}")))?
+        .map_err(|e| ExtError::new(ProblemCode::SnapshotFailed, format!("capture task: {e}")))?
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id, snapshot_id = %src.id))]
@@ -545,7 +547,7 @@ impl Extension for LocalExtension {
         let ids = self.ids;
         tokio::task::spawn_blocking(move || restore_in_place(&dir, &src, ids))
             .await
-            .map_err(|e| ExtError::new("restore_failed", format!("restore task: {e}")))?
+            .map_err(|e| ExtError::new(ProblemCode::RestoreFailed, format!("restore task: {e}")))?
     }
 
     async fn recover_workspace(
@@ -556,6 +558,6 @@ impl Extension for LocalExtension {
         let dir = self.dir_of(sandbox_id);
         tokio::task::spawn_blocking(move || finish_interrupted_restore(&dir))
             .await
-            .map_err(|e| ExtError::new("restore_failed", format!("recovery task: {e}")))?
+            .map_err(|e| ExtError::new(ProblemCode::RestoreFailed, format!("recovery task: {e}")))?
     }
 }

@@ -28,7 +28,7 @@ pub(super) fn exited_error(dir: &Path) -> ExtError {
     let log = std::fs::read_to_string(dir.join("bwrap.log")).unwrap_or_default();
     let log = log.trim();
     ExtError::new(
-        "provision_failed",
+        ProblemCode::ProvisionFailed,
         if log.is_empty() {
             "bubblewrap exited before the sandbox was ready".to_owned()
         } else {

@@ -15,7 +15,7 @@ pub(super) const RESTORE_SWAPPING: &str = "restore-swapping";
 pub(super) const RESTORE_DONE: &str = "restore-done";
 
 pub(super) fn restore_err(what: impl std::fmt::Display) -> ExtError {
-    ExtError::new("restore_failed", what.to_string())
+    ExtError::new(ProblemCode::RestoreFailed, what.to_string())
 }
 
 /// Fill a fresh workspace from a snapshot (fork), verifying the archive.
@@ -26,10 +26,10 @@ pub(super) fn fill_from_snapshot(
 ) -> Result<(), ExtError> {
     // Owned by the sandbox's host user, setuid and setgid stripped.
     let root = archive::extract_archive(&src.path, &src.sha256, workspace, ids.owner())
-        .map_err(|e| extract_error(src, e, "provision_failed"))?;
+        .map_err(|e| extract_error(src, e, ProblemCode::ProvisionFailed))?;
     archive::apply_root_meta(workspace, root).map_err(|e| {
         ExtError::new(
-            "provision_failed",
+            ProblemCode::ProvisionFailed,
             format!("workspace of snapshot {}: {e}", src.id),
         )
     })
@@ -38,11 +38,11 @@ pub(super) fn fill_from_snapshot(
 pub(super) fn extract_error(
     src: &SnapshotSource,
     e: ExtractError,
-    io_code: &'static str,
+    io_code: ProblemCode,
 ) -> ExtError {
     match e {
         ExtractError::Corrupt(msg) => ExtError::new(
-            "snapshot_corrupt",
+            ProblemCode::SnapshotCorrupt,
             format!("snapshot {} is damaged: {msg}", src.id),
         ),
         ExtractError::Io(msg) => ExtError::new(io_code, msg),
@@ -79,7 +79,7 @@ pub(super) fn restore_in_place(
         Ok(root) => root,
         Err(e) => {
             let _ = remove_tree(&new);
-            return Err(extract_error(src, e, "restore_failed"));
+            return Err(extract_error(src, e, ProblemCode::RestoreFailed));
         }
     };
     // Moving entries out and back touches the workspace directory itself;

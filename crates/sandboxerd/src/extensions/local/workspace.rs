@@ -9,8 +9,9 @@ pub(super) fn prepare_dir(
     copy_from: Option<&Path>,
     ids: SandboxIds,
 ) -> Result<(), ExtError> {
-    let io =
-        |what: &str, e: std::io::Error| ExtError::new("provision_failed", format!("{what}: {e}"));
+    let io = |what: &str, e: std::io::Error| {
+        ExtError::new(ProblemCode::ProvisionFailed, format!("{what}: {e}"))
+    };
     remove_sandbox_dir(dir).map_err(|e| io(&format!("clearing {}", dir.display()), e))?;
     // The sandboxes dir and each sandbox's dir belong to the daemon alone:
     // no other host user reaches a workspace, or anything in it that the
@@ -38,7 +39,7 @@ pub(super) fn prepare_dir(
     if let Some(src) = copy_from {
         if !src.is_dir() {
             return Err(ExtError::new(
-                "provision_failed",
+                ProblemCode::ProvisionFailed,
                 format!("workspace source {} is not a directory", src.display()),
             ));
         }
@@ -56,7 +57,7 @@ pub(super) fn prepare_dir(
             .map_err(|e| io("running cp", e))?;
         if !out.status.success() {
             return Err(ExtError::new(
-                "provision_failed",
+                ProblemCode::ProvisionFailed,
                 format!(
                     "copying {} into the workspace: {}",
                     src.display(),
@@ -65,7 +66,7 @@ pub(super) fn prepare_dir(
             ));
         }
     }
-    own_workspace(workspace, ids, "provision_failed")
+    own_workspace(workspace, ids, ProblemCode::ProvisionFailed)
 }
 
 /// Give a tree that is about to be (or become part of) a workspace to the
@@ -73,7 +74,7 @@ pub(super) fn prepare_dir(
 pub(super) fn own_workspace(
     path: &Path,
     ids: SandboxIds,
-    code: &'static str,
+    code: ProblemCode,
 ) -> Result<(), ExtError> {
     fsutil::own_tree(path, ids.owner()).map_err(|e| {
         ExtError::new(

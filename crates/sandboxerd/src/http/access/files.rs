@@ -9,7 +9,7 @@ use axum::Json;
 use futures::StreamExt;
 use sandboxer_agent::client::Conn;
 use sandboxer_agent::proto::{self, FileMeta, Request};
-use sandboxer_api::{FileList, Problem, Written};
+use sandboxer_api::{FileList, Problem, ProblemCode, Written};
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use utoipa::IntoParams;
@@ -87,7 +87,7 @@ impl QueryParams for ListParams {}
 fn check_path(p: &str) -> ApiResult<()> {
     if p.is_empty() || p.len() > 4096 || p.contains('\0') {
         return Err(ApiError::unprocessable(
-            "invalid_path",
+            ProblemCode::InvalidPath,
             "path",
             "path must be 1 to 4096 bytes without NUL",
         ));
@@ -101,7 +101,7 @@ fn parse_mode(v: &str) -> ApiResult<u32> {
     match u32::from_str_radix(digits, 8) {
         Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m & 0o777),
         _ => Err(ApiError::unprocessable(
-            "invalid_mode",
+            ProblemCode::InvalidMode,
             "mode",
             format!(
                 "`{}` is not an octal file mode such as 0644",
@@ -179,7 +179,7 @@ async fn send_body<T: serde::de::DeserializeOwned>(
         let chunk = chunk.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "body_unreadable",
+                ProblemCode::BodyUnreadable,
                 format!("reading the request body: {e}"),
             )
         })?;
@@ -187,7 +187,7 @@ async fn send_body<T: serde::de::DeserializeOwned>(
         if sent > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ProblemCode::PayloadTooLarge,
                 format!("the body is larger than the limit of {limit} bytes"),
             ));
         }
@@ -312,7 +312,7 @@ async fn list_files(
     let depth = q.depth.unwrap_or(1);
     if !(1..=MAX_DEPTH).contains(&depth) {
         return Err(ApiError::unprocessable(
-            "invalid_depth",
+            ProblemCode::InvalidDepth,
             "depth",
             format!("depth must be 1 to {MAX_DEPTH}"),
         ));
@@ -378,7 +378,7 @@ async fn upload(
     if !is_tar(&headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ProblemCode::UnsupportedMediaType,
             "an upload is a tar archive: send it as application/x-tar",
         ));
     }

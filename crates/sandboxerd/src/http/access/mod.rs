@@ -14,8 +14,8 @@ use futures::Stream;
 use sandboxer_agent::client::{self, CallError, Conn};
 use sandboxer_agent::proto::{self, kind, AgentError, Request};
 use sandboxer_api::{
-    ExecExit, ExecRequest, ExecResult, Problem, ProcessInfo, ProcessList, SendSignal, SignalName,
-    StartProcess,
+    ExecExit, ExecRequest, ExecResult, Problem, ProblemCode, ProcessInfo, ProcessList, SendSignal,
+    SignalName, StartProcess,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -25,7 +25,7 @@ use utoipa_axum::routes;
 use super::caller::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{duration, ApiJson, ApiQuery, QueryParams};
-use crate::lifecycle::access::{self as ops, AccessError, Target};
+use crate::lifecycle::access::{self as ops, Target};
 use crate::AppState;
 
 mod files;
@@ -47,29 +47,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(ssh_keys::router())
 }
 
-/// A failure of [`ops::target`] or of a call, as an answer.
-impl From<AccessError> for ApiError {
-    fn from(e: AccessError) -> Self {
-        match e {
-            AccessError::NotFound(id) => ApiError::not_found("sandbox", &id),
-            e @ AccessError::InvalidState { .. } => {
-                ApiError::conflict("invalid_state", e.to_string())
-            }
-            e @ AccessError::Unsupported(_) => ApiError::conflict("unsupported", e.to_string()),
-            e @ AccessError::TooManyExecs { .. } => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_execs",
-                e.to_string(),
-            ),
-            AccessError::Insufficient(short) => {
-                super::error::insufficient(short, "", "more activity")
-            }
-            AccessError::Store(e) => e.into(),
-            AccessError::Agent(e) => agent_error(e),
-        }
-    }
-}
-
 /// An agent's refusal as an answer. Its code is taken only when it is one
 /// of the agent's own (the agent runs with the sandbox's privileges, so
 /// whatever it says is untrusted); anything else is 502 `agent_error`.
@@ -77,39 +54,49 @@ pub(super) fn agent_error(e: CallError) -> ApiError {
     let AgentError { code, message } = match e {
         CallError::Refused(e) => e,
         CallError::Unreachable(why) => {
-            return ApiError::new(StatusCode::BAD_GATEWAY, "agent_unreachable", why);
+            return ApiError::new(StatusCode::BAD_GATEWAY, ProblemCode::AgentUnreachable, why);
         }
     };
-    let (status, code): (StatusCode, &'static str) = match code.as_str() {
-        "file_not_found" => (StatusCode::NOT_FOUND, "file_not_found"),
-        "process_not_found" => (StatusCode::NOT_FOUND, "process_not_found"),
-        "is_a_directory" => (StatusCode::CONFLICT, "is_a_directory"),
-        "not_a_directory" => (StatusCode::CONFLICT, "not_a_directory"),
-        "not_a_file" => (StatusCode::CONFLICT, "not_a_file"),
-        "permission_denied" => (StatusCode::FORBIDDEN, "permission_denied"),
-        "disk_full" => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
-        "invalid_path" => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_path"),
-        "unsafe_path" => (StatusCode::UNPROCESSABLE_ENTITY, "unsafe_path"),
-        "invalid_archive" => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_archive"),
-        "unpack_failed" => (StatusCode::UNPROCESSABLE_ENTITY, "unpack_failed"),
-        "payload_too_large" => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        "port_closed" => (StatusCode::BAD_GATEWAY, "port_closed"),
-        "invalid_command" => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_command"),
-        "invalid_env" => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_env"),
-        "invalid_cwd" => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_cwd"),
-        "command_not_found" => (StatusCode::UNPROCESSABLE_ENTITY, "command_not_found"),
-        "exec_failed" => (StatusCode::UNPROCESSABLE_ENTITY, "exec_failed"),
-        "too_many_processes" => (StatusCode::TOO_MANY_REQUESTS, "too_many_processes"),
-        "file_error" => (StatusCode::UNPROCESSABLE_ENTITY, "file_error"),
-        "body_incomplete" => (StatusCode::BAD_REQUEST, "body_incomplete"),
-        _ => (StatusCode::BAD_GATEWAY, "agent_error"),
+    use ProblemCode as C;
+    let code = ProblemCode::parse(&code);
+    let status = match code {
+        C::FileNotFound | C::ProcessNotFound => StatusCode::NOT_FOUND,
+        C::IsADirectory | C::NotADirectory | C::NotAFile => StatusCode::CONFLICT,
+        C::PermissionDenied => StatusCode::FORBIDDEN,
+        C::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+        C::InvalidPath
+        | C::UnsafePath
+        | C::InvalidArchive
+        | C::UnpackFailed
+        | C::InvalidCommand
+        | C::InvalidEnv
+        | C::InvalidCwd
+        | C::CommandNotFound
+        | C::ExecFailed
+        | C::FileError => StatusCode::UNPROCESSABLE_ENTITY,
+        C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::PortClosed => StatusCode::BAD_GATEWAY,
+        C::TooManyProcesses => StatusCode::TOO_MANY_REQUESTS,
+        C::BodyIncomplete => StatusCode::BAD_REQUEST,
+        // Not one of the agent's own: nothing of it is taken.
+        _ => {
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                C::AgentError,
+                "the sandbox's agent answered with a code it does not have",
+            )
+        }
     };
     let field = match code {
-        "invalid_path" | "unsafe_path" | "file_not_found" | "is_a_directory"
-        | "not_a_directory" | "not_a_file" => Some("path"),
-        "invalid_command" | "command_not_found" | "exec_failed" => Some("cmd"),
-        "invalid_env" => Some("env"),
-        "invalid_cwd" => Some("cwd"),
+        C::InvalidPath
+        | C::UnsafePath
+        | C::FileNotFound
+        | C::IsADirectory
+        | C::NotADirectory
+        | C::NotAFile => Some("path"),
+        C::InvalidCommand | C::CommandNotFound | C::ExecFailed => Some("cmd"),
+        C::InvalidEnv => Some("env"),
+        C::InvalidCwd => Some("cwd"),
         _ => None,
     };
     // Bounded: a hostile agent does not get to write a megabyte into the answer.
@@ -166,7 +153,7 @@ fn wants_events(headers: &HeaderMap) -> bool {
 fn check_command(cmd: &sandboxer_api::Command) -> ApiResult<Vec<String>> {
     if cmd.is_empty() {
         return Err(ApiError::unprocessable(
-            "invalid_command",
+            ProblemCode::InvalidCommand,
             "cmd",
             "cmd is empty",
         ));
@@ -259,7 +246,7 @@ async fn exec(
         };
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
-            "agent_unreachable",
+            ProblemCode::AgentUnreachable,
             why,
         ));
     };
@@ -321,7 +308,7 @@ fn frame_events(
                     st.done = true;
                     let e = Event::default()
                         .event("error")
-                        .data(r#"{"code":"agent_unreachable","detail":"the sandbox's agent broke off the stream"}"#);
+                        .data(r#"{"code":ProblemCode::AgentUnreachable,"detail":"the sandbox's agent broke off the stream"}"#);
                     return Some((Ok(e), st));
                 }
             };
@@ -382,7 +369,7 @@ async fn start_process(
     let argv = check_command(&req.cmd)?;
     if req.tag.as_ref().is_some_and(|t| t.len() > 256) {
         return Err(ApiError::unprocessable(
-            "invalid_tag",
+            ProblemCode::InvalidTag,
             "tag",
             "tag is longer than 256 bytes",
         ));
@@ -543,7 +530,7 @@ async fn signal_process(
 ) -> ApiResult<Json<ProcessInfo>> {
     let Some(sig) = SignalName::parse(&req.signal) else {
         return Err(ApiError::unprocessable(
-            "invalid_signal",
+            ProblemCode::InvalidSignal,
             "signal",
             format!(
                 "`{}` is not one of KILL, TERM, INT, HUP",

@@ -10,7 +10,7 @@ use axum::routing::any;
 use axum::Json;
 use hyper_util::rt::TokioIo;
 use sandboxer_agent::proto::Request as AgentRequest;
-use sandboxer_api::{PortList, Problem};
+use sandboxer_api::{PortList, Problem, ProblemCode};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -106,7 +106,7 @@ const HOP: &[&str] = &[
 fn upstream_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
-        "upstream_error",
+        ProblemCode::UpstreamError,
         format!("the server inside the sandbox broke off: {e}"),
     )
 }
@@ -123,7 +123,7 @@ async fn forward(
         Ok(p) if p > 0 => p,
         _ => {
             return Err(ApiError::unprocessable(
-                "invalid_port",
+                ProblemCode::InvalidPort,
                 "port",
                 format!("`{}` is not a TCP port (1 to 65535)", port.escape_debug()),
             ))
@@ -151,9 +151,9 @@ async fn forward(
         Some(q) => format!("/{path}?{q}"),
         None => format!("/{path}"),
     };
-    let uri: Uri = path_and_query
-        .parse()
-        .map_err(|_| ApiError::unprocessable("invalid_path", "path", "not a valid request path"))?;
+    let uri: Uri = path_and_query.parse().map_err(|_| {
+        ApiError::unprocessable(ProblemCode::InvalidPath, "path", "not a valid request path")
+    })?;
     let mut up = hyper::Request::builder()
         .method(req.method().clone())
         .uri(uri);

@@ -5,13 +5,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use russh::keys::{HashAlg, PublicKey};
-use sandboxer_api::{AddSshKey, Problem, SshKey, SshKeyList};
+use sandboxer_api::{AddSshKey, Problem, ProblemCode, SshKey, SshKeyList};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::caller::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
+use crate::lifecycle::Missing;
 use crate::store::{KeyAdded, MAX_SSH_KEYS};
 use crate::AppState;
 
@@ -31,7 +32,7 @@ pub struct CheckedKey {
 /// Parses an OpenSSH public key line; refuses what is not one, and RSA
 /// keys under 2048 bits. `field` names it in the error.
 pub fn check_key(line: &str, field: &str) -> ApiResult<CheckedKey> {
-    let bad = |why: String| ApiError::unprocessable("invalid_ssh_key", field, why);
+    let bad = |why: String| ApiError::unprocessable(ProblemCode::InvalidSshKey, field, why);
     if line.len() > 16 * 1024 {
         return Err(bad("longer than 16 KiB".into()));
     }
@@ -62,7 +63,7 @@ pub fn check_key(line: &str, field: &str) -> ApiResult<CheckedKey> {
 async fn scoped(state: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
     match state.db.get_row(id, caller.scope()).await? {
         Some(_) => Ok(()),
-        None => Err(ApiError::not_found("sandbox", id)),
+        None => Err(ApiError::not_found(Missing::Sandbox, id)),
     }
 }
 
@@ -96,8 +97,9 @@ async fn add_key(
     {
         KeyAdded::Added(k) => Ok((StatusCode::CREATED, Json(k))),
         KeyAdded::Existing(k) => Ok((StatusCode::OK, Json(k))),
-        KeyAdded::Full => Err(ApiError::conflict(
-            "too_many_ssh_keys",
+        KeyAdded::Full => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ProblemCode::TooManySshKeys,
             format!("sandbox {id} holds {MAX_SSH_KEYS} keys, the most it takes; remove one first"),
         )),
     }
@@ -141,7 +143,7 @@ async fn remove_key(
     if !state.db.remove_ssh_key(&id, &fingerprint).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "ssh_key_not_found",
+            ProblemCode::SshKeyNotFound,
             format!("no key {fingerprint} on sandbox {id}"),
         ));
     }
@@ -168,7 +170,7 @@ mod tests {
             let e = check_key(bad, "public_key").err().expect(bad);
             assert_eq!(
                 (e.code, e.field.as_deref()),
-                ("invalid_ssh_key", Some("public_key"))
+                (ProblemCode::InvalidSshKey, Some("public_key"))
             );
         }
     }

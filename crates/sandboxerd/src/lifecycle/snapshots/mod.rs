@@ -23,15 +23,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sandboxer_api::{Failure, Sandbox, Snapshot, SnapshotState};
-use tokio::sync::OwnedMutexGuard;
+use sandboxer_api::{Failure, ProblemCode, Snapshot, SnapshotState};
 use tokio_util::sync::CancellationToken;
 
 use crate::blobs::Blobs;
 use crate::catalog::DEFAULT_SNAPSHOT_MAX_BYTES;
-use crate::extensions::{ExtError, SnapshotSource};
-use crate::store::{now_ms, Captured, StoreError};
+use crate::lifecycle::error::{Missing, OpError, OpResult};
+use crate::lifecycle::validate;
+use crate::store::{new_id, now_ms, Captured, NewSnapshot, SnapshotCreated, StoreError};
 use crate::AppState;
+
+mod restore;
+
+pub use restore::{fork_source, restore, ForkSource};
 
 /// How often the built-in sweeper looks for expired snapshots.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -155,6 +159,71 @@ pub fn capable(state: &AppState, ext_id: &str, what: Capability) -> bool {
     code && declared
 }
 
+/// Snapshot sandbox `sandbox_id`'s workspace: record the snapshot
+/// (`creating`, within the project's quota) and start its capture in the
+/// background. `scope`: the project the caller sees (`None`: all).
+#[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+pub async fn create(
+    state: &AppState,
+    scope: Option<&str>,
+    sandbox_id: &str,
+    label: Option<String>,
+) -> OpResult<Snapshot> {
+    validate::snapshot_label(label.as_deref())?;
+    let Some(row) = state.db.get_row(sandbox_id, scope).await? else {
+        return Err(OpError::not_found(Missing::Sandbox, sandbox_id));
+    };
+    if !capable(state, &row.extension, Capability::Snapshot) {
+        return Err(OpError::conflict(
+            ProblemCode::SnapshotUnsupported,
+            format!("extension {} cannot snapshot sandboxes", row.extension),
+        ));
+    }
+    let sbx_state = row.state()?;
+    if !sbx_state.is_live() {
+        return Err(OpError::wrong_state(
+            &format!("sandbox {sandbox_id}"),
+            sbx_state,
+            "ready or active sandboxes can be snapshotted",
+        ));
+    }
+    let now = now_ms();
+    let ttl = state
+        .catalog
+        .profiles
+        .get(&row.profile)
+        .map(|p| p.snapshot_ttl)
+        .unwrap_or(Duration::from_secs(7 * 86_400));
+    let new = NewSnapshot {
+        id: new_id("snap"),
+        sandbox_id: row.id.clone(),
+        sandbox_generation: row.generation,
+        profile: row.profile.clone(),
+        profile_version: row.profile_version,
+        extension: row.extension.clone(),
+        host: row.host.clone(),
+        project: row.project.clone(),
+        label,
+        now,
+        expires_at: now.saturating_add(crate::clock::millis(ttl)),
+    };
+    let quota = state.settings.snapshot_quota_per_project;
+    let snap = match state.db.create_snapshot(new, quota).await? {
+        SnapshotCreated::New(snap) => *snap,
+        SnapshotCreated::OverQuota { quota } => {
+            return Err(OpError::conflict(
+                ProblemCode::SnapshotQuotaExceeded,
+                format!(
+                    "project {} already holds {quota} snapshots (the quota); delete some first",
+                    row.project
+                ),
+            ))
+        }
+    };
+    state.spawn(capture(state.clone(), snap.id.clone()));
+    Ok(snap)
+}
+
 /// Capture snapshot `id` (in `creating`): archive the sandbox's workspace,
 /// name the archive by its hash, mark the snapshot `ready`, or `failed` with
 /// the reason (leaving no blob behind).
@@ -179,7 +248,7 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
         guard = state.locks.lock(&snap.sandbox_id) => guard,
         () = cancel.cancelled() => {
             let e = crate::extensions::snapshot_cancelled();
-            return failed(state, id, Failure { code: e.code.to_owned(), message: e.message }).await;
+            return failed(state, id, e.into_failure()).await;
         }
     };
     // Read again under the lock: a delete may have come first.
@@ -189,15 +258,12 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
     if snap.state()? != SnapshotState::Creating {
         return Ok(());
     }
-    let fail = |code: &str, message: String| Failure {
-        code: code.to_owned(),
-        message,
-    };
+    let fail = Failure::new;
     let Some(row) = state.db.get_row(&snap.sandbox_id, None).await? else {
         return failed(
             state,
             id,
-            fail("sandbox_not_found", "the sandbox is gone".into()),
+            fail(ProblemCode::SandboxNotFound, "the sandbox is gone".into()),
         )
         .await;
     };
@@ -207,7 +273,7 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
             state,
             id,
             fail(
-                "invalid_state",
+                ProblemCode::InvalidState,
                 format!(
                     "sandbox {} became `{sbx_state}` (generation {}) before the capture started",
                     row.id, row.generation
@@ -221,7 +287,7 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
             state,
             id,
             fail(
-                "backend_unavailable",
+                ProblemCode::BackendUnavailable,
                 format!("no backend `{}` in this daemon", row.extension),
             ),
         )
@@ -238,7 +304,7 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
         return failed(
             state,
             id,
-            fail("snapshot_failed", format!("snapshot store: {e}")),
+            fail(ProblemCode::SnapshotFailed, format!("snapshot store: {e}")),
         )
         .await;
     }
@@ -257,8 +323,8 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
         Ok(a) => a,
         Err(e) => {
             let _ = blobs.remove_tmp(id);
-            tracing::warn!(code = e.code, message = %e.message, "capture failed");
-            return failed(state, id, fail(e.code, e.message)).await;
+            tracing::warn!(code = %e.code, message = %e.message, "capture failed");
+            return failed(state, id, e.into_failure()).await;
         }
     };
     drop(handle);
@@ -277,7 +343,10 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
         return failed(
             state,
             id,
-            fail("snapshot_failed", format!("storing the archive: {e}")),
+            fail(
+                ProblemCode::SnapshotFailed,
+                format!("storing the archive: {e}"),
+            ),
         )
         .await;
     }
@@ -369,213 +438,6 @@ pub async fn run_sweeper(state: AppState, interval: Duration, stop: Cancellation
     .await;
 }
 
-/// What a provision needs of the snapshot its sandbox is forked from: the
-/// archive, and a hold on its blob so a delete cannot remove it mid-read.
-/// Drop it once the workspace is filled.
-#[derive(Default)]
-pub struct ForkSource {
-    pub source: Option<SnapshotSource>,
-    _blob: Option<OwnedMutexGuard<()>>,
-}
-
-/// The snapshot sandbox `sandbox_id` starts from, if it is a fork. The inner
-/// error fails the provision (`snapshot_not_found`, `snapshot_unavailable`).
-pub async fn fork_source(
-    state: &AppState,
-    sandbox_id: &str,
-) -> Result<Result<ForkSource, ExtError>, StoreError> {
-    let Some(snapshot_id) = state.db.fork_source(sandbox_id).await? else {
-        return Ok(Ok(ForkSource::default()));
-    };
-    let Some(snap) = state.db.get_snapshot_row(&snapshot_id, None).await? else {
-        return Ok(Err(ExtError::new(
-            "snapshot_not_found",
-            format!("snapshot {snapshot_id} to fork from does not exist"),
-        )));
-    };
-    // A router may place a fork on any candidate of its profile: only the
-    // snapshot's own extension can read its archive.
-    if let Some(row) = state.db.get_row(sandbox_id, None).await? {
-        if row.extension != snap.extension {
-            return Ok(Err(ExtError::new(
-                "snapshot_incompatible",
-                format!(
-                    "snapshot {snapshot_id} was taken on {}, but this sandbox was placed on {}",
-                    snap.extension, row.extension
-                ),
-            )));
-        }
-    }
-    let Some(sha) = snap.sha256.clone().filter(|_| snap.state == "ready") else {
-        return Ok(Err(ExtError::new(
-            "snapshot_unavailable",
-            format!("snapshot {snapshot_id} is `{}`, not ready", snap.state),
-        )));
-    };
-    let blob = state.locks.lock(&blob_key(&sha)).await;
-    // Read again under the blob's lock: deleted meanwhile means gone.
-    let still = state.db.get_snapshot_row(&snapshot_id, None).await?;
-    let Some(path) = still
-        .filter(|s| s.state == "ready")
-        .and_then(|_| Blobs::new(&state.settings.data_dir).path(&sha))
-    else {
-        return Ok(Err(ExtError::new(
-            "snapshot_unavailable",
-            format!("snapshot {snapshot_id} was deleted"),
-        )));
-    };
-    Ok(Ok(ForkSource {
-        source: Some(SnapshotSource {
-            id: snapshot_id,
-            path,
-            sha256: sha,
-        }),
-        _blob: Some(blob),
-    }))
-}
-
-/// Why a restore was refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("sandbox `{0}` not found")]
-    SandboxNotFound(String),
-    #[error("snapshot `{0}` not found")]
-    SnapshotNotFound(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("{0}")]
-    Incompatible(String),
-    #[error("{0}")]
-    SandboxState(String),
-    #[error("{0}")]
-    SnapshotState(String),
-    /// The backend failed (`snapshot_corrupt`, `restore_failed`); the workspace is as it was.
-    #[error(transparent)]
-    Backend(ExtError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Roll sandbox `sandbox_id`'s workspace back to snapshot `snapshot_id`, in
-/// place, under the sandbox's lock. Both must be visible to `project`.
-#[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id, snapshot_id = %snapshot_id))]
-pub async fn restore(
-    state: &AppState,
-    sandbox_id: &str,
-    snapshot_id: &str,
-    project: Option<&str>,
-) -> Result<Sandbox, RestoreError> {
-    if state.db.get_row(sandbox_id, project).await?.is_none() {
-        return Err(RestoreError::SandboxNotFound(sandbox_id.to_owned()));
-    }
-    if state
-        .db
-        .get_snapshot_row(snapshot_id, project)
-        .await?
-        .is_none()
-    {
-        return Err(RestoreError::SnapshotNotFound(snapshot_id.to_owned()));
-    }
-    let _guard = state.locks.lock(sandbox_id).await;
-    let (Some(row), Some(snap)) = (
-        state.db.get_row(sandbox_id, project).await?,
-        state.db.get_snapshot_row(snapshot_id, project).await?,
-    ) else {
-        return Err(RestoreError::SandboxNotFound(sandbox_id.to_owned()));
-    };
-    if !capable(state, &row.extension, Capability::Restore) {
-        return Err(RestoreError::Unsupported(format!(
-            "extension {} cannot restore snapshots",
-            row.extension
-        )));
-    }
-    if snap.extension != row.extension {
-        return Err(RestoreError::Incompatible(format!(
-            "snapshot {snapshot_id} was taken on {}; sandbox {sandbox_id} runs on {}",
-            snap.extension, row.extension
-        )));
-    }
-    let sbx_state = row.state()?;
-    if !sbx_state.is_live() {
-        return Err(RestoreError::SandboxState(format!(
-            "sandbox {sandbox_id} is `{sbx_state}`; only ready or active sandboxes can be restored"
-        )));
-    }
-    let snap_state = snap.state()?;
-    let sha = match (&snap.sha256, snap_state) {
-        (Some(sha), SnapshotState::Ready) => sha.clone(),
-        _ => {
-            return Err(RestoreError::SnapshotState(format!(
-                "snapshot {snapshot_id} is `{snap_state}`; only ready snapshots can be restored"
-            )))
-        }
-    };
-    let Some(ext) = state.extensions.get(&row.extension) else {
-        return Err(RestoreError::Unsupported(format!(
-            "no backend `{}` in this daemon",
-            row.extension
-        )));
-    };
-    let _blob = state.locks.lock(&blob_key(&sha)).await;
-    let Some(path) = Blobs::new(&state.settings.data_dir).path(&sha) else {
-        return Err(RestoreError::Backend(ExtError::new(
-            "snapshot_corrupt",
-            format!("snapshot {snapshot_id} names no valid archive"),
-        )));
-    };
-    let src = SnapshotSource {
-        id: snapshot_id.to_owned(),
-        path,
-        sha256: sha,
-    };
-    // A backend that starts the sandbox's processes again gets their
-    // environment, as at provision.
-    let empty = std::collections::BTreeMap::new();
-    let setup_env = state
-        .catalog
-        .profiles
-        .get(&row.profile)
-        .map(|p| &p.spec.setup.env)
-        .unwrap_or(&empty);
-    let secrets = match state.catalog.profiles.get(&row.profile) {
-        Some(p) => crate::secrets::resolve(&p.spec.setup.secret_refs, &state.settings.secrets)
-            .map_err(|e| RestoreError::Backend(e.into()))?,
-        None => std::collections::BTreeMap::new(),
-    };
-    let env = crate::extensions::SandboxEnv {
-        env: setup_env,
-        secrets: &secrets,
-    };
-    let started = std::time::Instant::now();
-    if let Err(e) = ext
-        .restore(sandbox_id, row.backend_state().as_ref(), &src, env)
-        .await
-    {
-        tracing::warn!(code = e.code, message = %e.message, "restore failed; the workspace is as it was");
-        if e.code == "snapshot_corrupt" {
-            // Damaged for good: say so on the snapshot too.
-            state
-                .db
-                .snapshot_failed(
-                    snapshot_id,
-                    &[SnapshotState::Ready],
-                    &Failure {
-                        code: e.code.to_owned(),
-                        message: e.message.clone(),
-                    },
-                )
-                .await?;
-            state.notify(snapshot_id);
-        }
-        return Err(RestoreError::Backend(e));
-    }
-    tracing::info!(
-        seconds = started.elapsed().as_secs_f64(),
-        "workspace restored from the snapshot"
-    );
-    Ok(row.into_api()?)
-}
-
 /// Wait until snapshot `id` is no longer `creating`, at most `timeout`.
 pub async fn wait_settled(
     state: &AppState,
@@ -620,11 +482,10 @@ pub async fn recover(state: &AppState) -> Result<usize, StoreError> {
             .snapshot_failed(
                 &snap.id,
                 &[SnapshotState::Creating],
-                &Failure {
-                    code: "interrupted".into(),
-                    message: "sandboxerd stopped while this snapshot was being captured; nothing was kept"
-                        .into(),
-                },
+                &Failure::new(
+                    ProblemCode::Interrupted,
+                    "sandboxerd stopped while this snapshot was being captured; nothing was kept",
+                ),
             )
             .await?;
     }

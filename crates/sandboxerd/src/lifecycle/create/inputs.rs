@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use sandboxer_api::Profile;
+use sandboxer_api::{ProblemCode, Profile};
 
-use super::caller::Caller;
-use super::error::{ApiError, ApiResult};
 use crate::config::Settings;
 use crate::extensions::compose;
+use crate::lifecycle::error::{OpError, OpResult};
 
 /// The names of `profile`'s inputs that are host paths.
 pub fn path_inputs(profile: &Profile) -> BTreeSet<&str> {
@@ -41,15 +40,15 @@ pub fn path_inputs(profile: &Profile) -> BTreeSet<&str> {
 ///   may pass none.
 pub fn resolve(
     settings: &Settings,
-    caller: &Caller,
+    operator: bool,
     profile: &Profile,
     inputs: &mut BTreeMap<String, String>,
-) -> ApiResult<()> {
+) -> OpResult<()> {
     let names = path_inputs(profile);
     if names.is_empty() {
         return Ok(());
     }
-    if settings.input_roots.is_empty() && caller.operator {
+    if settings.input_roots.is_empty() && operator {
         return Ok(());
     }
     let data_dir = settings
@@ -85,7 +84,7 @@ pub fn resolve_under(path: &Path, roots: &[PathBuf], data_dir: &Path) -> Option<
 }
 
 /// One message for every refused path, so it tells nothing about the host.
-fn refusal(name: &str, no_roots: bool) -> ApiError {
+fn refusal(name: &str, no_roots: bool) -> OpError {
     let detail = if no_roots {
         format!(
             "`inputs.{name}` names a path on the sand-boxer host, which this daemon accepts only \
@@ -97,7 +96,7 @@ fn refusal(name: &str, no_roots: bool) -> ApiError {
              folder under one of the daemon's `input_roots`, outside its data dir"
         )
     };
-    ApiError::unprocessable("invalid_input", &format!("inputs.{name}"), detail)
+    OpError::invalid(ProblemCode::InvalidInput, &format!("inputs.{name}"), detail)
 }
 
 #[cfg(test)]

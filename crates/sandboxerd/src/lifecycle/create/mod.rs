@@ -1,0 +1,236 @@
+//! Create a sandbox: check the request against the catalog, route and
+//! price it, then insert it (idempotently, under the project's cap and
+//! credits) or hand out a warm-pool member, and start its provisioning.
+use sandboxer_api::{Consumer, CreateSandbox, ProblemCode, Sandbox};
+use sha2::{Digest, Sha256};
+
+use super::error::{Missing, OpError, OpResult, Refusal};
+use super::validate;
+use crate::clock::millis;
+use crate::routing::{self, Needs, PlaceError};
+use crate::store::{new_id, now_ms, Billing, Created, NewSandbox};
+use crate::AppState;
+
+pub mod fork;
+pub mod inputs;
+
+/// Who asks for an operation: the consumer its token acts as, and whether
+/// it is an operator (who sees and acts on every project).
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub consumer: &'a Consumer,
+    pub operator: bool,
+}
+
+impl<'a> Actor<'a> {
+    /// The project every lookup is confined to (`None`: all, for operators).
+    pub fn scope(&self) -> Option<&'a str> {
+        (!self.operator).then_some(self.consumer.project.as_str())
+    }
+}
+
+/// Create a sandbox from `req` for `actor`. With an `idempotency_key`, the
+/// same key and body answer the sandbox made first (another body is
+/// `idempotency_conflict`). A sandbox served from a warm pool is already
+/// ready; any other is `requested`, provisioning in the background.
+#[tracing::instrument(skip_all, fields(sandbox_id))]
+pub async fn create(
+    state: &AppState,
+    actor: Actor<'_>,
+    req: CreateSandbox,
+    idempotency_key: Option<&str>,
+) -> OpResult<Sandbox> {
+    let req = fork::resolve(state, actor.scope(), req).await?;
+    let (new, billing) = check(state, actor, &req).await?;
+    tracing::Span::current().record("sandbox_id", new.id.as_str());
+    fork::record(state, &new.id, &req).await?;
+    let hash = idempotency_key.map(|_| request_hash(&new.consumer.project, &req));
+    let idem = idempotency_key.zip(hash.as_deref());
+    let cap = match state.settings.limits.live_sandboxes_per_project {
+        0 => None,
+        n => Some(i64::from(n)),
+    };
+    // A profile with a warm pool: a ready member, claimed in one
+    // transaction, is answered just as a create that became ready.
+    let (created, pooled) =
+        match super::pool::hand_out(state, &req, &new, idem, cap, &billing).await? {
+            Some(outcome) => (outcome, true),
+            None => (
+                state
+                    .db
+                    .create_sandbox_billed(new, idem, cap, &billing)
+                    .await?,
+                false,
+            ),
+        };
+    match created {
+        Created::New(sbx) if pooled => Ok(sbx),
+        Created::New(sbx) => {
+            crate::fault::hit("create.after_insert");
+            state.spawn(super::provision::provision(
+                state.clone(),
+                sbx.id.clone(),
+                sbx.generation,
+                None,
+            ));
+            Ok(sbx)
+        }
+        Created::Replayed(sbx) => Ok(sbx),
+        Created::InsufficientCredits(short) => Err(OpError::insufficient(
+            short,
+            &actor.consumer.project,
+            "this create",
+        )),
+        Created::OverCap { cap } => Err(OpError::refused(
+            Refusal::Busy,
+            ProblemCode::TooManySandboxes,
+            format!(
+                "project already has {cap} live sandboxes (the configured cap); destroy some first"
+            ),
+        )),
+        Created::KeyConflict => Err(OpError::conflict(
+            ProblemCode::IdempotencyConflict,
+            "this Idempotency-Key was already used with a different request body",
+        )
+        .field("Idempotency-Key")),
+    }
+}
+
+/// What makes two creates with one Idempotency-Key the same request.
+fn request_hash(project: &str, req: &CreateSandbox) -> String {
+    let mut h = Sha256::new();
+    h.update(project.as_bytes());
+    h.update([0]);
+    h.update(serde_json::to_vec(req).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
+/// Check a create against the catalog and route it; every error names the field.
+async fn check(
+    state: &AppState,
+    actor: Actor<'_>,
+    req: &CreateSandbox,
+) -> OpResult<(NewSandbox, Billing)> {
+    let profile = state
+        .catalog
+        .profiles
+        .get(&req.profile)
+        .ok_or_else(|| OpError::not_found(Missing::Profile, &req.profile).field("profile"))?;
+    let spec = &profile.spec;
+    for name in req.inputs.keys() {
+        if !spec.inputs.contains_key(name) {
+            let declared: Vec<&str> = spec.inputs.keys().map(String::as_str).collect();
+            return Err(OpError::invalid(
+                ProblemCode::UnknownInput,
+                &format!("inputs.{name}"),
+                format!(
+                    "`inputs.{name}`: profile {} declares no such input (declared: {})",
+                    spec.id,
+                    if declared.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        declared.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    // A fork's workspace comes from its snapshot, which stands in for the
+    // inputs that would have made it (a compose repository, say).
+    for (name, input) in &spec.inputs {
+        if input.required
+            && req.from_snapshot.is_none()
+            && req.inputs.get(name).is_none_or(|v| v.is_empty())
+        {
+            return Err(OpError::invalid(
+                ProblemCode::MissingInput,
+                &format!("inputs.{name}"),
+                format!("`inputs.{name}` is required by profile {}", spec.id),
+            ));
+        }
+    }
+    for (name, value) in &req.inputs {
+        if value.len() > 4096 {
+            return Err(OpError::invalid(
+                ProblemCode::InvalidInput,
+                &format!("inputs.{name}"),
+                format!("`inputs.{name}` is longer than 4096 bytes"),
+            ));
+        }
+    }
+    // Host paths: resolved under `input_roots` now, before anything is
+    // provisioned; the canonical path is what is stored and used.
+    let mut inputs = req.inputs.clone();
+    inputs::resolve(&state.settings, actor.operator, spec, &mut inputs)?;
+    let ttl = validate::requested_ttl(req.ttl.as_deref(), profile)?;
+    validate::labels(&req.labels)?;
+    let consumer = validate::consumer(req.consumer.as_ref(), actor.consumer, actor.operator)?;
+    // A fork of a routed profile runs where its snapshot was taken.
+    let fork_of = match (&req.from_snapshot, &spec.routing) {
+        (Some(snap), Some(_)) => state
+            .db
+            .get_snapshot(snap, actor.scope())
+            .await?
+            .map(|s| s.extension),
+        _ => None,
+    };
+    let needs = Needs {
+        host: req.placement.as_ref().and_then(|p| p.host.clone()),
+        fork_of,
+    };
+    let placed = routing::place(state, profile, ttl, &needs)
+        .await
+        .map_err(|e| place_error(&spec.id, e))?;
+    let now = now_ms();
+    let new = NewSandbox {
+        placement_host: needs.host.clone(),
+        id: new_id("sbx"),
+        profile: spec.id.clone(),
+        profile_version: spec.version,
+        extension: placed.target.extension.clone(),
+        host: placed.target.host.clone(),
+        consumer,
+        inputs,
+        labels: req.labels.clone(),
+        now,
+        expires_at: now.saturating_add(millis(ttl)),
+        max_expires_at: now.saturating_add(millis(profile.ttl_max)),
+        // Whole credits for the lifetime asked for, rounded up (the same
+        // price `GET /v1/estimate` quotes).
+        estimate_credits: placed.target.estimate_credits,
+    };
+    let billing = Billing {
+        rate_centicredits: placed.target.rate_centicredits,
+        route: placed.route,
+        enforce: state.settings.credits.enforce,
+    };
+    Ok((new, billing))
+}
+
+/// A routing refusal of a create (or an estimate) of `profile`.
+pub fn place_error(profile: &str, e: PlaceError) -> OpError {
+    match e {
+        PlaceError::UnknownHost { host, hosts } => OpError::invalid(
+            ProblemCode::UnknownHost,
+            "placement.host",
+            format!(
+                "`placement.host`: {profile} places on {}, not `{host}`",
+                hosts.join(", ")
+            ),
+        ),
+        PlaceError::NotBuiltIn(ext) => OpError::refused(
+            Refusal::Unavailable,
+            ProblemCode::ExtensionUnavailable,
+            format!("extension {ext} is not built into this daemon"),
+        ),
+        PlaceError::NoCandidate(route) => OpError::refused(
+            Refusal::Unavailable,
+            ProblemCode::NoExtensionAvailable,
+            format!(
+                "no candidate of {profile} ({} policy) can take this sandbox now: {}",
+                route.policy,
+                routing::explain(&route)
+            ),
+        ),
+    }
+}
