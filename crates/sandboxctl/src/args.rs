@@ -86,6 +86,126 @@ pub enum Command {
         /// Sandbox id (`sbx_…`).
         id: String,
     },
+    /// Run a command inside a sandbox; its output streams as it is written
+    /// and its exit code is sandboxctl's (124 on a timeout, 128+N for signal N).
+    /// One argument runs with /bin/sh -c; several are an argv.
+    Exec {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Working directory inside (default /workspace).
+        #[arg(long)]
+        cwd: Option<String>,
+        /// KEY=VALUE added to the environment (repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Kill it and its tree after this long (`30s`, `10m`; default 60s).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Text for its standard input: a file, or `-` for this standard input.
+        #[arg(long)]
+        stdin: Option<String>,
+        /// Wait for the end and print the output at once.
+        #[arg(long)]
+        no_stream: bool,
+        /// The command (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Start a background process in a sandbox; prints its id (`proc_…`).
+    Start {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Working directory inside (default /workspace).
+        #[arg(long)]
+        cwd: Option<String>,
+        /// KEY=VALUE added to the environment (repeatable).
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// A label to recognise it by.
+        #[arg(long)]
+        tag: Option<String>,
+        /// The command (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List a sandbox's background processes.
+    Ps {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+    },
+    /// A background process's output; `-f` follows it until it ends.
+    Logs {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Process id (`proc_…`).
+        process: String,
+        /// Keep printing as it writes, until it ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Start at this byte of its output.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// Signal a background process (its process group).
+    Kill {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Process id (`proc_…`).
+        process: String,
+        /// TERM, KILL, INT or HUP.
+        #[arg(short, long, default_value = "TERM")]
+        signal: String,
+    },
+    /// Copy between this machine and a sandbox: `cp ./src sbx_…:/workspace/src`
+    /// or `cp sbx_…:/workspace/out.txt .` (directories go as tar; `-` as the
+    /// local target writes a file to stdout).
+    Cp {
+        /// Source: a local path or `sbx_…:PATH`.
+        src: String,
+        /// Target: a local path or `sbx_…:PATH`.
+        dst: String,
+        /// Mode of a file written into the sandbox (default: the local file's).
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// List files in a sandbox (symlinks are shown, never followed).
+    LsFiles {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Directory inside.
+        #[arg(default_value = "/workspace")]
+        path: String,
+        /// Levels to descend (1 to 16).
+        #[arg(long, default_value_t = 1)]
+        depth: u32,
+    },
+    /// TCP ports listening inside a sandbox, with their URLs through the daemon.
+    Ports {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+    },
+    /// Print the URL of a port inside a sandbox, through the daemon's proxy.
+    Open {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Port inside.
+        port: u16,
+        /// Path on the server inside.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// SSH keys that may open sessions into a sandbox (the daemon's SSH gateway).
+    #[command(subcommand)]
+    SshKey(SshKeyCommand),
+    /// A shell in a sandbox over the daemon's SSH gateway (OpenSSH's `ssh`,
+    /// with a key made for this session and removed after it).
+    Shell {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Run this instead of a login shell (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Show the lifecycle transitions of a sandbox.
     Events {
         /// Sandbox id (`sbx_…`).
@@ -180,6 +300,30 @@ pub enum Command {
     Completions {
         /// The shell to complete in.
         shell: clap_complete::Shell,
+    },
+}
+
+/// The `ssh-key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SshKeyCommand {
+    /// Register a public key (a `.pub` file or the key line itself).
+    Add {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// `~/.ssh/id_ed25519.pub`, or `ssh-ed25519 AAAA…`.
+        key: String,
+    },
+    /// The keys registered for a sandbox.
+    List {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+    },
+    /// Remove a key by its `SHA256:…` fingerprint.
+    Rm {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// `SHA256:…`
+        fingerprint: String,
     },
 }
 

@@ -103,6 +103,17 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
             let e = client.extension(&id).await?;
             emit_or(json, &e, || render::extension_details(&e))
         }
+        cmd @ (Command::Exec { .. }
+        | Command::Start { .. }
+        | Command::Ps { .. }
+        | Command::Logs { .. }
+        | Command::Kill { .. }
+        | Command::Cp { .. }
+        | Command::LsFiles { .. }
+        | Command::Ports { .. }
+        | Command::Open { .. }
+        | Command::SshKey(_)
+        | Command::Shell { .. }) => crate::access_cmd::run(client, cmd, json).await,
         cmd @ (Command::Hosts { .. }
         | Command::Inspect(_)
         | Command::ReapStale { .. }

@@ -4,6 +4,7 @@
 //! errors, 3 the daemon could not be reached.
 #![forbid(unsafe_code)]
 
+mod access_cmd;
 mod args;
 mod commands;
 mod hosts_cmd;
@@ -55,7 +56,9 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            commands::note(&e.message());
+            if !matches!(e, CliError::Exit(_)) {
+                commands::note(&e.message());
+            }
             ExitCode::from(e.exit_code())
         }
     }

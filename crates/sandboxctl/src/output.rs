@@ -22,6 +22,9 @@ pub enum CliError {
     /// The command line is valid for clap but not for us (a key given twice).
     #[error("{0}")]
     Usage(String),
+    /// End with this code, saying nothing (a command run in a sandbox ended so).
+    #[error("exit {0}")]
+    Exit(u8),
 }
 
 impl From<ClientError> for CliError {
@@ -38,6 +41,7 @@ impl CliError {
             CliError::Client(e) if matches!(**e, ClientError::Transport(_)) => 3,
             CliError::Client(e) if matches!(**e, ClientError::Invalid(_)) => 2,
             CliError::Usage(_) => 2,
+            CliError::Exit(code) => *code,
             CliError::Client(_) | CliError::Failed(_) => 1,
         }
     }

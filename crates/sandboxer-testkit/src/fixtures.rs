@@ -39,7 +39,21 @@ pub fn settings(data_dir: &Path) -> Settings {
     s.provision_timeout = Duration::from_secs(30);
     s.shutdown_grace = Duration::from_secs(5);
     s.reaper_interval = Duration::from_millis(200);
+    // An in-process daemon's executable is the test binary (in
+    // `target/<profile>/deps/`): its agent is the one cargo built beside
+    // `sandboxerd`, one level up.
+    s.access.agent = agent_beside_current_exe();
     s
+}
+
+/// `sandboxer-agent` next to the running executable or one level up.
+pub fn agent_beside_current_exe() -> Option<std::path::PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let dir = me.parent()?;
+    [dir.join("sandboxer-agent"), dir.join("../sandboxer-agent")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
 }
 
 /// A create request of [`LOCAL_SHELL`] with every other field defaulted.

@@ -21,12 +21,14 @@ use reqwest::{Method, StatusCode, Url};
 use sandboxer_api::{Extension, Health, Page, Profile};
 use serde::de::DeserializeOwned;
 
+mod access;
 mod credits;
 mod error;
 mod query;
 mod sandboxes;
 mod snapshots;
 
+pub use access::{Download, EventStream, ExecEvent};
 pub(crate) use error::api_error;
 pub use error::ClientError;
 use error::{chain, transport_error};

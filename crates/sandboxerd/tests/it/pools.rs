@@ -278,7 +278,18 @@ async fn a_pool_fills_serves_a_create_with_the_consumers_labels_and_ttl_and_refi
         chrono::Duration::minutes(10)
     );
     assert_eq!(sbx.cost.estimate_credits, 600, "10 min at 1 credit/s");
-    // It works: its way in runs a command inside this sandbox.
+    // A consumer sees no host pid, path or argv: only the daemon's routes.
+    let seen = sbx.reachability.clone().expect("reachability");
+    assert!(
+        seen.get("enter").is_none() && seen.get("pid").is_none() && seen.get("workdir").is_none(),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["api"]["exec"],
+        format!("/v1/sandboxes/{}/exec", sbx.id)
+    );
+    // It works: its way in (the operator's view) runs a command inside this sandbox.
+    let sbx = ops.get(&sbx.id, None).await.expect("operator view");
     let reach = sbx.reachability.clone().expect("reachability");
     assert_eq!(reach["kind"], "local");
     let out = run_inside(&reach, &["sh", "-c", "hostname; pwd"]);
@@ -602,6 +613,7 @@ async fn kill_9_with_a_full_pool_leaks_nothing_and_the_pool_is_made_again() {
     }
     let new = full(&ops, &data, POOLED, 3).await;
     assert!(new.keys().all(|id| !old.contains_key(id)));
+    let kept = ops.get(&kept.id, None).await.expect("operator view");
     let still = alpha.get(&kept.id, None).await.expect("get");
     assert_eq!(
         still.state,
@@ -651,6 +663,7 @@ async fn concurrent_creates_never_share_a_member() {
     let mut pids = HashSet::new();
     for (status, sbx) in &made {
         assert_eq!((*status, sbx.state), (201, SandboxState::Ready), "{sbx:?}");
+        let sbx = &ops.get(&sbx.id, None).await.expect("operator view");
         assert!(ids.insert(sbx.id.clone()), "{} handed out twice", sbx.id);
         assert!(pids.insert(pid_of(sbx)), "a process shared: {sbx:?}");
         let out = run_inside(sbx.reachability.as_ref().expect("reach"), &["hostname"]);
@@ -758,6 +771,7 @@ async fn graceful_shutdown_tears_the_unassigned_members_down() {
         .await
         .expect("create");
     let pool = full(&ops, &data, POOLED, 2).await;
+    let kept = ops.get(&kept.id, None).await.expect("operator view");
     assert!(d.terminate().success());
     for (id, m) in &pool {
         assert!(!alive(pid_of(m)), "{id} still running after shutdown");

@@ -190,9 +190,18 @@ async fn tokens_isolate_projects_audit_and_keep_secrets() {
         .await
         .expect("beta has its own cap");
 
+    // A consumer's view of its sandbox has no host pid, path or argv.
+    let seen = a.reachability.clone().expect("reachability");
+    for host_only in ["enter", "pid", "workdir"] {
+        assert!(
+            seen.get(host_only).is_none(),
+            "{host_only} shown to a consumer: {seen}"
+        );
+    }
     // The secret reaches the sandbox's environment and nowhere else.
-    let reach = a.reachability.clone().expect("reachability");
-    let env = run_inside(&reach, &["sh", "-c", "tr '\\0' '\\n' < /proc/2/environ"]);
+    let a_ops = ops.get(&a.id, None).await.expect("operator view");
+    let reach = a_ops.reachability.clone().expect("reachability");
+    let env = run_inside(&reach, &["sh", "-c", "env"]);
     assert!(
         env.lines().any(|l| l == format!("API_KEY={SENTINEL}")),
         "secret in the sandbox: {env}"
