@@ -423,6 +423,10 @@ pub struct CreateArgs {
     /// A label `key=value`; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
+    /// An SSH public key (a `.pub` file or the key line) that may open
+    /// sessions into the sandbox through the daemon's SSH gateway; repeatable.
+    #[arg(long = "ssh-key", value_name = "KEY")]
+    pub ssh_keys: Vec<String>,
     /// A profile input `name=value`; repeatable.
     #[arg(long = "input", value_name = "NAME=VALUE", value_parser = parse_key_value)]
     pub inputs: Vec<(String, String)>,

@@ -184,6 +184,18 @@ async fn create(client: &Client, args: CreateArgs, json: bool) -> Result<(), Cli
         consumer: None,
         placement: args.host.map(|host| Placement { host: Some(host) }),
         from_snapshot: args.from_snapshot.clone(),
+        ssh_keys: args
+            .ssh_keys
+            .iter()
+            .map(|k| match std::fs::read_to_string(k) {
+                Ok(text) if std::path::Path::new(k).is_file() => Ok(text.trim().to_owned()),
+                Ok(_) | Err(_) if k.starts_with("ssh-") || k.starts_with("ecdsa-") => Ok(k.clone()),
+                Ok(_) => Err(CliError::Usage(format!(
+                    "--ssh-key {k}: not a key file or key line"
+                ))),
+                Err(e) => Err(CliError::Usage(format!("--ssh-key {k}: {e}"))),
+            })
+            .collect::<Result<_, _>>()?,
     };
     let spinner = Spinner::new();
     spinner.show(match (&args.profile, &args.from_snapshot) {

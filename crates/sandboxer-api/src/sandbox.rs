@@ -199,6 +199,10 @@ pub struct CreateSandbox {
     /// from. `profile` may then name another profile on the same extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_snapshot: Option<String>,
+    /// OpenSSH public keys that may open SSH sessions into the sandbox
+    /// through the daemon's SSH gateway (as `POST …/ssh-keys` adds them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
 }
 
 /// Body of `POST /v1/sandboxes/{id}/recreate`.

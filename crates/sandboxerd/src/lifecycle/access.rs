@@ -145,3 +145,55 @@ fn wrong_state(id: &str, state: &str) -> OpError {
         format!("sandbox {id} is `{state}`; only ready or active sandboxes can be reached"),
     )
 }
+
+/// A checked SSH public key.
+pub struct CheckedKey {
+    /// `SHA256:…`
+    pub fingerprint: String,
+    /// The key line without its comment.
+    pub public_key: String,
+    pub comment: String,
+}
+
+/// Parses an OpenSSH public key line; refuses what is not one, and RSA
+/// keys under 2048 bits. `field` names it in the error.
+pub fn check_key(line: &str, field: &str) -> Result<CheckedKey, OpError> {
+    use russh::keys::{HashAlg, PublicKey};
+    let bad = |why: String| OpError::invalid(ProblemCode::InvalidSshKey, field, why);
+    if line.len() > 16 * 1024 {
+        return Err(bad("longer than 16 KiB".into()));
+    }
+    let mut key = PublicKey::from_openssh(line.trim())
+        .map_err(|e| bad(format!("not an OpenSSH public key line ({e})")))?;
+    if let Some(rsa) = key.key_data().rsa() {
+        if rsa.key_size() < 2048 {
+            return Err(bad(format!(
+                "RSA keys need at least 2048 bits; this one has {}",
+                rsa.key_size()
+            )));
+        }
+    }
+    let comment = key.comment().as_str_lossy().to_string();
+    key.set_comment("");
+    let public_key = key
+        .to_openssh()
+        .map_err(|e| bad(format!("cannot be written back ({e})")))?
+        .trim()
+        .to_string();
+    Ok(CheckedKey {
+        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+        public_key,
+        comment: comment.chars().take(256).collect(),
+    })
+}
+
+/// Registers `keys` (checked already) for sandbox `id`.
+pub async fn add_keys(state: &AppState, id: &str, keys: &[CheckedKey]) -> Result<(), OpError> {
+    for k in keys {
+        state
+            .db
+            .add_ssh_key(id, &k.fingerprint, &k.public_key, &k.comment)
+            .await?;
+    }
+    Ok(())
+}

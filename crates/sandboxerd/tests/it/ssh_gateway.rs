@@ -320,3 +320,28 @@ async fn wrong_keys_other_sandboxes_and_destroyed_ones_are_refused() {
     let as_b = Ssh::new(dir.path(), &reach, dir.path().join("b"));
     assert_eq!(as_b.run(&b, "true").0, 255);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_given_at_create_open_the_sandbox() {
+    require_bwrap();
+    let dir = TestDir::new();
+    let d = gateway_daemon(&dir.path().join("data")).await;
+    let key = dir.path().join("k");
+    let key_pub = keygen(&key).unwrap();
+    let mut req = local_shell();
+    req.ssh_keys = vec![key_pub.clone()];
+    let sbx = testkit::ready_sandbox(&d.client, &req).await;
+    let reach = sbx.reachability.clone().expect("reachability")["ssh"].clone();
+    let ssh = Ssh::new(dir.path(), &reach, key);
+    let (code, out, err) = ssh.run(&sbx.id, "echo in");
+    assert_eq!((code, out.as_str()), (0, "in\n"), "{err}");
+    // A bad key in the body is refused before anything is made.
+    let mut bad = local_shell();
+    bad.ssh_keys = vec![key_pub, "ssh-ed25519 nope".into()];
+    let err = d.client.create(&bad, None, None).await.expect_err("422");
+    assert_eq!(err.status(), Some(422));
+    let sandboxctl::ClientError::Api { problem, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(problem.field.as_deref(), Some("ssh_keys[1]"), "{problem:?}");
+}

@@ -4,7 +4,6 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use russh::keys::{HashAlg, PublicKey};
 use sandboxer_api::{AddSshKey, Problem, ProblemCode, SshKey, SshKeyList};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,43 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(remove_key))
 }
 
-/// A checked key: `(fingerprint, key without comment, comment)`.
-pub struct CheckedKey {
-    pub fingerprint: String,
-    pub public_key: String,
-    pub comment: String,
-}
-
-/// Parses an OpenSSH public key line; refuses what is not one, and RSA
-/// keys under 2048 bits. `field` names it in the error.
-pub fn check_key(line: &str, field: &str) -> ApiResult<CheckedKey> {
-    let bad = |why: String| ApiError::unprocessable(ProblemCode::InvalidSshKey, field, why);
-    if line.len() > 16 * 1024 {
-        return Err(bad("longer than 16 KiB".into()));
-    }
-    let mut key = PublicKey::from_openssh(line.trim())
-        .map_err(|e| bad(format!("not an OpenSSH public key line ({e})")))?;
-    if let Some(rsa) = key.key_data().rsa() {
-        if rsa.key_size() < 2048 {
-            return Err(bad(format!(
-                "RSA keys need at least 2048 bits; this one has {}",
-                rsa.key_size()
-            )));
-        }
-    }
-    let comment = key.comment().as_str_lossy().to_string();
-    key.set_comment("");
-    let public_key = key
-        .to_openssh()
-        .map_err(|e| bad(format!("cannot be written back ({e})")))?
-        .trim()
-        .to_string();
-    Ok(CheckedKey {
-        fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
-        public_key,
-        comment: comment.chars().take(256).collect(),
-    })
-}
+pub use crate::lifecycle::access::{check_key, CheckedKey};
 
 async fn scoped(state: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
     match state.db.get_row(id, caller.scope()).await? {
@@ -88,7 +51,7 @@ async fn add_key(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<AddSshKey>,
 ) -> ApiResult<(StatusCode, Json<SshKey>)> {
-    let key = check_key(&req.public_key, "public_key")?;
+    let key = check_key(&req.public_key, "public_key").map_err(ApiError::from)?;
     scoped(&state, &caller, &id).await?;
     match state
         .db
@@ -167,7 +130,7 @@ mod tests {
         assert_eq!(k.comment, "someone@host");
         assert!(k.public_key.starts_with("ssh-ed25519 AAAA") && !k.public_key.contains("someone"));
         for bad in ["", "ssh-ed25519", "ssh-ed25519 notbase64!!", "hello world"] {
-            let e = check_key(bad, "public_key").err().expect(bad);
+            let e = ApiError::from(check_key(bad, "public_key").err().expect(bad));
             assert_eq!(
                 (e.code, e.field.as_deref()),
                 (ProblemCode::InvalidSshKey, Some("public_key"))

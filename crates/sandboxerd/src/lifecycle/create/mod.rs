@@ -41,6 +41,7 @@ pub async fn create(
     idempotency_key: Option<&str>,
 ) -> OpResult<Sandbox> {
     let req = fork::resolve(state, actor.scope(), req).await?;
+    let keys = ssh_keys(&req)?;
     let (new, billing) = check(state, actor, &req).await?;
     tracing::Span::current().record("sandbox_id", new.id.as_str());
     fork::record(state, &new.id, &req).await?;
@@ -63,6 +64,9 @@ pub async fn create(
                 false,
             ),
         };
+    if let Created::New(sbx) = &created {
+        super::access::add_keys(state, &sbx.id, &keys).await?;
+    }
     match created {
         Created::New(sbx) if pooled => Ok(sbx),
         Created::New(sbx) => {
@@ -94,6 +98,22 @@ pub async fn create(
         )
         .field("Idempotency-Key")),
     }
+}
+
+/// The create body's `ssh_keys`, checked (at most the 32 a sandbox holds).
+fn ssh_keys(req: &CreateSandbox) -> OpResult<Vec<super::access::CheckedKey>> {
+    if req.ssh_keys.len() as i64 > crate::store::MAX_SSH_KEYS {
+        return Err(OpError::invalid(
+            ProblemCode::InvalidSshKey,
+            "ssh_keys",
+            format!("at most {} keys", crate::store::MAX_SSH_KEYS),
+        ));
+    }
+    req.ssh_keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| super::access::check_key(k, &format!("ssh_keys[{i}]")))
+        .collect()
 }
 
 /// What makes two creates with one Idempotency-Key the same request.
