@@ -49,6 +49,26 @@ pub async fn open(socket: &Path, req: &Request, timeout: Duration) -> Result<Con
     }
 }
 
+/// Sends `req` on `stream` (one end of a pair whose other end serves the
+/// protocol), within `timeout`.
+pub async fn open_on(
+    stream: UnixStream,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Conn, CallError> {
+    let (r, mut w) = stream.into_split();
+    match tokio::time::timeout(timeout, write_line(&mut w, req)).await {
+        Ok(Ok(())) => Ok(Conn {
+            r: BufReader::with_capacity(64 * 1024, r),
+            w,
+        }),
+        Ok(Err(e)) => Err(CallError::Unreachable(e.to_string())),
+        Err(_) => Err(CallError::Unreachable(format!(
+            "no connection within {timeout:?}"
+        ))),
+    }
+}
+
 impl Conn {
     /// Reads the reply line within `timeout`.
     pub async fn reply<T: DeserializeOwned>(&mut self, timeout: Duration) -> Result<T, CallError> {

@@ -16,7 +16,7 @@ pub mod client;
 mod exec;
 mod files;
 mod logstore;
-mod ports;
+pub mod ports;
 mod procs;
 pub mod proto;
 

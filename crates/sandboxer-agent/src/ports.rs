@@ -16,7 +16,7 @@ use crate::{reply_err, reply_ok};
 const LISTEN: &str = "0A";
 
 /// The listening TCP sockets of `/proc/net/tcp` and `tcp6` text.
-pub(crate) fn parse(tcp: &str, tcp6: &str) -> Vec<PortInfo> {
+pub fn parse(tcp: &str, tcp6: &str) -> Vec<PortInfo> {
     let mut out: Vec<PortInfo> = Vec::new();
     for (text, v6) in [(tcp, false), (tcp6, true)] {
         for line in text.lines().skip(1) {

@@ -173,6 +173,7 @@ problem_codes! {
     ReadyTimeout = "ready_timeout",
     // Reaching into a sandbox: exec, processes, files, ports, SSH keys.
     Unsupported = "unsupported",
+    UnknownService = "unknown_service",
     InvalidCommand = "invalid_command",
     CommandNotFound = "command_not_found",
     ExecFailed = "exec_failed",

@@ -50,6 +50,10 @@ pub fn require_docker() {
     }
 }
 
+/// The `local/busybox` image's version (its `io.sandboxer.image` label):
+/// bumped when its applets change.
+const IMAGE_VERSION: &str = "2";
+
 /// Make sure the compose tools are installed, `dockerd` answers (starting
 /// it when it does not; it is then left running for later tests and runs)
 /// and the `local/busybox` image exists (imported from busybox-static,
@@ -92,7 +96,11 @@ pub fn prepare_docker() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    if !sh("docker image inspect local/busybox >/dev/null 2>&1").0 {
+    // Rebuilt when it is older than the applets listed here (its label).
+    let (_, version) = sh(
+        "docker image inspect -f '{{index .Config.Labels \"io.sandboxer.image\"}}' local/busybox 2>/dev/null",
+    );
+    if version.trim() != IMAGE_VERSION {
         let root = tempfile::tempdir().context("tempdir")?;
         let bin = root.path().join("bin");
         std::fs::create_dir_all(&bin)?;
@@ -100,7 +108,9 @@ pub fn prepare_docker() -> anyhow::Result<()> {
         std::fs::copy(busybox.trim(), bin.join("busybox"))
             .with_context(|| format!("copying busybox from `{}`", busybox.trim()))?;
         for applet in [
-            "sh", "sleep", "httpd", "nc", "cat", "ls", "echo", "wget", "true",
+            "sh", "sleep", "httpd", "nc", "cat", "ls", "echo", "wget", "true", "stat", "find",
+            "mkdir", "dirname", "basename", "mv", "chmod", "rm", "tar", "env", "pwd", "id", "head",
+            "tr", "wc", "test", "[",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet))?;
         }
@@ -108,7 +118,7 @@ pub fn prepare_docker() -> anyhow::Result<()> {
             std::fs::create_dir_all(root.path().join(d))?;
         }
         let (ok, out) = sh(&format!(
-            "tar -C {} -c . | docker import - local/busybox",
+            "tar -C {} -c . | docker import --change 'LABEL io.sandboxer.image={IMAGE_VERSION}' - local/busybox",
             root.path().display()
         ));
         if !ok {

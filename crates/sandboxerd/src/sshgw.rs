@@ -274,7 +274,7 @@ impl Conn {
             pty: if pty { chan.pty.clone() } else { None },
         });
         let timeout = self.state.settings.access.agent_timeout;
-        let mut conn = match client::open(&target.socket, &request, timeout).await {
+        let mut conn = match target.open(None, &request, timeout).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = session.channel_failure(channel);
@@ -676,12 +676,9 @@ impl russh::server::Handler for Conn {
             }
         };
         let timeout = self.state.settings.access.agent_timeout;
-        let conn = match client::call::<serde_json::Value>(
-            &target.socket,
-            &Request::Connect { port },
-            timeout,
-        )
-        .await
+        let conn = match target
+            .call::<serde_json::Value>(None, &Request::Connect { port }, timeout)
+            .await
         {
             Ok((_, conn)) => conn,
             Err(_) => {

@@ -275,13 +275,37 @@ pub trait Extension: Send + Sync {
         let _ = (sandbox_id, state);
         None
     }
+
+    /// Whether [`Extension::agent`] answers for its running sandboxes (so
+    /// their `reachability` names the access routes).
+    fn has_agent(&self) -> bool {
+        false
+    }
 }
 
 /// How the daemon reaches a sandbox's in-sandbox agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum AgentEndpoint {
     /// A Unix socket on the daemon's machine, outside the sandbox.
     Unix(PathBuf),
+    /// The daemon serves the agent's protocol itself, on one end of a
+    /// socket pair per request (a backend that cannot run the agent).
+    Served(Arc<dyn ServeAgent>),
+}
+
+impl std::fmt::Debug for AgentEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentEndpoint::Unix(p) => f.debug_tuple("Unix").field(p).finish(),
+            AgentEndpoint::Served(_) => f.write_str("Served"),
+        }
+    }
+}
+
+/// Serves one agent request arriving on `stream`, about `service` (a
+/// compose service; `None`: the backend's default).
+pub trait ServeAgent: Send + Sync {
+    fn serve(self: Arc<Self>, service: Option<String>, stream: tokio::net::UnixStream);
 }
 
 /// Facts a host-based backend keeps about one of its placement hosts

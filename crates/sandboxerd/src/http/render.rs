@@ -21,7 +21,7 @@ pub fn sandbox(state: &AppState, caller: &Caller, mut sbx: Sandbox) -> Sandbox {
     let has_agent = state
         .extensions
         .get(&sbx.extension)
-        .is_some_and(|ext| ext.agent(&id, &Value::Null).is_some());
+        .is_some_and(|ext| ext.has_agent());
     if has_agent {
         let base = format!("/v1/sandboxes/{id}");
         r.insert(

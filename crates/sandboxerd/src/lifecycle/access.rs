@@ -4,10 +4,11 @@
 //! around these; the work itself is the agent's.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sandboxer_agent::client::{self, CallError, Conn};
+use sandboxer_agent::proto::Request;
 use sandboxer_api::ProblemCode;
 
 use super::error::{Missing, OpError, Refusal};
@@ -24,7 +25,40 @@ const TOUCH_EVERY: Duration = Duration::from_secs(1);
 pub struct Target {
     pub sandbox_id: String,
     pub project: String,
-    pub socket: PathBuf,
+    pub endpoint: AgentEndpoint,
+}
+
+impl Target {
+    /// Opens one request to the agent (about `service`, for a backend with
+    /// several), within `timeout`.
+    pub async fn open(
+        &self,
+        service: Option<&str>,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Conn, CallError> {
+        match &self.endpoint {
+            AgentEndpoint::Unix(socket) => client::open(socket, req, timeout).await,
+            AgentEndpoint::Served(server) => {
+                let (ours, theirs) = tokio::net::UnixStream::pair()
+                    .map_err(|e| CallError::Unreachable(format!("a socket pair: {e}")))?;
+                server.clone().serve(service.map(str::to_owned), theirs);
+                client::open_on(ours, req, timeout).await
+            }
+        }
+    }
+
+    /// [`Target::open`] and the one-line answer.
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        service: Option<&str>,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<(T, Conn), CallError> {
+        let mut conn = self.open(service, req, timeout).await?;
+        let v = conn.reply(timeout).await?;
+        Ok((v, conn))
+    }
 }
 
 /// Per-sandbox bookkeeping of calls: execs running, last activity written.
@@ -113,7 +147,7 @@ pub async fn target(state: &AppState, scope: Option<&str>, id: &str) -> Result<T
         .extensions
         .get(&row.extension)
         .and_then(|ext| ext.agent(id, &backend_state));
-    let Some(AgentEndpoint::Unix(socket)) = endpoint else {
+    let Some(endpoint) = endpoint else {
         return Err(OpError::conflict(
             ProblemCode::Unsupported,
             format!(
@@ -135,7 +169,7 @@ pub async fn target(state: &AppState, scope: Option<&str>, id: &str) -> Result<T
     Ok(Target {
         sandbox_id: id.into(),
         project: row.project,
-        socket,
+        endpoint,
     })
 }
 

@@ -696,3 +696,176 @@ async fn a_compose_file_that_reaches_the_host_is_refused_before_up() {
     );
     assert!(leftovers(&sbx.id).is_empty(), "nothing reached the engine");
 }
+
+/// Exec and files of a compose service, through the same routes as ext.local.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_and_files_reach_into_a_compose_service() {
+    let s = setup();
+    let d = start_daemon(&s, &s.sshd.host_key, s.sshd.port, &[]);
+    let (status, sbx) = d
+        .client
+        .create(&create_req(&s.repo), Some(Duration::from_secs(120)), None)
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{sbx:?}");
+    let http = reqwest::Client::new();
+    let base = format!("{}/v1/sandboxes/{}", d.url, sbx.id);
+    let reach = sbx.reachability.clone().expect("reachability");
+    assert_eq!(
+        reach["api"]["exec"],
+        format!("/v1/sandboxes/{}/exec", sbx.id)
+    );
+
+    // exec in a named service: output, exit code, env, cwd, stdin.
+    let r: serde_json::Value = http
+        .post(format!("{base}/exec"))
+        .json(&serde_json::json!({"cmd": "echo $A; pwd; cat; echo oops >&2; exit 4", "service": "worker", "env": {"A": "b"}, "cwd": "/data", "stdin": "in\n"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r["exit_code"].as_i64(),
+            r["stdout"].as_str(),
+            r["stderr"].as_str()
+        ),
+        (Some(4), Some("b\n/data\nin\n"), Some("oops\n")),
+        "{r}"
+    );
+    // Streamed.
+    let text = http
+        .post(format!("{base}/exec"))
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"cmd": ["echo", "streamed"], "service": "web"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("event: stdout\ndata: streamed") && text.contains("event: exit"),
+        "{text}"
+    );
+
+    // Files in the worker's volume: write, read, list, download, delete.
+    let put = |path: &str, body: &'static str| {
+        http.put(format!("{base}/files"))
+            .query(&[("path", path), ("service", "worker")])
+            .body(body)
+            .send()
+    };
+    let r = put("/data/sub/a.txt", "in the volume").await.unwrap();
+    assert_eq!(r.status(), 201);
+    let get = |path: &str| {
+        http.get(format!("{base}/files"))
+            .query(&[("path", path), ("service", "worker")])
+            .send()
+    };
+    assert_eq!(
+        get("/data/sub/a.txt").await.unwrap().text().await.unwrap(),
+        "in the volume"
+    );
+    let (ok, out) = in_worker(&sbx.id, "cat /data/sub/a.txt");
+    assert!(ok && out.contains("in the volume"), "{out}");
+    let r = get("/data/nope").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = get("/data").await.unwrap();
+    assert_eq!(r.status(), 409);
+    let list: serde_json::Value = http
+        .get(format!("{base}/files/list"))
+        .query(&[("path", "/data"), ("service", "worker"), ("depth", "2")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(
+        paths.contains(&"/data/sub/a.txt") && paths.contains(&"/data/sub"),
+        "{list}"
+    );
+    let tarball = http
+        .get(format!("{base}/files/download"))
+        .query(&[("path", "/data/sub"), ("service", "worker")])
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut ar = tar::Archive::new(&tarball[..]);
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .filter_map(|e| e.ok()?.path().ok().map(|p| p.display().to_string()))
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("a.txt")), "{names:?}");
+    let r = http
+        .delete(format!("{base}/files"))
+        .query(&[
+            ("path", "/data/sub"),
+            ("service", "worker"),
+            ("recursive", "true"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(get("/data/sub/a.txt").await.unwrap().status(), 404);
+
+    // The web service listens on 8080.
+    let ports: serde_json::Value = http
+        .get(format!("{base}/ports?service=web"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ports["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == 8080),
+        "{ports}"
+    );
+
+    // What compose does not do, and a service that does not exist.
+    let r = http
+        .post(format!("{base}/processes"))
+        .json(&serde_json::json!({"cmd": "sleep 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = http
+        .post(format!("{base}/exec"))
+        .json(&serde_json::json!({"cmd": "true", "service": "db"}))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["code"].as_str(), v["field"].as_str()),
+        (Some("unknown_service"), Some("service")),
+        "{v}"
+    );
+
+    let (_, gone) = d
+        .client
+        .destroy(&sbx.id, Some(Duration::from_secs(120)))
+        .await
+        .expect("destroy");
+    assert_eq!(gone.state, SandboxState::Destroyed);
+}

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::hosts::{Engine, Host};
 
+pub mod access;
 pub mod policy;
 pub mod project;
 pub mod snapshot;
@@ -277,6 +278,22 @@ fn parse_state(state: Option<&BackendState>) -> Option<ComposeState> {
 
 #[async_trait]
 impl Extension for ComposeExtension {
+    fn agent(&self, sandbox_id: &str, state: &BackendState) -> Option<super::AgentEndpoint> {
+        let s = parse_state(Some(state))?;
+        let pool = self.pool(&s.host)?;
+        Some(super::AgentEndpoint::Served(Arc::new(
+            access::ComposeAgent {
+                pool,
+                state: s,
+                sandbox_id: sandbox_id.to_string(),
+            },
+        )))
+    }
+
+    fn has_agent(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &'static str {
         ID
     }

@@ -174,7 +174,7 @@ struct Conn {
 }
 
 /// Releases a connection's channel slot when a command ends.
-struct Slot(Arc<Conn>);
+pub struct Slot(Arc<Conn>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -431,6 +431,35 @@ impl HostPool {
             Err(_) => Err(SshError::Timeout {
                 host,
                 step: "a transfer",
+                timeout,
+            }),
+        }
+    }
+
+    /// Starts `command` on an exec channel and hands the channel over (with
+    /// the slot it holds), for output read as it comes and input written as
+    /// it arrives. Connecting and starting take at most `timeout`.
+    pub async fn open_exec(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<(Slot, russh::Channel<client::Msg>), SshError> {
+        let host = self.host.id.clone();
+        let run = async {
+            let slot = self.slot().await?;
+            let lost = |e: russh::Error| SshError::Channel {
+                host: host.clone(),
+                message: format!("the connection broke: {e}"),
+            };
+            let channel = slot.0.handle.channel_open_session().await.map_err(lost)?;
+            channel.exec(true, command).await.map_err(lost)?;
+            Ok((slot, channel))
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(SshError::Timeout {
+                host,
+                step: "starting a remote command",
                 timeout,
             }),
         }

@@ -41,6 +41,8 @@ struct PathParams {
     /// A path in the sandbox's own view: absolute, or relative to `/workspace`.
     #[param(example = "/workspace/a.txt")]
     path: String,
+    /// ext.compose-ssh: the compose service (default: the stack's first).
+    service: Option<String>,
 }
 
 impl QueryParams for PathParams {}
@@ -55,6 +57,8 @@ struct WriteParams {
     /// Permission bits in octal (default `0644`; setuid, setgid and sticky are never set).
     #[param(example = "0644")]
     mode: Option<String>,
+    /// ext.compose-ssh: the compose service (default: the stack's first).
+    service: Option<String>,
 }
 
 impl QueryParams for WriteParams {}
@@ -67,6 +71,8 @@ struct DeleteParams {
     path: String,
     /// Delete a directory with everything in it.
     recursive: Option<bool>,
+    /// ext.compose-ssh: the compose service (default: the stack's first).
+    service: Option<String>,
 }
 
 impl QueryParams for DeleteParams {}
@@ -80,6 +86,8 @@ struct ListParams {
     path: String,
     /// Levels to descend, 1 to 16 (default 1); symlinks are never followed.
     depth: Option<u32>,
+    /// ext.compose-ssh: the compose service (default: the stack's first).
+    service: Option<String>,
 }
 
 impl QueryParams for ListParams {}
@@ -131,7 +139,13 @@ async fn read_file(
 ) -> ApiResult<Response> {
     check_path(&q.path)?;
     let t = target(&state, &caller, &id).await?;
-    let (meta, conn) = call::<FileMeta>(&state, &t, &Request::Read { path: q.path }).await?;
+    let (meta, conn) = call::<FileMeta>(
+        &state,
+        &t,
+        q.service.as_deref(),
+        &Request::Read { path: q.path },
+    )
+    .await?;
     let mut resp = Body::from_stream(byte_stream(conn)).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -245,12 +259,13 @@ async fn write_file(
     let mode = q.mode.as_deref().map(parse_mode).transpose()?;
     let t = target(&state, &caller, &id).await?;
     let limit = state.settings.access.file_max;
+    let service = q.service.clone();
     let request = Request::Write {
         path: q.path,
         mode,
         max_bytes: limit,
     };
-    let conn = open(&state, &t, &request).await?;
+    let conn = open(&state, &t, service.as_deref(), &request).await?;
     let written = send_body::<Written>(&state, conn, body, limit).await?;
     Ok((StatusCode::CREATED, Json(written)))
 }
@@ -282,11 +297,12 @@ async fn delete_file(
 ) -> ApiResult<Json<Deleted>> {
     check_path(&q.path)?;
     let t = target(&state, &caller, &id).await?;
+    let service = q.service.clone();
     let request = Request::Delete {
         path: q.path,
         recursive: q.recursive.unwrap_or(false),
     };
-    let (deleted, _) = call::<Deleted>(&state, &t, &request).await?;
+    let (deleted, _) = call::<Deleted>(&state, &t, service.as_deref(), &request).await?;
     Ok(Json(deleted))
 }
 
@@ -318,12 +334,13 @@ async fn list_files(
         ));
     }
     let t = target(&state, &caller, &id).await?;
+    let service = q.service.clone();
     let request = Request::List {
         path: q.path,
         depth,
         max_entries: state.settings.access.list_max_entries as usize,
     };
-    let (list, _) = call::<FileList>(&state, &t, &request).await?;
+    let (list, _) = call::<FileList>(&state, &t, service.as_deref(), &request).await?;
     Ok(Json(list))
 }
 
@@ -384,11 +401,12 @@ async fn upload(
     }
     let t = target(&state, &caller, &id).await?;
     let limit = state.settings.access.upload_max;
+    let service = q.service.clone();
     let request = Request::Upload {
         path: q.path,
         max_bytes: limit,
     };
-    let conn = open(&state, &t, &request).await?;
+    let conn = open(&state, &t, service.as_deref(), &request).await?;
     let written = send_body::<Written>(&state, conn, body, limit).await?;
     Ok(Json(written))
 }
@@ -413,7 +431,13 @@ async fn download(
 ) -> ApiResult<Response> {
     check_path(&q.path)?;
     let t = target(&state, &caller, &id).await?;
-    let (_meta, conn) = call::<FileMeta>(&state, &t, &Request::Download { path: q.path }).await?;
+    let (_meta, conn) = call::<FileMeta>(
+        &state,
+        &t,
+        q.service.as_deref(),
+        &Request::Download { path: q.path },
+    )
+    .await?;
     let mut resp = Body::from_stream(byte_stream(conn)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

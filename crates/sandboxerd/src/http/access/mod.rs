@@ -11,7 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
-use sandboxer_agent::client::{self, CallError, Conn};
+use sandboxer_agent::client::{CallError, Conn};
 use sandboxer_agent::proto::{self, kind, AgentError, Request};
 use sandboxer_api::{
     ExecExit, ExecRequest, ExecResult, Problem, ProblemCode, ProcessInfo, ProcessList, SendSignal,
@@ -78,6 +78,9 @@ pub(super) fn agent_error(e: CallError) -> ApiError {
         C::PortClosed => StatusCode::BAD_GATEWAY,
         C::TooManyProcesses => StatusCode::TOO_MANY_REQUESTS,
         C::BodyIncomplete => StatusCode::BAD_REQUEST,
+        C::Unsupported => StatusCode::CONFLICT,
+        C::UnknownService => StatusCode::UNPROCESSABLE_ENTITY,
+        C::AgentUnreachable => StatusCode::BAD_GATEWAY,
         // Not one of the agent's own: nothing of it is taken.
         _ => {
             return ApiError::new(
@@ -97,6 +100,7 @@ pub(super) fn agent_error(e: CallError) -> ApiError {
         C::InvalidCommand | C::CommandNotFound | C::ExecFailed => Some("cmd"),
         C::InvalidEnv => Some("env"),
         C::InvalidCwd => Some("cwd"),
+        C::UnknownService => Some("service"),
         _ => None,
     };
     // Bounded: a hostile agent does not get to write a megabyte into the answer.
@@ -120,9 +124,14 @@ pub(super) async fn target(state: &AppState, caller: &Caller, id: &str) -> ApiRe
     Ok(ops::target(state, caller.scope(), id).await?)
 }
 
-/// Opens a request to the target's agent.
-pub(super) async fn open(state: &AppState, t: &Target, req: &Request) -> ApiResult<Conn> {
-    client::open(&t.socket, req, state.settings.access.agent_timeout)
+/// Opens a request to the target's agent (about a compose `service`).
+pub(super) async fn open(
+    state: &AppState,
+    t: &Target,
+    service: Option<&str>,
+    req: &Request,
+) -> ApiResult<Conn> {
+    t.open(service, req, state.settings.access.agent_timeout)
         .await
         .map_err(agent_error)
 }
@@ -131,9 +140,10 @@ pub(super) async fn open(state: &AppState, t: &Target, req: &Request) -> ApiResu
 pub(super) async fn call<T: serde::de::DeserializeOwned>(
     state: &AppState,
     t: &Target,
+    service: Option<&str>,
     req: &Request,
 ) -> ApiResult<(T, Conn)> {
-    client::call(&t.socket, req, state.settings.access.agent_timeout)
+    t.call(service, req, state.settings.access.agent_timeout)
         .await
         .map_err(agent_error)
 }
@@ -201,6 +211,7 @@ async fn exec(
     } else {
         access.exec_output_max
     };
+    let service = req.service.clone();
     let request = Request::Exec(proto::Exec {
         argv,
         cwd: req.cwd,
@@ -211,7 +222,7 @@ async fn exec(
         stdin_stream: false,
         pty: None,
     });
-    let mut conn = open(&state, &t, &request).await?;
+    let mut conn = open(&state, &t, service.as_deref(), &request).await?;
     let _started: serde_json::Value = conn
         .reply(state.settings.access.agent_timeout)
         .await
@@ -375,13 +386,14 @@ async fn start_process(
         ));
     }
     let t = target(&state, &caller, &id).await?;
+    let service = req.service.clone();
     let request = Request::Spawn(proto::Spawn {
         argv,
         cwd: req.cwd,
         env: req.env,
         tag: req.tag,
     });
-    let (info, _) = call::<ProcessInfo>(&state, &t, &request).await?;
+    let (info, _) = call::<ProcessInfo>(&state, &t, service.as_deref(), &request).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -401,7 +413,7 @@ async fn list_processes(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ProcessList>> {
     let t = target(&state, &caller, &id).await?;
-    let (list, _) = call::<ProcessList>(&state, &t, &Request::Processes).await?;
+    let (list, _) = call::<ProcessList>(&state, &t, None, &Request::Processes).await?;
     Ok(Json(list))
 }
 
@@ -421,7 +433,8 @@ async fn get_process(
     Path((id, proc_id)): Path<(String, String)>,
 ) -> ApiResult<Json<ProcessInfo>> {
     let t = target(&state, &caller, &id).await?;
-    let (info, _) = call::<ProcessInfo>(&state, &t, &Request::Process { id: proc_id }).await?;
+    let (info, _) =
+        call::<ProcessInfo>(&state, &t, None, &Request::Process { id: proc_id }).await?;
     Ok(Json(info))
 }
 
@@ -472,7 +485,7 @@ async fn process_logs(
         offset: q.offset.unwrap_or(0),
         follow,
     };
-    let (head, conn) = call::<LogHead>(&state, &t, &request).await?;
+    let (head, conn) = call::<LogHead>(&state, &t, None, &request).await?;
     if follow {
         return Ok(sse(frame_events(conn, Some(head.from), None)).into_response());
     }
@@ -543,6 +556,6 @@ async fn signal_process(
         id: proc_id,
         signal: sig.number(),
     };
-    let (info, _) = call::<ProcessInfo>(&state, &t, &request).await?;
+    let (info, _) = call::<ProcessInfo>(&state, &t, None, &request).await?;
     Ok(Json(info))
 }

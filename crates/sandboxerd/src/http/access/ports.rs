@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 use super::{call, target};
 use crate::http::caller::Caller;
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiQuery, QueryParams};
 use crate::AppState;
 
 #[derive(OpenApi)]
@@ -32,10 +33,21 @@ pub fn router() -> OpenApiRouter<AppState> {
         .route("/v1/sandboxes/{id}/ports/{port}/{*path}", any(proxy))
 }
 
+/// Query of `GET …/ports`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ServiceParams {
+    /// ext.compose-ssh: the compose service (default: the stack's first).
+    service: Option<String>,
+}
+
+impl QueryParams for ServiceParams {}
+
 /// The TCP ports listening inside the sandbox.
 #[utoipa::path(
     get, path = "/v1/sandboxes/{id}/ports", tag = "access",
-    params(("id" = String, Path, description = "Sandbox id")),
+    params(("id" = String, Path, description = "Sandbox id"), ServiceParams),
     responses(
         (status = 200, body = PortList),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
@@ -46,9 +58,11 @@ async fn list_ports(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ServiceParams>,
 ) -> ApiResult<Json<PortList>> {
     let t = target(&state, &caller, &id).await?;
-    let (list, _) = call::<PortList>(&state, &t, &AgentRequest::Ports).await?;
+    let (list, _) =
+        call::<PortList>(&state, &t, q.service.as_deref(), &AgentRequest::Ports).await?;
     Ok(Json(list))
 }
 
@@ -130,7 +144,8 @@ async fn forward(
         }
     };
     let t = target(&state, &caller, &id).await?;
-    let (_, conn) = call::<serde_json::Value>(&state, &t, &AgentRequest::Connect { port }).await?;
+    let (_, conn) =
+        call::<serde_json::Value>(&state, &t, None, &AgentRequest::Connect { port }).await?;
     if !conn.r.buffer().is_empty() {
         return Err(upstream_error("it spoke before it was asked"));
     }
