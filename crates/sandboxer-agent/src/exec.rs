@@ -16,7 +16,17 @@ use crate::proto::{kind, read_frame, write_frame, AgentError, Exec, PtySize};
 use crate::{reply_err, reply_ok};
 
 /// Bytes read from a pipe at once (and the largest frame sent).
-pub(crate) const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
+
+/// Widens a pipe the agent reads to [`CHUNK`] (Linux's default is 64 KiB):
+/// a fast writer then fills whole chunks, and output goes out in fewer,
+/// larger frames and events.
+pub(crate) fn widen_pipe<F: AsRawFd>(fd: &F) {
+    // SAFETY: a valid descriptor; failure (a capped pipe-max-size) changes nothing.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int);
+    }
+}
 
 /// The default working directory.
 pub(crate) const WORKSPACE: &str = "/workspace";
@@ -275,8 +285,14 @@ pub(crate) async fn exec(
             None,
         ),
         None => (
-            child.stdout.take().map(|o| Box::new(o) as Reader),
-            child.stderr.take().map(|e| Box::new(e) as Reader),
+            child.stdout.take().map(|o| {
+                widen_pipe(&o);
+                Box::new(o) as Reader
+            }),
+            child.stderr.take().map(|e| {
+                widen_pipe(&e);
+                Box::new(e) as Reader
+            }),
         ),
     };
     let cap = x.max_output.unwrap_or(u64::MAX);

@@ -159,21 +159,24 @@ pub(crate) async fn write(
         Ok(Ok(x)) => x,
         Ok(Err(e)) | Err(e) => return reply_err(&mut w, e).await,
     };
-    let mut f = tokio::fs::File::from_std(tmp);
-    let mut body = FrameReader::new(r).take(max_bytes.saturating_add(1));
-    let copied = tokio::io::copy(&mut body, &mut f).await;
-    let flushed = f.flush().await;
+    let body = FrameReader::new(r).take(max_bytes.saturating_add(1));
+    let (f, copied) = copy_to_file(body, tmp).await;
+    let flushed: std::io::Result<()> = Ok(());
     let outcome = match (copied, flushed) {
         (Ok(n), Ok(())) if n > max_bytes => Err(AgentError::new(
             "payload_too_large",
             format!("the file is larger than the limit of {max_bytes} bytes"),
         )),
         (Ok(n), Ok(())) => {
-            let f = f.into_std().await;
             let (tmp_path, p) = (tmp_path.clone(), p.clone());
-            match blocking(move || finish_write(f, &tmp_path, &p, file_mode(mode))).await {
-                Ok(Ok(())) => Ok(n),
-                Ok(Err(e)) | Err(e) => Err(e),
+            match f {
+                Some(f) => {
+                    match blocking(move || finish_write(f, &tmp_path, &p, file_mode(mode))).await {
+                        Ok(Ok(())) => Ok(n),
+                        Ok(Err(e)) | Err(e) => Err(e),
+                    }
+                }
+                None => Err(AgentError::new("agent_error", "the file's handle was lost")),
             }
         }
         (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -198,6 +201,61 @@ pub(crate) async fn write(
         Err(e) => {
             let _ = std::fs::remove_file(&tmp_path);
             reply_err(&mut w, e).await
+        }
+    }
+}
+
+/// Bytes gathered before each write: a 1 MiB file is one write.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Copies `body` into `file`, gathering up to [`WRITE_BATCH`] bytes per
+/// write on a blocking thread (a write per network chunk would cost a
+/// thread hand-off each). Answers the file back and the bytes copied.
+async fn copy_to_file<R: tokio::io::AsyncRead + Unpin>(
+    mut body: R,
+    mut file: File,
+) -> (Option<File>, std::io::Result<u64>) {
+    let mut buf = vec![0u8; WRITE_BATCH];
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        let mut eof = false;
+        while filled < buf.len() {
+            match body.read(&mut buf[filled..]).await {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(k) => filled += k,
+                Err(e) => return (Some(file), Err(e)),
+            }
+        }
+        if filled > 0 {
+            let done = tokio::task::spawn_blocking(move || {
+                let r = file.write_all(&buf[..filled]);
+                (file, buf, r)
+            })
+            .await;
+            match done {
+                Ok((f, b, r)) => {
+                    file = f;
+                    buf = b;
+                    if let Err(e) = r {
+                        return (Some(file), Err(e));
+                    }
+                }
+                // The handle went with the failed worker (the file is removed).
+                Err(e) => {
+                    return (
+                        None,
+                        Err(std::io::Error::other(format!("worker failed: {e}"))),
+                    )
+                }
+            }
+            total += filled as u64;
+        }
+        if eof {
+            return (Some(file), Ok(total));
         }
     }
 }
