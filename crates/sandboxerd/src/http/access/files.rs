@@ -124,6 +124,7 @@ fn parse_mode(v: &str) -> ApiResult<u32> {
     get, path = "/v1/sandboxes/{id}/files", tag = "access",
     params(("id" = String, Path, description = "Sandbox id"), PathParams),
     responses(
+        (status = 422, description = "`invalid_path`, `unknown_service`", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Unknown, missing or malformed query parameter; `body_incomplete`", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "`sandbox_not_found`, `file_not_found`", body = Problem, content_type = "application/problem+json"),

@@ -49,6 +49,8 @@ impl QueryParams for ServiceParams {}
     get, path = "/v1/sandboxes/{id}/ports", tag = "access",
     params(("id" = String, Path, description = "Sandbox id"), ServiceParams),
     responses(
+        (status = 400, description = "Unknown or malformed query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_service`", body = Problem, content_type = "application/problem+json"),
         (status = 200, body = PortList),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_state`, `unsupported`", body = Problem, content_type = "application/problem+json"),
