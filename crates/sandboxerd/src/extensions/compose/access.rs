@@ -372,12 +372,25 @@ impl ComposeAgent {
             sh_quote(container),
             sh_quote(path)
         );
-        let (slot, mut channel) = match self.pool.open_exec(&cmd, QUICK).await {
+        self.stream_out(&cmd, FileMeta { size, mode }, size, w)
+            .await
+    }
+
+    /// Runs `cmd` and answers `meta`, then at most `limit` bytes of its
+    /// output (a file grown meanwhile does not make an endless answer).
+    async fn stream_out(
+        &self,
+        cmd: &str,
+        meta: FileMeta,
+        limit: u64,
+        mut w: OwnedWriteHalf,
+    ) -> std::io::Result<()> {
+        let (slot, mut channel) = match self.pool.open_exec(cmd, QUICK).await {
             Ok(c) => c,
             Err(e) => return reply_err(&mut w, refused("agent_unreachable", e.to_string())).await,
         };
-        reply_ok(&mut w, &FileMeta { size, mode }).await?;
-        let mut left = size;
+        reply_ok(&mut w, &meta).await?;
+        let mut left = limit;
         while let Some(msg) = channel.wait().await {
             if let ChannelMsg::Data { data } = msg {
                 let take = (data.len() as u64).min(left) as usize;
@@ -618,29 +631,12 @@ impl ComposeAgent {
                 .await
             }
         };
-        let (slot, mut channel) = match self
-            .pool
-            .open_exec(&self.shell(container, false, script, &[path]), QUICK)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return reply_err(&mut w, refused("agent_unreachable", e.to_string())).await,
+        let cmd = self.shell(container, false, script, &[path]);
+        let meta = FileMeta {
+            size: 0,
+            mode: 0o755,
         };
-        reply_ok(
-            &mut w,
-            &FileMeta {
-                size: 0,
-                mode: 0o755,
-            },
-        )
-        .await?;
-        while let Some(msg) = channel.wait().await {
-            if let ChannelMsg::Data { data } = msg {
-                w.write_all(&data).await?;
-            }
-        }
-        drop(slot);
-        w.shutdown().await
+        self.stream_out(&cmd, meta, u64::MAX, w).await
     }
 
     async fn ports(&self, container: &str, w: &mut OwnedWriteHalf) -> std::io::Result<()> {

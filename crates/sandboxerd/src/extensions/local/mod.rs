@@ -334,6 +334,10 @@ impl Extension for LocalExtension {
         ))
     }
 
+    fn has_agent(&self) -> bool {
+        true
+    }
+
     #[tracing::instrument(skip_all, fields(sandbox_id))]
     async fn wait_ready(
         &self,

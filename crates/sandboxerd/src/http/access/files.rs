@@ -138,21 +138,18 @@ async fn read_file(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<PathParams>,
 ) -> ApiResult<Response> {
-    check_path(&q.path)?;
-    let t = target(&state, &caller, &id).await?;
-    let (meta, conn) = call::<FileMeta>(
+    let service = q.service.clone();
+    let (meta, mut resp) = stream_out(
         &state,
-        &t,
-        q.service.as_deref(),
-        &Request::Read { path: q.path },
+        &caller,
+        &id,
+        &q.path,
+        service.as_deref(),
+        |path| Request::Read { path },
+        "application/octet-stream",
     )
     .await?;
-    let mut resp = Body::from_stream(byte_stream(conn)).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
     h.insert("file-size", HeaderValue::from(meta.size));
     h.insert(
         "file-mode",
@@ -160,6 +157,26 @@ async fn read_file(
             .unwrap_or(HeaderValue::from_static("0644")),
     );
     Ok(resp)
+}
+
+/// A read or download: the agent's [`FileMeta`], and its bytes streamed
+/// as the answer's body with `content_type`.
+async fn stream_out(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    path: &str,
+    service: Option<&str>,
+    request: impl FnOnce(String) -> Request,
+    content_type: &'static str,
+) -> ApiResult<(FileMeta, Response)> {
+    check_path(path)?;
+    let t = target(state, caller, id).await?;
+    let (meta, conn) = call::<FileMeta>(state, &t, service, &request(path.to_string())).await?;
+    let mut resp = Body::from_stream(byte_stream(conn)).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok((meta, resp))
 }
 
 /// The rest of an agent connection as a body stream.
@@ -430,20 +447,17 @@ async fn download(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<PathParams>,
 ) -> ApiResult<Response> {
-    check_path(&q.path)?;
-    let t = target(&state, &caller, &id).await?;
-    let (_meta, conn) = call::<FileMeta>(
+    let service = q.service.clone();
+    let (_, resp) = stream_out(
         &state,
-        &t,
-        q.service.as_deref(),
-        &Request::Download { path: q.path },
+        &caller,
+        &id,
+        &q.path,
+        service.as_deref(),
+        |path| Request::Download { path },
+        "application/x-tar",
     )
     .await?;
-    let mut resp = Body::from_stream(byte_stream(conn)).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-tar"),
-    );
     Ok(resp)
 }
 
