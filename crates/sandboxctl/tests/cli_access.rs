@@ -28,7 +28,9 @@ async fn exec_processes_cp_and_ports_from_the_command_line() {
     let bin = DaemonBin::beside_current_exe()
         .expect("build the daemon first: cargo build -p sandboxerd --bins");
     let dir = TestDir::new();
-    let d = testkit::Daemon::builder(bin).start(&dir.path().join("data"));
+    let d = testkit::Daemon::builder(bin)
+        .env("SANDBOXER_SSH_GATEWAY__LISTEN", "127.0.0.1:0")
+        .start(&dir.path().join("data"));
     let sbx = testkit::ready_sandbox(&d.client, &local_shell()).await;
     let id = sbx.id.as_str();
     let url = d.url.as_str();
@@ -160,6 +162,14 @@ async fn exec_processes_cp_and_ports_from_the_command_line() {
     );
     let o = ctl(url, &["cp", "relative", "other"]);
     assert_eq!(o.status.code(), Some(2));
+
+    // shell: through the SSH gateway with a key made for the session and removed after.
+    if testkit::have("ssh") && testkit::have("ssh-keygen") {
+        let o = ctl(url, &["shell", id, "--", "echo over ssh; exit 6"]);
+        assert_eq!((o.status.code(), text(&o)), (Some(6), "over ssh\n".to_string()), "{o:?}");
+        let keys = text(&ctl(url, &["ssh-key", "list", id]));
+        assert!(!keys.contains("SHA256:"), "the session's key was removed: {keys}");
+    }
 
     // Ports and the proxy URL.
     let o = ctl(
