@@ -166,9 +166,16 @@ async fn exec_processes_cp_and_ports_from_the_command_line() {
     // shell: through the SSH gateway with a key made for the session and removed after.
     if testkit::have("ssh") && testkit::have("ssh-keygen") {
         let o = ctl(url, &["shell", id, "--", "echo over ssh; exit 6"]);
-        assert_eq!((o.status.code(), text(&o)), (Some(6), "over ssh\n".to_string()), "{o:?}");
+        assert_eq!(
+            (o.status.code(), text(&o)),
+            (Some(6), "over ssh\n".to_string()),
+            "{o:?}"
+        );
         let keys = text(&ctl(url, &["ssh-key", "list", id]));
-        assert!(!keys.contains("SHA256:"), "the session's key was removed: {keys}");
+        assert!(
+            !keys.contains("SHA256:"),
+            "the session's key was removed: {keys}"
+        );
     }
 
     // Ports and the proxy URL.
