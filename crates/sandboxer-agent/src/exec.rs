@@ -28,9 +28,6 @@ pub(crate) fn widen_pipe<F: AsRawFd>(fd: &F) {
     }
 }
 
-/// The default working directory.
-pub(crate) const WORKSPACE: &str = "/workspace";
-
 /// A command ready to spawn: in its own session (so its process group is
 /// its tree), with the sandbox's environment plus `env`.
 pub(crate) fn command(
@@ -58,7 +55,7 @@ pub(crate) fn command(
             ));
         }
     }
-    let cwd = cwd.unwrap_or(WORKSPACE);
+    let cwd = cwd.unwrap_or(crate::files::WORKSPACE);
     let cwd_path = crate::files::sandbox_path(cwd)?;
     match std::fs::metadata(&cwd_path) {
         Ok(m) if m.is_dir() => {}

@@ -16,9 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::io::SyncIoBridge;
 
-use crate::exec::WORKSPACE;
 use crate::proto::{AgentError, FileMeta, FrameReader};
 use crate::{reply_err, reply_ok};
+
+/// The default working directory, and what relative paths are relative to.
+pub(crate) const WORKSPACE: &str = "/workspace";
 
 /// The longest path accepted.
 const MAX_PATH: usize = 4096;

@@ -386,30 +386,7 @@ impl LoadedProfile {
     }
 }
 
-/// A byte size: a whole number with an optional unit `B`, `KB`/`MB`/`GB`/`TB`
-/// (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024).
-// Not `bytesize`'s parser: it also takes fractions (`1.5GiB`), any letter
-// case and bare `k`/`m`/`g`, and turns an overflow into `u64::MAX`, so a
-// mistyped `max_size` would load as unlimited instead of being refused.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1000,
-        "MB" => 1000_u64.pow(2),
-        "GB" => 1000_u64.pow(3),
-        "TB" => 1000_u64.pow(4),
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(factor)
-}
+pub use crate::config::parse_size;
 
 /// Every `*.yaml`/`*.yml` file of a folder, parsed, in name order.
 fn read_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(PathBuf, T)>, CatalogError> {

@@ -726,7 +726,7 @@ impl AccessConfig {
             }
             Ok(d)
         };
-        let size = |key: &str, v: &str| match crate::catalog::parse_size(v) {
+        let size = |key: &str, v: &str| match parse_size(v) {
             Some(n) if n > 0 => Ok(n),
             _ => Err(anyhow::anyhow!(
                 "config `access.{key}`: `{v}` is not a size above zero (e.g. `1MiB`, `4GiB`)"
@@ -827,4 +827,29 @@ impl SshGatewayConfig {
             sftp_server,
         }))
     }
+}
+
+/// A byte size: a whole number with an optional unit `B`, `KB`/`MB`/`GB`/`TB`
+/// (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024).
+// Not `bytesize`'s parser: it also takes fractions (`1.5GiB`), any letter
+// case and bare `k`/`m`/`g`, and turns an overflow into `u64::MAX`, so a
+// mistyped `max_size` would load as unlimited instead of being refused.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
