@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
-use crate::proto::{kind, read_frame, write_frame, AgentError, Exec, PtySize};
+use crate::proto::{kind, read_frame, write_capped, write_frame, AgentError, Exec, PtySize};
 use crate::{reply_err, reply_ok};
 
 /// Bytes read from a pipe at once (and the largest frame sent).
@@ -310,13 +310,13 @@ pub(crate) async fn exec(
         tokio::select! {
             n = read_some(&mut out, &mut buf_out), if out.is_some() => {
                 match n {
-                    Some(n) => forward(&mut w, kind::STDOUT, &buf_out[..n], cap, &mut sent[0], &mut truncated[0]).await?,
+                    Some(n) => write_capped(&mut w, kind::STDOUT, &buf_out[..n], cap, &mut sent[0], &mut truncated[0]).await?,
                     None => out = None,
                 }
             }
             n = read_some(&mut err, &mut buf_err), if err.is_some() => {
                 match n {
-                    Some(n) => forward(&mut w, kind::STDERR, &buf_err[..n], cap, &mut sent[1], &mut truncated[1]).await?,
+                    Some(n) => write_capped(&mut w, kind::STDERR, &buf_err[..n], cap, &mut sent[1], &mut truncated[1]).await?,
                     None => err = None,
                 }
             }
@@ -427,27 +427,6 @@ async fn read_some<R: AsyncRead + Unpin>(r: &mut Option<R>, buf: &mut [u8]) -> O
         Ok(0) | Err(_) => None,
         Ok(n) => Some(n),
     }
-}
-
-/// Sends what fits under the cap; the rest is dropped and marked.
-async fn forward(
-    w: &mut OwnedWriteHalf,
-    kind: u8,
-    data: &[u8],
-    cap: u64,
-    sent: &mut u64,
-    truncated: &mut bool,
-) -> std::io::Result<()> {
-    let room = cap.saturating_sub(*sent);
-    let take = (data.len() as u64).min(room) as usize;
-    if take < data.len() {
-        *truncated = true;
-    }
-    if take > 0 {
-        write_frame(w, kind, &data[..take]).await?;
-        *sent += take as u64;
-    }
-    Ok(())
 }
 
 /// `(pid, ppid, process group, session)` of every live (not zombie) process in the sandbox.

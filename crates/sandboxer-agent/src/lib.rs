@@ -28,6 +28,7 @@ use tokio::io::BufReader;
 use tokio::net::UnixStream;
 
 use proto::{read_line, write_line, AgentError, Reply, Request};
+pub(crate) use proto::{reply_err, reply_ok};
 
 /// How the agent was started (its command line).
 #[derive(Debug, Clone)]
@@ -218,22 +219,6 @@ async fn serve(agent: Arc<Agent>, conn: UnixStream) {
     };
     // A connection that broke is the daemon's business; nothing to tell.
     let _ = result;
-}
-
-pub(crate) async fn reply_ok<W, T>(w: &mut W, v: &T) -> std::io::Result<()>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-    T: serde::Serialize,
-{
-    let value = serde_json::to_value(v).map_err(std::io::Error::other)?;
-    write_line(w, &Reply::Ok(value)).await
-}
-
-pub(crate) async fn reply_err<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    e: AgentError,
-) -> std::io::Result<()> {
-    write_line(w, &Reply::Err(e)).await
 }
 
 /// Now, RFC 3339 with milliseconds.

@@ -223,6 +223,42 @@ pub async fn read_line<R: AsyncBufRead + Unpin, T: for<'de> Deserialize<'de>>(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Answers `{"ok": v}`.
+pub async fn reply_ok<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    v: &T,
+) -> std::io::Result<()> {
+    let value = serde_json::to_value(v).map_err(std::io::Error::other)?;
+    write_line(w, &Reply::Ok(value)).await
+}
+
+/// Answers `{"err": e}`.
+pub async fn reply_err<W: AsyncWrite + Unpin>(w: &mut W, e: AgentError) -> std::io::Result<()> {
+    write_line(w, &Reply::Err(e)).await
+}
+
+/// Sends what of `data` fits under `cap` (counted in `sent`) as a frame of
+/// `kind`; the rest is dropped and `truncated` set.
+pub async fn write_capped<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    data: &[u8],
+    cap: u64,
+    sent: &mut u64,
+    truncated: &mut bool,
+) -> std::io::Result<()> {
+    let room = cap.saturating_sub(*sent);
+    let take = (data.len() as u64).min(room) as usize;
+    if take < data.len() {
+        *truncated = true;
+    }
+    if take > 0 {
+        write_frame(w, kind, &data[..take]).await?;
+        *sent += take as u64;
+    }
+    Ok(())
+}
+
 /// Writes a frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use russh::ChannelMsg;
 use sandboxer_agent::proto::{
-    self, kind, AgentError, Exec, FileMeta, FrameReader, Hello, Reply, Request,
+    self, kind, reply_err, reply_ok, AgentError, Exec, FileMeta, FrameReader, Hello, Request,
 };
 use sandboxer_api::{ExecExit, FileEntry, FileList, FileType, PortList, Written};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -45,15 +45,6 @@ impl ServeAgent for ComposeAgent {
 
 fn refused(code: &str, message: impl Into<String>) -> AgentError {
     AgentError::new(code, message)
-}
-
-async fn reply_ok<T: serde::Serialize>(w: &mut OwnedWriteHalf, v: &T) -> std::io::Result<()> {
-    let value = serde_json::to_value(v).map_err(std::io::Error::other)?;
-    proto::write_line(w, &Reply::Ok(value)).await
-}
-
-async fn reply_err(w: &mut OwnedWriteHalf, e: AgentError) -> std::io::Result<()> {
-    proto::write_line(w, &Reply::Err(e)).await
 }
 
 /// A program's output as it came: stdout, stderr, exit status.
@@ -269,16 +260,8 @@ impl ComposeAgent {
                         }
                         _ => continue,
                     };
-                    let room = cap.saturating_sub(sent[k]);
-                    let take = (data.len() as u64).min(room) as usize;
-                    if take < data.len() {
-                        truncated[k] = true;
-                    }
-                    if take > 0 {
-                        let frame_kind = if k == 0 { kind::STDOUT } else { kind::STDERR };
-                        proto::write_frame(&mut w, frame_kind, &data[..take]).await?;
-                        sent[k] += take as u64;
-                    }
+                    let frame_kind = if k == 0 { kind::STDOUT } else { kind::STDERR };
+                    proto::write_capped(&mut w, frame_kind, &data, cap, &mut sent[k], &mut truncated[k]).await?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     timed_out = true;
