@@ -223,23 +223,14 @@ fn exit_with(code: Option<i32>, signal: Option<&str>, timed_out: bool) -> Result
         (_, _, true) => 124,
         (Some(0), _, _) => return Ok(()),
         (Some(c), _, _) => c.clamp(1, 255) as u8,
-        (None, Some(s), _) => 128u8.saturating_add(signal_number(s)),
+        (None, Some(s), _) => 128u8.saturating_add(
+            sandboxctl::api::signal_number(s)
+                .and_then(|n| u8::try_from(n).ok())
+                .unwrap_or(0),
+        ),
         (None, None, _) => 1,
     };
     Err(CliError::Exit(code))
-}
-
-fn signal_number(name: &str) -> u8 {
-    match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "SEGV" => 11,
-        "PIPE" => 13,
-        "TERM" => 15,
-        _ => 0,
-    }
 }
 
 fn state_of(p: &ProcessInfo) -> String {

@@ -187,31 +187,45 @@ impl SignalName {
     }
 }
 
-/// The name (without `SIG`) of Linux signal `n`, for `signal` fields.
+/// Linux signal numbers and their names (without `SIG`), as `signal`
+/// fields carry them.
+const SIGNALS: &[(i32, &str)] = &[
+    (1, "HUP"),
+    (2, "INT"),
+    (3, "QUIT"),
+    (4, "ILL"),
+    (5, "TRAP"),
+    (6, "ABRT"),
+    (7, "BUS"),
+    (8, "FPE"),
+    (9, "KILL"),
+    (10, "USR1"),
+    (11, "SEGV"),
+    (12, "USR2"),
+    (13, "PIPE"),
+    (14, "ALRM"),
+    (15, "TERM"),
+    (17, "CHLD"),
+    (24, "XCPU"),
+    (25, "XFSZ"),
+    (31, "SYS"),
+];
+
+/// The name (without `SIG`) of Linux signal `n`, for `signal` fields
+/// (`SIG<n>` for one not in the table).
 pub fn signal_name(n: i32) -> String {
-    let name = match n {
-        1 => "HUP",
-        2 => "INT",
-        3 => "QUIT",
-        4 => "ILL",
-        5 => "TRAP",
-        6 => "ABRT",
-        7 => "BUS",
-        8 => "FPE",
-        9 => "KILL",
-        10 => "USR1",
-        11 => "SEGV",
-        12 => "USR2",
-        13 => "PIPE",
-        14 => "ALRM",
-        15 => "TERM",
-        17 => "CHLD",
-        24 => "XCPU",
-        25 => "XFSZ",
-        31 => "SYS",
-        n => return format!("SIG{n}"),
-    };
-    name.to_string()
+    match SIGNALS.iter().find(|(num, _)| *num == n) {
+        Some((_, name)) => name.to_string(),
+        None => format!("SIG{n}"),
+    }
+}
+
+/// The number of the signal a `signal` field names (the inverse of [`signal_name`]).
+pub fn signal_number(name: &str) -> Option<i32> {
+    SIGNALS
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(num, _)| *num)
 }
 
 /// Body of `POST …/processes/{proc}/signal`.
@@ -319,4 +333,21 @@ pub struct SshKey {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SshKeyList {
     pub items: Vec<SshKey>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_and_numbers_round_trip() {
+        for &(n, name) in SIGNALS {
+            assert_eq!(
+                (signal_name(n), signal_number(name)),
+                (name.to_string(), Some(n))
+            );
+        }
+        assert_eq!(signal_name(40), "SIG40");
+        assert_eq!(signal_number("SIG40"), None);
+    }
 }
