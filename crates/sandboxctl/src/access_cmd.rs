@@ -509,8 +509,12 @@ async fn shell(client: &Client, id: &str, command: Vec<String>) -> Result<(), Cl
             "{id}: reachability.ssh is incomplete: {ssh}"
         )));
     };
-    let dir = tempfile_dir()?;
-    let key = dir.join("id_ed25519");
+    // Private (0700) and removed when it goes out of scope.
+    let dir = tempfile::Builder::new()
+        .prefix("sandboxctl-shell-")
+        .tempdir()
+        .map_err(|e| CliError::Failed(format!("a private temporary directory: {e}")))?;
+    let key = dir.path().join("id_ed25519");
     let made = std::process::Command::new("ssh-keygen")
         .args([
             "-q",
@@ -532,7 +536,7 @@ async fn shell(client: &Client, id: &str, command: Vec<String>) -> Result<(), Cl
     let public = std::fs::read_to_string(key.with_extension("pub"))
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let added = client.add_ssh_key(id, public.trim()).await?;
-    let known = dir.join("known_hosts");
+    let known = dir.path().join("known_hosts");
     let host_field = if port == 22 {
         host.to_string()
     } else {
@@ -563,7 +567,7 @@ async fn shell(client: &Client, id: &str, command: Vec<String>) -> Result<(), Cl
     }
     let status = c.status();
     let _ = client.remove_ssh_key(id, &added.fingerprint).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let status =
         status.map_err(|e| CliError::Failed(format!("ssh (OpenSSH's client is needed): {e}")))?;
     match status.code() {
@@ -571,19 +575,4 @@ async fn shell(client: &Client, id: &str, command: Vec<String>) -> Result<(), Cl
         Some(c) => Err(CliError::Exit(c.clamp(1, 255) as u8)),
         None => Err(CliError::Exit(1)),
     }
-}
-
-/// A private directory for the session's key.
-fn tempfile_dir() -> Result<PathBuf, CliError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::temp_dir();
-    for i in 0..100u32 {
-        let dir = base.join(format!("sandboxctl-shell-{}-{i}", std::process::id()));
-        if std::fs::DirBuilder::new().mode(0o700).create(&dir).is_ok() {
-            return Ok(dir);
-        }
-    }
-    Err(CliError::Failed(
-        "cannot make a private temporary directory".into(),
-    ))
 }

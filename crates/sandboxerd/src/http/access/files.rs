@@ -138,13 +138,12 @@ async fn read_file(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<PathParams>,
 ) -> ApiResult<Response> {
-    let service = q.service.clone();
     let (meta, mut resp) = stream_out(
         &state,
         &caller,
         &id,
         &q.path,
-        service.as_deref(),
+        q.service.as_deref(),
         |path| Request::Read { path },
         "application/octet-stream",
     )
@@ -277,13 +276,12 @@ async fn write_file(
     let mode = q.mode.as_deref().map(parse_mode).transpose()?;
     let t = target(&state, &caller, &id).await?;
     let limit = state.settings.access.file_max;
-    let service = q.service.clone();
     let request = Request::Write {
         path: q.path,
         mode,
         max_bytes: limit,
     };
-    let conn = open(&state, &t, service.as_deref(), &request).await?;
+    let conn = open(&state, &t, q.service.as_deref(), &request).await?;
     let written = send_body::<Written>(&state, conn, body, limit).await?;
     Ok((StatusCode::CREATED, Json(written)))
 }
@@ -315,12 +313,11 @@ async fn delete_file(
 ) -> ApiResult<Json<Deleted>> {
     check_path(&q.path)?;
     let t = target(&state, &caller, &id).await?;
-    let service = q.service.clone();
     let request = Request::Delete {
         path: q.path,
         recursive: q.recursive.unwrap_or(false),
     };
-    let (deleted, _) = call::<Deleted>(&state, &t, service.as_deref(), &request).await?;
+    let (deleted, _) = call::<Deleted>(&state, &t, q.service.as_deref(), &request).await?;
     Ok(Json(deleted))
 }
 
@@ -352,13 +349,12 @@ async fn list_files(
         ));
     }
     let t = target(&state, &caller, &id).await?;
-    let service = q.service.clone();
     let request = Request::List {
         path: q.path,
         depth,
         max_entries: state.settings.access.list_max_entries as usize,
     };
-    let (list, _) = call::<FileList>(&state, &t, service.as_deref(), &request).await?;
+    let (list, _) = call::<FileList>(&state, &t, q.service.as_deref(), &request).await?;
     Ok(Json(list))
 }
 
@@ -419,12 +415,11 @@ async fn upload(
     }
     let t = target(&state, &caller, &id).await?;
     let limit = state.settings.access.upload_max;
-    let service = q.service.clone();
     let request = Request::Upload {
         path: q.path,
         max_bytes: limit,
     };
-    let conn = open(&state, &t, service.as_deref(), &request).await?;
+    let conn = open(&state, &t, q.service.as_deref(), &request).await?;
     let written = send_body::<Written>(&state, conn, body, limit).await?;
     Ok(Json(written))
 }
@@ -447,13 +442,12 @@ async fn download(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<PathParams>,
 ) -> ApiResult<Response> {
-    let service = q.service.clone();
     let (_, resp) = stream_out(
         &state,
         &caller,
         &id,
         &q.path,
-        service.as_deref(),
+        q.service.as_deref(),
         |path| Request::Download { path },
         "application/x-tar",
     )

@@ -21,7 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(remove_key))
 }
 
-pub use crate::lifecycle::access::{check_key, CheckedKey};
+use crate::lifecycle::access::check_key;
 
 async fn scoped(state: &AppState, caller: &Caller, id: &str) -> ApiResult<()> {
     match state.db.get_row(id, caller.scope()).await? {
