@@ -82,10 +82,11 @@ impl AppState {
 /// The backends compiled into this daemon.
 pub fn registry(settings: &Settings) -> Registry {
     let mut registry = Registry::default();
-    registry.insert(Arc::new(
-        extensions::local::LocalExtension::new(&settings.data_dir, settings.local)
-            .with_access(&settings.data_dir, &settings.access),
-    ));
+    registry.insert(Arc::new(extensions::local::LocalExtension::with_access(
+        &settings.data_dir,
+        settings.local,
+        &settings.access,
+    )));
     registry.insert(Arc::new(extensions::compose::ComposeExtension::new(
         &settings.hosts,
     )));

@@ -26,15 +26,6 @@ pub struct Limits {
     pub max_processes: u32,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_log_bytes: 64 << 20,
-            max_processes: 256,
-        }
-    }
-}
-
 /// The binary to install: `configured`, else `sandboxer-agent` next to this
 /// executable, else on `PATH`.
 fn source(configured: Option<&Path>) -> Result<PathBuf, String> {

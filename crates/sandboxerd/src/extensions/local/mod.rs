@@ -129,34 +129,37 @@ struct LocalState {
 
 impl LocalExtension {
     /// A backend keeping its sandboxes under `<data_dir>/sandboxes`, run as
-    /// `local` says (see [`SandboxIds::for_this_process`]).
+    /// `local` says (see [`SandboxIds::for_this_process`]), with the
+    /// default `[access]` (the agent found beside this executable).
     pub fn new(data_dir: &Path, local: LocalConfig) -> Self {
+        Self::with_access(data_dir, local, &crate::config::AccessSettings::default())
+    }
+
+    /// The same with the agent and limits of `access`; the agent is
+    /// installed under `data_dir` once, here.
+    pub fn with_access(
+        data_dir: &Path,
+        local: LocalConfig,
+        access: &crate::config::AccessSettings,
+    ) -> Self {
         let seccomp = seccomp::programs()
             .map(|ps| Arc::new(ps.iter().map(|p| seccomp::to_bytes(p)).collect()))
             .map_err(|e| e.to_string());
+        let ids = SandboxIds::for_this_process(local);
         Self {
             id: "ext.local",
             root: data_dir.join("sandboxes"),
             bwrap: find_in_path("bwrap"),
             bwrap_option: None,
-            ids: SandboxIds::for_this_process(local),
+            ids,
             seccomp,
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sandboxerd")),
-            agent: agent::install(None, data_dir, SandboxIds::for_this_process(local)),
-            agent_limits: agent::Limits::default(),
+            agent: agent::install(access.agent.as_deref(), data_dir, ids),
+            agent_limits: agent::Limits {
+                max_log_bytes: access.process_log_max,
+                max_processes: access.max_processes,
+            },
         }
-    }
-
-    /// The same backend with the agent and limits of `[access]`.
-    pub fn with_access(mut self, data_dir: &Path, access: &crate::config::AccessSettings) -> Self {
-        if access.agent.is_some() {
-            self.agent = agent::install(access.agent.as_deref(), data_dir, self.ids);
-        }
-        self.agent_limits = agent::Limits {
-            max_log_bytes: access.process_log_max,
-            max_processes: access.max_processes,
-        };
-        self
     }
 
     /// Who this backend's sandboxes are on the host.
