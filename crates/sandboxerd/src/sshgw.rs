@@ -315,7 +315,18 @@ async fn pump(
             f = proto::read_frame(&mut conn.r) => {
                 let f = match f {
                     Ok(Some(f)) => f,
-                    Ok(None) | Err(_) => break,
+                    end => {
+                        // The agent hung up before the program's exit: the
+                        // client hears why instead of a bare 255.
+                        let why = match end {
+                            Err(e) => e.to_string(),
+                            _ => "the connection closed".into(),
+                        };
+                        tracing::warn!(error = %why, "SSH: the sandbox's agent ended the session without an exit status");
+                        let msg = format!("sand-boxer: the sandbox's agent hung up ({why})\r\n");
+                        let _ = handle.extended_data(channel, 1, msg.into_bytes()).await;
+                        break;
+                    }
                 };
                 if f.kind == kind::STDOUT || f.kind == kind::STDERR {
                     let sent = if f.kind == kind::STDOUT {
@@ -334,16 +345,19 @@ async fn pump(
                 }
                 let exit: sandboxer_api::ExecExit = serde_json::from_slice(&f.data).unwrap_or_default();
                 let _ = handle.eof(channel).await;
-                match (exit.exit_code, exit.signal) {
+                match (exit.exit_code, exit.signal.clone()) {
                     (Some(code), _) => {
                         let _ = handle.exit_status_request(channel, code as u32).await;
                     }
                     (None, Some(sig)) => {
+                        tracing::info!(signal = %sig, "SSH: the program was ended by a signal");
                         let _ = handle
                             .exit_signal_request(channel, sig_of(&sig), false, String::new(), String::new())
                             .await;
                     }
-                    (None, None) => {}
+                    (None, None) => {
+                        tracing::warn!(?exit, "SSH: the agent reported no exit status");
+                    }
                 }
                 break;
             }
