@@ -115,6 +115,108 @@ impl Failure {
     }
 }
 
+/// Why a sandbox ended (API.md "Lifecycle additions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationReason {
+    /// `DELETE /v1/sandboxes/{id}` (or a pool retiring a spare).
+    Destroyed,
+    /// Its TTL ran out.
+    TtlExpired,
+    /// Idle past its profile's `idle_reap`.
+    IdleReaped,
+    /// Its init was killed for going over its memory limit.
+    OomKilled,
+    /// Its init ended after the sandbox hit its `pids` limit.
+    PidsExceeded,
+    /// Its init ended after the workspace filled its `disk` limit.
+    DiskFull,
+    /// Its init (the agent, or the profile's command) ended by itself.
+    InitExited,
+    /// The backend lost it (found gone after a restart, or its host went).
+    BackendLost,
+    /// Its project ran out of credits.
+    CreditsExhausted,
+    /// It never became ready.
+    ProvisionFailed,
+}
+
+impl TerminationReason {
+    /// Every reason, in the order API.md lists them.
+    pub const ALL: [TerminationReason; 10] = [
+        TerminationReason::Destroyed,
+        TerminationReason::TtlExpired,
+        TerminationReason::IdleReaped,
+        TerminationReason::OomKilled,
+        TerminationReason::PidsExceeded,
+        TerminationReason::DiskFull,
+        TerminationReason::InitExited,
+        TerminationReason::BackendLost,
+        TerminationReason::CreditsExhausted,
+        TerminationReason::ProvisionFailed,
+    ];
+
+    /// The wire name (`oom_killed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationReason::Destroyed => "destroyed",
+            TerminationReason::TtlExpired => "ttl_expired",
+            TerminationReason::IdleReaped => "idle_reaped",
+            TerminationReason::OomKilled => "oom_killed",
+            TerminationReason::PidsExceeded => "pids_exceeded",
+            TerminationReason::DiskFull => "disk_full",
+            TerminationReason::InitExited => "init_exited",
+            TerminationReason::BackendLost => "backend_lost",
+            TerminationReason::CreditsExhausted => "credits_exhausted",
+            TerminationReason::ProvisionFailed => "provision_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for TerminationReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TerminationReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TerminationReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown termination reason `{s}`"))
+    }
+}
+
+/// How and when a sandbox ended: set once, by whatever decided its end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Termination {
+    pub reason: TerminationReason,
+    pub at: DateTime<Utc>,
+    /// What happened, for people (`memory limit 256 MiB reached`, ...).
+    pub detail: String,
+}
+
+/// What a live sandbox uses now (where its extension can tell).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Usage {
+    /// CPU time of every process in it since it started.
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    /// The highest `memory_bytes` so far.
+    pub memory_peak_bytes: u64,
+    /// Processes (threads included) in it now.
+    pub pids: u64,
+    /// What its workspace holds.
+    pub disk_bytes: u64,
+    /// Processes the kernel killed for going over `memory`.
+    pub oom_kills: u64,
+}
+
 /// What a sandbox is expected to cost and has cost so far, in integer credits.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -160,6 +262,13 @@ pub struct Sandbox {
     /// profiles bound to one extension.
     #[serde(default)]
     pub route: Option<crate::Route>,
+    /// Why and when it ended; `null` while it lives.
+    #[serde(default)]
+    pub termination: Option<Termination>,
+    /// Live usage of a `ready`/`active` sandbox (`GET /v1/sandboxes/{id}`
+    /// only, and only where its extension measures it); `null` otherwise.
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 /// Where to place a sandbox.
@@ -250,6 +359,9 @@ pub struct Event {
     /// Why the transition happened.
     pub reason: String,
     pub at: DateTime<Utc>,
+    /// On the event that decided the sandbox's end: why it ended.
+    #[serde(default)]
+    pub termination: Option<TerminationReason>,
 }
 
 /// Body of `POST /v1/expire`.

@@ -113,6 +113,12 @@ pub fn payload(event: &OutboxEvent) -> serde_json::Value {
         "to_state": event.to_state,
         "reason": event.reason,
         "at": to_time(event.at),
+        "expires_at": to_time(event.expires_at),
+        "termination": event.termination.as_ref().map(|reason| json!({
+            "reason": reason,
+            "at": to_time(event.at),
+            "detail": event.termination_detail,
+        })),
     })
 }
 

@@ -2,7 +2,7 @@
 //! extend its TTL, mark activity. Each writes its transition first and
 //! starts the background task (teardown, provision) the transition leads to.
 //! `scope` is the project the caller sees (`None`: every project).
-use sandboxer_api::{ExtendedSandbox, ProblemCode, Sandbox, SandboxState};
+use sandboxer_api::{ExtendedSandbox, ProblemCode, Sandbox, SandboxState, TerminationReason};
 
 use super::error::{Missing, OpError, OpResult};
 use super::validate;
@@ -27,6 +27,7 @@ pub async fn destroy(state: &AppState, scope: Option<&str>, id: &str) -> OpResul
     ];
     let change = Change {
         reason: "destroy requested",
+        termination: Some((TerminationReason::Destroyed, "destroy requested")),
         ..Change::default()
     };
     match state

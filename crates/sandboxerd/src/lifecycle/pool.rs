@@ -239,6 +239,7 @@ pub async fn retire_unassigned(state: &AppState, reason: &str) -> Result<Vec<Str
     for id in state.db.unassigned_members().await? {
         let change = Change {
             reason,
+            termination: Some((sandboxer_api::TerminationReason::Destroyed, reason)),
             ..Change::default()
         };
         let from = [
@@ -446,6 +447,10 @@ async fn probe_members(state: &AppState, profile_id: &str) {
         let change = Change {
             reason: "warm-pool member found gone from its backend; replaced",
             generation: Some(0),
+            termination: Some((
+                sandboxer_api::TerminationReason::BackendLost,
+                "warm-pool member found gone from its backend",
+            )),
             ..Change::default()
         };
         match state

@@ -300,7 +300,8 @@ async fn fail(
     let change = Change {
         reason: &reason,
         generation: Some(generation),
-        failure: Some(Some(e.into_failure())),
+        termination: Some((sandboxer_api::TerminationReason::ProvisionFailed, &e.message)),
+        failure: Some(Some(e.clone().into_failure())),
         backend_state: backend_state.map(Some),
         ..Change::default()
     };

@@ -50,6 +50,7 @@ pub async fn sweep(state: &AppState) -> Result<Sweep, StoreError> {
             let change = Change {
                 reason: &reason,
                 idle_since: Some(cutoff),
+                termination: Some((sandboxer_api::TerminationReason::IdleReaped, &reason)),
                 ..Change::default()
             };
             let from = [SandboxState::Ready, SandboxState::Active];
@@ -120,6 +121,10 @@ pub async fn expire(
         let change = Change {
             reason: "ttl expired",
             expired_by: Some(now),
+            termination: Some((
+                sandboxer_api::TerminationReason::TtlExpired,
+                "its TTL ran out",
+            )),
             ..Change::default()
         };
         let from = [

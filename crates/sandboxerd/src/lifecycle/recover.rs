@@ -108,6 +108,10 @@ async fn finish_or_fail(state: &AppState, row: SandboxRow) -> Result<(), StoreEr
         // Leave it to the reaper: on its way out, retried until it succeeds.
         let change = Change {
             reason: "interrupted: the daemon stopped while provisioning; teardown pending",
+            termination: Some((
+                sandboxer_api::TerminationReason::ProvisionFailed,
+                "the daemon stopped while provisioning",
+            )),
             failure: Some(Some(Failure::new(
                 ProblemCode::Interrupted,
                 format!("sandboxerd stopped while provisioning; teardown failed: {e}"),
@@ -172,9 +176,15 @@ async fn fail(
     message: String,
 ) -> Result<(), StoreError> {
     let reason = format!("{code}: {message}");
+    let why = if code == ProblemCode::BackendLost {
+        sandboxer_api::TerminationReason::BackendLost
+    } else {
+        sandboxer_api::TerminationReason::ProvisionFailed
+    };
     let change = Change {
         reason: &reason,
-        failure: Some(Some(Failure::new(code, message))),
+        termination: Some((why, &message)),
+        failure: Some(Some(Failure::new(code, message.clone()))),
         reachability: Some(None),
         ..Change::default()
     };

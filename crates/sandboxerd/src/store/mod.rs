@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sandboxer_api::{Consumer, Event, Failure, Sandbox, SandboxState};
+use sandboxer_api::{Consumer, Event, Failure, Sandbox, SandboxState, TerminationReason};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 

@@ -25,6 +25,14 @@ pub struct OutboxEvent {
     /// Milliseconds since the epoch; rendered as RFC 3339 by the dispatcher.
     #[serde(skip)]
     pub at: i64,
+    /// On the event that decided the end: why the sandbox ended.
+    pub termination: Option<String>,
+    /// The sandbox's `expires_at` now (milliseconds since the epoch).
+    #[serde(skip)]
+    pub expires_at: i64,
+    /// The sandbox's termination detail, once it has one.
+    #[serde(skip)]
+    pub termination_detail: Option<String>,
 }
 
 impl Db {
@@ -32,7 +40,8 @@ impl Db {
     pub async fn undelivered(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT e.seq, e.id, e.sandbox_id, e.generation, s.profile, s.extension, s.host, s.actor_type, s.actor, \
-             s.project, e.from_state, e.to_state, e.reason, e.at \
+             s.project, e.from_state, e.to_state, e.reason, e.at, e.termination, s.expires_at, \
+             s.termination_detail \
              FROM events e INDEXED BY events_undelivered JOIN sandboxes s ON s.id = e.sandbox_id \
              WHERE e.delivered_at IS NULL ORDER BY e.seq LIMIT ?",
         )
@@ -93,7 +102,7 @@ impl Db {
             },
         };
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT e.seq, e.id, e.sandbox_id, e.generation, e.from_state, e.to_state, e.reason, e.at FROM events e",
+            "SELECT e.seq, e.id, e.sandbox_id, e.generation, e.from_state, e.to_state, e.reason, e.at, e.termination FROM events e",
         );
         if let Some(p) = project {
             // A consumer's feed leaves out the warm-pool past (generation 0)

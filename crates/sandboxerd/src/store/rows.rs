@@ -1,7 +1,7 @@
 //! Row types as stored.
 use std::str::FromStr;
 
-use sandboxer_api::{Consumer, Cost, Event, Failure, Sandbox, SandboxState};
+use sandboxer_api::{Consumer, Cost, Event, Failure, Sandbox, SandboxState, Termination};
 
 use super::to_time;
 
@@ -47,6 +47,9 @@ pub struct SandboxRow {
     pub route: Option<String>,
     /// The profile whose warm pool holds this sandbox, while it is unassigned.
     pub pool: Option<String>,
+    pub termination_reason: Option<String>,
+    pub termination_at: Option<i64>,
+    pub termination_detail: Option<String>,
 }
 
 impl SandboxRow {
@@ -77,6 +80,7 @@ pub struct EventRow {
     pub to_state: String,
     pub reason: String,
     pub at: i64,
+    pub termination: Option<String>,
 }
 
 impl EventRow {
@@ -96,6 +100,7 @@ impl EventRow {
             id: self.id,
             sandbox_id: self.sandbox_id,
             reason: self.reason,
+            termination: self.termination.as_deref().and_then(|t| t.parse().ok()),
         })
     }
 }
@@ -121,6 +126,14 @@ impl SandboxRow {
         let route = match &self.route {
             Some(r) => Some(serde_json::from_str(r).map_err(|e| corrupt(format!("route: {e}")))?),
             None => None,
+        };
+        let termination = match (&self.termination_reason, self.termination_at) {
+            (Some(reason), Some(at)) => Some(Termination {
+                reason: reason.parse().map_err(&corrupt)?,
+                at: to_time(at),
+                detail: self.termination_detail.clone().unwrap_or_default(),
+            }),
+            _ => None,
         };
         let failure = self.failure_code.clone().map(|code| Failure {
             code,
@@ -150,6 +163,8 @@ impl SandboxRow {
                 accrued_credits: self.accrued_credits,
             },
             route,
+            termination,
+            usage: None,
             id: self.id,
             profile: self.profile,
             extension: self.extension,

@@ -76,6 +76,9 @@ pub struct Change<'a> {
     /// With `new_generation`: settle the old generation's use and reserve
     /// the new lifetime's estimate, in the same transaction.
     pub escrow: Option<Escrow>,
+    /// This transition decides the sandbox's end: why, for people and in
+    /// its JSON and deciding event. The first one set stays.
+    pub termination: Option<(TerminationReason, &'a str)>,
 }
 
 /// The lifetime a recreated sandbox starts with.
@@ -102,7 +105,8 @@ pub enum Transition {
 pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension, host, state, actor_type, actor, project, \
      inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
      last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
-     teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route, pool \
+     teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route, pool, \
+     termination_reason, termination_at, termination_detail \
      FROM sandboxes";
 
 impl Db {
@@ -462,6 +466,20 @@ impl Db {
                     ));
             }
         }
+        let mut decided = None;
+        if let Some((why, detail)) = change.termination {
+            if row.termination_reason.is_none() {
+                decided = Some(why);
+                qb.push(", termination_reason = ")
+                    .push_bind(why.as_str())
+                    .push(", termination_at = ")
+                    .push_bind(now)
+                    .push(", termination_detail = ")
+                    .push_bind(detail);
+            }
+        } else if change.new_generation.is_some() {
+            qb.push(", termination_reason = NULL, termination_at = NULL, termination_detail = NULL");
+        }
         if let Some(retry) = change.teardown_retry {
             let (at, attempts) = match retry {
                 Some((at, attempts)) => (Some(at), attempts),
@@ -482,7 +500,7 @@ impl Db {
                 }
             }
         }
-        insert_event(
+        insert_event_ending(
             &mut tx,
             id,
             generation,
@@ -490,6 +508,7 @@ impl Db {
             to,
             change.reason,
             now,
+            decided,
         )
         .await?;
         let sbx = fetch_in(&mut tx, id).await?;
@@ -585,7 +604,7 @@ impl Db {
         min_generation: u32,
     ) -> Result<(Vec<Event>, Option<String>), StoreError> {
         let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT seq, id, sandbox_id, generation, from_state, to_state, reason, at FROM events \
+            "SELECT seq, id, sandbox_id, generation, from_state, to_state, reason, at, termination FROM events \
              WHERE sandbox_id = ? AND seq > ? AND generation >= ? ORDER BY seq LIMIT ?",
         )
         .bind(id)
@@ -682,8 +701,23 @@ pub(super) async fn insert_event(
     reason: &str,
     at: i64,
 ) -> Result<(), sqlx::Error> {
+    insert_event_ending(tx, sandbox_id, generation, from, to, reason, at, None).await
+}
+
+/// [`insert_event`] for the event that decides a sandbox's end.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn insert_event_ending(
+    tx: &mut Transaction<'_, Sqlite>,
+    sandbox_id: &str,
+    generation: u32,
+    from: Option<SandboxState>,
+    to: SandboxState,
+    reason: &str,
+    at: i64,
+    termination: Option<TerminationReason>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO events (id, sandbox_id, generation, from_state, to_state, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (id, sandbox_id, generation, from_state, to_state, reason, at, termination) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(new_id("evt"))
     .bind(sandbox_id)
@@ -692,6 +726,7 @@ pub(super) async fn insert_event(
     .bind(to.as_str())
     .bind(reason)
     .bind(at)
+    .bind(termination.map(|t| t.as_str()))
     .execute(&mut **tx)
     .await?;
     Ok(())

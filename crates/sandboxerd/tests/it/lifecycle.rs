@@ -150,6 +150,18 @@ async fn a_short_ttl_sandbox_is_expired_and_destroyed_within_two_ticks() {
         events.items.last().map(|e| e.to_state),
         Some(SandboxState::Destroyed)
     );
+    let end = gone.termination.as_ref().expect("termination");
+    assert_eq!(end.reason, sandboxer_api::TerminationReason::TtlExpired);
+    assert_eq!(end.at, expired.at, "decided by the expiry");
+    assert_eq!(
+        expired.termination,
+        Some(sandboxer_api::TerminationReason::TtlExpired)
+    );
+    assert!(events
+        .items
+        .iter()
+        .filter(|e| e.id != expired.id)
+        .all(|e| e.termination.is_none()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,10 +261,15 @@ async fn idle_sandboxes_are_reaped_and_touch_keeps_them() {
         SandboxState::Active
     );
     let events = d.client.events(&idle.id).await.expect("events");
-    assert!(events
-        .items
-        .iter()
-        .any(|e| e.to_state == SandboxState::Destroying && e.reason.contains("idle")));
+    assert!(events.items.iter().any(|e| e.to_state == SandboxState::Destroying
+        && e.reason.contains("idle")
+        && e.termination == Some(sandboxer_api::TerminationReason::IdleReaped)));
+    let gone = d.client.get(&idle.id, None).await.expect("get");
+    assert_eq!(
+        gone.termination.map(|t| t.reason),
+        Some(sandboxer_api::TerminationReason::IdleReaped)
+    );
+    assert!(d.client.get(&kept.id, None).await.expect("get").termination.is_none());
     let metrics = d
         .client
         .request_json(sandboxctl::Method::GET, "/metrics", None)
@@ -540,6 +557,14 @@ async fn events_reach_a_flaky_receiver_in_order_with_no_loss() {
         assert_eq!(v["extension"], "ext.local");
         assert_eq!(v["consumer"]["project"], "default");
         assert!(v["to_state"].is_string() && v["at"].is_string());
+        assert!(v["expires_at"].is_string(), "{v}");
+        // Only the event that decided the end says why it ended.
+        if v["to_state"] == "destroying" {
+            assert_eq!(v["termination"]["reason"], "destroyed", "{v}");
+            assert!(v["termination"]["at"].is_string(), "{v}");
+        } else {
+            assert!(v["termination"].is_null(), "{v}");
+        }
     }
     let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (sid, eid) in expected {
