@@ -83,6 +83,17 @@ pub(crate) fn command(
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
             // The agent ignores nothing it hands down; default dispositions.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // At the sandbox's memory limit the kernel kills what the agent
+            // started, not the agent (the sandbox's init): raising one's own
+            // score needs no privilege, lowering it back does.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"500".as_ptr().cast(), 3);
+                libc::close(fd);
+            }
             Ok(())
         });
     }
@@ -366,6 +377,8 @@ pub(crate) async fn exec(
         stdout_truncated: truncated[0],
         stderr_truncated: truncated[1],
         duration_ms: started.elapsed().as_millis() as u64,
+        // The daemon, which sees the sandbox's cgroup, fills this in.
+        oom_killed: false,
     };
     let json = serde_json::to_vec(&exit).map_err(std::io::Error::other)?;
     write_frame(&mut w, kind::EXIT, &json).await?;

@@ -109,6 +109,10 @@ pub fn run(opts: Options) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(64)
+        // One blocking thread is made at start (below) and kept: when code
+        // in the sandbox holds every pid of its `pids` limit, tokio queues
+        // file work on it instead of panicking for want of a thread.
+        .thread_keep_alive(std::time::Duration::from_secs(7 * 24 * 3600))
         .build()
     {
         Ok(rt) => rt,
@@ -118,6 +122,7 @@ pub fn run(opts: Options) -> i32 {
         }
     };
     rt.block_on(async move {
+        let _ = tokio::task::spawn_blocking(|| ()).await;
         let listener = match tokio::net::UnixListener::from_std(std_listener) {
             Ok(l) => l,
             Err(e) => {

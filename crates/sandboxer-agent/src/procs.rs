@@ -203,6 +203,8 @@ pub(crate) async fn spawn(
             stdout_truncated: false,
             stderr_truncated: false,
             duration_ms: p.started.elapsed().as_millis() as u64,
+            // The daemon, which sees the sandbox's cgroup, fills this in.
+            oom_killed: false,
         });
         p.changed.send_modify(|v| *v += 1);
     });

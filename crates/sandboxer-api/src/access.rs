@@ -76,6 +76,9 @@ pub struct ExecExit {
     #[serde(default)]
     pub stderr_truncated: bool,
     pub duration_ms: u64,
+    /// The kernel killed it at the sandbox's memory limit (`signal` is `KILL`).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// Answer of `POST /v1/sandboxes/{id}/exec`.
@@ -91,6 +94,9 @@ pub struct ExecResult {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub duration_ms: u64,
+    /// The kernel killed it at the sandbox's memory limit (`signal` is `KILL`).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// Body of `POST /v1/sandboxes/{id}/processes`.

@@ -242,6 +242,9 @@ pub struct Resources {
     /// e.g. `2GiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
+    /// The most processes (threads count) at once; ext.local defaults it to 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
 }
 
 /// What is set up inside a sandbox when it is provisioned.

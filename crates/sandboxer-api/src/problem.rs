@@ -150,6 +150,7 @@ problem_codes! {
     // Backends: why a sandbox failed (or its teardown is retried).
     BackendUnavailable = "backend_unavailable",
     BackendLost = "backend_lost",
+    SandboxExited = "sandbox_exited",
     ProvisionFailed = "provision_failed",
     NotReadyInTime = "not_ready_in_time",
     Interrupted = "interrupted",

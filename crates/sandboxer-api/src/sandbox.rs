@@ -215,6 +215,8 @@ pub struct Usage {
     pub disk_bytes: u64,
     /// Processes the kernel killed for going over `memory`.
     pub oom_kills: u64,
+    /// Forks refused at the `pids` limit.
+    pub pids_refused: u64,
 }
 
 /// What a sandbox is expected to cost and has cost so far, in integer credits.

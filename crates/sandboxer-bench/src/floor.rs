@@ -91,7 +91,7 @@ impl Floor {
         // Exactly the daemon's command: arguments, descriptors, user, environment.
         let mut cmd = self
             .ext
-            .bwrap_command(&request(id, &self.profile), &dir)
+            .bwrap_command(&request(id, &self.profile), &dir, None)
             .map_err(|e| anyhow::anyhow!("preparing bubblewrap: {e}"))?;
 
         let started = Instant::now();

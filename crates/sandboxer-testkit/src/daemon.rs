@@ -243,8 +243,15 @@ impl DaemonBuilder {
             root = stage.to_owned();
         }
         let mut cmd = Command::new(&exe);
+        let mut cgroup_dirs = Vec::new();
         if let Some((uid, gid)) = self.user {
             cmd.uid(uid).gid(gid);
+            // What systemd's `Delegate=yes` does for the shipped unit: a
+            // cgroup subtree of the daemon's own, where it makes the
+            // sandboxes' cgroups.
+            let (parent, dirs) = crate::cgroups::delegate(uid, gid, data_dir)?;
+            cmd.env("SANDBOXER_LOCAL__CGROUP_PARENT", parent);
+            cgroup_dirs = dirs;
         }
         // Only the caller's settings: a developer's own environment must
         // change neither a test nor the figures.
@@ -325,6 +332,7 @@ impl DaemonBuilder {
             data_dir: data_dir.to_owned(),
             client,
             log,
+            cgroup_dirs,
         })
     }
 }
@@ -357,6 +365,9 @@ pub struct Daemon {
     pub client: sandboxctl::Client,
     /// What it logged so far.
     pub log: Arc<DaemonLog>,
+    /// The cgroup subtrees delegated to it (an unprivileged daemon), removed
+    /// when it is dropped.
+    cgroup_dirs: Vec<PathBuf>,
 }
 
 impl Daemon {
@@ -425,6 +436,9 @@ impl Drop for Daemon {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        for dir in &self.cgroup_dirs {
+            crate::cgroups::remove_tree(dir);
         }
     }
 }

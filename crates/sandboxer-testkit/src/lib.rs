@@ -20,6 +20,7 @@
 
 mod app;
 mod backends;
+pub mod cgroups;
 mod daemon;
 mod dir;
 mod fixtures;

@@ -161,6 +161,50 @@ impl Catalog {
     }
 }
 
+/// The smallest `resources.memory` a sandbox can start in.
+const MIN_MEMORY: u64 = 16 << 20;
+
+/// `resources`: sizes that parse, counts in range.
+fn check_resources(r: &sandboxer_api::Resources) -> Result<(), String> {
+    if let Some(c) = r.cpus {
+        if !(c.is_finite() && (0.01..=1024.0).contains(&c)) {
+            return Err(format!(
+                "field `resources.cpus`: `{c}` is not from 0.01 to 1024"
+            ));
+        }
+    }
+    if let Some(m) = &r.memory {
+        match parse_size(m) {
+            Some(n) if n >= MIN_MEMORY => {}
+            Some(_) => {
+                return Err(format!(
+                    "field `resources.memory`: `{m}` is less than 16MiB"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "field `resources.memory`: `{m}` is not a size like `512MiB` or `2GiB`"
+                ))
+            }
+        }
+    }
+    if let Some(d) = &r.disk {
+        if parse_size(d).is_none_or(|n| n == 0) {
+            return Err(format!(
+                "field `resources.disk`: `{d}` is not a size like `1GiB` or `500MB`"
+            ));
+        }
+    }
+    if let Some(p) = r.pids {
+        if !(8..=4_194_304).contains(&p) {
+            return Err(format!(
+                "field `resources.pids`: `{p}` is not from 8 to 4194304"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, String> {
     if !spec.id.starts_with("profile.") {
         return Err(format!(
@@ -193,6 +237,7 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
     if ttl_default.is_zero() || ttl_default > ttl_max {
         return Err("field `ttl.default`: must be more than zero and at most `ttl.max`".into());
     }
+    check_resources(&spec.resources)?;
     match (spec.workspace.mode.as_str(), &spec.workspace.from_input) {
         ("empty", None) => {}
         ("copy", Some(input)) if spec.inputs.contains_key(input) => {}

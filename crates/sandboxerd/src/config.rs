@@ -71,7 +71,7 @@ pub struct Config {
 }
 
 /// `[local]`: who `ext.local` sandboxes are on the host.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LocalConfig {
     /// Host uid that uid 0 inside every sandbox maps to when the daemon runs
@@ -79,6 +79,23 @@ pub struct LocalConfig {
     pub sandbox_uid: u32,
     /// Host gid that gid 0 inside every sandbox maps to (root daemon only). Never 0.
     pub sandbox_gid: u32,
+    /// `enforce` (default): profiles' `cpus`, `memory` and `pids` are
+    /// enforced through cgroups, and ext.local is unavailable (saying why)
+    /// where it cannot. `off`: no cgroups; the limits are only recorded.
+    pub limits: LimitsMode,
+    /// Where the sandboxes' cgroups go, as a path inside each cgroup
+    /// hierarchy (e.g. `/sandboxer`); by default `sandboxer` under the
+    /// daemon's own cgroup (its delegated subtree under systemd).
+    pub cgroup_parent: Option<String>,
+}
+
+/// `[local] limits`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsMode {
+    #[default]
+    Enforce,
+    Off,
 }
 
 impl Default for LocalConfig {
@@ -87,6 +104,8 @@ impl Default for LocalConfig {
         Self {
             sandbox_uid: 65534,
             sandbox_gid: 65534,
+            limits: LimitsMode::Enforce,
+            cgroup_parent: None,
         }
     }
 }
@@ -445,12 +464,18 @@ impl Config {
             hosts: crate::hosts::check_all(&self.hosts)?,
             credits: self.credits.clone(),
             pools: self.pools.settings()?,
-            local: match self.local {
+            local: match self.local.clone() {
                 LocalConfig { sandbox_uid: 0, .. } => anyhow::bail!(
                     "config `local.sandbox_uid`: must not be 0 (sandboxes would own the host's root files)"
                 ),
                 LocalConfig { sandbox_gid: 0, .. } => anyhow::bail!(
                     "config `local.sandbox_gid`: must not be 0 (sandboxes would own the host's root-group files)"
+                ),
+                LocalConfig {
+                    cgroup_parent: Some(p),
+                    ..
+                } if !p.starts_with('/') || p.split('/').any(|c| c == "..") => anyhow::bail!(
+                    "config `local.cgroup_parent`: `{p}` must be an absolute path inside the cgroup hierarchy, without `..`"
                 ),
                 ok => ok,
             },

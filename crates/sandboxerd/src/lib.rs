@@ -84,7 +84,7 @@ pub fn registry(settings: &Settings) -> Registry {
     let mut registry = Registry::default();
     registry.insert(Arc::new(extensions::local::LocalExtension::with_access(
         &settings.data_dir,
-        settings.local,
+        settings.local.clone(),
         &settings.access,
     )));
     registry.insert(Arc::new(extensions::compose::ComposeExtension::new(
@@ -256,6 +256,7 @@ pub fn start_background(state: &AppState) -> tokio_util::sync::CancellationToken
         state.settings.reaper_interval,
         stop.clone(),
     ));
+    state.spawn(lifecycle::watch::run(state.clone(), stop.clone()));
     state.spawn(lifecycle::metering::run(
         state.clone(),
         state.settings.metering_interval,

@@ -43,11 +43,15 @@ pub enum Counter {
     SandboxesSettled,
     /// Creates moved to the next routing candidate after failing before ready.
     RouteFailovers,
+    /// Processes killed in sandboxes for going over their memory limit.
+    OomKills,
+    /// Sandboxes that ended because their init did (killed or exited).
+    SandboxesInitEnded,
 }
 
 impl Counter {
     /// Every counter, in the order they are rendered.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 15] = [
         Counter::ReaperSweeps,
         Counter::HostFailovers,
         Counter::StaleReaped,
@@ -61,6 +65,8 @@ impl Counter {
         Counter::CreditsDebited,
         Counter::SandboxesSettled,
         Counter::RouteFailovers,
+        Counter::OomKills,
+        Counter::SandboxesInitEnded,
     ];
 
     /// The name (without `sandboxer_` and `_total`) and the help text.
@@ -96,6 +102,14 @@ impl Counter {
                 "Failed deliveries of lifecycle events (retried).",
             ),
             Counter::MeteringTicks => ("metering_ticks", "Metering ticks run."),
+            Counter::OomKills => (
+                "oom_kills",
+                "Processes killed in sandboxes for going over their memory limit.",
+            ),
+            Counter::SandboxesInitEnded => (
+                "sandboxes_init_ended",
+                "Sandboxes that ended because their init did (killed or exited).",
+            ),
             Counter::CreditsDebited => ("credits_debited", "Credits debited for running time."),
             Counter::SandboxesSettled => (
                 "sandboxes_settled",
@@ -144,6 +158,14 @@ pub struct PoolGauge {
     pub members: Vec<(String, i64)>,
 }
 
+/// A per-sandbox usage series: name, help, type and how to read it.
+type UsageGauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&sandboxer_api::Usage) -> f64,
+);
+
 /// Counters and histograms of the daemon.
 #[derive(Default)]
 pub struct Metrics {
@@ -158,6 +180,9 @@ pub struct Metrics {
     ready_count: AtomicU64,
     /// Sum of observations in microseconds.
     ready_sum_us: AtomicU64,
+    /// The latest usage of each live sandbox whose backend measures it
+    /// (refreshed by the exit watcher every second).
+    usage: Mutex<BTreeMap<String, sandboxer_api::Usage>>,
 }
 
 impl Metrics {
@@ -166,6 +191,56 @@ impl Metrics {
         let mut map = self.http.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry((route.to_owned(), method.to_owned(), status))
             .or_default() += 1;
+    }
+
+    /// Replace the per-sandbox usage shown by `/metrics`.
+    pub fn set_usage(&self, usage: BTreeMap<String, sandboxer_api::Usage>) {
+        *self.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage;
+    }
+
+    fn render_usage(&self, out: &mut String) {
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let gauges: [UsageGauge; 5] = [
+            (
+                "sandbox_cpu_seconds_total",
+                "CPU time used by a live sandbox.",
+                "counter",
+                |u| u.cpu_seconds,
+            ),
+            (
+                "sandbox_memory_bytes",
+                "Memory a live sandbox uses now.",
+                "gauge",
+                |u| u.memory_bytes as f64,
+            ),
+            (
+                "sandbox_memory_peak_bytes",
+                "The most memory a live sandbox has used.",
+                "gauge",
+                |u| u.memory_peak_bytes as f64,
+            ),
+            (
+                "sandbox_pids",
+                "Processes and threads in a live sandbox.",
+                "gauge",
+                |u| u.pids as f64,
+            ),
+            (
+                "sandbox_oom_kills_total",
+                "Processes of a live sandbox killed at its memory limit.",
+                "counter",
+                |u| u.oom_kills as f64,
+            ),
+        ];
+        for (name, help, kind, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP sandboxer_{name} {help}\n# TYPE sandboxer_{name} {kind}"
+            );
+            for (id, u) in &usage {
+                let _ = writeln!(out, "sandboxer_{name}{{sandbox_id=\"{id}\"}} {}", value(u));
+            }
+        }
     }
 
     /// Add one to `counter`.
@@ -300,6 +375,7 @@ impl Metrics {
             );
         }
         self.render_pools(&mut out, pools);
+        self.render_usage(&mut out);
         out.push_str("# HELP sandboxer_http_requests_total HTTP requests by route, method and status.\n# TYPE sandboxer_http_requests_total counter\n");
         for ((route, method, status), n) in
             self.http.lock().unwrap_or_else(|p| p.into_inner()).iter()

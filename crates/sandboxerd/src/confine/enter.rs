@@ -16,6 +16,7 @@
 //! refused to a multi-threaded process.
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
@@ -94,6 +95,16 @@ pub fn run(args: &EnterArgs) -> Result<i32, EnterError> {
     let env = sandbox_env(pid);
     let programs = super::seccomp::programs()?;
 
+    // Into the sandbox's cgroups first (its limits hold for what is entered
+    // too), while this process still has the daemon's rights over them.
+    let cgroups = super::cgroup::procs_files_of(pid).map_err(|e| EnterError::Sys {
+        what: e,
+        source: std::io::Error::other("cgroup"),
+    })?;
+    for f in &cgroups {
+        let path = Path::new(std::ffi::OsStr::from_bytes(f.as_bytes()));
+        std::fs::write(path, "0").map_err(io(format!("joining the cgroup {}", path.display())))?;
+    }
     // Supplementary groups are host gids that the sandbox's user namespace
     // cannot drop later (setgroups is denied there): drop them while we
     // still may. Only root may; an unprivileged daemon's user keeps its own

@@ -99,3 +99,37 @@ pub fn clear_inode_flags(root: &Path) {
         }
     }
 }
+
+/// Bytes allocated to the tree at `root` (`st_blocks`, so sparse files
+/// count what they hold), without following symlinks or leaving its
+/// filesystem; stops after `max_entries` entries (what was counted so far).
+/// An entry that vanishes under the walk is skipped.
+pub fn disk_usage(root: &Path, max_entries: usize) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = fs::symlink_metadata(root) else {
+        return 0;
+    };
+    let dev = top.dev();
+    let mut total = top.blocks() * 512;
+    let mut seen = 1usize;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if seen >= max_entries {
+                return total;
+            }
+            seen += 1;
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            total += meta.blocks() * 512;
+            if meta.is_dir() && meta.dev() == dev {
+                stack.push(entry.path());
+            }
+        }
+    }
+    total
+}

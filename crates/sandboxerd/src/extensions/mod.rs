@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sandboxer_api::{Availability, CostBreakdown, Pricing, ProblemCode, Profile};
+use sandboxer_api::{
+    Availability, CostBreakdown, Pricing, ProblemCode, Profile, TerminationReason, Usage,
+};
 use tokio_util::sync::CancellationToken;
 
 pub mod archive;
@@ -181,6 +183,40 @@ pub trait Extension: Send + Sync {
         sandbox_id: &str,
         state: Option<&BackendState>,
     ) -> Result<Liveness, ExtError>;
+
+    /// Whether [`Extension::probe`] is cheap enough (no network) for the
+    /// exit watcher to call on each of its sandboxes every second, so that
+    /// a sandbox whose init died is noticed within 2 s.
+    fn watches_exits(&self) -> bool {
+        false
+    }
+
+    /// Why a sandbox that [`Extension::probe`] found gone ended, as far as
+    /// the backend can tell (`init_exited` when it cannot say more).
+    /// `last` is its usage when it was last seen alive, so that only limits
+    /// hit since then are blamed.
+    async fn exit_cause(
+        &self,
+        _sandbox_id: &str,
+        _state: Option<&BackendState>,
+        _last: Option<&Usage>,
+    ) -> (TerminationReason, String) {
+        (
+            TerminationReason::InitExited,
+            "the sandbox's init ended".into(),
+        )
+    }
+
+    /// What a running sandbox uses now, where the backend measures it;
+    /// `disk_bytes` only with `disk` (it may walk the workspace).
+    async fn usage(
+        &self,
+        _sandbox_id: &str,
+        _state: Option<&BackendState>,
+        _disk: bool,
+    ) -> Option<Usage> {
+        None
+    }
 
     /// Whether this backend implements [`Extension::snapshot`] and
     /// [`Extension::restore`] (and so forks through [`ProvisionRequest::from_snapshot`]).

@@ -164,9 +164,11 @@ async fn get_sandbox(
             .await?
         }
     };
-    found
-        .map(|s| Json(super::render::sandbox(&state, &caller, s)))
-        .ok_or_else(|| ApiError::not_found(Missing::Sandbox, &id))
+    let Some(found) = found else {
+        return Err(ApiError::not_found(Missing::Sandbox, &id));
+    };
+    let found = lifecycle::ops::with_usage(&state, found).await;
+    Ok(Json(super::render::sandbox(&state, &caller, found)))
 }
 
 /// Query of `GET /v1/sandboxes`.

@@ -25,10 +25,38 @@ const TOUCH_EVERY: Duration = Duration::from_secs(1);
 pub struct Target {
     pub sandbox_id: String,
     pub project: String,
+    pub extension: String,
     pub endpoint: AgentEndpoint,
 }
 
 impl Target {
+    /// Processes killed in the sandbox at its memory limit so far, where
+    /// its backend counts them.
+    pub async fn oom_kills(&self, state: &AppState) -> Option<u64> {
+        let ext = state.extensions.get(&self.extension)?;
+        ext.usage(&self.sandbox_id, None, false)
+            .await
+            .map(|u| u.oom_kills)
+    }
+
+    /// Whether a command that ended with `exit`, started when the sandbox
+    /// had `before` OOM kills, was (most likely) one of them: it died of
+    /// SIGKILL and the count rose meanwhile.
+    pub async fn was_oom_killed(
+        &self,
+        state: &AppState,
+        before: Option<u64>,
+        exit: &sandboxer_api::ExecExit,
+    ) -> bool {
+        if exit.signal.as_deref() != Some("KILL") || exit.timed_out {
+            return false;
+        }
+        match (before, self.oom_kills(state).await) {
+            (Some(b), Some(a)) => a > b,
+            _ => false,
+        }
+    }
+
     /// Opens one request to the agent (about `service`, for a backend with
     /// several), within `timeout`.
     pub async fn open(
@@ -169,6 +197,7 @@ pub async fn target(state: &AppState, scope: Option<&str>, id: &str) -> Result<T
     Ok(Target {
         sandbox_id: id.into(),
         project: row.project,
+        extension: row.extension,
         endpoint,
     })
 }

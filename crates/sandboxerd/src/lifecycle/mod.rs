@@ -34,6 +34,7 @@ pub mod snapshots;
 pub mod stale;
 pub mod teardown;
 pub mod validate;
+pub mod watch;
 
 pub use create::{create, Actor};
 pub use error::{Missing, OpError, OpResult, Refusal};

@@ -192,3 +192,20 @@ pub async fn touch(state: &AppState, scope: Option<&str>, id: &str) -> OpResult<
         Transition::InsufficientCredits(short) => Err(OpError::insufficient(short, "", "a touch")),
     }
 }
+
+/// `sbx` with the live usage its backend measures (`ready`/`active` only;
+/// left `null` where the backend cannot tell).
+pub async fn with_usage(state: &AppState, mut sbx: Sandbox) -> Sandbox {
+    if !matches!(sbx.state, SandboxState::Ready | SandboxState::Active) {
+        return sbx;
+    }
+    let Some(ext) = state.extensions.get(&sbx.extension) else {
+        return sbx;
+    };
+    let backend_state = match state.db.get_row(&sbx.id, None).await {
+        Ok(Some(row)) => row.backend_state(),
+        _ => None,
+    };
+    sbx.usage = ext.usage(&sbx.id, backend_state.as_ref(), true).await;
+    sbx
+}

@@ -300,7 +300,10 @@ async fn fail(
     let change = Change {
         reason: &reason,
         generation: Some(generation),
-        termination: Some((sandboxer_api::TerminationReason::ProvisionFailed, &e.message)),
+        termination: Some((
+            sandboxer_api::TerminationReason::ProvisionFailed,
+            &e.message,
+        )),
         failure: Some(Some(e.clone().into_failure())),
         backend_state: backend_state.map(Some),
         ..Change::default()

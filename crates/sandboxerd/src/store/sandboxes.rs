@@ -478,7 +478,9 @@ impl Db {
                     .push_bind(detail);
             }
         } else if change.new_generation.is_some() {
-            qb.push(", termination_reason = NULL, termination_at = NULL, termination_detail = NULL");
+            qb.push(
+                ", termination_reason = NULL, termination_at = NULL, termination_detail = NULL",
+            );
         }
         if let Some(retry) = change.teardown_retry {
             let (at, attempts) = match retry {
@@ -553,6 +555,35 @@ impl Db {
             Extended::Done(sbx, capped) => Ok(Some((*sbx, capped))),
             Extended::NotExtendable | Extended::InsufficientCredits(_) => Ok(None),
         }
+    }
+
+    /// Live (`ready`/`active`) sandboxes handed to a consumer (no warm-pool
+    /// spares) as `(id, extension, backend_state, generation)`, for the
+    /// exit watcher.
+    pub async fn watched(&self) -> Result<Vec<(String, String, Option<String>, u32)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, extension, backend_state, generation FROM sandboxes \
+             WHERE state IN ('ready','active') AND pool IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Record `reason` in sandbox `id`'s events without changing its state
+    /// (from and to are its state now). False when it is not live.
+    pub async fn note(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let Some(row) = fetch_in(&mut tx, id).await? else {
+            return Ok(false);
+        };
+        let st = row.state()?;
+        if !matches!(st, SandboxState::Ready | SandboxState::Active) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_event(&mut tx, id, row.generation, Some(st), st, reason, now_ms()).await?;
+        self.commit(tx).await?;
+        Ok(true)
     }
 
     /// Mark activity; `ready` becomes `active` (with an event).

@@ -261,15 +261,24 @@ async fn idle_sandboxes_are_reaped_and_touch_keeps_them() {
         SandboxState::Active
     );
     let events = d.client.events(&idle.id).await.expect("events");
-    assert!(events.items.iter().any(|e| e.to_state == SandboxState::Destroying
-        && e.reason.contains("idle")
-        && e.termination == Some(sandboxer_api::TerminationReason::IdleReaped)));
+    assert!(events
+        .items
+        .iter()
+        .any(|e| e.to_state == SandboxState::Destroying
+            && e.reason.contains("idle")
+            && e.termination == Some(sandboxer_api::TerminationReason::IdleReaped)));
     let gone = d.client.get(&idle.id, None).await.expect("get");
     assert_eq!(
         gone.termination.map(|t| t.reason),
         Some(sandboxer_api::TerminationReason::IdleReaped)
     );
-    assert!(d.client.get(&kept.id, None).await.expect("get").termination.is_none());
+    assert!(d
+        .client
+        .get(&kept.id, None)
+        .await
+        .expect("get")
+        .termination
+        .is_none());
     let metrics = d
         .client
         .request_json(sandboxctl::Method::GET, "/metrics", None)

@@ -12,6 +12,7 @@ mod escapes_snapshots;
 mod handlers;
 mod hardening;
 mod lifecycle;
+mod limits;
 mod pools;
 mod routing;
 mod security;

@@ -284,6 +284,7 @@ impl ComposeAgent {
             stdout_truncated: truncated[0],
             stderr_truncated: truncated[1],
             duration_ms: started.elapsed().as_millis() as u64,
+            oom_killed: false,
         };
         let json = serde_json::to_vec(&exit).map_err(std::io::Error::other)?;
         proto::write_frame(&mut w, kind::EXIT, &json).await?;

@@ -192,6 +192,7 @@ impl LocalExtension {
         &self,
         req: &ProvisionRequest,
         dir: &Path,
+        cgroup: Option<&SandboxCgroup>,
     ) -> Result<std::process::Command, ExtError> {
         let Some(bwrap) = self.bwrap.clone() else {
             return Err(ExtError::new(
@@ -259,12 +260,15 @@ impl LocalExtension {
             .stderr(Stdio::from(log))
             // Its own process group: a Ctrl-C to the daemon's terminal does not reach it.
             .process_group(0);
-        if self.ids.switch {
-            // A root daemon starts bubblewrap as the sandbox's host user
-            // (supplementary groups dropped), so the sandbox's user
-            // namespace maps root inside to that user.
-            cmd.uid(self.ids.uid).gid(self.ids.gid);
-        }
+        // Between fork and exec: into the sandbox's cgroup (so bubblewrap
+        // and everything it starts are limited from their first
+        // instruction), then, under a root daemon, become the sandbox's
+        // host user (supplementary groups dropped), so the sandbox's user
+        // namespace maps root inside to that user. In this order: joining
+        // a cgroup needs the daemon's rights over it.
+        let join = cgroup.map(SandboxCgroup::procs_files).unwrap_or_default();
+        let user = self.ids.switch.then_some((self.ids.uid, self.ids.gid));
+        sandboxer_sys::join_cgroups_then_become(&mut cmd, join, user);
         cmd.fd_mappings(mappings).map_err(|e| {
             ExtError::new(
                 ProblemCode::ProvisionFailed,

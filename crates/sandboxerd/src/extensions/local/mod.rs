@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sandboxer_api::{Availability, ProblemCode};
+use sandboxer_api::{Availability, ProblemCode, TerminationReason, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,8 @@ use super::{
     AgentEndpoint, BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo,
     SnapshotArchive, SnapshotSource,
 };
-use crate::config::LocalConfig;
+use crate::config::{LimitsMode, LocalConfig};
+use crate::confine::cgroup::{self, Cgroups, SandboxCgroup};
 use crate::confine::seccomp;
 use crate::procfs::{self, is_zombie, owns_pid, stat as proc_stat};
 
@@ -77,7 +78,16 @@ pub struct LocalExtension {
     agent: Result<PathBuf, String>,
     /// The agent's own limits.
     agent_limits: agent::Limits,
+    /// Where the sandboxes' cgroups go (`None`: `[local] limits = "off"`),
+    /// or why they cannot be made here.
+    cgroups: Option<Result<Arc<Cgroups>, String>>,
 }
+
+/// The most entries [`Extension::usage`] walks to sum a workspace's size.
+const DISK_WALK_LIMIT: usize = 200_000;
+
+/// The `pids` limit of a profile that does not set one.
+pub const DEFAULT_PIDS: u64 = 512;
 
 /// The host ids that uid and gid 0 inside a sandbox map to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +109,7 @@ impl SandboxIds {
 
     /// The ids for a daemon running as the current user: `configured` when
     /// it is root, its own otherwise.
-    pub fn for_this_process(configured: LocalConfig) -> Self {
+    pub fn for_this_process(configured: &LocalConfig) -> Self {
         if nix::unistd::geteuid().is_root() {
             SandboxIds {
                 uid: configured.sandbox_uid,
@@ -145,7 +155,28 @@ impl LocalExtension {
         let seccomp = seccomp::programs()
             .map(|ps| Arc::new(ps.iter().map(|p| seccomp::to_bytes(p)).collect()))
             .map_err(|e| e.to_string());
-        let ids = SandboxIds::for_this_process(local);
+        let ids = SandboxIds::for_this_process(&local);
+        let cgroups = match local.limits {
+            LimitsMode::Off => None,
+            LimitsMode::Enforce => Some(
+                Cgroups::detect(local.cgroup_parent.as_deref())
+                    .map(|c| {
+                        // Left by a daemon killed before its teardowns ran
+                        // (and whose sandbox directory is gone too).
+                        let sandboxes = data_dir.join("sandboxes");
+                        let n = c.sweep(Duration::from_secs(60), |id| sandboxes.join(id).exists());
+                        if n > 0 {
+                            tracing::info!(removed = n, "removed empty cgroups of sandboxes that are gone");
+                        }
+                        Arc::new(c)
+                    })
+                    .map_err(|e| {
+                        format!(
+                            "cannot enforce resource limits: {e} (or set `[local] limits = \"off\"` to run sandboxes without them)"
+                        )
+                    }),
+            ),
+        };
         Self {
             id: "ext.local",
             root: data_dir.join("sandboxes"),
@@ -159,12 +190,53 @@ impl LocalExtension {
                 max_log_bytes: access.process_log_max,
                 max_processes: access.max_processes,
             },
+            cgroups,
         }
     }
 
     /// Who this backend's sandboxes are on the host.
     pub fn ids(&self) -> SandboxIds {
         self.ids
+    }
+
+    /// The limits `profile` sets on an ext.local sandbox (`pids` defaults
+    /// to [`DEFAULT_PIDS`]).
+    pub fn limits_of(profile: &sandboxer_api::Profile) -> cgroup::Limits {
+        let r = &profile.resources;
+        cgroup::Limits {
+            cpus: r.cpus,
+            memory_bytes: r.memory.as_deref().and_then(crate::config::parse_size),
+            pids: Some(r.pids.unwrap_or(DEFAULT_PIDS)),
+        }
+    }
+
+    /// Makes sandbox `req`'s cgroup with its profile's limits (`None` when
+    /// `[local] limits = "off"`). Public so the benchmark can time it.
+    pub fn prepare_cgroup(
+        &self,
+        req: &ProvisionRequest,
+    ) -> Result<Option<SandboxCgroup>, ExtError> {
+        match &self.cgroups {
+            None => Ok(None),
+            Some(Err(e)) => Err(ExtError::new(ProblemCode::BackendUnavailable, e.clone())),
+            Some(Ok(cgroups)) => cgroups
+                .create(&req.sandbox_id, Self::limits_of(&req.profile))
+                .map(Some)
+                .map_err(|e| {
+                    ExtError::new(
+                        ProblemCode::ProvisionFailed,
+                        format!("setting the sandbox's resource limits: {e}"),
+                    )
+                }),
+        }
+    }
+
+    /// Sandbox `id`'s cgroup, where limits are enforced.
+    fn cgroup_of(&self, sandbox_id: &str) -> Option<SandboxCgroup> {
+        match &self.cgroups {
+            Some(Ok(c)) => Some(c.of(sandbox_id)),
+            _ => None,
+        }
     }
 
     fn dir_of(&self, sandbox_id: &str) -> PathBuf {
@@ -225,6 +297,12 @@ impl Extension for LocalExtension {
                 reason: Some(e.clone()),
             };
         }
+        if let Some(Err(e)) = &self.cgroups {
+            return Availability {
+                available: false,
+                reason: Some(e.clone()),
+            };
+        }
         Availability {
             available: true,
             reason: None,
@@ -253,6 +331,7 @@ impl Extension for LocalExtension {
             exe: self.exe.clone(),
             agent: self.agent.clone(),
             agent_limits: self.agent_limits,
+            cgroups: self.cgroups.clone(),
         };
         for (key, value) in options {
             if key == "nsenter" {
@@ -310,7 +389,8 @@ impl Extension for LocalExtension {
             ExtError::new(ProblemCode::ProvisionFailed, format!("workspace task: {e}"))
         })??;
 
-        let cmd = self.bwrap_command(req, &dir)?;
+        let cgroup = self.prepare_cgroup(req)?;
+        let cmd = self.bwrap_command(req, &dir, cgroup.as_ref())?;
         let bwrap = cmd.get_program().to_owned();
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(false);
@@ -471,6 +551,24 @@ impl Extension for LocalExtension {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        // Anything left in its cgroup (nothing should be: every process of
+        // the sandbox is in its pid namespace), then the cgroup itself.
+        if let Some(cg) = self.cgroup_of(sandbox_id) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                cg.kill_all();
+                match cg.remove() {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(ExtError::new(
+                            ProblemCode::TeardownFailed,
+                            format!("the sandbox's cgroup is still busy 10s after SIGKILL: {e}"),
+                        ))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        }
         let dir = st.dir.clone();
         tokio::task::spawn_blocking(move || match remove_sandbox_dir(&dir) {
             Ok(()) => Ok(()),
@@ -493,6 +591,78 @@ impl Extension for LocalExtension {
             Some(pid) if owns_pid(pid, st.pid_start) && !is_zombie(pid) => Liveness::Alive,
             _ => Liveness::Gone,
         })
+    }
+
+    fn watches_exits(&self) -> bool {
+        true
+    }
+
+    async fn exit_cause(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+        last: Option<&Usage>,
+    ) -> (TerminationReason, String) {
+        let dir = self.dir_of(sandbox_id);
+        let log = std::fs::read_to_string(dir.join("bwrap.log")).unwrap_or_default();
+        let log = log.trim();
+        let hits = self
+            .cgroup_of(sandbox_id)
+            .map(|cg| cg.hits())
+            .unwrap_or_default();
+        let (ooms, refused) = last.map_or((0, 0), |u| (u.oom_kills, u.pids_refused));
+        // Only what happened since it was last seen alive: an OOM kill of
+        // some other process a minute ago did not end it.
+        if hits.oom_kills > ooms {
+            return (
+                TerminationReason::OomKilled,
+                format!(
+                    "its init was killed at the memory limit ({} OOM kill(s) in the sandbox)",
+                    hits.oom_kills
+                ),
+            );
+        }
+        if hits.pids_refused > refused {
+            return (
+                TerminationReason::PidsExceeded,
+                format!(
+                    "its init ended as forks were refused at the pids limit ({} refused)",
+                    hits.pids_refused
+                ),
+            );
+        }
+        let detail = if log.is_empty() {
+            "the sandbox's init (its agent) ended".to_owned()
+        } else {
+            format!(
+                "the sandbox's init ended: {}",
+                log.chars().take(500).collect::<String>()
+            )
+        };
+        (TerminationReason::InitExited, detail)
+    }
+
+    async fn usage(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+        disk: bool,
+    ) -> Option<Usage> {
+        let cg = self.cgroup_of(sandbox_id)?;
+        if !cg.exists() {
+            return None;
+        }
+        if !disk {
+            return Some(cg.usage());
+        }
+        let workspace = self.dir_of(sandbox_id).join("workspace");
+        tokio::task::spawn_blocking(move || {
+            let mut u = cg.usage();
+            u.disk_bytes = fsutil::disk_usage(&workspace, DISK_WALK_LIMIT);
+            u
+        })
+        .await
+        .ok()
     }
 
     fn can_snapshot(&self) -> bool {

@@ -222,13 +222,19 @@ async fn exec(
         stdin_stream: false,
         pty: None,
     });
+    let ooms = t.oom_kills(&state).await;
     let mut conn = open(&state, &t, service.as_deref(), &request).await?;
     let _started: serde_json::Value = conn
         .reply(state.settings.access.agent_timeout)
         .await
         .map_err(agent_error)?;
     if stream {
-        return Ok(sse(exec_events(conn, slot)).into_response());
+        let oom = OomCheck {
+            state: state.clone(),
+            target: t,
+            before: ooms,
+        };
+        return Ok(sse(frame_events(conn, None, Some(slot), Some(oom))).into_response());
     }
     let mut result = ExecResult::default();
     let mut out = Vec::new();
@@ -240,7 +246,12 @@ async fn exec(
             match f.kind {
                 kind::STDOUT => append_capped(&mut out, &f.data, max_output),
                 kind::STDERR => append_capped(&mut err, &f.data, max_output),
-                kind::EXIT => exit = serde_json::from_slice::<ExecExit>(&f.data).ok(),
+                kind::EXIT => match serde_json::from_slice::<ExecExit>(&f.data) {
+                    Ok(e) => exit = Some(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, data = %String::from_utf8_lossy(&f.data), "the agent's exit frame does not parse")
+                    }
+                },
                 _ => {}
             }
         }
@@ -261,6 +272,7 @@ async fn exec(
             why,
         ));
     };
+    result.oom_killed = t.was_oom_killed(&state, ooms, &exit).await;
     result.exit_code = exit.exit_code;
     result.signal = exit.signal;
     result.timed_out = exit.timed_out;
@@ -293,6 +305,7 @@ fn frame_events(
     conn: Conn,
     offset: Option<u64>,
     hold: Option<ops::Slot>,
+    oom: Option<OomCheck>,
 ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static {
     struct St {
         conn: Conn,
@@ -300,6 +313,7 @@ fn frame_events(
         offset: Option<u64>,
         done: bool,
         _hold: Option<ops::Slot>,
+        oom: Option<OomCheck>,
     }
     let st = St {
         conn,
@@ -307,6 +321,7 @@ fn frame_events(
         offset,
         done: false,
         _hold: hold,
+        oom,
     };
     futures::stream::unfold(st, |mut st| async move {
         loop {
@@ -319,7 +334,7 @@ fn frame_events(
                     st.done = true;
                     let e = Event::default()
                         .event("error")
-                        .data(r#"{"code":ProblemCode::AgentUnreachable,"detail":"the sandbox's agent broke off the stream"}"#);
+                        .data(r#"{"code":"agent_unreachable","detail":"the sandbox's agent broke off the stream"}"#);
                     return Some((Ok(e), st));
                 }
             };
@@ -328,7 +343,16 @@ fn frame_events(
                 kind::STDERR => ("stderr", 1),
                 kind::EXIT => {
                     st.done = true;
-                    let data = String::from_utf8_lossy(&frame.data).into_owned();
+                    let mut data = String::from_utf8_lossy(&frame.data).into_owned();
+                    if let (Some(oom), Ok(mut exit)) =
+                        (&st.oom, serde_json::from_slice::<ExecExit>(&frame.data))
+                    {
+                        exit.oom_killed = oom
+                            .target
+                            .was_oom_killed(&oom.state, oom.before, &exit)
+                            .await;
+                        data = serde_json::to_string(&exit).unwrap_or(data);
+                    }
                     return Some((Ok(Event::default().event("exit").data(data)), st));
                 }
                 _ => continue,
@@ -349,11 +373,12 @@ fn frame_events(
     })
 }
 
-fn exec_events(
-    conn: Conn,
-    slot: ops::Slot,
-) -> impl Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static {
-    frame_events(conn, None, Some(slot))
+/// What an exec's `exit` event needs to say whether the command was
+/// killed at the memory limit.
+struct OomCheck {
+    state: AppState,
+    target: Target,
+    before: Option<u64>,
 }
 
 /// Start a background process; it outlives the request and a restart of the daemon.
@@ -487,7 +512,7 @@ async fn process_logs(
     };
     let (head, conn) = call::<LogHead>(&state, &t, None, &request).await?;
     if follow {
-        return Ok(sse(frame_events(conn, Some(head.from), None)).into_response());
+        return Ok(sse(frame_events(conn, Some(head.from), None, None)).into_response());
     }
     let body = futures::stream::unfold(conn, |mut conn| async move {
         loop {
