@@ -87,6 +87,21 @@ pub struct LocalConfig {
     /// hierarchy (e.g. `/sandboxer`); by default `sandboxer` under the
     /// daemon's own cgroup (its delegated subtree under systemd).
     pub cgroup_parent: Option<String>,
+    /// How `resources.disk` is enforced: `auto` (default: a loop-mounted
+    /// ext4 image per sandbox where the daemon is root, else recorded
+    /// only), `image` (required: ext.local is unavailable where it cannot),
+    /// `off` (recorded only).
+    pub disk: DiskMode,
+}
+
+/// `[local] disk`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskMode {
+    #[default]
+    Auto,
+    Image,
+    Off,
 }
 
 /// `[local] limits`.
@@ -106,6 +121,7 @@ impl Default for LocalConfig {
             sandbox_gid: 65534,
             limits: LimitsMode::Enforce,
             cgroup_parent: None,
+            disk: DiskMode::Auto,
         }
     }
 }

@@ -380,8 +380,13 @@ async fn a_failed_teardown_stays_destroying_and_is_retried_until_it_succeeds() {
         "this test bind-mounts a directory to make teardown fail: run it as root"
     );
     let dir = testkit::TestDir::new();
+    // No disk image: a lazy unmount of the sandbox's own filesystem would
+    // take the busy mount below with it, and the teardown would not fail.
     let d = testkit::daemon!()
-        .envs(&[("SANDBOXER_REAPER_INTERVAL", "200ms")])
+        .envs(&[
+            ("SANDBOXER_REAPER_INTERVAL", "200ms"),
+            ("SANDBOXER_LOCAL__DISK", "off"),
+        ])
         .start(dir.path());
     let (_, sbx) = d
         .client

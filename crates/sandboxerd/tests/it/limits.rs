@@ -335,3 +335,64 @@ fn cgroup_dirs_of(id: &str) -> Vec<std::path::PathBuf> {
     walk(Path::new("/sys/fs/cgroup"), id, 0, &mut out);
     out
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writing_past_disk_fails_with_enospc_inside_and_nothing_is_left_after() {
+    require_bwrap();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: a sandbox's disk image is mounted by a root daemon only");
+        return;
+    }
+    let dir = TestDir::new();
+    let d = daemon_with(dir.path(), "  disk: 256MiB");
+    let id = limited(&d).await;
+    // 2 GiB asked for; the sandbox's own filesystem ends at 256 MiB.
+    let v = exec(
+        &d,
+        &id,
+        json!([
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/workspace/fill bs=1M count=2048; echo dd=$?"
+        ]),
+        "120s",
+    )
+    .await;
+    let err = v["stderr"].as_str().unwrap_or_default();
+    assert!(err.contains("No space left on device"), "{v}");
+    assert!(
+        v["stdout"].as_str().unwrap_or_default().contains("dd=1"),
+        "{v}"
+    );
+    let u = usage(&d, &id).await;
+    assert!(u.disk_bytes <= 256 << 20, "{u:?}");
+    assert!(u.disk_bytes >= 200 << 20, "the write stopped early: {u:?}");
+    // Nothing of it reached the host's disk beyond the image, and the
+    // sandbox lives on: freeing space makes writes work again.
+    let v = exec(
+        &d,
+        &id,
+        json!([
+            "/bin/sh",
+            "-c",
+            "rm /workspace/fill && echo ok > /workspace/small && cat /workspace/small"
+        ]),
+        "30s",
+    )
+    .await;
+    assert_eq!(v["stdout"], "ok\n", "{v}");
+    let image = d.data_dir.join("disks").join(format!("{id}.img"));
+    assert!(image.is_file(), "{} missing", image.display());
+    d.client
+        .destroy(&id, Some(Duration::from_secs(30)))
+        .await
+        .expect("destroy");
+    assert!(!image.exists(), "image left after destroy");
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .expect("losetup");
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(!loops.contains(&id), "loop device left: {loops}");
+    assert!(!d.data_dir.join("sandboxes").join(&id).exists());
+}

@@ -40,7 +40,7 @@ use super::{
     AgentEndpoint, BackendState, ExtError, Extension, Liveness, ProvisionRequest, ReadyInfo,
     SnapshotArchive, SnapshotSource,
 };
-use crate::config::{LimitsMode, LocalConfig};
+use crate::config::{DiskMode, LimitsMode, LocalConfig};
 use crate::confine::cgroup::{self, Cgroups, SandboxCgroup};
 use crate::confine::seccomp;
 use crate::procfs::{self, is_zombie, owns_pid, stat as proc_stat};
@@ -50,6 +50,7 @@ pub const LOCAL_HOST: &str = "local";
 
 pub mod agent;
 mod bwrap;
+pub mod disk;
 mod process;
 mod restore;
 mod workspace;
@@ -81,6 +82,9 @@ pub struct LocalExtension {
     /// Where the sandboxes' cgroups go (`None`: `[local] limits = "off"`),
     /// or why they cannot be made here.
     cgroups: Option<Result<Arc<Cgroups>, String>>,
+    /// Disk images for `resources.disk` (`None`: not enforced here), or
+    /// why they are required and cannot be made.
+    disks: Option<Result<Arc<disk::Disks>, String>>,
 }
 
 /// The most entries [`Extension::usage`] walks to sum a workspace's size.
@@ -177,6 +181,27 @@ impl LocalExtension {
                     }),
             ),
         };
+        let sandboxes = data_dir.join("sandboxes");
+        let disks = match (local.disk, disk::Disks::new(data_dir)) {
+            (DiskMode::Off, _) => None,
+            (_, Ok(d)) => {
+                let n = d.sweep(|id| sandboxes.join(id).exists());
+                if n > 0 {
+                    tracing::info!(
+                        removed = n,
+                        "removed disk images of sandboxes that are gone"
+                    );
+                }
+                Some(Ok(d))
+            }
+            (DiskMode::Auto, Err(e)) => {
+                tracing::info!(reason = %e, "ext.local records `resources.disk` without enforcing it");
+                None
+            }
+            (DiskMode::Image, Err(e)) => Some(Err(format!(
+                "cannot enforce `resources.disk` ([local] disk = \"image\"): {e}"
+            ))),
+        };
         Self {
             id: "ext.local",
             root: data_dir.join("sandboxes"),
@@ -191,6 +216,7 @@ impl LocalExtension {
                 max_processes: access.max_processes,
             },
             cgroups,
+            disks,
         }
     }
 
@@ -228,6 +254,29 @@ impl LocalExtension {
                         format!("setting the sandbox's resource limits: {e}"),
                     )
                 }),
+        }
+    }
+
+    /// The disk image sandbox `req` gets: its images and size, where
+    /// `resources.disk` is set and enforced.
+    fn disk_for(&self, req: &ProvisionRequest) -> Result<Option<DiskPlan>, ExtError> {
+        let Some(bytes) = req
+            .profile
+            .resources
+            .disk
+            .as_deref()
+            .and_then(crate::config::parse_size)
+        else {
+            return Ok(None);
+        };
+        match &self.disks {
+            None => Ok(None),
+            Some(Err(e)) => Err(ExtError::new(ProblemCode::BackendUnavailable, e.clone())),
+            Some(Ok(d)) => Ok(Some(DiskPlan {
+                disks: d.clone(),
+                sandbox_id: req.sandbox_id.clone(),
+                bytes,
+            })),
         }
     }
 
@@ -303,6 +352,12 @@ impl Extension for LocalExtension {
                 reason: Some(e.clone()),
             };
         }
+        if let Some(Err(e)) = &self.disks {
+            return Availability {
+                available: false,
+                reason: Some(e.clone()),
+            };
+        }
         Availability {
             available: true,
             reason: None,
@@ -332,6 +387,7 @@ impl Extension for LocalExtension {
             agent: self.agent.clone(),
             agent_limits: self.agent_limits,
             cgroups: self.cgroups.clone(),
+            disks: self.disks.clone(),
         };
         for (key, value) in options {
             if key == "nsenter" {
@@ -377,8 +433,9 @@ impl Extension for LocalExtension {
         let workspace2 = workspace.clone();
         let from_snapshot = req.from_snapshot.clone();
         let ids = self.ids;
+        let disk = self.disk_for(req)?;
         tokio::task::spawn_blocking(move || {
-            prepare_dir(&dir2, &workspace2, copy_from.as_deref(), ids)?;
+            prepare_dir(&dir2, &workspace2, copy_from.as_deref(), ids, disk.as_ref())?;
             match &from_snapshot {
                 Some(src) => fill_from_snapshot(&workspace2, src, ids),
                 None => Ok(()),
@@ -570,7 +627,12 @@ impl Extension for LocalExtension {
             }
         }
         let dir = st.dir.clone();
-        tokio::task::spawn_blocking(move || match remove_sandbox_dir(&dir) {
+        let disks = match &self.disks {
+            Some(Ok(d)) => Some(d.clone()),
+            _ => None,
+        };
+        let id = sandbox_id.to_owned();
+        tokio::task::spawn_blocking(move || match release_dir(&dir, &id, disks.as_deref()) {
             Ok(()) => Ok(()),
             Err(e) => Err(ExtError::new(
                 ProblemCode::TeardownFailed,
@@ -655,10 +717,12 @@ impl Extension for LocalExtension {
         if !disk {
             return Some(cg.usage());
         }
-        let workspace = self.dir_of(sandbox_id).join("workspace");
+        let dir = self.dir_of(sandbox_id);
         tokio::task::spawn_blocking(move || {
             let mut u = cg.usage();
-            u.disk_bytes = fsutil::disk_usage(&workspace, DISK_WALK_LIMIT);
+            // Its own filesystem: one statvfs; else a walk of the workspace.
+            u.disk_bytes = disk::used_bytes(&dir)
+                .unwrap_or_else(|| fsutil::disk_usage(&dir.join("workspace"), DISK_WALK_LIMIT));
             u
         })
         .await

@@ -3,22 +3,48 @@
 
 use super::*;
 
+/// A sandbox's own filesystem of `bytes` (`resources.disk`).
+pub struct DiskPlan {
+    pub disks: Arc<disk::Disks>,
+    pub sandbox_id: String,
+    pub bytes: u64,
+}
+
 pub(super) fn prepare_dir(
     dir: &Path,
     workspace: &Path,
     copy_from: Option<&Path>,
     ids: SandboxIds,
+    disk: Option<&DiskPlan>,
 ) -> Result<(), ExtError> {
     let io = |what: &str, e: std::io::Error| {
         ExtError::new(ProblemCode::ProvisionFailed, format!("{what}: {e}"))
     };
-    remove_sandbox_dir(dir).map_err(|e| io(&format!("clearing {}", dir.display()), e))?;
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    release_dir(dir, &id, disk.map(|d| d.disks.as_ref()))
+        .map_err(|e| io(&format!("clearing {}", dir.display()), e))?;
     // The sandboxes dir and each sandbox's dir belong to the daemon alone:
     // no other host user reaches a workspace, or anything in it that the
     // sandbox made setuid.
     let sandboxes = dir.parent().unwrap_or(dir);
     for d in [sandboxes, dir] {
         fsutil::private_dir(d).map_err(|e| io(&format!("creating {}", d.display()), e))?;
+    }
+    if let Some(plan) = disk {
+        // The sandbox's directory becomes its own filesystem of `disk`
+        // bytes; its root gets the directory's private mode again.
+        plan.disks
+            .attach(&plan.sandbox_id, plan.bytes, dir)
+            .map_err(|e| {
+                ExtError::new(
+                    ProblemCode::ProvisionFailed,
+                    format!("the sandbox's disk of {} bytes: {e}", plan.bytes),
+                )
+            })?;
+        fsutil::private_dir(dir).map_err(|e| io(&format!("securing {}", dir.display()), e))?;
     }
     if ids.switch {
         // A root daemon starts bubblewrap as the sandbox's host user, which
@@ -99,6 +125,28 @@ pub(super) fn pids_running(sandbox_id: &str) -> Vec<i32> {
         })
         .filter(|pid| !is_zombie(*pid))
         .collect()
+}
+
+/// Unmount a sandbox's own filesystem (if `dir` is one), remove its
+/// image, then its directory.
+pub(super) fn release_dir(
+    dir: &Path,
+    sandbox_id: &str,
+    disks: Option<&disk::Disks>,
+) -> std::io::Result<()> {
+    match disks {
+        Some(d) => d.detach(sandbox_id, dir).map_err(std::io::Error::other)?,
+        None if disk::is_mount_point(dir) => {
+            // Mounted by a daemon configured otherwise: still never
+            // recursed into and left mounted.
+            return Err(std::io::Error::other(format!(
+                "{} is a mount point; unmount it (and remove its image under <data_dir>/disks)",
+                dir.display()
+            )));
+        }
+        None => {}
+    }
+    remove_sandbox_dir(dir)
 }
 
 /// Remove a sandbox's directory. A file flagged immutable or append-only
