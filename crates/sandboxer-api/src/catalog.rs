@@ -35,6 +35,9 @@ pub struct Profile {
     pub ttl: TtlSpec,
     #[serde(default)]
     pub resources: Resources,
+    /// Named relaxations of the default confinement (ext.local).
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    pub security: Security,
     #[serde(default)]
     pub setup: Setup,
     #[serde(default)]
@@ -245,6 +248,26 @@ pub struct Resources {
     /// The most processes (threads count) at once; ext.local defaults it to 512.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+}
+
+/// `security` of a profile: the default confinement, relaxed only by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Switches that each allow a group of system calls the seccomp filter
+    /// denies by default: `ptrace` (ptrace, process_vm_readv/writev: gdb,
+    /// strace inside the sandbox), `perf` (perf_event_open: profilers),
+    /// `io_uring` (io_uring_setup/enter/register).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+impl Security {
+    /// Nothing relaxed.
+    pub fn is_default(&self) -> bool {
+        self.allow.is_empty()
+    }
 }
 
 /// What is set up inside a sandbox when it is provisioned.

@@ -238,6 +238,7 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
         return Err("field `ttl.default`: must be more than zero and at most `ttl.max`".into());
     }
     check_resources(&spec.resources)?;
+    crate::confine::seccomp::switches(&spec.security.allow)?;
     match (spec.workspace.mode.as_str(), &spec.workspace.from_input) {
         ("empty", None) => {}
         ("copy", Some(input)) if spec.inputs.contains_key(input) => {}

@@ -51,6 +51,10 @@ enum Command {
         /// Start time of that pid (clock ticks since boot), so a reused pid is refused.
         #[arg(long)]
         start: Option<u64>,
+        /// The profile's `security.allow` switches the sandbox runs with
+        /// (comma-separated), so the entered command gets the same filter.
+        #[arg(long, value_delimiter = ',')]
+        seccomp_allow: Vec<String>,
         /// The command and its arguments [default: /bin/sh].
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<std::ffi::OsString>,
@@ -63,10 +67,21 @@ fn main() -> ExitCode {
         print!("{EXAMPLE_CONFIG}");
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Enter { pid, start, argv }) = args.command {
+    if let Some(Command::Enter {
+        pid,
+        start,
+        seccomp_allow,
+        argv,
+    }) = args.command
+    {
         // Before any thread exists: a multi-threaded process cannot join a
         // user namespace.
-        let enter = sandboxerd::confine::enter::EnterArgs { pid, start, argv };
+        let enter = sandboxerd::confine::enter::EnterArgs {
+            pid,
+            start,
+            seccomp_allow,
+            argv,
+        };
         return match sandboxerd::confine::enter::run(&enter) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
             Err(e) => {

@@ -33,6 +33,8 @@ pub struct EnterArgs {
     pub pid: i32,
     /// Its start time in clock ticks since boot, so a reused pid is refused.
     pub start: Option<u64>,
+    /// The sandbox's seccomp switches (its profile's `security.allow`).
+    pub seccomp_allow: Vec<String>,
     /// The command and its arguments; a login shell when empty.
     pub argv: Vec<OsString>,
 }
@@ -93,7 +95,7 @@ pub fn run(args: &EnterArgs) -> Result<i32, EnterError> {
     let root =
         File::open(format!("/proc/{pid}/root")).map_err(io(format!("opening /proc/{pid}/root")))?;
     let env = sandbox_env(pid);
-    let programs = super::seccomp::programs()?;
+    let programs = super::seccomp::programs_allowing(&args.seccomp_allow)?;
 
     // Into the sandbox's cgroups first (its limits hold for what is entered
     // too), while this process still has the daemon's rights over them.

@@ -74,6 +74,41 @@ pub const DENIED: &[(&str, i64)] = &[
     ("uselib", libc::SYS_uselib),
 ];
 
+/// The named switches a profile's `security.allow` may give, and the calls
+/// of [`DENIED`] each one allows. Nothing else can be relaxed: mounts, file
+/// handles, modules, kexec, BPF, keyrings and new user namespaces stay
+/// denied whatever a profile says.
+pub const SWITCHES: &[(&str, &[&str])] = &[
+    (
+        "ptrace",
+        &["ptrace", "process_vm_readv", "process_vm_writev"],
+    ),
+    ("perf", &["perf_event_open"]),
+    (
+        "io_uring",
+        &["io_uring_setup", "io_uring_enter", "io_uring_register"],
+    ),
+];
+
+/// Checks `allow` names known switches; answers them sorted, once each.
+pub fn switches(allow: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, name) in allow.iter().enumerate() {
+        if !SWITCHES.iter().any(|(n, _)| n == name) {
+            let known: Vec<&str> = SWITCHES.iter().map(|(n, _)| *n).collect();
+            return Err(format!(
+                "field `security.allow[{i}]`: `{name}` is not one of {}",
+                known.join(", ")
+            ));
+        }
+        if !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// `unshare` and `clone` are denied only with `CLONE_NEWUSER` in their flags:
 /// a new user namespace would give the process every capability again
 /// (inside it), and with them the whole kernel surface this filter and the
@@ -89,10 +124,24 @@ pub struct FilterError(String);
 /// The programs to load, in order: the main deny-list, then the `ENOSYS`
 /// program for `clone3` and x32 calls.
 pub fn programs() -> Result<Vec<BpfProgram>, FilterError> {
+    programs_allowing(&[])
+}
+
+/// [`programs`] with the calls of the named [`SWITCHES`] allowed (unknown
+/// names allow nothing).
+pub fn programs_allowing(allow: &[String]) -> Result<Vec<BpfProgram>, FilterError> {
     let arch =
         TargetArch::try_from(std::env::consts::ARCH).map_err(|e| FilterError(format!("{e:?}")))?;
+    let relaxed: Vec<&str> = SWITCHES
+        .iter()
+        .filter(|(n, _)| allow.iter().any(|a| a == n))
+        .flat_map(|(_, calls)| calls.iter().copied())
+        .collect();
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (_, nr) in DENIED {
+    for (name, nr) in DENIED {
+        if relaxed.contains(name) {
+            continue;
+        }
         // An empty rule list matches the call whatever its arguments.
         rules.insert(*nr, Vec::new());
     }

@@ -396,3 +396,72 @@ async fn writing_past_disk_fails_with_enospc_inside_and_nothing_is_left_after() 
     assert!(!loops.contains(&id), "loop device left: {loops}");
     assert!(!d.data_dir.join("sandboxes").join(&id).exists());
 }
+
+/// errno of a raw system call inside the sandbox (0: allowed).
+const SYSCALLS: &str = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return 0 if r >= 0 else ctypes.get_errno()
+print('ptrace=%d' % call(101, 0, 0, 0, 0))
+print('keyctl=%d' % call(250, 0, -2, 1))
+print('mount=%d' % call(165, 0, 0, 0, 0, 0))
+print('unshare_newuser=%d' % call(272, 0x10000000))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_security_switch_relaxes_only_its_calls() {
+    require_bwrap();
+    if !testkit::have("python3") {
+        eprintln!("SKIPPED: python3 is needed inside the sandbox for the system-call probe");
+        return;
+    }
+    let dir = TestDir::new();
+    let d = daemon_with(dir.path(), "  memory: 256MiB\nsecurity:\n  allow: [ptrace]");
+    let id = limited(&d).await;
+    let v = exec(&d, &id, json!(["python3", "-c", SYSCALLS]), "30s").await;
+    let out = v["stdout"].as_str().unwrap_or_default();
+    // EPERM is 1: what stays denied answers it; ptrace(TRACEME) is allowed.
+    for line in ["ptrace=0", "keyctl=1", "mount=1", "unshare_newuser=1"] {
+        assert!(out.lines().any(|l| l == line), "{line} expected in {v}");
+    }
+    // Commands entered from the host get the same filter.
+    let sbx = d.client.get(&id, None).await.expect("get");
+    let enter = sbx.reachability.expect("reach")["enter"].clone();
+    let argv: Vec<String> = serde_json::from_value(enter).expect("argv");
+    assert!(
+        argv.windows(2).any(|w| w == ["--seccomp-allow", "ptrace"]),
+        "{argv:?}"
+    );
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["python3", "-c", SYSCALLS])
+        .output()
+        .expect("enter");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.lines().any(|l| l == "ptrace=0"), "{out}");
+    assert!(out.lines().any(|l| l == "keyctl=1"), "{out}");
+
+    // A switch that does not exist stops the profile, naming the field.
+    let bad = TestDir::new();
+    let profiles = bad.path().join("profiles");
+    std::fs::create_dir_all(&profiles).expect("mkdir");
+    let text = std::fs::read_to_string(dir.path().join("profiles/limits.yaml")).expect("read");
+    std::fs::write(
+        profiles.join("limits.yaml"),
+        text.replace("[ptrace]", "[ptrace, mount]"),
+    )
+    .expect("write");
+    let err = testkit::daemon!()
+        .args(["--profiles", profiles.to_str().expect("utf-8")])
+        .try_start(&bad.path().join("data"))
+        .err()
+        .expect("the daemon must refuse the profile");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("security.allow[1]") && err.contains("`mount`"),
+        "{err}"
+    );
+}

@@ -200,12 +200,7 @@ impl LocalExtension {
                 "bubblewrap (`bwrap`) is not installed; install it with `apt-get install bubblewrap`",
             ));
         };
-        let programs = self.seccomp.as_ref().map_err(|e| {
-            ExtError::new(
-                ProblemCode::BackendUnavailable,
-                format!("no seccomp filter for this machine: {e}"),
-            )
-        })?;
+        let programs = self.seccomp_for(&req.profile.security.allow)?;
         if let Err(e) = &self.agent {
             return Err(ExtError::new(ProblemCode::BackendUnavailable, e.clone()));
         }
@@ -280,16 +275,20 @@ impl LocalExtension {
 
     /// The argv prefix that runs a command inside the sandbox whose init is
     /// `pid`, with the sandbox's privileges: `sandboxerd enter`.
-    pub(super) fn enter_prefix(&self, pid: i32, start: u64) -> Vec<String> {
-        vec![
+    pub(super) fn enter_prefix(&self, pid: i32, start: u64, allow: &[String]) -> Vec<String> {
+        let mut argv = vec![
             self.exe.to_string_lossy().into_owned(),
             "enter".into(),
             "--pid".into(),
             pid.to_string(),
             "--start".into(),
             start.to_string(),
-            "--".into(),
-        ]
+        ];
+        if !allow.is_empty() {
+            argv.extend(["--seccomp-allow".into(), allow.join(",")]);
+        }
+        argv.push("--".into());
+        argv
     }
 }
 

@@ -70,8 +70,10 @@ pub struct LocalExtension {
     bwrap_option: Option<PathBuf>,
     /// Who the sandbox is on the host.
     ids: SandboxIds,
-    /// The seccomp programs, as bubblewrap reads them (built once).
+    /// The default seccomp programs, as bubblewrap reads them (built once).
     seccomp: Result<Arc<Vec<Vec<u8>>>, String>,
+    /// Programs relaxed by a profile's `security.allow`, by switch set.
+    relaxed: Arc<std::sync::Mutex<BTreeMap<Vec<String>, Arc<Vec<Vec<u8>>>>>>,
     /// This daemon's executable, whose `enter` subcommand joins a sandbox.
     exe: PathBuf,
     /// The in-sandbox agent as installed under the data dir (see
@@ -134,6 +136,9 @@ impl SandboxIds {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct LocalState {
     dir: PathBuf,
+    /// The profile's `security.allow` switches (for `enter`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seccomp_allow: Vec<String>,
     #[serde(default)]
     pid: Option<i32>,
     /// Start time of `pid` (clock ticks since boot), so a reused pid is never killed.
@@ -209,6 +214,7 @@ impl LocalExtension {
             bwrap_option: None,
             ids,
             seccomp,
+            relaxed: Arc::default(),
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sandboxerd")),
             agent: agent::install(access.agent.as_deref(), data_dir, ids),
             agent_limits: agent::Limits {
@@ -278,6 +284,36 @@ impl LocalExtension {
                 bytes,
             })),
         }
+    }
+
+    /// The seccomp programs for a profile's `security.allow` (built once
+    /// per set of switches).
+    fn seccomp_for(&self, allow: &[String]) -> Result<Arc<Vec<Vec<u8>>>, ExtError> {
+        let unavailable = |e: String| {
+            ExtError::new(
+                ProblemCode::BackendUnavailable,
+                format!("no seccomp filter for this machine: {e}"),
+            )
+        };
+        let default = self.seccomp.clone().map_err(unavailable)?;
+        if allow.is_empty() {
+            return Ok(default);
+        }
+        let key =
+            seccomp::switches(allow).map_err(|e| ExtError::new(ProblemCode::ProvisionFailed, e))?;
+        let mut cache = self.relaxed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let programs: Arc<Vec<Vec<u8>>> = Arc::new(
+            seccomp::programs_allowing(&key)
+                .map_err(|e| unavailable(e.to_string()))?
+                .iter()
+                .map(|p| seccomp::to_bytes(p))
+                .collect(),
+        );
+        cache.insert(key, programs.clone());
+        Ok(programs)
     }
 
     /// Sandbox `id`'s cgroup, where limits are enforced.
@@ -383,6 +419,7 @@ impl Extension for LocalExtension {
             bwrap_option: None,
             ids: self.ids,
             seccomp: self.seccomp.clone(),
+            relaxed: self.relaxed.clone(),
             exe: self.exe.clone(),
             agent: self.agent.clone(),
             agent_limits: self.agent_limits,
@@ -462,6 +499,7 @@ impl Extension for LocalExtension {
         drop(child);
         Ok(serde_json::to_value(LocalState {
             dir,
+            seccomp_allow: req.profile.security.allow.clone(),
             pid: None,
             pid_start: None,
         })
@@ -519,10 +557,11 @@ impl Extension for LocalExtension {
                             "kind": "local",
                             "workdir": workdir,
                             "pid": pid,
-                            "enter": self.enter_prefix(pid, start),
+                            "enter": self.enter_prefix(pid, start, &st.seccomp_allow),
                         });
                         let backend_state = serde_json::to_value(LocalState {
                             dir: st.dir.clone(),
+                            seccomp_allow: st.seccomp_allow.clone(),
                             pid: Some(pid),
                             pid_start: Some(start),
                         })
