@@ -71,9 +71,9 @@ pub struct LocalExtension {
     /// Who the sandbox is on the host.
     ids: SandboxIds,
     /// The default seccomp programs, as bubblewrap reads them (built once).
-    seccomp: Result<Arc<Vec<Vec<u8>>>, String>,
+    seccomp: Result<Programs, String>,
     /// Programs relaxed by a profile's `security.allow`, by switch set.
-    relaxed: Arc<std::sync::Mutex<BTreeMap<Vec<String>, Arc<Vec<Vec<u8>>>>>>,
+    relaxed: Arc<std::sync::Mutex<BTreeMap<Vec<String>, Programs>>>,
     /// This daemon's executable, whose `enter` subcommand joins a sandbox.
     exe: PathBuf,
     /// The in-sandbox agent as installed under the data dir (see
@@ -91,6 +91,9 @@ pub struct LocalExtension {
 
 /// The most entries [`Extension::usage`] walks to sum a workspace's size.
 const DISK_WALK_LIMIT: usize = 200_000;
+
+/// Seccomp programs as the bytes bubblewrap reads, in load order.
+type Programs = Arc<Vec<Vec<u8>>>;
 
 /// The `pids` limit of a profile that does not set one.
 pub const DEFAULT_PIDS: u64 = 512;
@@ -288,7 +291,7 @@ impl LocalExtension {
 
     /// The seccomp programs for a profile's `security.allow` (built once
     /// per set of switches).
-    fn seccomp_for(&self, allow: &[String]) -> Result<Arc<Vec<Vec<u8>>>, ExtError> {
+    fn seccomp_for(&self, allow: &[String]) -> Result<Programs, ExtError> {
         let unavailable = |e: String| {
             ExtError::new(
                 ProblemCode::BackendUnavailable,
@@ -305,7 +308,7 @@ impl LocalExtension {
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let programs: Arc<Vec<Vec<u8>>> = Arc::new(
+        let programs: Programs = Arc::new(
             seccomp::programs_allowing(&key)
                 .map_err(|e| unavailable(e.to_string()))?
                 .iter()
