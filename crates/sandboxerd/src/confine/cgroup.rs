@@ -154,21 +154,24 @@ impl Cgroups {
         };
         let own = own_v2.unwrap_or_else(|| "/".into());
         let own_dir = mount.join(own.trim_start_matches('/'));
+        let enable = V2_CONTROLLERS.map(|c| format!("+{c}")).join(" ");
         let dir = match parent {
             Some(p) => mount.join(p.trim_start_matches('/')),
             None => {
                 // A delegated cgroup may not both hold processes and hand
-                // controllers down: this process moves into a leaf first.
+                // controllers down: this process moves into a leaf first,
+                // then its own cgroup hands the controllers to its children.
                 if own != "/" {
                     let leaf = own_dir.join("daemon");
                     make_parent(&leaf)?;
                     write(&leaf.join("cgroup.procs"), "0")?;
+                    write(&own_dir.join("cgroup.subtree_control"), &enable)?;
                 }
                 own_dir.join("sandboxer")
             }
         };
         make_parent(&dir)?;
-        // Hand the controllers down at every level from the parent's parent.
+        // The parent must have them to hand down to each sandbox's cgroup.
         let available = std::fs::read_to_string(dir.join("cgroup.controllers")).map_err(io_err(
             format!("reading {}/cgroup.controllers", dir.display()),
         ))?;
@@ -184,10 +187,7 @@ impl Cgroups {
                 missing.join(", ")
             ));
         }
-        write(
-            &dir.join("cgroup.subtree_control"),
-            &V2_CONTROLLERS.map(|c| format!("+{c}")).join(" "),
-        )?;
+        write(&dir.join("cgroup.subtree_control"), &enable)?;
         Ok(Cgroups::V2(dir))
     }
 

@@ -25,6 +25,7 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Check every [`INTERVAL`] until `stop` is cancelled.
 pub async fn run(state: AppState, stop: CancellationToken) {
     let mut seen: HashMap<String, Usage> = HashMap::new();
+    let mut started = false;
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -32,14 +33,21 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = check(&state, &mut seen).await {
+        let first_pass = !started;
+        started = true;
+        if let Err(e) = check(&state, &mut seen, first_pass).await {
             tracing::warn!(error = %e, "exit watcher pass failed");
         }
     }
 }
 
-/// One pass. `seen` holds each sandbox's usage at the previous pass.
-pub async fn check(state: &AppState, seen: &mut HashMap<String, Usage>) -> Result<(), StoreError> {
+/// One pass. `seen` holds each sandbox's usage at the previous pass;
+/// `first_pass` is this daemon's first.
+pub async fn check(
+    state: &AppState,
+    seen: &mut HashMap<String, Usage>,
+    first_pass: bool,
+) -> Result<(), StoreError> {
     let mut usage = BTreeMap::new();
     let rows = state.db.watched().await?;
     for (id, ext_id, backend_state, generation) in rows {
@@ -68,7 +76,14 @@ pub async fn check(state: &AppState, seen: &mut HashMap<String, Usage>) -> Resul
         let Some(u) = ext.usage(&id, backend_state.as_ref(), false).await else {
             continue;
         };
-        let before = seen.get(&id).map_or(0, |u| u.oom_kills);
+        // On this daemon's first pass, what is counted already is the
+        // baseline (kills before a restart were reported by the daemon that
+        // saw them); a sandbox first seen later is new and starts from 0.
+        let before = match seen.get(&id) {
+            Some(last) => last.oom_kills,
+            None if first_pass => u.oom_kills,
+            None => 0,
+        };
         if u.oom_kills > before {
             let n = u.oom_kills - before;
             state.metrics.add(Counter::OomKills, n);

@@ -183,9 +183,11 @@ impl LocalExtension {
                         Arc::new(c)
                     })
                     .map_err(|e| {
-                        format!(
+                        let e = format!(
                             "cannot enforce resource limits: {e} (or set `[local] limits = \"off\"` to run sandboxes without them)"
-                        )
+                        );
+                        tracing::error!(error = %e, "ext.local is unavailable");
+                        e
                     }),
             ),
         };
