@@ -30,6 +30,29 @@ impl Default for TestDir {
 impl Drop for TestDir {
     fn drop(&mut self) {
         kill_leftovers(self.0.path());
+        unmount_under(self.0.path());
+    }
+}
+
+/// Detach every mount at or under `dir`, deepest first (a sandbox's disk
+/// image that a killed daemon left mounted), so removing `dir` removes
+/// everything and no loop device stays held. Best effort.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let marker = dir.to_string_lossy().into_owned();
+    let mut points: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&marker))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", p])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -207,13 +207,14 @@ pub trait Extension: Send + Sync {
         )
     }
 
-    /// What a running sandbox uses now, where the backend measures it;
-    /// `disk_bytes` only with `disk` (it may walk the workspace).
+    /// What a running sandbox uses now, where the backend measures it.
+    /// `state` may be `None` (the GET path does not read the row again).
+    /// `walk`: `disk_bytes` even where it costs a walk of the workspace.
     async fn usage(
         &self,
         _sandbox_id: &str,
         _state: Option<&BackendState>,
-        _disk: bool,
+        _walk: bool,
     ) -> Option<Usage> {
         None
     }

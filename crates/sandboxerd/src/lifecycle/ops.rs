@@ -194,7 +194,8 @@ pub async fn touch(state: &AppState, scope: Option<&str>, id: &str) -> OpResult<
 }
 
 /// `sbx` with the live usage its backend measures (`ready`/`active` only;
-/// left `null` where the backend cannot tell).
+/// left `null` where the backend cannot tell). Read now, not cached: a
+/// client checking what its last command did sees it.
 pub async fn with_usage(state: &AppState, mut sbx: Sandbox) -> Sandbox {
     if !matches!(sbx.state, SandboxState::Ready | SandboxState::Active) {
         return sbx;
@@ -202,10 +203,8 @@ pub async fn with_usage(state: &AppState, mut sbx: Sandbox) -> Sandbox {
     let Some(ext) = state.extensions.get(&sbx.extension) else {
         return sbx;
     };
-    let backend_state = match state.db.get_row(&sbx.id, None).await {
-        Ok(Some(row)) => row.backend_state(),
-        _ => None,
-    };
-    sbx.usage = ext.usage(&sbx.id, backend_state.as_ref(), true).await;
+    // Backends that measure usage find their sandbox by id (ext.local);
+    // no second read of the row on this hot path.
+    sbx.usage = ext.usage(&sbx.id, None, true).await;
     sbx
 }

@@ -22,10 +22,14 @@ use crate::AppState;
 /// How often live sandboxes are checked.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
+/// Every how many passes a workspace's size is summed again where it has
+/// no filesystem of its own (a statvfs otherwise, every pass).
+const DISK_EVERY: u64 = 10;
+
 /// Check every [`INTERVAL`] until `stop` is cancelled.
 pub async fn run(state: AppState, stop: CancellationToken) {
     let mut seen: HashMap<String, Usage> = HashMap::new();
-    let mut started = false;
+    let mut pass: u64 = 0;
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -33,21 +37,21 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let first_pass = !started;
-        started = true;
-        if let Err(e) = check(&state, &mut seen, first_pass).await {
+        if let Err(e) = check(&state, &mut seen, pass).await {
             tracing::warn!(error = %e, "exit watcher pass failed");
         }
+        pass += 1;
     }
 }
 
-/// One pass. `seen` holds each sandbox's usage at the previous pass;
-/// `first_pass` is this daemon's first.
+/// Pass number `pass` (0: this daemon's first). `seen` holds each
+/// sandbox's usage at the previous pass.
 pub async fn check(
     state: &AppState,
     seen: &mut HashMap<String, Usage>,
-    first_pass: bool,
+    pass: u64,
 ) -> Result<(), StoreError> {
+    let first_pass = pass == 0;
     let mut usage = BTreeMap::new();
     let rows = state.db.watched().await?;
     for (id, ext_id, backend_state, generation) in rows {
@@ -73,9 +77,18 @@ pub async fn check(
                 continue;
             }
         }
-        let Some(u) = ext.usage(&id, backend_state.as_ref(), false).await else {
+        // The walk of a workspace without its own filesystem is the one
+        // costly part: done on first sight and every DISK_EVERY passes.
+        let last = seen.get(&id);
+        let walk = last.is_none() || pass.is_multiple_of(DISK_EVERY);
+        let Some(mut u) = ext.usage(&id, backend_state.as_ref(), walk).await else {
             continue;
         };
+        if let (false, Some(last)) = (walk, last) {
+            if u.disk_bytes == 0 {
+                u.disk_bytes = last.disk_bytes;
+            }
+        }
         // On this daemon's first pass, what is counted already is the
         // baseline (kills before a restart were reported by the daemon that
         // saw them); a sandbox first seen later is new and starts from 0.

@@ -70,10 +70,10 @@ impl Disks {
         if !nix::unistd::geteuid().is_root() {
             return Err("mounting a sandbox's disk image needs a root daemon".into());
         }
-        for tool in ["mkfs.ext4", "mount", "umount"] {
+        for tool in ["mkfs.ext4"] {
             if super::bwrap::find_in_path(tool).is_none() {
                 return Err(format!(
-                    "`{tool}` is not on PATH (apt-get install e2fsprogs mount)"
+                    "`{tool}` is not on PATH (apt-get install e2fsprogs)"
                 ));
             }
         }
@@ -106,11 +106,7 @@ impl Disks {
             format(&image, bytes)?;
         }
         self.refill(bytes);
-        let mounted = run(Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime"])
-            .arg(&image)
-            .arg(at));
-        if let Err(e) = mounted {
+        if let Err(e) = mount(&image, at) {
             let _ = std::fs::remove_file(&image);
             return Err(e);
         }
@@ -122,10 +118,12 @@ impl Disks {
     /// and removes the image. Nothing there is fine.
     pub fn detach(&self, sandbox_id: &str, at: &Path) -> Result<(), String> {
         if is_mount_point(at) {
-            if let Err(e) = run(Command::new("umount").arg(at)) {
+            use nix::mount::{umount2, MntFlags};
+            if let Err(e) = umount2(at, MntFlags::empty()) {
                 // Busy (a host process inside it): detached now, freed
-                // when the last user goes.
-                run(Command::new("umount").arg("-l").arg(at)).map_err(|_| e)?;
+                // (with its loop device) when the last user goes.
+                umount2(at, MntFlags::MNT_DETACH)
+                    .map_err(|_| format!("unmounting {}: {e}", at.display()))?;
             }
         }
         match std::fs::remove_file(self.image(sandbox_id)) {
@@ -180,6 +178,22 @@ impl Disks {
         }
         removed
     }
+}
+
+/// Mounts the ext4 image `image` at `at`, `nosuid,nodev,noatime`, through
+/// a loop device the kernel frees when it is unmounted.
+fn mount(image: &Path, at: &Path) -> Result<(), String> {
+    use nix::mount::MsFlags;
+    let (device, _held) = sandboxer_sys::attach_loop(image)
+        .map_err(|e| format!("a loop device for {}: {e}", image.display()))?;
+    nix::mount::mount(
+        Some(&device),
+        at,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting {} at {}: {e}", device.display(), at.display()))
 }
 
 /// Bytes used on the filesystem mounted at `at` (`None` when `at` is no

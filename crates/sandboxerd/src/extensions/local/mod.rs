@@ -752,25 +752,30 @@ impl Extension for LocalExtension {
         &self,
         sandbox_id: &str,
         _state: Option<&BackendState>,
-        disk: bool,
+        walk: bool,
     ) -> Option<Usage> {
         let cg = self.cgroup_of(sandbox_id)?;
         if !cg.exists() {
             return None;
         }
-        if !disk {
-            return Some(cg.usage());
-        }
         let dir = self.dir_of(sandbox_id);
-        tokio::task::spawn_blocking(move || {
-            let mut u = cg.usage();
-            // Its own filesystem: one statvfs; else a walk of the workspace.
-            u.disk_bytes = disk::used_bytes(&dir)
-                .unwrap_or_else(|| fsutil::disk_usage(&dir.join("workspace"), DISK_WALK_LIMIT));
-            u
-        })
-        .await
-        .ok()
+        // A few small reads of cgroup files, and for a sandbox with its own
+        // filesystem one statvfs: cheap enough to do inline.
+        let mut u = cg.usage();
+        match disk::used_bytes(&dir) {
+            Some(used) => u.disk_bytes = used,
+            None if walk => {
+                // No filesystem of its own: the workspace is walked.
+                let workspace = dir.join("workspace");
+                u.disk_bytes = tokio::task::spawn_blocking(move || {
+                    fsutil::disk_usage(&workspace, DISK_WALK_LIMIT)
+                })
+                .await
+                .unwrap_or(0);
+            }
+            None => {}
+        }
+        Some(u)
     }
 
     fn can_snapshot(&self) -> bool {
