@@ -144,6 +144,9 @@ impl Disks {
         }
         let me = self.clone();
         std::thread::spawn(move || {
+            // After the create that took a spare is through (mkfs is ~13 ms
+            // of CPU, which that create should not compete with).
+            std::thread::sleep(std::time::Duration::from_millis(100));
             for n in 0..SPARES {
                 let path = me.spare(bytes, n);
                 if !path.exists() {

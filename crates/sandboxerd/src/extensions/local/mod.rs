@@ -17,7 +17,7 @@
 //! processes and ports on `agent.sock` in the sandbox's directory. Commands
 //! can also be entered with the sandbox's own privileges by `sandboxerd
 //! enter` ([`crate::confine::enter`]).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,12 @@ pub struct LocalExtension {
     /// Disk images for `resources.disk` (`None`: not enforced here), or
     /// why they are required and cannot be made.
     disks: Option<Result<Arc<disk::Disks>, String>>,
+    /// The latest usage read per sandbox, and when.
+    usage: Arc<std::sync::Mutex<HashMap<String, (Instant, Usage)>>>,
 }
+
+/// How long a usage reading is served again.
+const USAGE_FRESH: Duration = Duration::from_millis(250);
 
 /// The most entries [`Extension::usage`] walks to sum a workspace's size.
 const DISK_WALK_LIMIT: usize = 200_000;
@@ -228,6 +233,7 @@ impl LocalExtension {
             },
             cgroups,
             disks,
+            usage: Arc::default(),
         }
     }
 
@@ -319,6 +325,42 @@ impl LocalExtension {
         );
         cache.insert(key, programs.clone());
         Ok(programs)
+    }
+
+    /// The usage last read for `sandbox_id` and when.
+    fn usage_cache(&self, sandbox_id: &str) -> Option<(Instant, Usage)> {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sandbox_id)
+            .cloned()
+    }
+
+    /// Reads sandbox `sandbox_id`'s usage now; the workspace is walked for
+    /// `disk_bytes` only with `walk` when it has no filesystem of its own.
+    async fn read_usage(&self, sandbox_id: &str, walk: bool) -> Option<Usage> {
+        let cg = self.cgroup_of(sandbox_id)?;
+        if !cg.exists() {
+            return None;
+        }
+        let dir = self.dir_of(sandbox_id);
+        // A few small reads of cgroup files, and for a sandbox with its own
+        // filesystem one statvfs: cheap enough to do inline.
+        let mut u = cg.usage();
+        match disk::used_bytes(&dir) {
+            Some(used) => u.disk_bytes = used,
+            None if walk => {
+                // No filesystem of its own: the workspace is walked.
+                let workspace = dir.join("workspace");
+                u.disk_bytes = tokio::task::spawn_blocking(move || {
+                    fsutil::disk_usage(&workspace, DISK_WALK_LIMIT)
+                })
+                .await
+                .unwrap_or(0);
+            }
+            None => {}
+        }
+        Some(u)
     }
 
     /// Sandbox `id`'s cgroup, where limits are enforced.
@@ -430,6 +472,7 @@ impl Extension for LocalExtension {
             agent_limits: self.agent_limits,
             cgroups: self.cgroups.clone(),
             disks: self.disks.clone(),
+            usage: self.usage.clone(),
         };
         for (key, value) in options {
             if key == "nsenter" {
@@ -476,6 +519,7 @@ impl Extension for LocalExtension {
         let from_snapshot = req.from_snapshot.clone();
         let ids = self.ids;
         let disk = self.disk_for(req)?;
+        let started = Instant::now();
         tokio::task::spawn_blocking(move || {
             prepare_dir(&dir2, &workspace2, copy_from.as_deref(), ids, disk.as_ref())?;
             match &from_snapshot {
@@ -488,7 +532,9 @@ impl Extension for LocalExtension {
             ExtError::new(ProblemCode::ProvisionFailed, format!("workspace task: {e}"))
         })??;
 
+        let prepared = started.elapsed();
         let cgroup = self.prepare_cgroup(req)?;
+        let limited = started.elapsed();
         let cmd = self.bwrap_command(req, &dir, cgroup.as_ref())?;
         let bwrap = cmd.get_program().to_owned();
         let mut cmd = tokio::process::Command::from(cmd);
@@ -502,6 +548,12 @@ impl Extension for LocalExtension {
         // Never waited on: dropping the handle leaves the sandbox running and
         // lets tokio reap the process whenever it exits.
         drop(child);
+        tracing::debug!(
+            dir_and_disk_us = prepared.as_micros() as u64,
+            cgroup_us = (limited - prepared).as_micros() as u64,
+            spawn_us = (started.elapsed() - limited).as_micros() as u64,
+            "provisioned"
+        );
         Ok(serde_json::to_value(LocalState {
             dir,
             seccomp_allow: req.profile.security.allow.clone(),
@@ -652,6 +704,10 @@ impl Extension for LocalExtension {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sandbox_id);
         // Anything left in its cgroup (nothing should be: every process of
         // the sandbox is in its pid namespace), then the cgroup itself.
         if let Some(cg) = self.cgroup_of(sandbox_id) {
@@ -754,27 +810,19 @@ impl Extension for LocalExtension {
         _state: Option<&BackendState>,
         walk: bool,
     ) -> Option<Usage> {
-        let cg = self.cgroup_of(sandbox_id)?;
-        if !cg.exists() {
-            return None;
-        }
-        let dir = self.dir_of(sandbox_id);
-        // A few small reads of cgroup files, and for a sandbox with its own
-        // filesystem one statvfs: cheap enough to do inline.
-        let mut u = cg.usage();
-        match disk::used_bytes(&dir) {
-            Some(used) => u.disk_bytes = used,
-            None if walk => {
-                // No filesystem of its own: the workspace is walked.
-                let workspace = dir.join("workspace");
-                u.disk_bytes = tokio::task::spawn_blocking(move || {
-                    fsutil::disk_usage(&workspace, DISK_WALK_LIMIT)
-                })
-                .await
-                .unwrap_or(0);
+        // Reading cgroup v1 files costs ~40 µs each: a sandbox polled by
+        // many clients is read at most every USAGE_FRESH.
+        if let Some((at, u)) = self.usage_cache(sandbox_id) {
+            if at.elapsed() < USAGE_FRESH && (!walk || u.disk_bytes > 0) {
+                return Some(u);
             }
-            None => {}
         }
+        let u = self.read_usage(sandbox_id, walk).await?;
+        let mut cache = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(sandbox_id.to_owned(), (Instant::now(), u.clone()));
         Some(u)
     }
 
