@@ -50,10 +50,38 @@ pub fn sandbox_details(s: &Sandbox, full: bool, now: DateTime<Utc>) -> String {
     if let Some(f) = &s.failure {
         add("failure", format!("{}: {}", f.code, f.message));
     }
+    if let Some(t) = &s.termination {
+        add(
+            "termination",
+            format!("{} {} ({})", t.reason, timestamp_rel(t.at, now), t.detail),
+        );
+    }
+    if let Some(u) = &s.usage {
+        add("usage", usage_line(u));
+    }
     if let Some(r) = &s.reachability {
         lines.extend(reachability_lines(r));
     }
     key_values(&lines)
+}
+
+/// Live usage on one line: `cpu 1.20 s, memory 12.0 MiB (peak 250.0 MiB), 3 pids, disk 4.0 KiB, 1 OOM kill`.
+pub fn usage_line(u: &sandboxer_api::Usage) -> String {
+    let mut line = format!(
+        "cpu {:.2} s, memory {} (peak {}), {} pids, disk {}",
+        u.cpu_seconds,
+        bytes(u.memory_bytes),
+        bytes(u.memory_peak_bytes),
+        u.pids,
+        bytes(u.disk_bytes)
+    );
+    if u.oom_kills > 0 {
+        line.push_str(&format!(", {} OOM kill(s)", u.oom_kills));
+    }
+    if u.pids_refused > 0 {
+        line.push_str(&format!(", {} fork(s) refused", u.pids_refused));
+    }
+    line
 }
 
 /// How to get into a sandbox, as `key: value` pairs: for `local` a
@@ -279,6 +307,23 @@ mod tests {
         );
         assert_eq!(lines[1], ("workdir".into(), "/w".into()));
         assert_eq!(lines[2], ("pid".into(), "123".into()));
+    }
+
+    #[test]
+    fn usage_says_what_was_hit() {
+        let u = sandboxer_api::Usage {
+            cpu_seconds: 1.5,
+            memory_bytes: 3 << 20,
+            memory_peak_bytes: 256 << 20,
+            pids: 4,
+            disk_bytes: 4096,
+            oom_kills: 1,
+            pids_refused: 0,
+        };
+        assert_eq!(
+            usage_line(&u),
+            "cpu 1.50 s, memory 3.0 MiB (peak 256.0 MiB), 4 pids, disk 4.0 KiB, 1 OOM kill(s)"
+        );
     }
 
     #[test]

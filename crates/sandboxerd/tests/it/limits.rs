@@ -18,6 +18,12 @@ use testkit::{require_bwrap, Daemon, TestDir};
 /// A daemon whose only profile is `profile.limits`: local-shell with
 /// `resources` replaced by `resources`.
 fn daemon_with(dir: &Path, resources: &str) -> Daemon {
+    daemon_as(dir, resources, None)
+}
+
+/// [`daemon_with`], run as `user` when given: an unprivileged daemon with a
+/// delegated cgroup subtree (what the shipped unit's `Delegate=yes` gives).
+fn daemon_as(dir: &Path, resources: &str, user: Option<(u32, u32)>) -> Daemon {
     let profiles = dir.join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
     let text = std::fs::read_to_string(testkit::repo_root().join("profiles/local-shell.yaml"))
@@ -32,9 +38,31 @@ fn daemon_with(dir: &Path, resources: &str) -> Daemon {
     .replace("profile.local-shell", "profile.limits");
     std::fs::write(profiles.join("limits.yaml"), text).expect("write");
     let data = dir.join("data");
-    testkit::daemon!()
-        .args(["--profiles", profiles.to_str().expect("utf-8")])
-        .start(&data)
+    let mut daemon = testkit::daemon!().args(["--profiles", profiles.to_str().expect("utf-8")]);
+    if let Some((uid, gid)) = user {
+        std::fs::create_dir_all(&data).expect("mkdir");
+        for p in [
+            dir.to_path_buf(),
+            profiles.clone(),
+            profiles.join("limits.yaml"),
+            data.clone(),
+        ] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
+        }
+        daemon = daemon.user((uid, gid));
+    }
+    daemon.start(&data)
+}
+
+/// The user an unprivileged daemon runs as, when this test can start one
+/// (it must be root to); `None` says why it is skipped.
+fn unprivileged() -> Option<(u32, u32)> {
+    if nix::unistd::geteuid().is_root() {
+        Some((4246, 4246))
+    } else {
+        eprintln!("SKIPPED: starting the daemon as another user needs root");
+        None
+    }
 }
 
 async fn limited(d: &Daemon) -> String {
@@ -90,9 +118,20 @@ fn host_processes_with(marker: &str) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fork_flood_stops_at_pids_and_the_sandbox_and_host_live_on() {
+    a_fork_flood_stops_at_pids_and_the_sandbox_and_host_live_on_as(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_flood_stops_at_pids_and_the_sandbox_and_host_live_on_unprivileged() {
+    if let Some(user) = unprivileged() {
+        a_fork_flood_stops_at_pids_and_the_sandbox_and_host_live_on_as(Some(user)).await;
+    }
+}
+
+async fn a_fork_flood_stops_at_pids_and_the_sandbox_and_host_live_on_as(user: Option<(u32, u32)>) {
     require_bwrap();
     let dir = TestDir::new();
-    let d = daemon_with(dir.path(), "  pids: 256\n  memory: 512MiB");
+    let d = daemon_as(dir.path(), "  pids: 256\n  memory: 512MiB", user);
     let id = limited(&d).await;
     // 3,000 background sleeps: the shell counts how many it could start.
     let script = "n=0; i=0; while [ $i -lt 3000 ]; do \
@@ -134,9 +173,22 @@ async fn a_fork_flood_stops_at_pids_and_the_sandbox_and_host_live_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_hog_is_oom_killed_and_reported_while_the_sandbox_lives_on() {
+    a_memory_hog_is_oom_killed_and_reported_while_the_sandbox_lives_on_as(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_hog_is_oom_killed_and_reported_while_the_sandbox_lives_on_unprivileged() {
+    if let Some(user) = unprivileged() {
+        a_memory_hog_is_oom_killed_and_reported_while_the_sandbox_lives_on_as(Some(user)).await;
+    }
+}
+
+async fn a_memory_hog_is_oom_killed_and_reported_while_the_sandbox_lives_on_as(
+    user: Option<(u32, u32)>,
+) {
     require_bwrap();
     let dir = TestDir::new();
-    let d = daemon_with(dir.path(), "  memory: 256MiB");
+    let d = daemon_as(dir.path(), "  memory: 256MiB", user);
     let id = limited(&d).await;
     // A string doubled until it would pass 4 GiB.
     let hog = r#"BEGIN { s = "x"; for (i = 0; i < 32; i++) s = s s; print length(s) }"#;
@@ -185,9 +237,20 @@ async fn a_memory_hog_is_oom_killed_and_reported_while_the_sandbox_lives_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn half_a_cpu_holds_a_busy_loop_near_half_a_core() {
+    half_a_cpu_holds_a_busy_loop_near_half_a_core_as(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn half_a_cpu_holds_a_busy_loop_near_half_a_core_unprivileged() {
+    if let Some(user) = unprivileged() {
+        half_a_cpu_holds_a_busy_loop_near_half_a_core_as(Some(user)).await;
+    }
+}
+
+async fn half_a_cpu_holds_a_busy_loop_near_half_a_core_as(user: Option<(u32, u32)>) {
     require_bwrap();
     let dir = TestDir::new();
-    let d = daemon_with(dir.path(), "  cpus: 0.5");
+    let d = daemon_as(dir.path(), "  cpus: 0.5", user);
     let id = limited(&d).await;
     let before = usage(&d, &id).await.cpu_seconds;
     let started = Instant::now();
@@ -211,9 +274,22 @@ async fn half_a_cpu_holds_a_busy_loop_near_half_a_core() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sandbox_whose_init_dies_ends_within_seconds_with_the_reason() {
+    a_sandbox_whose_init_dies_ends_within_seconds_with_the_reason_as(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_whose_init_dies_ends_within_seconds_with_the_reason_unprivileged() {
+    if let Some(user) = unprivileged() {
+        a_sandbox_whose_init_dies_ends_within_seconds_with_the_reason_as(Some(user)).await;
+    }
+}
+
+async fn a_sandbox_whose_init_dies_ends_within_seconds_with_the_reason_as(
+    user: Option<(u32, u32)>,
+) {
     require_bwrap();
     let dir = TestDir::new();
-    let d = daemon_with(dir.path(), "  memory: 256MiB\n  pids: 64");
+    let d = daemon_as(dir.path(), "  memory: 256MiB\n  pids: 64", user);
     let id = limited(&d).await;
     let sbx = d.client.get(&id, None).await.expect("get");
     let pid = sbx.reachability.as_ref().expect("reach")["pid"]
@@ -282,9 +358,22 @@ async fn a_sandbox_whose_init_dies_ends_within_seconds_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn destroy_leaves_no_process_even_after_a_double_fork_and_setsid() {
+    destroy_leaves_no_process_even_after_a_double_fork_and_setsid_as(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destroy_leaves_no_process_even_after_a_double_fork_and_setsid_unprivileged() {
+    if let Some(user) = unprivileged() {
+        destroy_leaves_no_process_even_after_a_double_fork_and_setsid_as(Some(user)).await;
+    }
+}
+
+async fn destroy_leaves_no_process_even_after_a_double_fork_and_setsid_as(
+    user: Option<(u32, u32)>,
+) {
     require_bwrap();
     let dir = TestDir::new();
-    let d = daemon_with(dir.path(), "  memory: 256MiB");
+    let d = daemon_as(dir.path(), "  memory: 256MiB", user);
     let id = limited(&d).await;
     let marker = format!("4242.{}", std::process::id());
     let script = format!(
