@@ -82,6 +82,7 @@ impl Disks {
             .map_err(|e| format!("creating {}: {e}", dir.display()))?;
         crate::extensions::fsutil::private_dir(&dir)
             .map_err(|e| format!("making {} private: {e}", dir.display()))?;
+        probe(&dir)?;
         Ok(Arc::new(Disks {
             dir,
             refilling: Mutex::new(Vec::new()),
@@ -181,6 +182,25 @@ impl Disks {
         }
         removed
     }
+}
+
+/// Formats, mounts and unmounts a small image under `dir` once, so a host
+/// without usable loop devices (a container, a kernel without the module)
+/// is found at start, not at every create.
+fn probe(dir: &Path) -> Result<(), String> {
+    let image = dir.join("probe.img");
+    let at = dir.join("probe.mnt");
+    let _ = nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&at);
+    std::fs::create_dir(&at).map_err(|e| format!("creating {}: {e}", at.display()))?;
+    let result = format(&image, 16 << 20).and_then(|()| {
+        mount(&image, &at)?;
+        nix::mount::umount2(&at, nix::mount::MntFlags::empty())
+            .map_err(|e| format!("unmounting {}: {e}", at.display()))
+    });
+    let _ = std::fs::remove_file(&image);
+    let _ = std::fs::remove_dir(&at);
+    result.map_err(|e| format!("a loop-mounted disk image does not work here: {e}"))
 }
 
 /// Mounts the ext4 image `image` at `at`, `nosuid,nodev,noatime`, through
