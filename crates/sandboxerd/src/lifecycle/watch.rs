@@ -146,18 +146,31 @@ async fn end(
     state.metrics.count(Counter::SandboxesInitEnded);
     state.notify(id);
     super::metering::settle(state, id).await;
-    // Whatever is left (a workspace, a cgroup, stray processes) goes now;
-    // a later destroy finds nothing to do. A failure is retried by that
-    // destroy or by the stale sweep.
-    if let Some(ext) = state.extensions.get(&sandbox.extension) {
-        let backend_state = state
-            .db
-            .get_row(id, None)
-            .await?
-            .and_then(|r| r.backend_state());
-        if let Err(e) = ext.teardown(id, backend_state.as_ref()).await {
+    // Whatever is left (a workspace, a cgroup, stray processes) goes now, in
+    // its own task (a slow teardown must not delay the next pass), under the
+    // same guard and lock as a destroy's teardown; a later destroy finds
+    // nothing to do, and retries it if this one failed.
+    state.spawn(release(state.clone(), id.to_owned(), sandbox.extension));
+    Ok(())
+}
+
+/// Tears down what sandbox `id`, ended by its init's death, still holds.
+async fn release(state: AppState, id: String, extension: String) {
+    let Some(ext) = state.extensions.get(&extension) else {
+        return;
+    };
+    if !state.teardowns_in_flight.begin(&id) {
+        return;
+    }
+    {
+        let _guard = state.locks.lock(&id).await;
+        let backend_state = match state.db.get_row(&id, None).await {
+            Ok(row) => row.and_then(|r| r.backend_state()),
+            Err(_) => None,
+        };
+        if let Err(e) = ext.teardown(&id, backend_state.as_ref()).await {
             tracing::warn!(sandbox_id = %id, error = %e, "releasing an ended sandbox failed; a destroy retries it");
         }
     }
-    Ok(())
+    state.teardowns_in_flight.end(&id);
 }
