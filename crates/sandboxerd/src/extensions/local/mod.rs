@@ -244,7 +244,7 @@ impl LocalExtension {
 
     /// The limits `profile` sets on an ext.local sandbox (`pids` defaults
     /// to [`DEFAULT_PIDS`]).
-    pub fn limits_of(profile: &sandboxer_api::Profile) -> cgroup::Limits {
+    fn limits_of(profile: &sandboxer_api::Profile) -> cgroup::Limits {
         let r = &profile.resources;
         cgroup::Limits {
             cpus: r.cpus,
@@ -254,8 +254,8 @@ impl LocalExtension {
     }
 
     /// Makes sandbox `req`'s cgroup with its profile's limits (`None` when
-    /// `[local] limits = "off"`). Public so the benchmark can time it.
-    pub fn prepare_cgroup(
+    /// `[local] limits = "off"`).
+    fn prepare_cgroup(
         &self,
         req: &ProvisionRequest,
     ) -> Result<Option<SandboxCgroup>, ExtError> {
