@@ -472,6 +472,37 @@ async fn writing_past_disk_fails_with_enospc_inside_and_nothing_is_left_after() 
     assert_eq!(v["stdout"], "ok\n", "{v}");
     let image = d.data_dir.join("disks").join(format!("{id}.img"));
     assert!(image.is_file(), "{} missing", image.display());
+    // Full again, and then its init dies: the reason says the disk.
+    exec(
+        &d,
+        &id,
+        json!([
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/workspace/fill bs=1M count=2048 2>/dev/null; true"
+        ]),
+        "120s",
+    )
+    .await;
+    let _ = reqwest::Client::new()
+        .post(format!("{}/v1/sandboxes/{id}/exec", d.url))
+        .json(&json!({"cmd": ["kill", "-9", "2"]}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ended = loop {
+        let s = d.client.get(&id, None).await.expect("get");
+        if s.state == SandboxState::Failed {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still {:?}", s.state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        ended.termination.map(|t| t.reason),
+        Some(TerminationReason::DiskFull)
+    );
     d.client
         .destroy(&id, Some(Duration::from_secs(30)))
         .await

@@ -230,6 +230,21 @@ pub fn used_bytes(at: &Path) -> Option<u64> {
     Some((st.blocks() as u64).saturating_sub(st.blocks_free() as u64) * frsize)
 }
 
+/// Whether the filesystem mounted at `at` is full for practical purposes:
+/// less than 1% of it (at least 1 MiB) left for the sandbox (`false` when
+/// `at` is no mount point).
+pub fn is_full(at: &Path) -> bool {
+    if !is_mount_point(at) {
+        return false;
+    }
+    nix::sys::statvfs::statvfs(at).is_ok_and(|st| {
+        let frsize = st.fragment_size() as u64;
+        let left = st.blocks_available() as u64 * frsize;
+        let size = st.blocks() as u64 * frsize;
+        left < (size / 100).max(1 << 20)
+    })
+}
+
 /// Whether `path` is where a filesystem is mounted (its device differs
 /// from its parent's).
 pub fn is_mount_point(path: &Path) -> bool {

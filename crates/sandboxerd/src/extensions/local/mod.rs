@@ -255,10 +255,7 @@ impl LocalExtension {
 
     /// Makes sandbox `req`'s cgroup with its profile's limits (`None` when
     /// `[local] limits = "off"`).
-    fn prepare_cgroup(
-        &self,
-        req: &ProvisionRequest,
-    ) -> Result<Option<SandboxCgroup>, ExtError> {
+    fn prepare_cgroup(&self, req: &ProvisionRequest) -> Result<Option<SandboxCgroup>, ExtError> {
         match &self.cgroups {
             None => Ok(None),
             Some(Err(e)) => Err(ExtError::new(ProblemCode::BackendUnavailable, e.clone())),
@@ -791,6 +788,12 @@ impl Extension for LocalExtension {
                     "its init ended as forks were refused at the pids limit ({} refused)",
                     hits.pids_refused
                 ),
+            );
+        }
+        if disk::is_full(&dir) {
+            return (
+                TerminationReason::DiskFull,
+                "its init ended with its disk full (writes were failing with ENOSPC)".into(),
             );
         }
         let detail = if log.is_empty() {
