@@ -226,8 +226,8 @@ pub fn used_bytes(at: &Path) -> Option<u64> {
         return None;
     }
     let st = nix::sys::statvfs::statvfs(at).ok()?;
-    let frsize = st.fragment_size() as u64;
-    Some((st.blocks() as u64).saturating_sub(st.blocks_free() as u64) * frsize)
+    let frsize = st.fragment_size();
+    Some(st.blocks().saturating_sub(st.blocks_free()) * frsize)
 }
 
 /// Whether the filesystem mounted at `at` is full for practical purposes:
@@ -238,9 +238,9 @@ pub fn is_full(at: &Path) -> bool {
         return false;
     }
     nix::sys::statvfs::statvfs(at).is_ok_and(|st| {
-        let frsize = st.fragment_size() as u64;
-        let left = st.blocks_available() as u64 * frsize;
-        let size = st.blocks() as u64 * frsize;
+        let frsize = st.fragment_size();
+        let left = st.blocks_available() * frsize;
+        let size = st.blocks() * frsize;
         left < (size / 100).max(1 << 20)
     })
 }
