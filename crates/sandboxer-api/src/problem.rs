@@ -113,6 +113,7 @@ problem_codes! {
     // What a request names that does not exist.
     SandboxNotFound = "sandbox_not_found",
     ProfileNotFound = "profile_not_found",
+    ProfileRejected = "profile_rejected",
     ExtensionNotFound = "extension_not_found",
     SnapshotNotFound = "snapshot_not_found",
     HostNotFound = "host_not_found",

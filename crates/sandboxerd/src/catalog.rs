@@ -53,6 +53,10 @@ pub const DEFAULT_SNAPSHOT_MAX_BYTES: u64 = 2 << 30;
 pub struct Catalog {
     pub profiles: BTreeMap<String, LoadedProfile>,
     pub extensions: BTreeMap<String, ExtensionSpec>,
+    /// Profiles left out because their extension cannot enforce what they
+    /// ask (an isolation or network mode it does not offer): id → why, with
+    /// the file and the field. The daemon starts without them.
+    pub rejected: BTreeMap<String, String>,
 }
 
 impl Catalog {
@@ -150,6 +154,23 @@ impl Catalog {
                 message,
             })?;
             let id = loaded.spec.id.clone();
+            if let Some(why) = unenforceable(&catalog, &loaded.spec) {
+                let why = format!("{}: {why}", path.display());
+                tracing::error!(profile = %id, error = %why, "profile rejected: its extension cannot enforce it");
+                if catalog.rejected.insert(id.clone(), why).is_some() {
+                    return Err(CatalogError {
+                        path,
+                        message: format!("field `id`: `{id}` is defined twice"),
+                    });
+                }
+                continue;
+            }
+            if catalog.rejected.contains_key(&id) {
+                return Err(CatalogError {
+                    path,
+                    message: format!("field `id`: `{id}` is defined twice"),
+                });
+            }
             if catalog.profiles.insert(id.clone(), loaded).is_some() {
                 return Err(CatalogError {
                     path,
@@ -334,14 +355,11 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
     })
 }
 
-/// The extensions a profile may run on: its bound `extension`, or its
-/// routing candidates. Exactly one of the two must be given; a bound
-/// extension must offer the profile's isolation and network mode, and at
-/// least one candidate must (the router skips the others).
-fn candidate_specs<'a>(
-    catalog: &'a Catalog,
-    spec: &Profile,
-) -> Result<Vec<&'a ExtensionSpec>, String> {
+/// Why the extensions of a (well-formed) profile cannot enforce it: its
+/// bound extension does not offer its isolation or network mode, or no
+/// routing candidate offers them (with snapshots, where it requires them).
+/// `None`: it can run.
+fn unenforceable(catalog: &Catalog, spec: &Profile) -> Option<String> {
     let fits = |ext: &ExtensionSpec| {
         isolates_enough(&ext.capabilities.isolation, spec.isolation)
             && ext
@@ -349,6 +367,57 @@ fn candidate_specs<'a>(
                 .network_policies
                 .contains(&spec.network.mode)
     };
+    if let Some(id) = &spec.extension {
+        let ext = catalog.extensions.get(id)?;
+        if !ext.capabilities.isolation.contains(&spec.isolation) {
+            return Some(format!(
+                "field `isolation`: `{:?}` is not offered by {}",
+                spec.isolation, ext.id
+            ));
+        }
+        if !ext
+            .capabilities
+            .network_policies
+            .contains(&spec.network.mode)
+        {
+            return Some(format!(
+                "field `network.mode`: `{:?}` is not offered by {}",
+                spec.network.mode, ext.id
+            ));
+        }
+        return None;
+    }
+    let routing = spec.routing.as_ref()?;
+    let usable = |id: &String| {
+        catalog.extensions.get(id).is_some_and(|ext| {
+            fits(ext)
+                && (!routing.requires_snapshot
+                    || (ext.capabilities.snapshot && ext.capabilities.restore))
+        })
+    };
+    if routing.candidates.iter().any(usable) {
+        return None;
+    }
+    Some(format!(
+        "field `routing.candidates`: none offers isolation `{:?}` (or stronger) with network mode `{:?}`{}",
+        spec.isolation,
+        spec.network.mode,
+        if routing.requires_snapshot {
+            " and snapshots"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The extensions a profile may run on: its bound `extension`, or its
+/// routing candidates. Exactly one of the two must be given. Whether they
+/// can enforce it is [`unenforceable`]'s question (the router skips
+/// candidates that cannot).
+fn candidate_specs<'a>(
+    catalog: &'a Catalog,
+    spec: &Profile,
+) -> Result<Vec<&'a ExtensionSpec>, String> {
     match (&spec.extension, &spec.routing) {
         (Some(_), Some(_)) => {
             Err("fields `extension` and `routing`: give exactly one of them, not both".into())
@@ -362,22 +431,6 @@ fn candidate_specs<'a>(
                     "field `extension`: `{id}` is not in the extension catalog"
                 ));
             };
-            if !ext.capabilities.isolation.contains(&spec.isolation) {
-                return Err(format!(
-                    "field `isolation`: `{:?}` is not offered by {}",
-                    spec.isolation, ext.id
-                ));
-            }
-            if !ext
-                .capabilities
-                .network_policies
-                .contains(&spec.network.mode)
-            {
-                return Err(format!(
-                    "field `network.mode`: `{:?}` is not offered by {}",
-                    spec.network.mode, ext.id
-                ));
-            }
             Ok(vec![ext])
         }
         (None, Some(routing)) => {
@@ -397,23 +450,6 @@ fn candidate_specs<'a>(
                     ));
                 };
                 found.push(ext);
-            }
-            let usable = |ext: &&ExtensionSpec| {
-                fits(ext)
-                    && (!routing.requires_snapshot
-                        || (ext.capabilities.snapshot && ext.capabilities.restore))
-            };
-            if !found.iter().any(usable) {
-                return Err(format!(
-                    "field `routing.candidates`: none offers isolation `{:?}` (or stronger) with network mode `{:?}`{}",
-                    spec.isolation,
-                    spec.network.mode,
-                    if routing.requires_snapshot {
-                        " and snapshots"
-                    } else {
-                        ""
-                    }
-                ));
             }
             Ok(found)
         }

@@ -3,7 +3,7 @@
 use sandboxer_api::{Estimate, LedgerEntry, ProblemCode};
 
 use super::create::place_error;
-use super::error::{Missing, OpError, OpResult};
+use super::error::{OpError, OpResult};
 use super::validate;
 use crate::ledger::MAX_CREDITS;
 use crate::routing::{self, Needs};
@@ -27,11 +27,7 @@ pub async fn estimate(
             "`profile` is required",
         ));
     };
-    let profile = state
-        .catalog
-        .profiles
-        .get(profile_id)
-        .ok_or_else(|| OpError::not_found(Missing::Profile, profile_id).field("profile"))?;
+    let profile = validate::profile(state, profile_id)?;
     let ttl = validate::requested_ttl(ttl, profile)?;
     let placed = routing::place(state, profile, ttl, &Needs::default())
         .await

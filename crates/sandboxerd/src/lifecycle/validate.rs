@@ -6,8 +6,25 @@ use std::time::Duration;
 
 use sandboxer_api::{Consumer, ProblemCode};
 
-use super::error::{OpError, OpResult, Refusal};
+use super::error::{Missing, OpError, OpResult, Refusal};
 use crate::catalog::LoadedProfile;
+use crate::AppState;
+
+/// Profile `id` from the catalog: 404 `profile_not_found` when there is
+/// none, 422 `profile_rejected` (with why) when it was left out at load.
+pub fn profile<'a>(state: &'a AppState, id: &str) -> OpResult<&'a LoadedProfile> {
+    if let Some(p) = state.catalog.profiles.get(id) {
+        return Ok(p);
+    }
+    if let Some(why) = state.catalog.rejected.get(id) {
+        return Err(OpError::invalid(
+            ProblemCode::ProfileRejected,
+            "profile",
+            format!("profile `{id}` was left out when the catalog loaded: {why}"),
+        ));
+    }
+    Err(OpError::not_found(Missing::Profile, id).field("profile"))
+}
 
 /// Parse a humantime duration from field `field`; `max` bounds it.
 pub fn duration(field: &str, value: &str, max: Option<Duration>) -> OpResult<Duration> {

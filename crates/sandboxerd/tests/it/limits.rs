@@ -610,3 +610,43 @@ async fn a_named_security_switch_relaxes_only_its_calls() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_its_extension_cannot_enforce_is_rejected_and_the_daemon_starts() {
+    require_bwrap();
+    let dir = TestDir::new();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir_all(&profiles).expect("mkdir");
+    let text = std::fs::read_to_string(testkit::repo_root().join("profiles/local-shell.yaml"))
+        .expect("profile");
+    assert!(text.contains("  mode: none"), "the template changed");
+    std::fs::write(
+        profiles.join("egress.yaml"),
+        text.replace("profile.local-shell", "profile.egress")
+            .replace("  mode: none", "  mode: egress"),
+    )
+    .expect("write");
+    std::fs::write(profiles.join("shell.yaml"), &text).expect("write");
+    // Starts: the other profile works, the rejected one says why.
+    let d = testkit::daemon!()
+        .args(["--profiles", profiles.to_str().expect("utf-8")])
+        .start(&dir.path().join("data"));
+    testkit::ready_sandbox(&d.client, &testkit::local_shell()).await;
+    let req = CreateSandbox {
+        profile: "profile.egress".into(),
+        ..CreateSandbox::default()
+    };
+    let err = d.client.create(&req, None, None).await.expect_err("422");
+    assert_eq!(err.status(), Some(422), "{err}");
+    let sandboxctl::ClientError::Api { problem, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(problem.code.as_str(), "profile_rejected", "{problem:?}");
+    assert_eq!(problem.field.as_deref(), Some("profile"));
+    let detail = problem.detail.clone();
+    assert!(
+        detail.contains("egress.yaml") && detail.contains("network.mode"),
+        "{detail}"
+    );
+    assert!(d.log_text().contains("profile rejected"), "not logged");
+}

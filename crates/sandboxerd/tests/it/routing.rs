@@ -572,7 +572,6 @@ async fn the_catalog_refuses_bad_routing() {
             "routing:\n  policy: cheapest\n  candidates: [ext.local]",
             "policy",
         ),
-        ("isolation: process", "isolation: container", "`isolation`"),
         (
             "cost_class: free",
             "cost_class: free\nprice_factor_percent: 0",
@@ -597,6 +596,23 @@ async fn the_catalog_refuses_bad_routing() {
             "{to}: {err}"
         );
     }
+    // What the extension cannot enforce leaves the profile out (saying why);
+    // the daemon still starts.
+    let dir = TestDir::new();
+    let (profiles, extensions) = catalog(dir.path());
+    let text = std::fs::read_to_string(profiles.join("local-shell.yaml")).expect("read");
+    std::fs::write(
+        profiles.join("local-shell.yaml"),
+        text.replace("isolation: process", "isolation: container"),
+    )
+    .expect("write");
+    let mut s = testkit::settings(&dir.path().join("data"));
+    s.profiles_dir = profiles;
+    s.extensions_dir = extensions;
+    let state = sandboxerd::build_state(s).await.expect("starts");
+    assert!(!state.catalog.profiles.contains_key("profile.local-shell"));
+    let why = &state.catalog.rejected["profile.local-shell"];
+    assert!(why.contains("`isolation`") && why.contains("local-shell.yaml"), "{why}");
     // An entry over a backend that does not take its options.
     let dir = TestDir::new();
     let (profiles, extensions) = catalog(dir.path());

@@ -40,9 +40,7 @@ pub async fn resolve(
     if req.profile.is_empty() {
         req.profile = snap.profile.clone();
     }
-    let Some(profile) = state.catalog.profiles.get(&req.profile) else {
-        return Err(OpError::not_found(Missing::Profile, &req.profile).field("profile"));
-    };
+    let profile = super::super::validate::profile(state, &req.profile)?;
     if !profile.candidates().contains(&snap.extension.as_str()) {
         return Err(OpError::invalid(
             ProblemCode::SnapshotIncompatible,

@@ -4,7 +4,7 @@
 use sandboxer_api::{Consumer, CreateSandbox, ProblemCode, Sandbox};
 use sha2::{Digest, Sha256};
 
-use super::error::{Missing, OpError, OpResult, Refusal};
+use super::error::{OpError, OpResult, Refusal};
 use super::validate;
 use crate::clock::millis;
 use crate::routing::{self, Needs, PlaceError};
@@ -131,11 +131,7 @@ async fn check(
     actor: Actor<'_>,
     req: &CreateSandbox,
 ) -> OpResult<(NewSandbox, Billing)> {
-    let profile = state
-        .catalog
-        .profiles
-        .get(&req.profile)
-        .ok_or_else(|| OpError::not_found(Missing::Profile, &req.profile).field("profile"))?;
+    let profile = validate::profile(state, &req.profile)?;
     let spec = &profile.spec;
     for name in req.inputs.keys() {
         if !spec.inputs.contains_key(name) {
