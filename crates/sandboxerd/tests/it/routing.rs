@@ -612,7 +612,10 @@ async fn the_catalog_refuses_bad_routing() {
     let state = sandboxerd::build_state(s).await.expect("starts");
     assert!(!state.catalog.profiles.contains_key("profile.local-shell"));
     let why = &state.catalog.rejected["profile.local-shell"];
-    assert!(why.contains("`isolation`") && why.contains("local-shell.yaml"), "{why}");
+    assert!(
+        why.contains("`isolation`") && why.contains("local-shell.yaml"),
+        "{why}"
+    );
     // An entry over a backend that does not take its options.
     let dir = TestDir::new();
     let (profiles, extensions) = catalog(dir.path());
