@@ -82,43 +82,27 @@ impl Cgroups {
             .map_err(io_err("reading /proc/self/mountinfo".into()))?;
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(io_err("reading /proc/self/cgroup".into()))?;
+        let mounts = cgroup_mounts(&mountinfo);
         let mut v1_mounts: BTreeMap<&'static str, PathBuf> = BTreeMap::new();
         let mut v2_mount: Option<PathBuf> = None;
-        for line in mountinfo.lines() {
-            // `id parent major:minor root mountpoint opts ... - fstype source superopts`
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let fields: Vec<&str> = left.split(' ').collect();
-            let rfields: Vec<&str> = right.split(' ').collect();
-            let (Some(mountpoint), Some(fstype)) = (fields.get(4), rfields.first()) else {
-                continue;
-            };
-            let mountpoint = PathBuf::from(unescape(mountpoint));
-            match *fstype {
-                "cgroup" => {
-                    let opts = rfields.get(2).copied().unwrap_or_default();
+        for m in &mounts {
+            match &m.controllers {
+                None => {
+                    v2_mount.get_or_insert_with(|| m.mountpoint.clone());
+                }
+                Some(opts) => {
                     for c in V1_CONTROLLERS {
-                        if opts.split(',').any(|o| o == c) {
-                            v1_mounts.entry(c).or_insert_with(|| mountpoint.clone());
+                        if opts.iter().any(|o| o == c) {
+                            v1_mounts.entry(c).or_insert_with(|| m.mountpoint.clone());
                         }
                     }
                 }
-                "cgroup2" => {
-                    v2_mount.get_or_insert(mountpoint);
-                }
-                _ => {}
             }
         }
         // This process's path in each hierarchy.
         let mut own_v1: BTreeMap<&'static str, String> = BTreeMap::new();
         let mut own_v2 = None;
-        for line in own.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (_, names, path) = match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), Some(c)) => (a, b, c),
-                _ => continue,
-            };
+        for (names, path) in membership(&own) {
             if names.is_empty() {
                 own_v2 = Some(path.to_owned());
             }
@@ -437,25 +421,27 @@ pub fn procs_files_of(pid: i32) -> Result<Vec<CString>, String> {
         .map_err(io_err(format!("reading /proc/{pid}/cgroup")))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(io_err("reading /proc/self/mountinfo".into()))?;
+    let mounts = cgroup_mounts(&mountinfo);
     let mut out = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(names), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
+    for (names, path) in membership(&text) {
         // Only the hierarchies that carry limits (not `name=systemd` & co).
-        let wanted = if names.is_empty() {
-            true
-        } else {
-            names.split(',').any(|n| V1_CONTROLLERS.contains(&n))
-        };
+        let wanted = names.is_empty() || names.split(',').any(|n| V1_CONTROLLERS.contains(&n));
         if !wanted || path == "/" {
             continue;
         }
-        let Some(mount) = mount_of(&mountinfo, names) else {
+        // The mount of that hierarchy: v2 for no names, else the v1 mount
+        // carrying every controller named.
+        let mount = mounts.iter().find(|m| match &m.controllers {
+            None => names.is_empty(),
+            Some(opts) => {
+                !names.is_empty() && names.split(',').all(|n| opts.iter().any(|o| o == n))
+            }
+        });
+        let Some(mount) = mount else {
             continue;
         };
         let file = mount
+            .mountpoint
             .join(path.trim_start_matches('/'))
             .join("cgroup.procs");
         if let Ok(c) = CString::new(file.as_os_str().as_bytes()) {
@@ -465,29 +451,52 @@ pub fn procs_files_of(pid: i32) -> Result<Vec<CString>, String> {
     Ok(out)
 }
 
-/// The mount point of the hierarchy named `names` (`memory`, `cpu,cpuacct`;
-/// empty for v2).
-fn mount_of(mountinfo: &str, names: &str) -> Option<PathBuf> {
+/// A cgroup filesystem mounted here.
+struct CgroupMount {
+    mountpoint: PathBuf,
+    /// The v1 mount's options (its controllers among them); `None` for v2.
+    controllers: Option<Vec<String>>,
+}
+
+/// The cgroup (v1) and cgroup2 mounts of a `/proc/<pid>/mountinfo`.
+fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
+    let mut out = Vec::new();
     for line in mountinfo.lines() {
-        let (left, right) = line.split_once(" - ")?;
-        let fields: Vec<&str> = left.split(' ').collect();
-        let rfields: Vec<&str> = right.split(' ').collect();
-        let (Some(mountpoint), Some(fstype)) = (fields.get(4), rfields.first()) else {
+        // `id parent major:minor root mountpoint opts ... - fstype source superopts`
+        let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        let fits = if names.is_empty() {
-            *fstype == "cgroup2"
-        } else {
-            *fstype == "cgroup" && {
-                let opts = rfields.get(2).copied().unwrap_or_default();
-                names.split(',').all(|n| opts.split(',').any(|o| o == n))
-            }
+        let mut r = right.split(' ');
+        let (Some(mountpoint), Some(fstype)) = (left.split(' ').nth(4), r.next()) else {
+            continue;
         };
-        if fits {
-            return Some(PathBuf::from(unescape(mountpoint)));
-        }
+        let controllers = match fstype {
+            "cgroup2" => None,
+            "cgroup" => Some(
+                r.nth(1)
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            _ => continue,
+        };
+        out.push(CgroupMount {
+            mountpoint: PathBuf::from(unescape(mountpoint)),
+            controllers,
+        });
     }
-    None
+    out
+}
+
+/// `(controller names, path)` of each line of a `/proc/<pid>/cgroup`
+/// (`hierarchy-id:names:path`; the names are empty for v2).
+fn membership(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next()?;
+        Some((parts.next()?, parts.next()?))
+    })
 }
 
 /// `parent` (absolute, inside the hierarchy) or `sandboxer` under `own`.
@@ -570,6 +579,24 @@ mod tests {
         std::fs::write(&f, "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").expect("write");
         assert_eq!(keyed(&f, "oom_kill"), Some(3));
         assert_eq!(keyed(&f, "missing"), None);
+    }
+
+    #[test]
+    fn mounts_and_membership_are_read_from_procs_files() {
+        let info = "35 31 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                    36 31 0:31 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                    22 1 8:1 / / rw - ext4 /dev/vda rw\n";
+        let m = cgroup_mounts(info);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].mountpoint, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+        assert!(m[1]
+            .controllers
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|o| o == "cpuacct")));
+        assert!(m[2].controllers.is_none());
+        let own: Vec<_> = membership("4:memory:/a/b\n1:cpu,cpuacct:/\n0::/x\n").collect();
+        assert_eq!(own, [("memory", "/a/b"), ("cpu,cpuacct", "/"), ("", "/x")]);
     }
 
     #[test]

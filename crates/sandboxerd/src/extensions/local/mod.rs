@@ -61,6 +61,7 @@ use restore::*;
 use workspace::*;
 
 /// `ext.local` over bubblewrap.
+#[derive(Clone)]
 pub struct LocalExtension {
     /// The catalog id it serves (`ext.local`, or an entry naming `backend: ext.local`).
     id: &'static str,
@@ -288,7 +289,6 @@ impl LocalExtension {
             Some(Err(e)) => Err(ExtError::new(ProblemCode::BackendUnavailable, e.clone())),
             Some(Ok(d)) => Ok(Some(DiskPlan {
                 disks: d.clone(),
-                sandbox_id: req.sandbox_id.clone(),
                 bytes,
             })),
         }
@@ -456,20 +456,12 @@ impl Extension for LocalExtension {
         id: &'static str,
         options: &BTreeMap<String, String>,
     ) -> Option<Result<std::sync::Arc<dyn Extension>, String>> {
+        // Everything shared with this instance (the caches too), but its id
+        // and its own bubblewrap option.
         let mut ext = LocalExtension {
             id,
-            root: self.root.clone(),
-            bwrap: self.bwrap.clone(),
             bwrap_option: None,
-            ids: self.ids,
-            seccomp: self.seccomp.clone(),
-            relaxed: self.relaxed.clone(),
-            exe: self.exe.clone(),
-            agent: self.agent.clone(),
-            agent_limits: self.agent_limits,
-            cgroups: self.cgroups.clone(),
-            disks: self.disks.clone(),
-            usage: self.usage.clone(),
+            ..self.clone()
         };
         for (key, value) in options {
             if key == "nsenter" {

@@ -6,7 +6,6 @@ use super::*;
 /// A sandbox's own filesystem of `bytes` (`resources.disk`).
 pub struct DiskPlan {
     pub disks: Arc<disk::Disks>,
-    pub sandbox_id: String,
     pub bytes: u64,
 }
 
@@ -36,14 +35,12 @@ pub(super) fn prepare_dir(
     if let Some(plan) = disk {
         // The sandbox's directory becomes its own filesystem of `disk`
         // bytes; its root gets the directory's private mode again.
-        plan.disks
-            .attach(&plan.sandbox_id, plan.bytes, dir)
-            .map_err(|e| {
-                ExtError::new(
-                    ProblemCode::ProvisionFailed,
-                    format!("the sandbox's disk of {} bytes: {e}", plan.bytes),
-                )
-            })?;
+        plan.disks.attach(&id, plan.bytes, dir).map_err(|e| {
+            ExtError::new(
+                ProblemCode::ProvisionFailed,
+                format!("the sandbox's disk of {} bytes: {e}", plan.bytes),
+            )
+        })?;
         fsutil::private_dir(dir).map_err(|e| io(&format!("securing {}", dir.display()), e))?;
     }
     if ids.switch {
