@@ -23,6 +23,29 @@ pub(super) struct NewEntry<'a> {
     pub(super) now: i64,
 }
 
+impl<'a> NewEntry<'a> {
+    /// An entry of `row`'s current generation, in its project.
+    fn of_row(
+        row: &'a SandboxRow,
+        kind: LedgerKind,
+        amount: i64,
+        reason: &'a str,
+        key: &'a str,
+        now: i64,
+    ) -> Self {
+        NewEntry {
+            project: &row.project,
+            sandbox_id: Some(&row.id),
+            generation: Some(row.generation),
+            kind,
+            amount,
+            reason,
+            key,
+            now,
+        }
+    }
+}
+
 /// Append one row and move the cached balance with it. `None` when the
 /// idempotency key is already recorded (nothing is written then).
 pub(super) async fn append(
@@ -185,32 +208,28 @@ pub(in crate::store) async fn rebalance(
         let key = format!("reserve:{}:{}:{}", row.id, row.generation, s.rows);
         append(
             conn,
-            NewEntry {
-                project: &row.project,
-                sandbox_id: Some(&row.id),
-                generation: Some(row.generation),
-                kind: LedgerKind::Reserve,
-                amount: diff,
-                reason: &format!("estimate now {} credits", row.estimate_credits),
-                key: &key,
+            NewEntry::of_row(
+                row,
+                LedgerKind::Reserve,
+                diff,
+                &format!("estimate now {} credits", row.estimate_credits),
+                &key,
                 now,
-            },
+            ),
         )
         .await?;
     } else if diff < 0 && s.held > 0 {
         let key = format!("release:{}:{}:{}", row.id, row.generation, s.rows);
         append(
             conn,
-            NewEntry {
-                project: &row.project,
-                sandbox_id: Some(&row.id),
-                generation: Some(row.generation),
-                kind: LedgerKind::Release,
-                amount: (-diff).min(s.held),
-                reason: &format!("estimate now {} credits", row.estimate_credits),
-                key: &key,
+            NewEntry::of_row(
+                row,
+                LedgerKind::Release,
+                (-diff).min(s.held),
+                &format!("estimate now {} credits", row.estimate_credits),
+                &key,
                 now,
-            },
+            ),
         )
         .await?;
     }
@@ -259,32 +278,21 @@ pub(in crate::store) async fn meter_in(
         let key = format!("use:{}:{}:{cumulative}", row.id, row.generation);
         append(
             conn,
-            NewEntry {
-                project: &row.project,
-                sandbox_id: Some(&row.id),
-                generation: Some(row.generation),
-                kind: LedgerKind::Release,
-                amount: consumed,
-                reason: "used: released to pay the debit",
-                key: &key,
+            NewEntry::of_row(
+                row,
+                LedgerKind::Release,
+                consumed,
+                "used: released to pay the debit",
+                &key,
                 now,
-            },
+            ),
         )
         .await?;
     }
     let key = format!("debit:{}:{}:{cumulative}", row.id, row.generation);
     let debited = append(
         conn,
-        NewEntry {
-            project: &row.project,
-            sandbox_id: Some(&row.id),
-            generation: Some(row.generation),
-            kind: LedgerKind::Debit,
-            amount,
-            reason: &reason,
-            key: &key,
-            now,
-        },
+        NewEntry::of_row(row, LedgerKind::Debit, amount, &reason, &key, now),
     )
     .await?;
     crate::fault::hit("metering.after_debit");
@@ -318,16 +326,14 @@ pub(in crate::store) async fn settle_in(
         let key = format!("settle:{}:{}", row.id, row.generation);
         append(
             conn,
-            NewEntry {
-                project: &row.project,
-                sandbox_id: Some(&row.id),
-                generation: Some(row.generation),
-                kind: LedgerKind::Release,
-                amount: s.held,
-                reason: "settled: released what was not used",
-                key: &key,
+            NewEntry::of_row(
+                row,
+                LedgerKind::Release,
+                s.held,
+                "settled: released what was not used",
+                &key,
                 now,
-            },
+            ),
         )
         .await?;
     }
