@@ -22,10 +22,6 @@ use crate::AppState;
 /// How often live sandboxes are checked.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// Every how many passes a workspace's size is summed again where it has
-/// no filesystem of its own (a statvfs otherwise, every pass).
-const DISK_EVERY: u64 = 10;
-
 /// Check every [`INTERVAL`] until `stop` is cancelled.
 pub async fn run(state: AppState, stop: CancellationToken) {
     let mut seen: HashMap<String, Usage> = HashMap::new();
@@ -77,18 +73,10 @@ pub async fn check(
                 continue;
             }
         }
-        // The walk of a workspace without its own filesystem is the one
-        // costly part: done on first sight and every DISK_EVERY passes.
-        let last = seen.get(&id);
-        let walk = last.is_none() || pass.is_multiple_of(DISK_EVERY);
-        let Some(mut u) = ext.usage(&id, backend_state.as_ref(), walk).await else {
+        // No walk of the workspace: `/metrics` does not export its size.
+        let Some(u) = ext.usage(&id, backend_state.as_ref(), false).await else {
             continue;
         };
-        if let (false, Some(last)) = (walk, last) {
-            if u.disk_bytes == 0 {
-                u.disk_bytes = last.disk_bytes;
-            }
-        }
         // On this daemon's first pass, what is counted already is the
         // baseline (kills before a restart were reported by the daemon that
         // saw them); a sandbox first seen later is new and starts from 0.

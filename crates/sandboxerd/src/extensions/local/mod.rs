@@ -805,14 +805,19 @@ impl Extension for LocalExtension {
         _state: Option<&BackendState>,
         walk: bool,
     ) -> Option<Usage> {
+        // The watcher (no walk) reads live every second and is not cached:
+        // its reading would hide what happened since from a client.
+        if !walk {
+            return self.read_usage(sandbox_id, false).await;
+        }
         // Reading cgroup v1 files costs ~40 µs each: a sandbox polled by
-        // many clients is read at most every USAGE_FRESH.
+        // many clients through GET is read at most every USAGE_FRESH.
         if let Some((at, u)) = self.usage_cache(sandbox_id) {
-            if at.elapsed() < USAGE_FRESH && (!walk || u.disk_bytes > 0) {
+            if at.elapsed() < USAGE_FRESH {
                 return Some(u);
             }
         }
-        let u = self.read_usage(sandbox_id, walk).await?;
+        let u = self.read_usage(sandbox_id, true).await?;
         let mut cache = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 100_000 {
             cache.clear();
