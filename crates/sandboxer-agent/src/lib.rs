@@ -13,6 +13,7 @@
 //! [`proto`] is the wire; [`client`] is the daemon's side of it.
 
 pub mod client;
+pub mod egress;
 mod exec;
 mod files;
 mod logstore;
@@ -41,6 +42,9 @@ pub struct Options {
     pub max_log_bytes: u64,
     /// Background processes kept (running and exited); the oldest exited go first.
     pub max_processes: usize,
+    /// `network: {mode: egress}`: the daemon's proxy socket (inside the
+    /// sandbox) and the loopback port relayed to it.
+    pub egress: Option<(PathBuf, u16)>,
 }
 
 impl Default for Options {
@@ -50,17 +54,19 @@ impl Default for Options {
             log_dir: PathBuf::from("/run/sandboxer/logs"),
             max_log_bytes: 64 << 20,
             max_processes: 256,
+            egress: None,
         }
     }
 }
 
-const USAGE: &str = "usage: sandboxer-agent [--listen-fd N] [--log-dir DIR] [--max-log-bytes N] [--max-processes N]";
+const USAGE: &str = "usage: sandboxer-agent [--listen-fd N] [--log-dir DIR] [--max-log-bytes N] [--max-processes N] [--egress-socket PATH --egress-port N]";
 
 impl Options {
     /// Parses the agent's arguments (after the program name).
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let mut o = Options::default();
         let mut it = args.into_iter();
+        let (mut egress_socket, mut egress_port) = (None, None);
         while let Some(flag) = it.next() {
             let mut value = || {
                 it.next()
@@ -72,9 +78,23 @@ impl Options {
                 "--log-dir" => o.log_dir = PathBuf::from(value()?),
                 "--max-log-bytes" => o.max_log_bytes = number(value()?)?.max(4096),
                 "--max-processes" => o.max_processes = number(value()?)?.max(1) as usize,
+                "--egress-socket" => egress_socket = Some(PathBuf::from(value()?)),
+                "--egress-port" => match u16::try_from(number(value()?)?) {
+                    Ok(p) if p > 0 => egress_port = Some(p),
+                    _ => return Err(format!("{flag}: not a port from 1 to 65535")),
+                },
                 _ => return Err(format!("unknown argument {flag}; {USAGE}")),
             }
         }
+        o.egress = match (egress_socket, egress_port) {
+            (Some(s), Some(p)) => Some((s, p)),
+            (None, None) => None,
+            _ => {
+                return Err(format!(
+                    "--egress-socket and --egress-port go together; {USAGE}"
+                ))
+            }
+        };
         Ok(o)
     }
 }
@@ -130,6 +150,19 @@ pub fn run(opts: Options) -> i32 {
                 return 2;
             }
         };
+        if let Some((socket, port)) = opts.egress.clone() {
+            // Bound before the first request is served, so before any code
+            // of the sandbox runs: nothing there can take the port first.
+            match egress::bind(port).await {
+                Ok(l) => {
+                    tokio::spawn(egress::serve(l, socket));
+                }
+                Err(e) => {
+                    eprintln!("sandboxer-agent: egress relay on 127.0.0.1:{port}: {e}");
+                    return 2;
+                }
+            }
+        }
         let agent = Arc::new(Agent {
             procs: procs::Table::new(opts.max_processes),
             opts,
@@ -152,7 +185,7 @@ pub fn run(opts: Options) -> i32 {
     })
 }
 
-fn is_transient(e: &std::io::Error) -> bool {
+pub(crate) fn is_transient(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(

@@ -357,3 +357,48 @@ mod tests {
         assert_eq!(signal_number("SIG40"), None);
     }
 }
+
+/// One decision of a sandbox's egress proxy (`network: {mode: egress}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NetworkDecision {
+    /// When it was decided (RFC 3339, UTC).
+    pub at: String,
+    /// `allowed` or `denied`.
+    pub decision: NetworkVerdict,
+    /// How the destination was asked for: `CONNECT` (a tunnel, e.g. HTTPS),
+    /// an HTTP method (`GET`, ... through the proxy), or `TLS` when a
+    /// tunnel's TLS server name was what got refused.
+    pub method: String,
+    /// The name or address asked for.
+    pub host: String,
+    pub port: u16,
+    /// The address connected to (or refused), when one was resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Why: the rule that allowed it, or what refused it.
+    pub reason: String,
+}
+
+/// `allowed` or `denied`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkVerdict {
+    Allowed,
+    Denied,
+}
+
+/// `GET /v1/sandboxes/{id}/network-log`: the egress proxy's decisions for
+/// one sandbox, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NetworkLog {
+    /// The newest decisions kept (at most `[egress] log_entries`), oldest first.
+    pub items: Vec<NetworkDecision>,
+    /// Decisions made but no longer kept (the oldest go first).
+    pub dropped: u64,
+    /// Decisions so far, by verdict (kept or not).
+    pub allowed: u64,
+    pub denied: u64,
+}

@@ -165,9 +165,33 @@ pub enum Isolation {
 pub struct NetworkPolicy {
     #[serde(default)]
     pub mode: NetworkMode,
-    /// Destinations reachable with `mode: egress` (`host:port` or CIDR).
+    /// Destinations reachable with `mode: egress`: a domain (`pypi.org`),
+    /// a wildcard for the names below one (`*.pythonhosted.org`), an IP
+    /// address or a CIDR (`10.1.0.0/16`), each optionally with `:port`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// Destinations refused even when `allow` names them (same forms).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// A name as compared: lower case, no trailing dot; `None` when it is not
+/// a DNS name (labels of letters, digits, `-` and `_`, 1 to 63 bytes each,
+/// 253 in all).
+pub fn normalize_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then_some(name)
 }
 
 /// `none` (default: loopback only), `egress` (an allow-list) or `open`.

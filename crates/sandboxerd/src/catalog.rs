@@ -226,6 +226,22 @@ fn check_resources(r: &sandboxer_api::Resources) -> Result<(), String> {
     Ok(())
 }
 
+/// `network`: rules that parse, and only where they mean something.
+fn check_network(n: &sandboxer_api::NetworkPolicy) -> Result<(), String> {
+    if n.mode != sandboxer_api::NetworkMode::Egress {
+        for (field, list) in [("allow", &n.allow), ("deny", &n.deny)] {
+            if !list.is_empty() {
+                return Err(format!(
+                    "field `network.{field}`: only with `mode: egress` (this profile says `{:?}`)",
+                    n.mode
+                ));
+            }
+        }
+        return Ok(());
+    }
+    crate::egress::Policy::parse(n).map(|_| ())
+}
+
 fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, String> {
     if !spec.id.starts_with("profile.") {
         return Err(format!(
@@ -259,6 +275,7 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
         return Err("field `ttl.default`: must be more than zero and at most `ttl.max`".into());
     }
     check_resources(&spec.resources)?;
+    check_network(&spec.network)?;
     crate::confine::seccomp::switches(&spec.security.allow)?;
     match (spec.workspace.mode.as_str(), &spec.workspace.from_input) {
         ("empty", None) => {}

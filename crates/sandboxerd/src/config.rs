@@ -68,6 +68,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// `[ssh_gateway]`: SSH into sandboxes (off unless `listen` is set).
     pub ssh_gateway: SshGatewayConfig,
+    /// `[egress]`: the filtering proxy of `network: {mode: egress}` sandboxes.
+    pub egress: EgressConfig,
 }
 
 /// `[local]`: who `ext.local` sandboxes are on the host.
@@ -303,6 +305,7 @@ impl Default for Config {
             local: LocalConfig::default(),
             access: AccessConfig::default(),
             ssh_gateway: SshGatewayConfig::default(),
+            egress: EgressConfig::default(),
         }
     }
 }
@@ -356,6 +359,8 @@ pub struct Settings {
     pub access: AccessSettings,
     /// `[ssh_gateway]`, checked; `None`: off.
     pub ssh_gateway: Option<SshGatewaySettings>,
+    /// `[egress]`, checked.
+    pub egress: EgressSettings,
 }
 
 impl Config {
@@ -497,6 +502,7 @@ impl Config {
             },
             access: self.access.settings()?,
             ssh_gateway: self.ssh_gateway.settings()?,
+            egress: self.egress.settings()?,
         })
     }
 }
@@ -867,6 +873,131 @@ impl SshGatewayConfig {
             advertise_host: (!host.is_empty()).then(|| host.to_string()),
             sftp_server,
         }))
+    }
+}
+
+/// `[egress]`: the filtering proxy through which `network: {mode: egress}`
+/// sandboxes reach out (see `docs/network.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Names the proxy resolves to fixed addresses instead of asking DNS,
+    /// like curl's `--resolve` (`"mirror.internal" = "10.0.0.5"`, or a
+    /// list). Addresses given here are trusted: an internal one is reached
+    /// without an `allow` range naming it (the daemon's own ports never).
+    pub resolve: BTreeMap<String, OneOrMany>,
+    /// The port inside each sandbox where the agent relays to the proxy
+    /// (`HTTP_PROXY=http://127.0.0.1:<port>`).
+    pub proxy_port: u16,
+    /// How long connecting to a destination may take.
+    pub connect_timeout: String,
+    /// How long a client may take to send its request head.
+    pub head_timeout: String,
+    /// Connections through the proxy open at once per sandbox; one more is answered 503.
+    pub max_connections: u32,
+    /// Decisions kept per sandbox for `GET /v1/sandboxes/{id}/network-log`.
+    pub log_entries: u32,
+}
+
+/// One value or a list of them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        Self {
+            resolve: BTreeMap::new(),
+            proxy_port: 3128,
+            connect_timeout: "10s".into(),
+            head_timeout: "10s".into(),
+            max_connections: 256,
+            log_entries: 1000,
+        }
+    }
+}
+
+/// `[egress]`, checked.
+#[derive(Debug, Clone)]
+pub struct EgressSettings {
+    /// Names (normalised) and their fixed addresses.
+    pub resolve: BTreeMap<String, Vec<std::net::IpAddr>>,
+    pub proxy_port: u16,
+    pub connect_timeout: Duration,
+    pub head_timeout: Duration,
+    pub max_connections: u32,
+    pub log_entries: u32,
+}
+
+impl Default for EgressSettings {
+    fn default() -> Self {
+        // The defaults are valid: this cannot fail.
+        EgressConfig::default()
+            .settings()
+            .unwrap_or_else(|e| panic!("default [egress] settings: {e}"))
+    }
+}
+
+impl EgressConfig {
+    fn settings(&self) -> anyhow::Result<EgressSettings> {
+        let dur = |key: &str, v: &str| {
+            let d = humantime::parse_duration(v).map_err(|e| {
+                anyhow::anyhow!("config `egress.{key}`: `{v}` is not a duration ({e})")
+            })?;
+            if d.is_zero() {
+                anyhow::bail!("config `egress.{key}`: must be more than zero");
+            }
+            Ok(d)
+        };
+        let mut resolve = BTreeMap::new();
+        for (name, addrs) in &self.resolve {
+            let Some(key) = sandboxer_api::normalize_name(name) else {
+                anyhow::bail!("config `egress.resolve`: `{name}` is not a host name");
+            };
+            let mut ips = Vec::new();
+            for a in addrs.values() {
+                ips.push(a.trim().parse::<std::net::IpAddr>().map_err(|e| {
+                    anyhow::anyhow!(
+                        "config `egress.resolve.{name}`: `{a}` is not an IP address ({e})"
+                    )
+                })?);
+            }
+            if ips.is_empty() {
+                anyhow::bail!("config `egress.resolve.{name}`: give at least one address");
+            }
+            resolve.insert(key, ips);
+        }
+        if self.proxy_port == 0 {
+            anyhow::bail!("config `egress.proxy_port`: must be from 1 to 65535");
+        }
+        for (key, v) in [
+            ("max_connections", self.max_connections),
+            ("log_entries", self.log_entries),
+        ] {
+            if v == 0 {
+                anyhow::bail!("config `egress.{key}`: must be at least 1");
+            }
+        }
+        Ok(EgressSettings {
+            resolve,
+            proxy_port: self.proxy_port,
+            connect_timeout: dur("connect_timeout", &self.connect_timeout)?,
+            head_timeout: dur("head_timeout", &self.head_timeout)?,
+            max_connections: self.max_connections,
+            log_entries: self.log_entries,
+        })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod confine;
 pub mod datadir;
+pub mod egress;
 pub mod events;
 pub mod extensions;
 pub mod fault;
@@ -82,11 +83,23 @@ impl AppState {
 /// The backends compiled into this daemon.
 pub fn registry(settings: &Settings) -> Registry {
     let mut registry = Registry::default();
-    registry.insert(Arc::new(extensions::local::LocalExtension::with_access(
-        &settings.data_dir,
-        settings.local.clone(),
-        &settings.access,
-    )));
+    registry.egress = Arc::new(egress::Egress::new(settings.egress.clone()));
+    // The configured ports are protected from the start (what was bound
+    // to port 0 is added when known, in `serve`).
+    let gateway = settings.ssh_gateway.as_ref().map(|g| g.listen);
+    for addr in std::iter::once(settings.listen).chain(gateway) {
+        if addr.port() != 0 {
+            registry.egress.protect(addr);
+        }
+    }
+    registry.insert(Arc::new(
+        extensions::local::LocalExtension::with_access(
+            &settings.data_dir,
+            settings.local.clone(),
+            &settings.access,
+        )
+        .with_egress(registry.egress.clone()),
+    ));
     registry.insert(Arc::new(extensions::compose::ComposeExtension::new(
         &settings.hosts,
     )));
@@ -188,6 +201,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let grace = state.settings.shutdown_grace;
+    // No sandbox reaches the daemon's own ports through its egress proxy.
+    if let Ok(addr) = listener.local_addr() {
+        state.extensions.egress.protect(addr);
+    }
+    if let Some(gw) = &state.ssh_gateway {
+        state.extensions.egress.protect(gw.addr());
+    }
     let app = http::app(state.clone());
     let background = start_background(&state);
     if let Some(gw) = state.ssh_gateway.clone() {

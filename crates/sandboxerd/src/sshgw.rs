@@ -111,6 +111,11 @@ impl Gateway {
         })
     }
 
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
     /// `reachability.ssh` of sandbox `sandbox_id`.
     pub fn reachability(&self, sandbox_id: &str) -> serde_json::Value {
         reachability(

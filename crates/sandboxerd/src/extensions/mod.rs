@@ -184,6 +184,16 @@ pub trait Extension: Send + Sync {
         state: Option<&BackendState>,
     ) -> Result<Liveness, ExtError>;
 
+    /// Takes up again what the daemon itself serves for a live sandbox
+    /// (e.g. its egress proxy) after a restart. Idempotent.
+    async fn reattach(
+        &self,
+        _sandbox_id: &str,
+        _state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        Ok(())
+    }
+
     /// Whether [`Extension::probe`] is cheap enough (no network) for the
     /// exit watcher to call on each of its sandboxes every second, so that
     /// a sandbox whose init died is noticed within 2 s.
@@ -382,6 +392,8 @@ pub trait HostInventory: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Registry {
     by_id: HashMap<String, Arc<dyn Extension>>,
+    /// The egress proxy the backends serve `network: {mode: egress}` through.
+    pub egress: Arc<crate::egress::Egress>,
 }
 
 impl Registry {

@@ -66,8 +66,7 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> ApiResult<imp
     let by_state = state.db.count_by_state().await?;
     let backlog = state.db.outbox_backlog().await?;
     let pools = crate::lifecycle::pool::gauges(&state).await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&by_state, backlog, &pools),
-    ))
+    let mut text = state.metrics.render(&by_state, backlog, &pools);
+    state.extensions.egress.render_metrics(&mut text);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -7,8 +7,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sandboxer_api::{
-    CreateSandbox, Event, ExtendTtl, ExtendedSandbox, Page, Problem, ProblemCode, RecreateSandbox,
-    Sandbox, SandboxState,
+    CreateSandbox, Event, ExtendTtl, ExtendedSandbox, NetworkLog, Page, Problem, ProblemCode,
+    RecreateSandbox, Sandbox, SandboxState,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(extend_ttl))
         .routes(routes!(touch_sandbox))
         .routes(routes!(sandbox_events))
+        .routes(routes!(sandbox_network_log))
 }
 
 /// Query of `POST /v1/sandboxes`.
@@ -455,4 +456,26 @@ async fn sandbox_events(
         items,
         next_cursor: cursor::next(List::SandboxEvents, next_cursor),
     }))
+}
+
+/// The egress proxy's decisions for a sandbox with `network: {mode: egress}`:
+/// each connection it allowed or refused, oldest first (the newest
+/// `[egress] log_entries` are kept, in memory: a daemon restart starts
+/// them afresh). Empty for other sandboxes.
+#[utoipa::path(
+    get, path = "/v1/sandboxes/{id}/network-log", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, body = NetworkLog),
+        (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn sandbox_network_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NetworkLog>> {
+    Ok(Json(
+        lifecycle::ops::network_log(&state, caller.scope(), &id).await?,
+    ))
 }

@@ -193,6 +193,29 @@ pub async fn touch(state: &AppState, scope: Option<&str>, id: &str) -> OpResult<
     }
 }
 
+/// The egress proxy's decisions for sandbox `id` (empty when it has made
+/// none, or the sandbox's network is not `egress`, or it ended longer ago
+/// than the proxy keeps logs).
+pub async fn network_log(
+    state: &AppState,
+    scope: Option<&str>,
+    id: &str,
+) -> OpResult<sandboxer_api::NetworkLog> {
+    if state.db.get_row(id, scope).await?.is_none() {
+        return Err(OpError::not_found(Missing::Sandbox, id));
+    }
+    Ok(state
+        .extensions
+        .egress
+        .log(id)
+        .unwrap_or(sandboxer_api::NetworkLog {
+            items: Vec::new(),
+            dropped: 0,
+            allowed: 0,
+            denied: 0,
+        }))
+}
+
 /// `sbx` with the live usage its backend measures (`ready`/`active` only;
 /// left `null` where the backend cannot tell). Read now, not cached: a
 /// client checking what its last command did sees it.

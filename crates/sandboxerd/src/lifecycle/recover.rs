@@ -81,6 +81,7 @@ async fn finish_or_fail(state: &AppState, row: SandboxRow) -> Result<(), StoreEr
     let backend_state = row.backend_state();
     if let Some(bs) = &backend_state {
         if let Ok(Liveness::Alive) = ext.probe(&row.id, Some(bs)).await {
+            reattach(ext.as_ref(), &row).await;
             if let Ok(info) = ext.wait_ready(&row.id, bs, FINISH_TIMEOUT).await {
                 let change = Change {
                     reason: "recovered after restart: backend reports the sandbox reachable",
@@ -145,7 +146,10 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
     };
     let backend_state = row.backend_state();
     match ext.probe(&row.id, backend_state.as_ref()).await {
-        Ok(Liveness::Alive) => Ok(()),
+        Ok(Liveness::Alive) => {
+            reattach(ext.as_ref(), &row).await;
+            Ok(())
+        }
         Ok(Liveness::Gone) => {
             let _guard = state.locks.lock(&row.id).await;
             state.metrics.count(Counter::SandboxesBackendLost);
@@ -166,6 +170,15 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
             tracing::warn!(sandbox_id = %row.id, error = %e, "cannot probe sandbox at start");
             Ok(())
         }
+    }
+}
+
+/// Serves again what the daemon serves for a live sandbox; a failure is
+/// logged and leaves the sandbox as it is (its egress, say, answers 502
+/// until the next start).
+async fn reattach(ext: &dyn crate::extensions::Extension, row: &SandboxRow) {
+    if let Err(e) = ext.reattach(&row.id, row.backend_state().as_ref()).await {
+        tracing::warn!(sandbox_id = %row.id, error = %e, "cannot take up the sandbox's services again");
     }
 }
 

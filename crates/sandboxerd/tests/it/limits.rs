@@ -56,7 +56,7 @@ fn daemon_as(dir: &Path, resources: &str, user: Option<(u32, u32)>) -> Daemon {
 
 /// The user an unprivileged daemon runs as, when this test can start one
 /// (it must be root to); `None` says why it is skipped.
-fn unprivileged() -> Option<(u32, u32)> {
+pub(crate) fn unprivileged() -> Option<(u32, u32)> {
     if nix::unistd::geteuid().is_root() {
         Some((4246, 4246))
     } else {
@@ -621,9 +621,9 @@ async fn a_profile_its_extension_cannot_enforce_is_rejected_and_the_daemon_start
         .expect("profile");
     assert!(text.contains("  mode: none"), "the template changed");
     std::fs::write(
-        profiles.join("egress.yaml"),
-        text.replace("profile.local-shell", "profile.egress")
-            .replace("  mode: none", "  mode: egress"),
+        profiles.join("open.yaml"),
+        text.replace("profile.local-shell", "profile.open")
+            .replace("  mode: none", "  mode: open"),
     )
     .expect("write");
     std::fs::write(profiles.join("shell.yaml"), &text).expect("write");
@@ -633,7 +633,7 @@ async fn a_profile_its_extension_cannot_enforce_is_rejected_and_the_daemon_start
         .start(&dir.path().join("data"));
     testkit::ready_sandbox(&d.client, &testkit::local_shell()).await;
     let req = CreateSandbox {
-        profile: "profile.egress".into(),
+        profile: "profile.open".into(),
         ..CreateSandbox::default()
     };
     let err = d.client.create(&req, None, None).await.expect_err("422");
@@ -645,7 +645,7 @@ async fn a_profile_its_extension_cannot_enforce_is_rejected_and_the_daemon_start
     assert_eq!(problem.field.as_deref(), Some("profile"));
     let detail = problem.detail.clone();
     assert!(
-        detail.contains("egress.yaml") && detail.contains("network.mode"),
+        detail.contains("open.yaml") && detail.contains("network.mode"),
         "{detail}"
     );
     assert!(d.log_text().contains("profile rejected"), "not logged");

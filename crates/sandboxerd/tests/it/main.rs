@@ -7,6 +7,7 @@ mod access;
 mod compose;
 mod credits;
 mod e2e;
+mod egress;
 mod escapes;
 mod escapes_snapshots;
 mod handlers;

@@ -82,9 +82,15 @@ pub fn install(
     Ok(dst)
 }
 
-/// The command bubblewrap runs: the agent on descriptor `fd`.
-pub fn command(fd: i32, limits: Limits) -> Vec<String> {
-    vec![
+/// Where the directory holding the egress proxy's socket is, inside.
+pub const EGRESS_DIR_IN_SANDBOX: &str = "/run/sandboxer/egress";
+/// The egress proxy's socket's name, in that directory and on the host.
+pub const EGRESS_SOCKET: &str = "proxy.sock";
+
+/// The command bubblewrap runs: the agent on descriptor `fd`, relaying
+/// `127.0.0.1:<egress_port>` to the egress proxy when given.
+pub fn command(fd: i32, limits: Limits, egress_port: Option<u16>) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
         AGENT_IN_SANDBOX.into(),
         "--listen-fd".into(),
         fd.to_string(),
@@ -94,7 +100,16 @@ pub fn command(fd: i32, limits: Limits) -> Vec<String> {
         limits.max_log_bytes.to_string(),
         "--max-processes".into(),
         limits.max_processes.to_string(),
-    ]
+    ];
+    if let Some(port) = egress_port {
+        argv.extend([
+            "--egress-socket".into(),
+            format!("{EGRESS_DIR_IN_SANDBOX}/{EGRESS_SOCKET}"),
+            "--egress-port".into(),
+            port.to_string(),
+        ]);
+    }
+    argv
 }
 
 /// Makes the socket the agent will serve on: `<dir>/agent.sock`, 0600, the

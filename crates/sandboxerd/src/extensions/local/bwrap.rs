@@ -167,6 +167,27 @@ impl LocalExtension {
         );
         env.insert("HOME".into(), "/workspace".into());
         env.insert("SANDBOX_ID".into(), req.sandbox_id.clone());
+        let egress =
+            (req.profile.network.mode == NetworkMode::Egress).then(|| self.egress.proxy_port());
+        if let Some(port) = egress {
+            // Everything that honours the usual variables (curl, pip, npm,
+            // git, Python, Go, ...) goes through the agent's relay.
+            let proxy = format!("http://127.0.0.1:{port}");
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.insert(k.into(), proxy.clone());
+            }
+            for k in ["NO_PROXY", "no_proxy"] {
+                env.insert(k.into(), "localhost,127.0.0.1,::1".into());
+            }
+            args.extend([
+                "--ro-bind".into(),
+                self.dir_of(&req.sandbox_id)
+                    .join(EGRESS_DIR)
+                    .to_string_lossy()
+                    .into_owned(),
+                agent::EGRESS_DIR_IN_SANDBOX.into(),
+            ]);
+        }
         env.extend(req.profile.setup.env.clone());
         for (k, v) in env {
             args.extend(["--setenv".into(), k, v]);
@@ -179,7 +200,7 @@ impl LocalExtension {
             ]);
         }
         args.push("--".into());
-        args.extend(agent::command(AGENT_FD, self.agent_limits));
+        args.extend(agent::command(AGENT_FD, self.agent_limits, egress));
         args
     }
 

@@ -29,7 +29,9 @@ use async_trait::async_trait;
 use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sandboxer_api::{Availability, ProblemCode, TerminationReason, Usage};
+use sandboxer_api::{
+    Availability, NetworkMode, NetworkPolicy, ProblemCode, TerminationReason, Usage,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +45,7 @@ use super::{
 use crate::config::{DiskMode, LimitsMode, LocalConfig};
 use crate::confine::cgroup::{self, Cgroups, SandboxCgroup};
 use crate::confine::seccomp;
+use crate::egress::{Egress, Policy};
 use crate::procfs::{self, is_zombie, owns_pid, stat as proc_stat};
 
 /// The one host `ext.local` places on.
@@ -90,7 +93,13 @@ pub struct LocalExtension {
     disks: Option<Result<Arc<disk::Disks>, String>>,
     /// The latest usage read per sandbox, and when.
     usage: Arc<std::sync::Mutex<HashMap<String, (Instant, Usage)>>>,
+    /// The proxy `network: {mode: egress}` sandboxes go out through.
+    egress: Arc<Egress>,
 }
+
+/// The directory (in a sandbox's directory on the host) holding its
+/// egress proxy's socket, bound read-only into the sandbox.
+const EGRESS_DIR: &str = "egress";
 
 /// How long a usage reading is served again.
 const USAGE_FRESH: Duration = Duration::from_millis(250);
@@ -148,6 +157,10 @@ struct LocalState {
     /// The profile's `security.allow` switches (for `enter`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     seccomp_allow: Vec<String>,
+    /// The profile's network rules, for `mode: egress` (served again
+    /// after a daemon restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    egress: Option<NetworkPolicy>,
     #[serde(default)]
     pid: Option<i32>,
     /// Start time of `pid` (clock ticks since boot), so a reused pid is never killed.
@@ -235,7 +248,37 @@ impl LocalExtension {
             cgroups,
             disks,
             usage: Arc::default(),
+            egress: Arc::default(),
         }
+    }
+
+    /// The same, serving egress sandboxes through `egress` (the daemon's
+    /// one proxy, whose log the API reads).
+    pub fn with_egress(self, egress: Arc<Egress>) -> Self {
+        Self { egress, ..self }
+    }
+
+    /// Serves sandbox `sandbox_id`'s egress proxy on `<dir>/egress/proxy.sock`
+    /// (the directory made when missing), connectable by the sandbox's
+    /// host user.
+    fn serve_egress(&self, sandbox_id: &str, network: &NetworkPolicy) -> Result<(), ExtError> {
+        let fail = |e: String| {
+            ExtError::new(
+                ProblemCode::ProvisionFailed,
+                format!("the sandbox's egress proxy: {e}"),
+            )
+        };
+        let policy = Policy::parse(network).map_err(fail)?;
+        let dir = self.dir_of(sandbox_id).join(EGRESS_DIR);
+        fsutil::private_dir(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        if self.ids.switch {
+            fsutil::traversable_by_group(&dir, self.ids.gid)
+                .map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        }
+        let group = self.ids.switch.then_some(self.ids.gid);
+        self.egress
+            .serve(sandbox_id, &dir.join(agent::EGRESS_SOCKET), policy, group)
+            .map_err(|e| fail(e.to_string()))
     }
 
     /// Who this backend's sandboxes are on the host.
@@ -521,6 +564,11 @@ impl Extension for LocalExtension {
             ExtError::new(ProblemCode::ProvisionFailed, format!("workspace task: {e}"))
         })??;
 
+        let egress =
+            (req.profile.network.mode == NetworkMode::Egress).then(|| req.profile.network.clone());
+        if let Some(network) = &egress {
+            self.serve_egress(&req.sandbox_id, network)?;
+        }
         let prepared = started.elapsed();
         let cgroup = self.prepare_cgroup(req)?;
         let limited = started.elapsed();
@@ -546,6 +594,7 @@ impl Extension for LocalExtension {
         Ok(serde_json::to_value(LocalState {
             dir,
             seccomp_allow: req.profile.security.allow.clone(),
+            egress,
             pid: None,
             pid_start: None,
         })
@@ -606,10 +655,9 @@ impl Extension for LocalExtension {
                             "enter": self.enter_prefix(pid, start, &st.seccomp_allow),
                         });
                         let backend_state = serde_json::to_value(LocalState {
-                            dir: st.dir.clone(),
-                            seccomp_allow: st.seccomp_allow.clone(),
                             pid: Some(pid),
                             pid_start: Some(start),
+                            ..st.clone()
                         })
                         .unwrap_or_default();
                         return Ok(ReadyInfo {
@@ -649,6 +697,7 @@ impl Extension for LocalExtension {
         state: Option<&BackendState>,
     ) -> Result<(), ExtError> {
         let st = self.load_state(sandbox_id, state);
+        self.egress.stop(sandbox_id);
         if let Some(pid) = st.pid {
             if owns_pid(pid, st.pid_start) {
                 // SIGKILL to the namespace's pid 1 ends every process in it.
@@ -746,6 +795,20 @@ impl Extension for LocalExtension {
 
     fn watches_exits(&self) -> bool {
         true
+    }
+
+    async fn reattach(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        let st = self.load_state(sandbox_id, state);
+        match &st.egress {
+            Some(network) if !self.egress.is_served(sandbox_id) => {
+                self.serve_egress(sandbox_id, network)
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn exit_cause(
