@@ -12,11 +12,13 @@
 //! floor); `GET /v1/sandboxes/{id}` throughput; one list page out of 10,000
 //! rows; 200 concurrent creates; the daemon's memory; the reaper's sweep
 //! query over 100,000 rows; create→ready from a warm pool (a second daemon
-//! whose profiles add a pooled copy of the benchmark profile). A full run exits 1 when a target is missed;
+//! whose profiles add a pooled copy of the benchmark profile); the egress
+//! proxy's overhead on a 10 MB download. A full run exits 1 when a target is missed;
 //! `--quick` (CI) shrinks every load and judges nothing.
 #![forbid(unsafe_code)]
 
 mod concurrent;
+mod egress;
 mod fixtures;
 mod floor;
 mod footprint;
@@ -247,6 +249,9 @@ async fn measure(
         plan.pool_creates
     );
     sections.push(pool_section(plan, repo, bin, scratch).await?);
+
+    eprintln!("== egress proxy: 10 MB downloads through the proxy and direct");
+    sections.push(egress::egress_section(plan, repo, bin, scratch).await?);
     Ok(sections)
 }
 

@@ -9,7 +9,8 @@
 //!   [`token_block`], [`repo_file`];
 //! - sandboxes: [`run_inside`], [`ready_sandbox`], [`workdir`],
 //!   [`sandbox_processes`], [`sandbox_dirs`], [`give_to_sandbox`];
-//! - real backends: [`require_bwrap`], [`Sshd`], [`require_docker`].
+//! - real backends: [`require_bwrap`], [`Sshd`], [`require_docker`];
+//! - [`Origin`]: a loopback HTTP server for egress tests.
 //!
 //! The daemon binary's path is the caller's to give
 //! (`env!("CARGO_BIN_EXE_sandboxerd")` exists only in `sandboxerd`'s own
@@ -24,6 +25,7 @@ pub mod cgroups;
 mod daemon;
 mod dir;
 mod fixtures;
+pub mod origin;
 mod sandbox;
 mod sshd;
 
@@ -34,6 +36,7 @@ pub use dir::{alive, kill_leftovers, TestDir};
 pub use fixtures::{
     local_shell, repo_file, repo_root, sandbox_row, settings, token_block, LOCAL_SHELL,
 };
+pub use origin::Origin;
 pub use sandbox::{
     give_to_sandbox, ready_sandbox, run_inside, run_inside_as, sandbox_dirs, sandbox_processes,
     workdir,

@@ -9,86 +9,14 @@
 //! friends; nothing leaves this machine.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sandboxer_api::{CreateSandbox, NetworkLog, NetworkVerdict};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use sandboxer_testkit as testkit;
 use testkit::{require_bwrap, Daemon, TestDir};
-
-/// A loopback HTTP server: `GET /big` answers 10 MB, anything else
-/// `hello <path>`. Counts connections whose first byte is a TLS handshake.
-struct Origin {
-    port: u16,
-    tls_seen: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-}
-
-async fn origin() -> Origin {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let tls_seen = Arc::new(AtomicUsize::new(0));
-    let requests = Arc::new(AtomicUsize::new(0));
-    let (tls2, req2) = (tls_seen.clone(), requests.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let (tls, req) = (tls2.clone(), req2.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf[0] == 22 {
-                        tls.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                req.fetch_add(1, Ordering::SeqCst);
-                let head = String::from_utf8_lossy(&buf).into_owned();
-                let path = head.split(' ').nth(1).unwrap_or("?").to_owned();
-                let body: Vec<u8> = if path == "/big" {
-                    vec![b'x'; 10_000_000]
-                } else {
-                    format!("hello {path}").into_bytes()
-                };
-                let _ = conn
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-                let _ = conn.write_all(&body).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    Origin {
-        port,
-        tls_seen,
-        requests,
-    }
-}
 
 /// A daemon whose only profile is `profile.egress` (local-shell with
 /// `network` set to `network`), with `extra` appended to its config.
@@ -212,7 +140,7 @@ async fn only_what_the_allow_list_names_is_reached_and_every_decision_is_logged_
 }
 
 async fn only_what_the_allow_list_names_is_reached(d: &Daemon) {
-    let o = origin().await;
+    let o = testkit::Origin::start().await;
     let port = o.port;
     let id = egress_sandbox(d).await;
     let curl = "curl -sS -m 20";
@@ -236,7 +164,7 @@ async fn only_what_the_allow_list_names_is_reached(d: &Daemon) {
         let (code, out, err) = sh(d, &id, &cmd).await;
         assert_eq!((code, out.as_str()), (0, want), "{cmd}: {err}");
     }
-    let served = o.requests.load(Ordering::SeqCst);
+    let served = o.requests();
     assert_eq!(served, 3);
 
     // Refused: a name not listed, a name the deny list names, a raw IP
@@ -265,11 +193,7 @@ async fn only_what_the_allow_list_names_is_reached(d: &Daemon) {
     // No DNS inside: names resolve in the proxy only.
     let (code, _, _) = sh(d, &id, "getent hosts allowed.test").await;
     assert_ne!(code, 0, "a sandbox has no resolver of its own");
-    assert_eq!(
-        o.requests.load(Ordering::SeqCst),
-        served,
-        "a refused request got through"
-    );
+    assert_eq!(o.requests(), served, "a refused request got through");
 
     // The daemon's own port: not directly, not through the proxy by
     // address, not by an allowed name that resolves to it.
@@ -310,11 +234,7 @@ async fn only_what_the_allow_list_names_is_reached(d: &Daemon) {
     );
     let (_, out, err) = sh(d, &id, &script).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out} {err}");
-    assert_eq!(
-        o.tls_seen.load(Ordering::SeqCst),
-        0,
-        "the ClientHello reached the destination"
-    );
+    assert_eq!(o.tls_seen(), 0, "the ClientHello reached the destination");
     // The same hello naming the CONNECT host goes through.
     let same = client_hello("allowed.test");
     let r = reqwest::Client::new()
@@ -330,16 +250,12 @@ async fn only_what_the_allow_list_names_is_reached(d: &Daemon) {
     let (_, out, err) = sh(d, &id, &script.replace("hello.bin", "same.bin")).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out} {err}");
     for _ in 0..100 {
-        if o.tls_seen.load(Ordering::SeqCst) == 1 {
+        if o.tls_seen() == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        o.tls_seen.load(Ordering::SeqCst),
-        1,
-        "an allowed ClientHello was not passed on"
-    );
+    assert_eq!(o.tls_seen(), 1, "an allowed ClientHello was not passed on");
 
     // Every decision is in the log, with why.
     let log = network_log(d, &id).await;
@@ -422,7 +338,7 @@ async fn idle_connections_are_bounded_and_cut_and_the_proxy_survives_a_restart()
     let dir = TestDir::new();
     let extra = "max_connections = 8\nhead_timeout = \"2s\"";
     let mut d = daemon(dir.path(), NETWORK, extra, None);
-    let o = origin().await;
+    let o = testkit::Origin::start().await;
     let port = o.port;
     let id = egress_sandbox(&d).await;
     // 20 connections that never send a head hold every slot...
