@@ -8,14 +8,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::Semaphore;
 
 /// Connections relayed at once; more wait in the listen backlog.
 const MAX_RELAYS: usize = 512;
-/// Relay buffer per direction.
-const BUF: usize = 64 << 10;
 
 /// The relay's listener on `127.0.0.1:port`.
 pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
@@ -69,36 +67,5 @@ async fn relay(conn: TcpStream, socket: &std::path::Path) {
             return;
         }
     };
-    let (mut cr, mut cw) = conn.into_split();
-    let (mut pr, mut pw) = proxy.into_split();
-    let up = async {
-        copy(&mut cr, &mut pw).await;
-        let _ = pw.shutdown().await;
-    };
-    let down = async {
-        copy(&mut pr, &mut cw).await;
-        let _ = cw.shutdown().await;
-    };
-    tokio::join!(up, down);
-}
-
-/// Copies until end of input or an error (either side); answers the bytes
-/// copied. (The daemon's proxy relays with it too.)
-pub async fn copy<R, W>(r: &mut R, w: &mut W) -> u64
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return total,
-            Ok(n) => n,
-        };
-        if w.write_all(&buf[..n]).await.is_err() {
-            return total;
-        }
-        total += n as u64;
-    }
+    crate::splice::both(&conn, &proxy).await;
 }

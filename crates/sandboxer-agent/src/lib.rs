@@ -20,6 +20,7 @@ mod logstore;
 pub mod ports;
 mod procs;
 pub mod proto;
+pub mod splice;
 
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;

@@ -71,6 +71,10 @@ struct Args {
     /// Keep the scratch directory (data dir, daemon log) and print where it is.
     #[arg(long)]
     keep: bool,
+    /// Measure only the egress proxy's overhead (section 8), printed and
+    /// not written into the report.
+    #[arg(long)]
+    egress_only: bool,
 }
 
 /// How much of everything a run does.
@@ -170,6 +174,17 @@ async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .prefix("sandboxer-bench-")
         .tempdir()
         .context("creating a scratch directory")?;
+    if args.egress_only {
+        let section = egress::egress_section(&plan, &repo, &bin, scratch.path()).await;
+        kill_leftovers(scratch.path());
+        let report = Report {
+            header: Vec::new(),
+            sections: vec![section?],
+            quick: args.quick,
+        };
+        println!("{}", report.render());
+        return Ok(ExitCode::SUCCESS);
+    }
     let load_before = loadavg();
     let started = Instant::now();
     let measured = measure(&plan, &repo, &bin, scratch.path()).await;

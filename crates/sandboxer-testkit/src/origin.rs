@@ -9,9 +9,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The bytes `GET /big` answers.
 pub const BIG: usize = 10_000_000;
+/// The pace of `GET /big-paced`, in bytes per second: a 1 Gbit/s link.
+pub const PACED_RATE: u64 = 125_000_000;
 
-/// A loopback HTTP/1.1 server: `GET /big` answers [`BIG`] bytes, any other
-/// request `hello <path>`; one request per connection. It counts the
+/// A loopback HTTP/1.1 server: `GET /big` answers [`BIG`] bytes as fast as
+/// loopback goes, `GET /big-paced` the same bytes at [`PACED_RATE`] (as a
+/// download over a real link would come), any other request `hello
+/// <path>`; one request per connection. It counts the
 /// requests it answered and the connections that opened with a TLS
 /// handshake (which it closes).
 pub struct Origin {
@@ -83,7 +87,8 @@ async fn answer(
     let head = String::from_utf8_lossy(&buf).into_owned();
     let path = head.split(' ').nth(1).unwrap_or("?").to_owned();
     let hello;
-    let body: &[u8] = if path == "/big" {
+    let paced = path == "/big-paced";
+    let body: &[u8] = if path == "/big" || paced {
         &big
     } else {
         hello = format!("hello {path}");
@@ -94,6 +99,19 @@ async fn answer(
         body.len()
     );
     let _ = conn.write_all(head.as_bytes()).await;
-    let _ = conn.write_all(body).await;
+    if paced {
+        let start = tokio::time::Instant::now();
+        let mut sent = 0u64;
+        for chunk in body.chunks(128 << 10) {
+            if conn.write_all(chunk).await.is_err() {
+                return;
+            }
+            sent += chunk.len() as u64;
+            let due = std::time::Duration::from_secs_f64(sent as f64 / PACED_RATE as f64);
+            tokio::time::sleep_until(start + due).await;
+        }
+    } else {
+        let _ = conn.write_all(body).await;
+    }
     let _ = conn.shutdown().await;
 }

@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use super::policy::NameVerdict;
 use super::tls::{self, Hello};
 use super::{Egress, Served};
-use sandboxer_agent::egress::copy;
+use sandboxer_agent::splice;
 
 /// The largest request head read (request line and headers).
 const MAX_HEAD: usize = 16 << 10;
@@ -440,7 +440,7 @@ async fn respond(
 /// protocols where the server speaks first); the client's first bytes are
 /// read before any is sent on, and when they are a TLS ClientHello naming
 /// a server other than the one CONNECT asked for, that name must be
-/// allowed too, else the tunnel is closed.
+/// allowed too, else the tunnel is closed. Then both ways are spliced.
 async fn tunnel(
     hub: &Egress,
     served: &Served,
@@ -449,13 +449,7 @@ async fn tunnel(
     upstream: TcpStream,
     mut first: Vec<u8>,
 ) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = upstream.into_split();
-    let down = async {
-        let n = copy(&mut ur, &mut cw).await;
-        let _ = cw.shutdown().await;
-        n
-    };
+    let down = splice::copy(&upstream, &client);
     let up = async {
         let mut chunk = vec![0u8; 4096];
         let mut deadline = None;
@@ -479,7 +473,7 @@ async fn tunnel(
                 _ if first.is_empty() => 1,
                 _ => break,
             };
-            let read = cr.read(&mut chunk[..need.clamp(1, 4096)]);
+            let read = splice::read(&client, &mut chunk[..need.clamp(1, 4096)]);
             let n = if first.is_empty() {
                 // Nothing yet: the client may be waiting for the server.
                 read.await
@@ -495,12 +489,10 @@ async fn tunnel(
                 Ok(n) => first.extend_from_slice(&chunk[..n]),
             }
         }
-        if uw.write_all(&first).await.is_err() {
-            return Ok(first.len() as u64);
+        if splice::write_all(&upstream, &first).await.is_err() {
+            return Ok(0);
         }
-        let n = copy(&mut cr, &mut uw).await + first.len() as u64;
-        let _ = uw.shutdown().await;
-        Ok(n)
+        Ok(splice::copy(&client, &upstream).await + first.len() as u64)
     };
     tokio::pin!(up, down);
     let (out, inn) = tokio::select! {
@@ -519,25 +511,15 @@ async fn tunnel(
 }
 
 /// A plain HTTP request: `first` (the re-written head and what followed
-/// it) is sent, then bytes flow both ways until both sides end.
+/// it) is sent, then both ways are spliced until both sides end.
 async fn relay(hub: &Egress, client: UnixStream, upstream: TcpStream, first: Vec<u8>) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = upstream.into_split();
-    let up = async {
-        if uw.write_all(&first).await.is_err() {
-            return 0;
-        }
-        let n = copy(&mut cr, &mut uw).await + first.len() as u64;
-        let _ = uw.shutdown().await;
-        n
-    };
-    let down = async {
-        let n = copy(&mut ur, &mut cw).await;
-        let _ = cw.shutdown().await;
-        n
-    };
-    let (out, inn) = tokio::join!(up, down);
-    hub.totals.bytes_out.fetch_add(out, Ordering::Relaxed);
+    if splice::write_all(&upstream, &first).await.is_err() {
+        return;
+    }
+    let (out, inn) = splice::both(&client, &upstream).await;
+    hub.totals
+        .bytes_out
+        .fetch_add(out + first.len() as u64, Ordering::Relaxed);
     hub.totals.bytes_in.fetch_add(inn, Ordering::Relaxed);
 }
 
