@@ -211,6 +211,15 @@ pub enum Command {
         /// Sandbox id (`sbx_…`).
         id: String,
     },
+    /// Show the egress proxy's allow/deny decisions for a sandbox with
+    /// `network: {mode: egress}`, oldest first.
+    NetworkLog {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+        /// Only the refusals.
+        #[arg(long)]
+        denied: bool,
+    },
     /// List the profiles, or show one.
     Profiles {
         /// A profile id (`profile.…`).

@@ -91,6 +91,14 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
             let page = client.events(&id).await?;
             emit_or(json, &page.items, || render::events_table(&page.items))
         }
+        Command::NetworkLog { id, denied } => {
+            let mut log = client.network_log(&id).await?;
+            if denied {
+                log.items
+                    .retain(|d| d.decision == sandboxer_api::NetworkVerdict::Denied);
+            }
+            emit_or(json, &log, || render::network_log(&log))
+        }
         Command::Profiles { id: Some(id) } => {
             let p = client.profile(&id).await?;
             emit_or(json, &p, || render::profile_details(&p))

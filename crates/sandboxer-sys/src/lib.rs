@@ -87,6 +87,8 @@ struct LoopConfig {
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+/// How often [`attach_loop`] asks for a free device before giving up.
+const ATTACH_TRIES: u32 = 32;
 
 /// Binds the image file `image` to a free loop device, which the kernel
 /// releases by itself once it is unmounted and this descriptor is closed
@@ -105,9 +107,16 @@ pub fn attach_loop(
         .read(true)
         .write(true)
         .open("/dev/loop-control")?;
-    // Another process may take the device between GET_FREE and CONFIGURE
-    // (EBUSY): ask again.
-    for _ in 0..16 {
+    // Concurrent attaches of this process would all be handed the same free
+    // device and all but one fail: they take turns (about 1 ms each).
+    // Another process may still take the device between GET_FREE and
+    // CONFIGURE (EBUSY): ask again, a little later each time.
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    for attempt in 0..ATTACH_TRIES {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(attempt as u64));
+        }
         // SAFETY: an ioctl without an argument on a descriptor we own.
         let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
         if n < 0 {
@@ -139,7 +148,9 @@ pub fn attach_loop(
             return Err(err);
         }
     }
-    Err(std::io::Error::other("no free loop device after 16 tries"))
+    Err(std::io::Error::other(format!(
+        "no free loop device after {ATTACH_TRIES} tries (other processes kept taking them)"
+    )))
 }
 
 #[cfg(test)]

@@ -147,6 +147,13 @@ impl Client {
         self.call_ok(Method::POST, url, None, None).await
     }
 
+    /// `GET /v1/sandboxes/{id}/network-log`: the egress proxy's decisions.
+    pub async fn network_log(&self, id: &str) -> Result<sandboxer_api::NetworkLog, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id, "network-log"], &[]);
+        self.call_ok(Method::GET, url, None, None).await
+    }
+
     /// `GET /v1/sandboxes/{id}/events`: every lifecycle transition, oldest
     /// first, all pages followed (the answer's `next_cursor` is `None`).
     pub async fn events(&self, id: &str) -> Result<Page<Event>, ClientError> {

@@ -197,6 +197,39 @@ pub fn events_table(items: &[Event]) -> String {
     t.render()
 }
 
+/// An egress log as a table (AT, VERDICT, METHOD, DESTINATION, ADDRESS,
+/// REASON) and a line of counts.
+pub fn network_log(log: &sandboxer_api::NetworkLog) -> String {
+    let mut t = Table::new(&[
+        "AT",
+        "VERDICT",
+        "METHOD",
+        "DESTINATION",
+        "ADDRESS",
+        "REASON",
+    ]);
+    for d in &log.items {
+        t.row(vec![
+            d.at.clone(),
+            match d.decision {
+                sandboxer_api::NetworkVerdict::Allowed => "allowed".to_owned(),
+                sandboxer_api::NetworkVerdict::Denied => "denied".to_owned(),
+            },
+            d.method.clone(),
+            format!("{}:{}", d.host, d.port),
+            d.address.clone().unwrap_or_else(|| "-".to_owned()),
+            d.reason.clone(),
+        ]);
+    }
+    format!(
+        "{}{} allowed, {} denied, {} no longer kept\n",
+        t.render(),
+        log.allowed,
+        log.denied,
+        log.dropped
+    )
+}
+
 /// Snapshots as a table: ID, SANDBOX, STATE, SIZE, AGE/EXPIRES, LABEL.
 pub fn snapshots_table(items: &[Snapshot], now: DateTime<Utc>) -> String {
     let mut t = Table::new(&["ID", "SANDBOX", "STATE", "SIZE", "AGE/EXPIRES", "LABEL"]);
