@@ -13,10 +13,11 @@ use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
-/// Bytes moved per `splice` call (a pipe holds 64 KiB unless grown).
-const CHUNK: usize = 1 << 20;
-/// The pipe's size asked for (best effort: the kernel may keep less).
-const PIPE_SIZE: usize = 1 << 20;
+/// The pipe's size asked for, and the most bytes moved per `splice` call
+/// (best effort: the kernel may keep the default 64 KiB). Every byte a
+/// stalled reader leaves in it is the kernel's memory, charged to no
+/// sandbox: kept small.
+const PIPE_SIZE: usize = 256 << 10;
 
 /// A tokio socket, used through shared references so both directions run
 /// at once.
@@ -84,28 +85,39 @@ pub async fn read<R: Stream>(r: &R, buf: &mut [u8]) -> io::Result<usize> {
     .await
 }
 
-/// Moves bytes from `r` to `w` until `r` ends or either fails, then shuts
-/// `w` down for writing; answers the bytes moved.
+/// Moves bytes from `r` to `w` until `r` ends, then shuts `w` down for
+/// writing (the end passed on); answers the bytes moved. When either side
+/// fails instead (a reset), `w` is reset too once it is closed, never
+/// ended as if the stream were whole, and the other direction is woken to
+/// end as well.
 pub async fn copy<R: Stream, W: Stream>(r: &R, w: &W) -> u64 {
-    let moved = splice_until_end(r, w).await;
-    let _ = rustix::net::shutdown(w.as_fd(), Shutdown::Write);
+    let (moved, ended) = splice_until_end(r, w).await;
+    if ended {
+        let _ = rustix::net::shutdown(w.as_fd(), Shutdown::Write);
+    } else {
+        let _ = rustix::net::sockopt::set_socket_linger(w.as_fd(), Some(std::time::Duration::ZERO));
+        let _ = rustix::net::shutdown(w.as_fd(), Shutdown::Read);
+        let _ = rustix::net::shutdown(r.as_fd(), Shutdown::Read);
+    }
     moved
 }
 
-async fn splice_until_end<R: Stream, W: Stream>(r: &R, w: &W) -> u64 {
+/// `(bytes moved, whether r ended cleanly)`.
+async fn splice_until_end<R: Stream, W: Stream>(r: &R, w: &W) -> (u64, bool) {
     let Ok((out, into)) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) else {
-        return 0;
+        return (0, false);
     };
     let _ = rustix::pipe::fcntl_setpipe_size(&into, PIPE_SIZE);
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let mut total = 0u64;
     loop {
         let n = match when_ready(r, Interest::READABLE, || {
-            splice(r.as_fd(), None, &into, None, CHUNK, flags).map_err(io::Error::from)
+            splice(r.as_fd(), None, &into, None, PIPE_SIZE, flags).map_err(io::Error::from)
         })
         .await
         {
-            Ok(0) | Err(_) => return total,
+            Ok(0) => return (total, true),
+            Err(_) => return (total, false),
             Ok(n) => n,
         };
         let mut left = n;
@@ -115,7 +127,7 @@ async fn splice_until_end<R: Stream, W: Stream>(r: &R, w: &W) -> u64 {
             })
             .await
             {
-                Ok(0) | Err(_) => return total,
+                Ok(0) | Err(_) => return (total, false),
                 Ok(m) => left -= m,
             }
         }

@@ -895,6 +895,8 @@ pub struct EgressConfig {
     pub head_timeout: String,
     /// Connections through the proxy open at once per sandbox; one more is answered 503.
     pub max_connections: u32,
+    /// The same over every sandbox (each holds about six descriptors).
+    pub max_connections_total: u32,
     /// Decisions kept per sandbox for `GET /v1/sandboxes/{id}/network-log`.
     pub log_entries: u32,
 }
@@ -924,6 +926,7 @@ impl Default for EgressConfig {
             connect_timeout: "10s".into(),
             head_timeout: "10s".into(),
             max_connections: 256,
+            max_connections_total: 4096,
             log_entries: 1000,
         }
     }
@@ -938,6 +941,7 @@ pub struct EgressSettings {
     pub connect_timeout: Duration,
     pub head_timeout: Duration,
     pub max_connections: u32,
+    pub max_connections_total: u32,
     pub log_entries: u32,
 }
 
@@ -984,6 +988,7 @@ impl EgressConfig {
         }
         for (key, v) in [
             ("max_connections", self.max_connections),
+            ("max_connections_total", self.max_connections_total),
             ("log_entries", self.log_entries),
         ] {
             if v == 0 {
@@ -996,6 +1001,7 @@ impl EgressConfig {
             connect_timeout: dur("connect_timeout", &self.connect_timeout)?,
             head_timeout: dur("head_timeout", &self.head_timeout)?,
             max_connections: self.max_connections,
+            max_connections_total: self.max_connections_total,
             log_entries: self.log_entries,
         })
     }

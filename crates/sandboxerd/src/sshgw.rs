@@ -311,13 +311,23 @@ impl Conn {
 async fn pump(
     handle: russh::server::Handle,
     channel: ChannelId,
-    mut conn: client::Conn,
+    conn: client::Conn,
     mut input: mpsc::Receiver<Input>,
 ) {
+    use futures::StreamExt;
+    let client::Conn { r, mut w } = conn;
+    // `read_frame` is not cancel-safe: in the `select!` below a frame half
+    // read when input arrived would be lost and the stream desynchronised
+    // ("frame too large"). The stream keeps a read in progress across polls.
+    let frames = futures::stream::unfold(r, |mut r| async move {
+        let f = proto::read_frame(&mut r).await;
+        Some((f, r))
+    });
+    tokio::pin!(frames);
     let mut input_open = true;
     loop {
         tokio::select! {
-            f = proto::read_frame(&mut conn.r) => {
+            Some(f) = frames.next() => {
                 let f = match f {
                     Ok(Some(f)) => f,
                     end => {
@@ -371,18 +381,18 @@ async fn pump(
                     Some(Input::Data(d)) => {
                         let mut ok = Ok(());
                         for piece in d.chunks(proto::MAX_FRAME) {
-                            ok = proto::write_frame(&mut conn.w, kind::STDIN, piece).await;
+                            ok = proto::write_frame(&mut w, kind::STDIN, piece).await;
                         }
                         ok
                     }
-                    Some(Input::Eof) => proto::write_frame(&mut conn.w, kind::STDIN_END, b"").await,
+                    Some(Input::Eof) => proto::write_frame(&mut w, kind::STDIN_END, b"").await,
                     Some(Input::Resize(size)) => {
                         let json = serde_json::to_vec(&size).unwrap_or_default();
-                        proto::write_frame(&mut conn.w, kind::RESIZE, &json).await
+                        proto::write_frame(&mut w, kind::RESIZE, &json).await
                     }
                     Some(Input::Signal(sig)) => {
                         let json = serde_json::to_vec(&sig).unwrap_or_default();
-                        proto::write_frame(&mut conn.w, kind::SIGNAL, &json).await
+                        proto::write_frame(&mut w, kind::SIGNAL, &json).await
                     }
                     // The channel is gone: dropping the connection ends the program.
                     None => return,

@@ -31,7 +31,9 @@ use crate::config::EgressSettings;
 pub use policy::{Policy, Protected};
 
 /// Logs of ended sandboxes kept (the oldest are forgotten first).
-const ENDED_LOGS: usize = 256;
+const ENDED_LOGS: usize = 64;
+/// Name lookups in flight at once, over every sandbox.
+const MAX_LOOKUPS: usize = 64;
 
 /// The proxy of every egress sandbox of this daemon.
 pub struct Egress {
@@ -40,6 +42,10 @@ pub struct Egress {
     served: Mutex<HashMap<String, Arc<Served>>>,
     ended: Mutex<VecDeque<(String, Arc<Log>)>>,
     totals: Totals,
+    /// Connections open over every sandbox.
+    connections: Arc<Semaphore>,
+    /// Name lookups in flight.
+    lookups: Semaphore,
 }
 
 /// Counters over every sandbox, for `/metrics`.
@@ -117,6 +123,8 @@ impl Default for Egress {
 impl Egress {
     pub fn new(settings: EgressSettings) -> Self {
         Egress {
+            connections: Arc::new(Semaphore::new(settings.max_connections_total as usize)),
+            lookups: Semaphore::new(MAX_LOOKUPS),
             settings,
             protected: RwLock::default(),
             served: Mutex::default(),

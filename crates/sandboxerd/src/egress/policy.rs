@@ -9,12 +9,14 @@
 //!
 //! The decision, deny first:
 //! - a name: denied when a `deny` name rule matches it; allowed when an
-//!   `allow` name rule matches it, or when every address it resolves to is
-//!   in an `allow` CIDR. Every address it resolves to must then pass the
-//!   address checks below, except that an address inside the host's own or
-//!   private ranges (loopback, RFC 1918, link-local, CGNAT, ULA, ...) is
-//!   taken only when an `allow` CIDR names it or the operator's `resolve`
-//!   table gave it: a public name never leads inside (DNS rebinding).
+//!   `allow` name rule matches it, or when the operator's `resolve` table
+//!   maps it into an `allow` CIDR (a name no name rule allows is never
+//!   looked up in DNS). Its addresses are then checked as below, and only
+//!   those that pass are connected to; an address inside the host's own or
+//!   private ranges (loopback, RFC 1918, link-local, CGNAT, ULA, NAT64 of
+//!   those, ...) passes only when an `allow` CIDR holds it or the
+//!   operator's `resolve` table gave it for a name a name rule allows: a
+//!   public name never leads inside (DNS rebinding).
 //! - an address: denied when a `deny` CIDR holds it; allowed only when an
 //!   `allow` CIDR holds it (a raw IP is refused otherwise).
 //! - never, whatever the rules: the daemon's own listening addresses (its
@@ -98,6 +100,10 @@ impl Policy {
 
     /// The first decision on a name: `Ok` when the rules let it be
     /// resolved (the addresses are checked by [`Policy::check_address`]).
+    /// A name no name rule allows is `IfAddressesAllowed` when a range
+    /// might hold it; the proxy then looks it up only in the operator's
+    /// `resolve` table, never in DNS (a lookup of any name would be a way
+    /// out through DNS).
     pub fn check_name(&self, name: &str, port: u16) -> Result<NameVerdict, Refusal> {
         if let Some(r) = self.deny.iter().find(|r| r.matches_name(name, port)) {
             return Err(format!("`{name}` is denied by `{}`", show(r)));
@@ -139,11 +145,13 @@ impl Policy {
         if let Some(r) = self.allow.iter().find(|r| r.holds(ip, port)) {
             return Ok(format!("{ip} is in `{}`", show(r)));
         }
-        if trusted {
-            return Ok(format!("{ip} is the operator's `[egress] resolve` entry"));
-        }
         if !by_name {
             return Err(format!("{ip} is not in an allowed range"));
+        }
+        // The operator's table vouches for its addresses, but only for
+        // a name a name rule allows.
+        if trusted {
+            return Ok(format!("{ip} is the operator's `[egress] resolve` entry"));
         }
         if is_internal(ip) {
             return Err(format!(
@@ -196,8 +204,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Addresses of this host or of private networks.
+/// Addresses of this host or of private networks (also when embedded in
+/// an IPv6 address that translates to them: NAT64, 6to4, v4-compatible),
+/// and cloud platforms' own endpoints.
 pub fn is_internal(ip: IpAddr) -> bool {
+    if let Some(v4) = embedded_v4(ip) {
+        if is_internal(IpAddr::V4(v4)) {
+            return true;
+        }
+    }
     match canonical(ip) {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -213,6 +228,8 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 // 198.18.0.0/15 (benchmarking), 240.0.0.0/4 (reserved)
                 || (o[0] == 198 && (o[1] & 0xfe) == 18)
                 || o[0] >= 240
+                // Azure's WireServer (169.254.169.254 is link-local above)
+                || o == [168, 63, 129, 16]
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -222,7 +239,27 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 // fc00::/7 unique local, fe80::/10 link-local
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                // 64:ff9b:1::/48, local-use NAT64
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
         }
+    }
+}
+
+/// The IPv4 address an IPv6 one stands for through NAT64 (`64:ff9b::/96`),
+/// 6to4 (`2002::/16`) or the old IPv4-compatible form (`::a.b.c.d`).
+fn embedded_v4(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let s = v6.segments();
+    let o = v6.octets();
+    let v4 = |a: usize| std::net::Ipv4Addr::new(o[a], o[a + 1], o[a + 2], o[a + 3]);
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(v4(12))
+    } else if s[0] == 0x2002 {
+        Some(v4(2))
+    } else if s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+        Some(v4(12))
+    } else {
+        None
     }
 }
 
@@ -386,6 +423,12 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "64:ff9b::a00:5",
+            "64:ff9b::7f00:1",
+            "2002:a00:1::1",
+            "::10.0.0.1",
+            "64:ff9b:1::1",
+            "168.63.129.16",
         ] {
             let ip: IpAddr = inside.parse().unwrap();
             assert!(
@@ -398,6 +441,25 @@ mod tests {
                 "{inside}"
             );
         }
+        // A public address behind NAT64 or 6to4 is public.
+        for public in ["64:ff9b::5db8:d822", "2002:5db8:d822::1"] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert!(
+                p.check_address(ip, 80, true, false, &none()).is_ok(),
+                "{public}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_operators_table_vouches_only_for_names_a_name_rule_allows() {
+        // A range rule makes every name `IfAddressesAllowed`: an internal
+        // address from the table must still be in a range.
+        let p = policy(&["10.20.0.0/16"], &[]);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(p.check_address(ip, 80, false, true, &none()).is_err());
+        let ip: IpAddr = "10.20.0.5".parse().unwrap();
+        assert!(p.check_address(ip, 80, false, true, &none()).is_ok());
     }
 
     #[test]

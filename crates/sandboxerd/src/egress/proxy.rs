@@ -23,6 +23,10 @@ const MAX_HEAD: usize = 16 << 10;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the rest of a TLS ClientHello may take once it started.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a tunnel's client may stay silent before its first byte.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest host and reason kept in a log entry.
+const MAX_LOGGED: usize = 300;
 
 pub(super) async fn accept_loop(hub: Arc<Egress>, served: Arc<Served>, listener: UnixListener) {
     loop {
@@ -62,6 +66,18 @@ struct Ask {
 }
 
 async fn handle(hub: &Egress, served: &Served, mut client: UnixStream) {
+    let Ok(_all) = hub.connections.clone().try_acquire_owned() else {
+        let reason = format!(
+            "the proxy holds its most connections over every sandbox ({}, `[egress] max_connections_total`)",
+            hub.settings.max_connections_total
+        );
+        hub.record(
+            served,
+            decision(NetworkVerdict::Denied, "-", "-", 0, None, &reason),
+        );
+        let _ = respond(&mut client, 503, "Service Unavailable", &reason).await;
+        return;
+    };
     let Ok(_slot) = served.slots.clone().try_acquire_owned() else {
         let reason = format!(
             "more than {} connections open at once (`[egress] max_connections`)",
@@ -146,11 +162,23 @@ fn decision(
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         decision: verdict,
         method: method.to_owned(),
-        host: host.to_owned(),
+        host: truncated(host),
         port,
         address: address.map(|a| a.to_string()),
-        reason: reason.to_owned(),
+        reason: truncated(reason),
     }
+}
+
+/// `s`, cut to [`MAX_LOGGED`] bytes (at a character boundary).
+fn truncated(s: &str) -> String {
+    if s.len() <= MAX_LOGGED {
+        return s.to_owned();
+    }
+    let mut end = MAX_LOGGED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// Reads up to the end of the request head: `(head, bytes after it)`;
@@ -226,22 +254,25 @@ fn parse(head: &[u8]) -> Result<Ask, String> {
     out.extend_from_slice(
         format!("{method} {path} HTTP/1.{}\r\n", req.version.unwrap_or(1)).as_bytes(),
     );
-    let mut has_host = false;
+    // The server sees the host that was decided on (never another `Host`,
+    // which would reach another site behind the same address), and one
+    // request only: with `Connection: close` it ends the connection after
+    // its answer, so a client never sends a request for another host down
+    // a connection decided for this one.
+    out.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
     for h in req.headers.iter() {
         let name = h.name.to_ascii_lowercase();
-        if name.starts_with("proxy-") {
+        if name.starts_with("proxy-")
+            || matches!(name.as_str(), "host" | "connection" | "keep-alive")
+        {
             continue;
         }
-        has_host |= name == "host";
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if !has_host {
-        out.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
     Ok(Ask {
         method,
         host,
@@ -251,8 +282,9 @@ fn parse(head: &[u8]) -> Result<Ask, String> {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &s[prefix.len()..])
+    s.get(..prefix.len())
+        .filter(|head| head.eq_ignore_ascii_case(prefix))
+        .and_then(|_| s.get(prefix.len()..))
 }
 
 /// `host:port`, `[v6]:port` (or without the port when `default` is given).
@@ -322,7 +354,18 @@ async fn connect(hub: &Egress, served: &Served, ask: &Ask) -> Result<TcpStream, 
             .map_err(|why| deny(&name, None, why))?;
         let (addrs, trusted) = match hub.settings.resolve.get(&name) {
             Some(a) => (a.clone(), true),
-            None => match resolve(&name, ask.port).await {
+            // Only a name a name rule allows is looked up: any other lookup
+            // would carry data out through DNS.
+            None if verdict == NameVerdict::IfAddressesAllowed => {
+                return Err(deny(
+                    &name,
+                    None,
+                    format!(
+                        "`{name}` is not in the allow list (a range admits addresses, and names the operator's `[egress] resolve` table maps into it)"
+                    ),
+                ));
+            }
+            None => match resolve(hub, &name, ask.port).await {
                 Ok(a) => (a, false),
                 Err(e) => {
                     let why = format!("resolving `{name}` failed: {e}");
@@ -370,6 +413,14 @@ async fn connect(hub: &Egress, served: &Served, ask: &Ask) -> Result<TcpStream, 
     for (ip, why) in &candidates {
         let addr = SocketAddr::new(*ip, ask.port);
         match tokio::time::timeout(hub.settings.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) if lands_on_own_port(&s, &protected) => {
+                drop(s);
+                return Err(deny(
+                    &host,
+                    Some(addr),
+                    format!("{addr} is this host, at one of sand-boxer's own ports"),
+                ));
+            }
             Ok(Ok(s)) => {
                 hub.record(
                     served,
@@ -410,7 +461,25 @@ async fn connect(hub: &Egress, served: &Served, ask: &Ask) -> Result<TcpStream, 
     Err((502, "Bad Gateway", last_err))
 }
 
-async fn resolve(name: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+/// Whether `s` reached this very host (its two ends share an address, or
+/// it is loopback) at a port one of the daemon's listeners uses: what an
+/// address the host gained after start would otherwise let through.
+fn lands_on_own_port(s: &TcpStream, protected: &super::Protected) -> bool {
+    let (Ok(local), Ok(peer)) = (s.local_addr(), s.peer_addr()) else {
+        return true;
+    };
+    (peer.ip() == local.ip() || peer.ip().is_loopback())
+        && protected.listen.iter().any(|l| l.port() == peer.port())
+}
+
+async fn resolve(hub: &Egress, name: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+    // Each lookup holds a blocking thread until the system resolver gives
+    // up, whatever our timeout: a bounded number at once.
+    let Ok(_turn) = hub.lookups.try_acquire() else {
+        return Err(std::io::Error::other(
+            "too many name lookups in flight; try again",
+        ));
+    };
     let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
         .await
         .map_err(|_| std::io::Error::other(format!("no answer within {RESOLVE_TIMEOUT:?}")))??;
@@ -456,8 +525,31 @@ async fn tunnel(
         loop {
             let need = match tls::client_hello(&first) {
                 Hello::Incomplete(n) if first.len() < tls::MAX_RECORD => n,
+                Hello::Malformed => {
+                    let why = "the tunnel opened with a TLS handshake that is not a well-formed ClientHello in one record".to_owned();
+                    hub.record(
+                        served,
+                        decision(
+                            NetworkVerdict::Denied,
+                            "TLS",
+                            &ask.host,
+                            ask.port,
+                            None,
+                            &why,
+                        ),
+                    );
+                    return Err(());
+                }
                 Hello::Sni(name) if Some(&name) != normalize_name(&ask.host).as_ref() => {
-                    if let Err(why) = served.policy.check_name(&name, ask.port) {
+                    // Another name must be one a name rule allows.
+                    let allowed = match served.policy.check_name(&name, ask.port) {
+                        Ok(NameVerdict::ByName(_)) => Ok(()),
+                        Ok(NameVerdict::IfAddressesAllowed) => {
+                            Err(format!("`{name}` is not in the allow list"))
+                        }
+                        Err(why) => Err(why),
+                    };
+                    if let Err(why) = allowed {
                         let why = format!(
                             "the TLS server name `{name}` differs from the CONNECT host `{}`: {why}",
                             ask.host
@@ -474,15 +566,18 @@ async fn tunnel(
                 _ => break,
             };
             let read = splice::read(&client, &mut chunk[..need.clamp(1, 4096)]);
-            let n = if first.is_empty() {
-                // Nothing yet: the client may be waiting for the server.
-                read.await
+            // The client may first wait for the server to speak (SSH,
+            // SMTP), but not for ever; a ClientHello, once begun, comes
+            // whole within HELLO_TIMEOUT.
+            let limit = if first.is_empty() {
+                FIRST_BYTES_TIMEOUT
             } else {
-                let d = *deadline.get_or_insert(tokio::time::Instant::now() + HELLO_TIMEOUT);
-                match tokio::time::timeout_at(d, read).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(()),
-                }
+                HELLO_TIMEOUT
+            };
+            let d = *deadline.get_or_insert(tokio::time::Instant::now() + limit);
+            let n = match tokio::time::timeout_at(d, read).await {
+                Ok(r) => r,
+                Err(_) => return Err(()),
             };
             match n {
                 Ok(0) | Err(_) => break,
@@ -558,13 +653,13 @@ mod tests {
         assert_eq!((a.host.as_str(), a.port), ("Allowed.test", 8080));
         assert_eq!(
             String::from_utf8(a.forward.unwrap()).unwrap(),
-            "GET /a/b?c=d HTTP/1.1\r\nHost: allowed.test:8080\r\nAccept: */*\r\n\r\n"
+            "GET /a/b?c=d HTTP/1.1\r\nHost: Allowed.test:8080\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
         let a = parse(b"POST http://x.test?q HTTP/1.0\r\n\r\n").unwrap();
         assert_eq!(a.port, 80);
         assert_eq!(
             String::from_utf8(a.forward.unwrap()).unwrap(),
-            "POST /?q HTTP/1.0\r\nHost: x.test\r\n\r\n"
+            "POST /?q HTTP/1.0\r\nHost: x.test\r\nConnection: close\r\n\r\n"
         );
         assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap_err()
@@ -572,6 +667,19 @@ mod tests {
         assert!(parse(b"GET https://x.test/ HTTP/1.1\r\n\r\n")
             .unwrap_err()
             .contains("CONNECT"));
+        // The decided host is the one the server sees, for one request.
+        let a = parse(
+            b"GET http://a.test/ HTTP/1.1\r\nHost: internal-vhost\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(a.forward.unwrap()).unwrap(),
+            "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+        );
+        // Non-ASCII bytes in the target are refused, never a panic.
+        for bad in ["GET /aaaaa€ HTTP/1.1\r\n\r\n", "GET h€ HTTP/1.1\r\n\r\n"] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
         assert!(parse(b"GET http://u:p@x.test/ HTTP/1.1\r\n\r\n")
             .unwrap_err()
             .contains("credentials"));

@@ -76,8 +76,10 @@ fn parse_handshake(record: &[u8]) -> Option<Hello> {
     }
     let body_len = r.u24()?;
     // A ClientHello split over several records is legal but rare (huge
-    // post-quantum key shares); only the first record is read, and its
-    // extensions may be cut: what is there is parsed.
+    // post-quantum key shares still fit one): only the first record is
+    // read. A server name found there counts; one that would come later
+    // cannot be checked, so a cut hello without one is malformed here.
+    let whole = body_len <= r.0.len();
     let body = r.take(body_len.min(r.0.len()))?;
     let mut r = Reader(body);
     r.take(2)?; // legacy_version
@@ -88,8 +90,13 @@ fn parse_handshake(record: &[u8]) -> Option<Hello> {
     r.take(suites)?;
     let comp = r.u8()?;
     r.take(comp)?;
+    let cut = if whole {
+        Hello::NoSni
+    } else {
+        Hello::Malformed
+    };
     if r.0.is_empty() {
-        return Some(Hello::NoSni);
+        return Some(cut);
     }
     let ext_len = r.u16()?;
     let mut exts = Reader(r.take(ext_len.min(r.0.len()))?);
@@ -97,15 +104,13 @@ fn parse_handshake(record: &[u8]) -> Option<Hello> {
         let kind = exts.u16()?;
         let len = exts.u16()?;
         let Some(data) = exts.take(len) else {
-            // Cut by the record's end: the server name comes early in
-            // practice, so an incomplete tail is only "no name seen".
-            return Some(Hello::NoSni);
+            return Some(Hello::Malformed);
         };
         if kind == 0 {
             return Some(server_name(data).unwrap_or(Hello::Malformed));
         }
     }
-    Some(Hello::NoSni)
+    Some(cut)
 }
 
 /// The `server_name` extension: a list of (type, name); type 0 is a host name.
@@ -195,5 +200,14 @@ mod tests {
         assert_eq!(client_hello(&[22, 3, 1, 0, 0]), Hello::Malformed);
         assert_eq!(client_hello(&[22, 3, 1, 0x7f, 0xff]), Hello::Malformed);
         assert_eq!(client_hello(&[22, 3, 1, 0, 1, 2]), Hello::Malformed);
+        // A handshake that announces more than its record holds, with no
+        // name in what is there, cannot be checked.
+        assert_eq!(client_hello(&[22, 3, 1, 0, 1, 1]), Hello::Malformed);
+        let mut split = real.clone();
+        let cut = 5 + 4 + 34; // header, handshake header, version + random
+        split.truncate(cut);
+        let len = (cut - 5) as u16;
+        split[3..5].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(client_hello(&split), Hello::Malformed);
     }
 }

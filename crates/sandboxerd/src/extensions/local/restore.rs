@@ -13,6 +13,9 @@ pub(super) const RESTORE_OLD: &str = "restore-old";
 pub(super) const RESTORE_SWAPPING: &str = "restore-swapping";
 /// Present once every new entry is in: what is left is clean-up.
 pub(super) const RESTORE_DONE: &str = "restore-done";
+/// The workspace directory's own mtime before a restore touched it
+/// (nanoseconds since the epoch), for a rollback after a crash.
+pub(super) const RESTORE_ROOT_MTIME: &str = "restore-root-mtime";
 
 pub(super) fn restore_err(what: impl std::fmt::Display) -> ExtError {
     ExtError::new(ProblemCode::RestoreFailed, what.to_string())
@@ -83,14 +86,20 @@ pub(super) fn restore_in_place(
         }
     };
     // Moving entries out and back touches the workspace directory itself;
-    // a rollback puts its mtime back too, so it is exactly as it was.
+    // a rollback puts its mtime back too, so it is exactly as it was. It is
+    // kept on disk, for a rollback by the next start after a crash.
     let root_mtime = std::fs::metadata(&workspace)
         .and_then(|m| m.modified())
         .ok();
+    if let Some(nanos) = root_mtime
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+    {
+        let _ = std::fs::write(dir.join(RESTORE_ROOT_MTIME), nanos.to_string());
+    }
     let restore_root_mtime = || {
-        if let Some(t) = root_mtime {
-            let _ = std::fs::File::open(&workspace).and_then(|f| f.set_modified(t));
-        }
+        put_root_mtime_back(dir);
+        let _ = remove_tree(&dir.join(RESTORE_ROOT_MTIME));
     };
     // 2. Move the old entries out.
     std::fs::create_dir(&old)
@@ -148,7 +157,10 @@ pub(super) fn finish_interrupted_restore(dir: &Path) -> Result<(), ExtError> {
     let old = dir.join(RESTORE_OLD);
     let done = dir.join(RESTORE_DONE);
     let swapping = dir.join(RESTORE_SWAPPING);
+    let mtime = dir.join(RESTORE_ROOT_MTIME);
     if done.exists() {
+        remove_tree(&mtime)
+            .map_err(|e| restore_err(format!("removing {}: {e}", mtime.display())))?;
         remove_tree(&old).map_err(|e| restore_err(format!("removing {}: {e}", old.display())))?;
         remove_tree(&new).map_err(|e| restore_err(format!("removing {}: {e}", new.display())))?;
         remove_tree(&done).map_err(|e| restore_err(format!("removing {}: {e}", done.display())))?;
@@ -157,8 +169,23 @@ pub(super) fn finish_interrupted_restore(dir: &Path) -> Result<(), ExtError> {
     if swapping.exists() || old.exists() {
         tracing::warn!(dir = %dir.display(), "rolling back an interrupted restore");
         roll_back_swap(dir).map_err(|e| restore_err(format!("rolling back a restore: {e}")))?;
+        put_root_mtime_back(dir);
     }
+    remove_tree(&mtime).map_err(|e| restore_err(format!("removing {}: {e}", mtime.display())))?;
     remove_tree(&new).map_err(|e| restore_err(format!("removing {}: {e}", new.display())))
+}
+
+/// Gives the workspace directory back the mtime recorded before the
+/// restore began (best effort: only a timestamp).
+fn put_root_mtime_back(dir: &Path) {
+    let Some(nanos) = std::fs::read_to_string(dir.join(RESTORE_ROOT_MTIME))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+    let _ = std::fs::File::open(dir.join("workspace")).and_then(|f| f.set_modified(t));
 }
 
 /// Undo a swap: with the marker, the workspace holds new entries (moved
