@@ -509,15 +509,7 @@ impl Config {
 
 impl Limits {
     fn http(&self) -> anyhow::Result<HttpLimits> {
-        let dur = |key: &str, v: &str| {
-            let d = humantime::parse_duration(v).map_err(|e| {
-                anyhow::anyhow!("config `limits.{key}`: `{v}` is not a duration ({e})")
-            })?;
-            if d.is_zero() {
-                anyhow::bail!("config `limits.{key}`: must be more than zero");
-            }
-            Ok(d)
-        };
+        let dur = |key: &str, v: &str| positive_duration("limits", key, v);
         Ok(HttpLimits {
             header_read_timeout: dur("header_read_timeout", &self.header_read_timeout)?,
             idle_timeout: dur("idle_timeout", &self.idle_timeout)?,
@@ -764,15 +756,7 @@ impl Default for AccessSettings {
 
 impl AccessConfig {
     fn settings(&self) -> anyhow::Result<AccessSettings> {
-        let dur = |key: &str, v: &str| {
-            let d = humantime::parse_duration(v).map_err(|e| {
-                anyhow::anyhow!("config `access.{key}`: `{v}` is not a duration ({e})")
-            })?;
-            if d.is_zero() {
-                anyhow::bail!("config `access.{key}`: must be more than zero");
-            }
-            Ok(d)
-        };
+        let dur = |key: &str, v: &str| positive_duration("access", key, v);
         let size = |key: &str, v: &str| match parse_size(v) {
             Some(n) if n > 0 => Ok(n),
             _ => Err(anyhow::anyhow!(
@@ -956,15 +940,7 @@ impl Default for EgressSettings {
 
 impl EgressConfig {
     fn settings(&self) -> anyhow::Result<EgressSettings> {
-        let dur = |key: &str, v: &str| {
-            let d = humantime::parse_duration(v).map_err(|e| {
-                anyhow::anyhow!("config `egress.{key}`: `{v}` is not a duration ({e})")
-            })?;
-            if d.is_zero() {
-                anyhow::bail!("config `egress.{key}`: must be more than zero");
-            }
-            Ok(d)
-        };
+        let dur = |key: &str, v: &str| positive_duration("egress", key, v);
         let mut resolve = BTreeMap::new();
         for (name, addrs) in &self.resolve {
             let Some(key) = sandboxer_api::normalize_name(name) else {
@@ -1005,6 +981,16 @@ impl EgressConfig {
             log_entries: self.log_entries,
         })
     }
+}
+
+/// `v` of key `section.key` as a duration above zero; the error names the key.
+fn positive_duration(section: &str, key: &str, v: &str) -> anyhow::Result<Duration> {
+    let d = humantime::parse_duration(v)
+        .map_err(|e| anyhow::anyhow!("config `{section}.{key}`: `{v}` is not a duration ({e})"))?;
+    if d.is_zero() {
+        anyhow::bail!("config `{section}.{key}`: must be more than zero");
+    }
+    Ok(d)
 }
 
 /// A byte size: a whole number with an optional unit `B`, `KB`/`MB`/`GB`/`TB`

@@ -71,24 +71,14 @@ async fn handle(hub: &Egress, served: &Served, mut client: UnixStream) {
             "the proxy holds its most connections over every sandbox ({}, `[egress] max_connections_total`)",
             hub.settings.max_connections_total
         );
-        hub.record(
-            served,
-            decision(NetworkVerdict::Denied, "-", "-", 0, None, &reason),
-        );
-        let _ = respond(&mut client, 503, "Service Unavailable", &reason).await;
-        return;
+        return busy(hub, served, client, &reason).await;
     };
     let Ok(_slot) = served.slots.clone().try_acquire_owned() else {
         let reason = format!(
             "more than {} connections open at once (`[egress] max_connections`)",
             hub.settings.max_connections
         );
-        hub.record(
-            served,
-            decision(NetworkVerdict::Denied, "-", "-", 0, None, &reason),
-        );
-        let _ = respond(&mut client, 503, "Service Unavailable", &reason).await;
-        return;
+        return busy(hub, served, client, &reason).await;
     };
     hub.totals.open.fetch_add(1, Ordering::Relaxed);
     let _open = OpenGuard(hub);
@@ -140,6 +130,15 @@ async fn handle(hub: &Egress, served: &Served, mut client: UnixStream) {
             relay(hub, client, upstream, first).await;
         }
     }
+}
+
+/// Refuses a connection over a cap: logged, answered 503.
+async fn busy(hub: &Egress, served: &Served, mut client: UnixStream, reason: &str) {
+    hub.record(
+        served,
+        decision(NetworkVerdict::Denied, "-", "-", 0, None, reason),
+    );
+    let _ = respond(&mut client, 503, "Service Unavailable", reason).await;
 }
 
 struct OpenGuard<'a>(&'a Egress);
@@ -317,18 +316,14 @@ type Refused = (u16, &'static str, String);
 
 /// Decides `ask` and connects: the decision is recorded either way.
 async fn connect(hub: &Egress, served: &Served, ask: &Ask) -> Result<TcpStream, Refused> {
-    let deny = |host: &str, address: Option<SocketAddr>, why: String| {
+    let note = |verdict, host: &str, address: Option<SocketAddr>, why: &str| {
         hub.record(
             served,
-            decision(
-                NetworkVerdict::Denied,
-                &ask.method,
-                host,
-                ask.port,
-                address,
-                &why,
-            ),
+            decision(verdict, &ask.method, host, ask.port, address, why),
         );
+    };
+    let deny = |host: &str, address: Option<SocketAddr>, why: String| {
+        note(NetworkVerdict::Denied, host, address, &why);
         (403, "Forbidden", why)
     };
     let protected = hub.protected();
@@ -369,17 +364,7 @@ async fn connect(hub: &Egress, served: &Served, ask: &Ask) -> Result<TcpStream, 
                 Ok(a) => (a, false),
                 Err(e) => {
                     let why = format!("resolving `{name}` failed: {e}");
-                    hub.record(
-                        served,
-                        decision(
-                            NetworkVerdict::Denied,
-                            &ask.method,
-                            &name,
-                            ask.port,
-                            None,
-                            &why,
-                        ),
-                    );
+                    note(NetworkVerdict::Denied, &name, None, &why);
                     return Err((502, "Bad Gateway", why));
                 }
             },
@@ -422,17 +407,7 @@ async fn connect(hub: &Egress, served: &Served, ask: &Ask) -> Result<TcpStream, 
                 ));
             }
             Ok(Ok(s)) => {
-                hub.record(
-                    served,
-                    decision(
-                        NetworkVerdict::Allowed,
-                        &ask.method,
-                        &host,
-                        ask.port,
-                        Some(addr),
-                        why,
-                    ),
-                );
+                note(NetworkVerdict::Allowed, &host, Some(addr), why);
                 return Ok(s);
             }
             Ok(Err(e)) => last_err = format!("connecting to {addr}: {e}"),
@@ -447,17 +422,7 @@ async fn connect(hub: &Egress, served: &Served, ask: &Ask) -> Result<TcpStream, 
     let (ip, why) = &candidates[0];
     let addr = SocketAddr::new(*ip, ask.port);
     let why = format!("{why}; but {last_err}");
-    hub.record(
-        served,
-        decision(
-            NetworkVerdict::Allowed,
-            &ask.method,
-            &host,
-            ask.port,
-            Some(addr),
-            &why,
-        ),
-    );
+    note(NetworkVerdict::Allowed, &host, Some(addr), &why);
     Err((502, "Bad Gateway", last_err))
 }
 

@@ -23,8 +23,7 @@ use testkit::{require_bwrap, Daemon, TestDir};
 fn daemon(dir: &Path, network: &str, extra: &str, user: Option<(u32, u32)>) -> Daemon {
     let profiles = dir.join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
-    let text = std::fs::read_to_string(testkit::repo_root().join("profiles/local-shell.yaml"))
-        .expect("profile");
+    let text = testkit::repo_file("profiles/local-shell.yaml");
     assert!(
         text.contains("network:\n  mode: none\n"),
         "the template changed"
@@ -410,8 +409,7 @@ async fn a_rule_that_does_not_parse_names_its_profile_and_entry() {
     let dir = TestDir::new();
     let profiles = dir.path().join("profiles");
     std::fs::create_dir_all(&profiles).expect("mkdir");
-    let text = std::fs::read_to_string(testkit::repo_root().join("profiles/local-shell.yaml"))
-        .expect("profile");
+    let text = testkit::repo_file("profiles/local-shell.yaml");
     std::fs::write(
         profiles.join("bad.yaml"),
         text.replace("profile.local-shell", "profile.bad").replace(
