@@ -451,6 +451,13 @@ pub struct CreateArgs {
     /// Retrying with the same key and request returns the same sandbox.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// A name unique among the project's live sandboxes.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// With `--name`: when a live sandbox already has the name, use it
+    /// instead of failing (get-or-create).
+    #[arg(long, requires = "name")]
+    pub reuse: bool,
 }
 
 /// Arguments of `list`.
@@ -471,6 +478,9 @@ pub struct ListArgs {
     /// Only sandboxes of this project.
     #[arg(long)]
     pub project: Option<String>,
+    /// Only the sandbox of this name.
+    #[arg(long)]
+    pub name: Option<String>,
     /// Only sandboxes with this label `key=value`; repeatable (all must match).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,

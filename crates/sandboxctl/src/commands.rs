@@ -204,6 +204,8 @@ async fn create(client: &Client, args: CreateArgs, json: bool) -> Result<(), Cli
                 Err(e) => Err(CliError::Usage(format!("--ssh-key {k}: {e}"))),
             })
             .collect::<Result<_, _>>()?,
+        name: args.name.clone(),
+        if_exists: args.reuse.then_some(sandboxer_api::IfExists::Return),
     };
     let spinner = Spinner::new();
     spinner.show(match (&args.profile, &args.from_snapshot) {
@@ -423,6 +425,7 @@ async fn list(client: &Client, args: ListArgs, json: bool) -> Result<(), CliErro
         extension: args.extension,
         host: args.host,
         project: args.project,
+        name: args.name,
         labels: args.labels,
         include_all: args.all,
         limit: args.limit,

@@ -126,6 +126,7 @@ problem_codes! {
     MissingInput = "missing_input",
     InvalidInput = "invalid_input",
     InvalidLabel = "invalid_label",
+    InvalidName = "invalid_name",
     InvalidConsumer = "invalid_consumer",
     UnknownHost = "unknown_host",
     InvalidAmount = "invalid_amount",
@@ -133,6 +134,7 @@ problem_codes! {
     InvalidTime = "invalid_time",
     // A request that does not fit the state of things.
     IdempotencyConflict = "idempotency_conflict",
+    NameTaken = "name_taken",
     InvalidState = "invalid_state",
     InsufficientCredits = "insufficient_credits",
     TooManySandboxes = "too_many_sandboxes",

@@ -236,6 +236,9 @@ pub struct Cost {
 pub struct Sandbox {
     /// `sbx_` followed by a ULID.
     pub id: String,
+    /// Its name, unique among the project's live sandboxes (`null`: none).
+    #[serde(default)]
+    pub name: Option<String>,
     pub profile: String,
     pub profile_version: u32,
     pub extension: String,
@@ -314,6 +317,28 @@ pub struct CreateSandbox {
     /// through the daemon's SSH gateway (as `POST …/ssh-keys` adds them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_keys: Vec<String>,
+    /// A name unique among the project's live sandboxes (1 to 128 letters,
+    /// digits, `-`, `_` and `.`, starting with a letter or digit). A create
+    /// whose name is taken answers 409 `name_taken`, or, with `if_exists:
+    /// "return"`, 200 with that sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What a create whose `name` is taken does: `error` (default: 409
+    /// `name_taken`) or `return` (get-or-create: 200 with the live sandbox
+    /// of that name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_exists: Option<IfExists>,
+}
+
+/// `if_exists` of a create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum IfExists {
+    /// 409 `name_taken`.
+    Error,
+    /// 200 with the live sandbox of that name.
+    Return,
 }
 
 /// Body of `POST /v1/sandboxes/{id}/recreate`.

@@ -71,6 +71,8 @@ pub fn sandbox_row(project: &str, ttl_ms: i64, max_ms: i64) -> NewSandbox {
     let now = now_ms();
     NewSandbox {
         placement_host: None,
+        name: None,
+        reuse_by_name: false,
         id: new_id("sbx"),
         profile: LOCAL_SHELL.into(),
         profile_version: 1,

@@ -15,6 +15,8 @@ pub struct ListQuery {
     pub host: Option<String>,
     /// Only sandboxes of this project (operators; a consumer sees only its own).
     pub project: Option<String>,
+    /// Only the sandbox of this name (`name`).
+    pub name: Option<String>,
     /// Only sandboxes carrying all these labels; each is sent as `label=k=v`.
     pub labels: Vec<(String, String)>,
     /// Include destroyed sandboxes (`include=all`).
@@ -35,6 +37,7 @@ impl ListQuery {
             ("extension", &self.extension),
             ("host", &self.host),
             ("project", &self.project),
+            ("name", &self.name),
         ];
         for (name, value) in optional {
             if let Some(value) = value {

@@ -7,6 +7,9 @@ pub fn sandbox_details(s: &Sandbox, full: bool, now: DateTime<Utc>) -> String {
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut add = |k: &str, v: String| lines.push((k.to_owned(), v));
     add("id", s.id.clone());
+    if let Some(name) = &s.name {
+        add("name", name.clone());
+    }
     add("state", s.state.to_string());
     add("profile", format!("{} (v{})", s.profile, s.profile_version));
     add("host", format!("{} ({})", s.host, s.extension));

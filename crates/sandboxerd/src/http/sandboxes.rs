@@ -68,16 +68,16 @@ struct CreateHeaders {
     request_body = CreateSandbox,
     responses(
         (status = 201, description = "Ready (with `?wait=`)", body = Sandbox),
-        (status = 200, description = "Failed while waiting (with `?wait=`): see `failure`", body = Sandbox),
+        (status = 200, description = "The live sandbox of this `name` (with `if_exists: \"return\"`: nothing created); or failed while waiting (with `?wait=`): see `failure`", body = Sandbox),
         (status = 202, description = "Accepted; provisioning goes on (a create served from a warm pool is already `ready`). `Location` names the sandbox", body = Sandbox,
             headers(("Location" = String, description = "/v1/sandboxes/{id}"))),
         (status = 400, description = "Malformed JSON, query or header", body = Problem, content_type = "application/problem+json"),
         (status = 402, description = "Credits are enforced and the project's available credits cannot cover the estimate (`insufficient_credits`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown profile (`profile_not_found`) or `from_snapshot` (`snapshot_not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Idempotency-Key used with another body (`idempotency_conflict`); `from_snapshot` not ready (`invalid_state`) or its extension cannot fork (`snapshot_unsupported`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`name` taken by a live sandbox of the project (`name_taken`); Idempotency-Key used with another body (`idempotency_conflict`); `from_snapshot` not ready (`invalid_state`) or its extension cannot fork (`snapshot_unsupported`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field: profile (`missing_profile`, or `snapshot_incompatible` with `from_snapshot`), inputs, ttl, labels, consumer, placement", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field: profile (`missing_profile`, or `snapshot_incompatible` with `from_snapshot`), inputs, ttl, labels, name (`invalid_name`), consumer, placement", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The profile's extension is not built in (`extension_unavailable`), or no routing candidate can take the sandbox now (`no_extension_available`; the detail says why for each)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -94,7 +94,8 @@ async fn create_sandbox(
         .map(|v| duration("wait", v, Some(MAX_WAIT)))
         .transpose()?;
     let key = idempotency_key(&headers)?;
-    let sandbox = lifecycle::create(&state, caller.actor(), req, key.as_deref()).await?;
+    let made = lifecycle::create(&state, caller.actor(), req, key.as_deref()).await?;
+    let sandbox = made.sandbox;
     let sandbox = match wait {
         // Already ready (a pooled sandbox): nothing to wait for.
         Some(_) if sandbox.state.is_live() => sandbox,
@@ -106,6 +107,8 @@ async fn create_sandbox(
         None => sandbox,
     };
     let status = match (wait.is_some(), sandbox.state) {
+        // Get-or-create found it: nothing was created.
+        _ if made.existing => StatusCode::OK,
         (true, s) if s.is_live() => StatusCode::CREATED,
         (true, SandboxState::Failed) => StatusCode::OK,
         _ => StatusCode::ACCEPTED,
@@ -183,6 +186,9 @@ struct ListParams {
     extension: Option<String>,
     host: Option<String>,
     project: Option<String>,
+    /// The sandbox of this name (names are unique among live sandboxes;
+    /// ended ones keep theirs, so add `include=all` to see those too).
+    name: Option<String>,
     /// `key=value`; repeat for several (all must match).
     label: Option<Vec<String>>,
     /// `all`: include destroyed sandboxes.
@@ -236,6 +242,7 @@ async fn list_sandboxes(
     f.profile = q.profile;
     f.extension = q.extension;
     f.host = q.host;
+    f.name = q.name;
     f.project = match caller.scope() {
         Some(own) => Some(own.to_owned()),
         None => q.project,

@@ -36,7 +36,7 @@ pub mod teardown;
 pub mod validate;
 pub mod watch;
 
-pub use create::{create, Actor};
+pub use create::{create, Actor, Made};
 pub use error::{Missing, OpError, OpResult, Refusal};
 
 /// Per-sandbox async locks, so provision, teardown and recreate of one

@@ -415,6 +415,8 @@ async fn start_member(
         max_expires_at: expires_at,
         estimate_credits: 0,
         placement_host: None,
+        name: None,
+        reuse_by_name: false,
     };
     state
         .db

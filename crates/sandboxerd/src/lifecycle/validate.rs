@@ -119,6 +119,38 @@ pub fn labels(labels: &BTreeMap<String, String>) -> OpResult<()> {
     Ok(())
 }
 
+/// A create's `name` and `if_exists`: 1 to 128 letters, digits, `-`, `_`
+/// and `.`, starting with a letter or digit; `if_exists` only with a name.
+/// Answers whether a taken name returns its sandbox.
+pub fn name(name: Option<&str>, if_exists: Option<sandboxer_api::IfExists>) -> OpResult<bool> {
+    let Some(name) = name else {
+        if if_exists.is_some() {
+            return Err(OpError::invalid(
+                ProblemCode::InvalidName,
+                "if_exists",
+                "`if_exists` needs a `name`",
+            ));
+        }
+        return Ok(false);
+    };
+    let ok = (1..=128).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(OpError::invalid(
+            ProblemCode::InvalidName,
+            "name",
+            format!(
+                "`name`: `{}` must be 1 to 128 letters, digits, `-`, `_` or `.`, starting with a letter or digit",
+                name.chars().take(140).collect::<String>()
+            ),
+        ));
+    }
+    Ok(if_exists == Some(sandboxer_api::IfExists::Return))
+}
+
 /// The consumer a create acts for: the caller's own, or (operators only)
 /// the one the request names.
 pub fn consumer(asked: Option<&Consumer>, caller: &Consumer, operator: bool) -> OpResult<Consumer> {

@@ -151,7 +151,7 @@ impl Db {
             "UPDATE sandboxes SET pool = NULL, generation = 1, actor_type = ?, actor = ?, project = ?, \
              inputs = ?, labels = ?, created_at = ?, updated_at = ?, ready_at = ?, last_activity_at = ?, \
              expires_at = ?, max_expires_at = ?, estimate_credits = ?, accrued_credits = 0, \
-             rate_centicredits = ?, route = ?, placement_host = ? \
+             rate_centicredits = ?, route = ?, placement_host = ?, name = ? \
              WHERE id = ? AND pool = ? AND state = 'ready' AND generation = 0",
         )
         .bind(&new.consumer.actor_type)
@@ -174,6 +174,7 @@ impl Db {
                 .and_then(|r| serde_json::to_string(r).ok()),
         )
         .bind(&new.placement_host)
+        .bind(&new.name)
         .bind(&id)
         .bind(pool)
         .execute(&mut *tx)

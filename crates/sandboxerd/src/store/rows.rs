@@ -50,6 +50,7 @@ pub struct SandboxRow {
     pub termination_reason: Option<String>,
     pub termination_at: Option<i64>,
     pub termination_detail: Option<String>,
+    pub name: Option<String>,
 }
 
 impl SandboxRow {
@@ -165,6 +166,7 @@ impl SandboxRow {
             route,
             termination,
             usage: None,
+            name: self.name,
             id: self.id,
             profile: self.profile,
             extension: self.extension,

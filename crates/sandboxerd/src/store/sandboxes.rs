@@ -22,6 +22,10 @@ pub struct NewSandbox {
     pub estimate_credits: i64,
     /// `placement.host` of the request: the sandbox never moves off it.
     pub placement_host: Option<String>,
+    /// Its name, unique among the project's live sandboxes.
+    pub name: Option<String>,
+    /// When the name is taken: answer that sandbox (`true`) or refuse.
+    pub reuse_by_name: bool,
 }
 
 /// What an idempotent create found.
@@ -33,6 +37,10 @@ pub enum Created {
     Replayed(Sandbox),
     /// The key was used before with another body.
     KeyConflict,
+    /// A live sandbox of the project has this name (and reuse was asked).
+    Existing(Sandbox),
+    /// A live sandbox of the project has this name: its id.
+    NameTaken(String),
     /// The project already has `cap` live sandboxes.
     OverCap { cap: i64 },
     /// Credits are enforced and the project cannot cover the estimate.
@@ -48,6 +56,7 @@ pub struct ListFilter {
     pub extension: Option<String>,
     pub host: Option<String>,
     pub project: Option<String>,
+    pub name: Option<String>,
     pub labels: Vec<(String, String)>,
     pub cursor: Option<String>,
     pub limit: u32,
@@ -106,7 +115,7 @@ pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension,
      inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
      last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
      teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route, pool, \
-     termination_reason, termination_at, termination_detail \
+     termination_reason, termination_at, termination_detail, name \
      FROM sandboxes";
 
 impl Db {
@@ -151,8 +160,8 @@ impl Db {
         sqlx::query(
             "INSERT INTO sandboxes (id, profile, profile_version, extension, host, state, actor_type, actor, project, \
              inputs, labels, generation, created_at, updated_at, expires_at, max_expires_at, last_activity_at, estimate_credits, \
-             rate_centicredits, route, placement_host) \
-             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             rate_centicredits, route, placement_host, name) \
+             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&new.id)
         .bind(&new.profile)
@@ -178,6 +187,7 @@ impl Db {
                 .and_then(|r| serde_json::to_string(r).ok()),
         )
         .bind(&new.placement_host)
+        .bind(&new.name)
         .execute(&mut *tx)
         .await?;
         if billing.enforce && new.estimate_credits > 0 {
@@ -256,6 +266,28 @@ impl Db {
                 };
             }
         }
+        if let Some(name) = &new.name {
+            // Inside the writer's transaction: no other create runs between
+            // this look and the insert (and the partial unique index
+            // `sandboxes_live_name` stands behind it).
+            let taken: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM sandboxes WHERE project = ? AND name = ? \
+                 AND state IN ('requested', 'provisioning', 'ready', 'active')",
+            )
+            .bind(&new.consumer.project)
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(id) = taken {
+                if !new.reuse_by_name {
+                    return Ok(Some(Created::NameTaken(id)));
+                }
+                return match fetch_in(tx, &id).await? {
+                    Some(row) => Ok(Some(Created::Existing(row.into_api()?))),
+                    None => Ok(Some(Created::NameTaken(id))),
+                };
+            }
+        }
         if let Some(cap) = cap {
             let live: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active')",
@@ -325,6 +357,7 @@ impl Db {
             ("extension", &f.extension),
             ("host", &f.host),
             ("project", &f.project),
+            ("name", &f.name),
         ] {
             if let Some(v) = val {
                 qb.push(format!(" AND {col} = ")).push_bind(v.clone());

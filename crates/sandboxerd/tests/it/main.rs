@@ -14,6 +14,7 @@ mod handlers;
 mod hardening;
 mod lifecycle;
 mod limits;
+mod names;
 mod pools;
 mod routing;
 mod security;

@@ -29,17 +29,27 @@ impl<'a> Actor<'a> {
     }
 }
 
+/// What a create answered: a sandbox, and whether it is one that already
+/// existed under the asked `name` (get-or-create) rather than a new one.
+#[derive(Debug)]
+pub struct Made {
+    pub sandbox: Sandbox,
+    pub existing: bool,
+}
+
 /// Create a sandbox from `req` for `actor`. With an `idempotency_key`, the
 /// same key and body answer the sandbox made first (another body is
-/// `idempotency_conflict`). A sandbox served from a warm pool is already
-/// ready; any other is `requested`, provisioning in the background.
+/// `idempotency_conflict`). A `name` taken by a live sandbox of the
+/// project answers that sandbox with `if_exists: "return"`, else
+/// `name_taken`. A sandbox served from a warm pool is already ready; any
+/// other is `requested`, provisioning in the background.
 #[tracing::instrument(skip_all, fields(sandbox_id))]
 pub async fn create(
     state: &AppState,
     actor: Actor<'_>,
     req: CreateSandbox,
     idempotency_key: Option<&str>,
-) -> OpResult<Sandbox> {
+) -> OpResult<Made> {
     let req = fork::resolve(state, actor.scope(), req).await?;
     let keys = ssh_keys(&req)?;
     let (new, billing) = check(state, actor, &req).await?;
@@ -67,8 +77,12 @@ pub async fn create(
     if let Created::New(sbx) = &created {
         super::access::add_keys(state, &sbx.id, &keys).await?;
     }
+    let new = |sandbox| Made {
+        sandbox,
+        existing: false,
+    };
     match created {
-        Created::New(sbx) if pooled => Ok(sbx),
+        Created::New(sbx) if pooled => Ok(new(sbx)),
         Created::New(sbx) => {
             crate::fault::hit("create.after_insert");
             state.spawn(super::provision::provision(
@@ -77,9 +91,21 @@ pub async fn create(
                 sbx.generation,
                 None,
             ));
-            Ok(sbx)
+            Ok(new(sbx))
         }
-        Created::Replayed(sbx) => Ok(sbx),
+        Created::Replayed(sbx) => Ok(new(sbx)),
+        Created::Existing(sandbox) => Ok(Made {
+            sandbox,
+            existing: true,
+        }),
+        Created::NameTaken(id) => Err(OpError::conflict(
+            ProblemCode::NameTaken,
+            format!(
+                "the project already has a live sandbox named `{}` ({id}); pass `\"if_exists\": \"return\"` to get it instead",
+                req.name.as_deref().unwrap_or_default()
+            ),
+        )
+        .field("name")),
         Created::InsufficientCredits(short) => Err(OpError::insufficient(
             short,
             &actor.consumer.project,
@@ -180,6 +206,7 @@ async fn check(
     inputs::resolve(&state.settings, actor.operator, spec, &mut inputs)?;
     let ttl = validate::requested_ttl(req.ttl.as_deref(), profile)?;
     validate::labels(&req.labels)?;
+    let reuse_by_name = validate::name(req.name.as_deref(), req.if_exists)?;
     let consumer = validate::consumer(req.consumer.as_ref(), actor.consumer, actor.operator)?;
     // A fork of a routed profile runs where its snapshot was taken.
     let fork_of = match (&req.from_snapshot, &spec.routing) {
@@ -214,6 +241,8 @@ async fn check(
         // Whole credits for the lifetime asked for, rounded up (the same
         // price `GET /v1/estimate` quotes).
         estimate_credits: placed.target.estimate_credits,
+        name: req.name.clone(),
+        reuse_by_name,
     };
     let billing = Billing {
         rate_centicredits: placed.target.rate_centicredits,
