@@ -254,6 +254,29 @@ pub struct TtlSpec {
     /// Destroy after this long without activity (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_reap: Option<String>,
+    /// What happens when the TTL runs out (or `idle_reap` strikes):
+    /// `destroy` (default), or `snapshot`: an exit snapshot of the
+    /// workspace is taken first and recorded as the sandbox's
+    /// `exit_snapshot`, so a fork (`from_snapshot`) brings the work back.
+    #[serde(default, skip_serializing_if = "OnExpire::is_destroy")]
+    pub on_expire: OnExpire,
+}
+
+/// `ttl.on_expire`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnExpire {
+    #[default]
+    Destroy,
+    Snapshot,
+}
+
+impl OnExpire {
+    /// Whether this is the default.
+    pub fn is_destroy(&self) -> bool {
+        *self == OnExpire::Destroy
+    }
 }
 
 /// Resources a sandbox may use.

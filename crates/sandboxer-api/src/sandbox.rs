@@ -239,6 +239,12 @@ pub struct Sandbox {
     /// Its name, unique among the project's live sandboxes (`null`: none).
     #[serde(default)]
     pub name: Option<String>,
+    /// The snapshot taken when its TTL ran out or it was reaped idle
+    /// (`ttl.on_expire: snapshot`): fork it with `from_snapshot` to get the
+    /// work back. `null` when none was taken (it may have `failed`: see the
+    /// snapshot).
+    #[serde(default)]
+    pub exit_snapshot: Option<String>,
     pub profile: String,
     pub profile_version: u32,
     pub extension: String,

@@ -306,6 +306,14 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
             ));
         }
     }
+    if spec.ttl.on_expire == sandboxer_api::OnExpire::Snapshot {
+        if let Some(ext) = candidates.iter().find(|e| !e.capabilities.snapshot) {
+            return Err(format!(
+                "field `ttl.on_expire`: `snapshot`, but {} cannot snapshot sandboxes",
+                ext.id
+            ));
+        }
+    }
     let snapshot_max_bytes = parse_size(&spec.snapshot.max_size)
         .filter(|n| *n > 0)
         .ok_or_else(|| {

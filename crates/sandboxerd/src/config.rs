@@ -46,6 +46,9 @@ pub struct Config {
     pub state_hub_url: String,
     /// Most snapshots (`creating` or `ready`) one project may hold.
     pub snapshot_quota_per_project: u32,
+    /// The longest an exit snapshot (`ttl.on_expire: snapshot`) may take
+    /// before it is cancelled and the teardown goes on.
+    pub exit_snapshot_timeout: String,
     /// Folders under which inputs that name host paths (a copy-mode
     /// workspace's `from_input`, compose's `repo`) must lie for consumer
     /// callers. Empty: only operators may pass host paths.
@@ -295,6 +298,7 @@ impl Default for Config {
             stale_grace: "15m".into(),
             state_hub_url: String::new(),
             snapshot_quota_per_project: 100,
+            exit_snapshot_timeout: "5m".into(),
             input_roots: Vec::new(),
             tokens: Vec::new(),
             limits: Limits::default(),
@@ -340,6 +344,7 @@ pub struct Settings {
     pub state_hub_url: Option<String>,
     /// Most snapshots (`creating` or `ready`) one project may hold.
     pub snapshot_quota_per_project: u32,
+    pub exit_snapshot_timeout: Duration,
     /// `input_roots`, absolute and canonical (symlinks resolved).
     pub input_roots: Vec<PathBuf>,
     pub tokens: Vec<TokenEntry>,
@@ -450,6 +455,10 @@ impl Config {
                 ),
             },
             snapshot_quota_per_project: self.snapshot_quota_per_project,
+            exit_snapshot_timeout: match dur("exit_snapshot_timeout", &self.exit_snapshot_timeout)? {
+                d if d.is_zero() => anyhow::bail!("config `exit_snapshot_timeout`: must be more than zero"),
+                d => d,
+            },
             tokens: self
                 .tokens
                 .iter()

@@ -12,6 +12,10 @@ pub const POINTS: &[&str] = &[
     "teardown.after_backend",
 ];
 
+/// The crash point of an exit snapshot (`ttl.on_expire: snapshot`), right
+/// after it is recorded on the sandbox and before its capture.
+pub const EXIT_SNAPSHOT_POINTS: &[&str] = &["teardown.exit_snapshot"];
+
 /// Crash points of the metering ticker, reached inside the transaction of
 /// a tick that debits (before it commits).
 pub const METERING_POINTS: &[&str] = &["metering.after_debit"];

@@ -51,6 +51,7 @@ pub struct SandboxRow {
     pub termination_at: Option<i64>,
     pub termination_detail: Option<String>,
     pub name: Option<String>,
+    pub exit_snapshot: Option<String>,
 }
 
 impl SandboxRow {
@@ -167,6 +168,7 @@ impl SandboxRow {
             termination,
             usage: None,
             name: self.name,
+            exit_snapshot: self.exit_snapshot,
             id: self.id,
             profile: self.profile,
             extension: self.extension,

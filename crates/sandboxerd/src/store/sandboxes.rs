@@ -115,7 +115,7 @@ pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension,
      inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
      last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
      teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route, pool, \
-     termination_reason, termination_at, termination_detail, name \
+     termination_reason, termination_at, termination_detail, name, exit_snapshot \
      FROM sandboxes";
 
 impl Db {
@@ -613,6 +613,38 @@ impl Db {
         if !matches!(st, SandboxState::Ready | SandboxState::Active) {
             tx.rollback().await?;
             return Ok(false);
+        }
+        insert_event(&mut tx, id, row.generation, Some(st), st, reason, now_ms()).await?;
+        self.commit(tx).await?;
+        Ok(true)
+    }
+
+    /// Records sandbox `id`'s exit snapshot (`snapshot`, when one was
+    /// started) with `reason` in its events, without changing its state.
+    /// Only for a sandbox on its way out that has none yet: false otherwise.
+    pub async fn record_exit_snapshot(
+        &self,
+        id: &str,
+        snapshot: Option<&str>,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let Some(row) = fetch_in(&mut tx, id).await? else {
+            return Ok(false);
+        };
+        let st = row.state()?;
+        if !matches!(st, SandboxState::Expired | SandboxState::Destroying)
+            || row.exit_snapshot.is_some()
+        {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(snap) = snapshot {
+            sqlx::query("UPDATE sandboxes SET exit_snapshot = ? WHERE id = ?")
+                .bind(snap)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         insert_event(&mut tx, id, row.generation, Some(st), st, reason, now_ms()).await?;
         self.commit(tx).await?;

@@ -10,6 +10,7 @@ mod e2e;
 mod egress;
 mod escapes;
 mod escapes_snapshots;
+mod exit_snapshots;
 mod handlers;
 mod hardening;
 mod lifecycle;

@@ -30,7 +30,9 @@ use crate::blobs::Blobs;
 use crate::catalog::DEFAULT_SNAPSHOT_MAX_BYTES;
 use crate::lifecycle::error::{Missing, OpError, OpResult};
 use crate::lifecycle::validate;
-use crate::store::{new_id, now_ms, Captured, NewSnapshot, SnapshotCreated, StoreError};
+use crate::store::{
+    new_id, now_ms, Captured, NewSnapshot, SandboxRow, SnapshotCreated, SnapshotRow, StoreError,
+};
 use crate::AppState;
 
 mod restore;
@@ -282,6 +284,22 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
         )
         .await;
     }
+    let result = capture_locked(state, &snap, &row, &cancel).await;
+    drop(handle);
+    result
+}
+
+/// The capture itself, under the sandbox's lock (held by the caller): the
+/// archive written, named by its hash, the snapshot marked `ready`, or
+/// `failed` with the reason (leaving no blob behind).
+async fn capture_locked(
+    state: &AppState,
+    snap: &SnapshotRow,
+    row: &SandboxRow,
+    cancel: &CancellationToken,
+) -> Result<(), StoreError> {
+    let id = snap.id.as_str();
+    let fail = Failure::new;
     let Some(ext) = state.extensions.get(&row.extension) else {
         return failed(
             state,
@@ -316,7 +334,7 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
             row.backend_state().as_ref(),
             &tmp,
             max_bytes,
-            &cancel,
+            cancel,
         )
         .await
     {
@@ -327,7 +345,6 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
             return failed(state, id, e.into_failure()).await;
         }
     };
-    drop(handle);
     crate::fault::hit("snapshot.after_temp_write");
     let _blob = state.locks.lock(&blob_key(&archive.sha256)).await;
     let committed = {
@@ -371,6 +388,121 @@ async fn capture_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Before sandbox `row` (on its way out: its TTL ran out, or it was reaped
+/// idle) is torn down: its exit snapshot, when its profile says
+/// `ttl.on_expire: snapshot` and it has none yet. Recorded on the sandbox
+/// before the capture starts, so a crash never makes a second one; given at
+/// most `timeout`, then cancelled and `failed`. Never fails the teardown:
+/// what went wrong is on the snapshot, and in the sandbox's events.
+pub async fn exit_snapshot(
+    state: &AppState,
+    row: &SandboxRow,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let Some(profile) = state.catalog.profiles.get(&row.profile) else {
+        return Ok(());
+    };
+    let why = match row.termination_reason.as_deref() {
+        Some("ttl_expired") => "its TTL ran out",
+        Some("idle_reaped") => "it was reaped idle",
+        Some("credits_exhausted") => "its project ran out of credits",
+        _ => return Ok(()),
+    };
+    if profile.spec.ttl.on_expire != sandboxer_api::OnExpire::Snapshot
+        || row.exit_snapshot.is_some()
+        || row.teardown_attempts > 0
+    {
+        return Ok(());
+    }
+    if !capable(state, &row.extension, Capability::Snapshot) {
+        state
+            .db
+            .record_exit_snapshot(
+                &row.id,
+                None,
+                &format!(
+                    "no exit snapshot: extension {} cannot snapshot",
+                    row.extension
+                ),
+            )
+            .await?;
+        return Ok(());
+    }
+    let now = now_ms();
+    let new = NewSnapshot {
+        id: new_id("snap"),
+        sandbox_id: row.id.clone(),
+        sandbox_generation: row.generation,
+        profile: row.profile.clone(),
+        profile_version: row.profile_version,
+        extension: row.extension.clone(),
+        host: row.host.clone(),
+        project: row.project.clone(),
+        label: Some(format!("exit snapshot: {why}")),
+        now,
+        expires_at: now.saturating_add(crate::clock::millis(profile.snapshot_ttl)),
+    };
+    let quota = state.settings.snapshot_quota_per_project;
+    let snap = match state.db.create_snapshot(new, quota).await? {
+        SnapshotCreated::New(snap) => *snap,
+        SnapshotCreated::OverQuota { quota } => {
+            state
+                .db
+                .record_exit_snapshot(
+                    &row.id,
+                    None,
+                    &format!(
+                        "no exit snapshot: project {} already holds {quota} snapshots (the quota)",
+                        row.project
+                    ),
+                )
+                .await?;
+            return Ok(());
+        }
+    };
+    if !state
+        .db
+        .record_exit_snapshot(
+            &row.id,
+            Some(&snap.id),
+            &format!("exit snapshot {} started: {why}", snap.id),
+        )
+        .await?
+    {
+        return failed(
+            state,
+            &snap.id,
+            Failure::new(
+                ProblemCode::InvalidState,
+                "the sandbox already had an exit snapshot",
+            ),
+        )
+        .await;
+    }
+    crate::fault::hit("teardown.exit_snapshot");
+    let Some(snap_row) = state.db.get_snapshot_row(&snap.id, None).await? else {
+        return Ok(());
+    };
+    let cancel = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let capture = capture_locked(state, &snap_row, row, &cancel);
+    tokio::pin!(capture);
+    let done = tokio::select! {
+        r = &mut capture => r,
+        () = tokio::time::sleep(timeout) => {
+            // Ends within one entry or read chunk once cancelled.
+            cancel.cancel();
+            capture.await
+        }
+    };
+    tracing::info!(
+        snapshot_id = %snap.id,
+        seconds = started.elapsed().as_secs_f64(),
+        "exit snapshot ended"
+    );
+    done
 }
 
 async fn failed(state: &AppState, id: &str, failure: Failure) -> Result<(), StoreError> {
