@@ -186,8 +186,9 @@ struct ListParams {
     extension: Option<String>,
     host: Option<String>,
     project: Option<String>,
-    /// The sandbox of this name (names are unique among live sandboxes;
-    /// ended ones keep theirs, so add `include=all` to see those too).
+    /// Sandboxes of this name (exact, case-sensitive). At most one of them
+    /// is live; ended ones keep the name and are listed too unless
+    /// `state` narrows the list (destroyed ones only with `include=all`).
     name: Option<String>,
     /// `key=value`; repeat for several (all must match).
     label: Option<Vec<String>>,
@@ -351,7 +352,7 @@ async fn delete_sandbox(
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 402, description = "Credits are enforced and the new lifetime's estimate cannot be reserved (`insufficient_credits`); nothing changed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not `ready`, `active` or `failed` (`invalid_state`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not `ready`, `active` or `failed` (`invalid_state`); its name was taken by another live sandbox since it failed (`name_taken`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad `ttl`", body = Problem, content_type = "application/problem+json"),
     )

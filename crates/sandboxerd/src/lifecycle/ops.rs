@@ -71,6 +71,23 @@ pub async fn recreate(
         )
     })?;
     let ttl = validate::requested_ttl(ttl, profile)?;
+    // A failed sandbox freed its name; another may hold it now.
+    let name_taken = |holder: &str| {
+        OpError::conflict(
+            ProblemCode::NameTaken,
+            format!(
+                "its name `{}` is held by live sandbox {holder} now; destroy that one first",
+                row.name.as_deref().unwrap_or_default()
+            ),
+        )
+    };
+    if let Some(name) = &row.name {
+        if let Some(holder) = state.db.live_name_holder(&row.project, name).await? {
+            if holder.id != id {
+                return Err(name_taken(&holder.id));
+            }
+        }
+    }
     let now = now_ms();
     let old_backend = row.backend_state();
     let change = Change {
@@ -92,11 +109,16 @@ pub async fn recreate(
         SandboxState::Active,
         SandboxState::Failed,
     ];
-    match state
+    let moved = match state
         .db
         .transition(id, &from, SandboxState::Provisioning, change)
-        .await?
+        .await
     {
+        // Taken between the look above and the transition.
+        Err(e) if e.is_name_clash() => return Err(name_taken("another sandbox")),
+        other => other?,
+    };
+    match moved {
         Transition::Done { sandbox, .. } => {
             state.notify(id);
             state.spawn(super::provision::provision(

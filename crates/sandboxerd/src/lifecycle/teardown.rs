@@ -48,7 +48,7 @@ async fn destroy_inner(state: &AppState, id: &str) -> Result<(), StoreError> {
     crate::fault::hit("teardown.after_destroying");
     // `ttl.on_expire: snapshot`: the work is kept before it goes (bounded
     // in time; whatever happens, the teardown goes on).
-    super::snapshots::exit_snapshot(state, &row, state.settings.exit_snapshot_timeout).await?;
+    super::snapshots::exit_snapshot(state, &row, state.settings.exit_snapshot_timeout).await;
     if row.teardown_attempts > 0 {
         state.metrics.count(Counter::TeardownRetries);
     }

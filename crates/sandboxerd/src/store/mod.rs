@@ -50,6 +50,19 @@ pub enum StoreError {
     Corrupt { id: String, what: String },
 }
 
+impl StoreError {
+    /// Whether this is a live sandbox's name clashing with another's (the
+    /// unique index `sandboxes_live_name`).
+    pub fn is_name_clash(&self) -> bool {
+        match self {
+            StoreError::Sql(sqlx::Error::Database(e)) => {
+                e.is_unique_violation() && e.message().contains("sandboxes.name")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A new id: `prefix` + a ULID that sorts after every id this process made
 /// before (monotonic within a millisecond), so "newest first" is id order.
 pub fn new_id(prefix: &str) -> String {

@@ -619,6 +619,22 @@ impl Db {
         Ok(true)
     }
 
+    /// The live sandbox of `project` named `name`, if any.
+    pub async fn live_name_holder(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Option<SandboxRow>, StoreError> {
+        Ok(sqlx::query_as::<_, SandboxRow>(&format!(
+            "{SELECT} WHERE project = ? AND name = ? \
+             AND state IN ('requested', 'provisioning', 'ready', 'active')"
+        ))
+        .bind(project)
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
     /// Records sandbox `id`'s exit snapshot (`snapshot`, when one was
     /// started) with `reason` in its events, without changing its state.
     /// Only for a sandbox on its way out that has none yet: false otherwise.

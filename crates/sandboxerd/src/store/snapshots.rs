@@ -131,47 +131,63 @@ impl Db {
         quota: u32,
     ) -> Result<SnapshotCreated, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let (live,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM snapshots WHERE project = ? AND state IN ('creating','ready')",
-        )
-        .bind(&new.project)
-        .fetch_one(&mut *tx)
-        .await?;
-        if live >= i64::from(quota) {
+        let made = insert_snapshot(&mut tx, &new, quota).await?;
+        match made {
+            SnapshotCreated::New(_) => self.commit(tx).await?,
+            SnapshotCreated::OverQuota { .. } => tx.rollback().await?,
+        }
+        Ok(made)
+    }
+
+    /// Sandbox `new.sandbox_id`'s exit snapshot, in one transaction: the
+    /// snapshot inserted in `creating` and recorded as the sandbox's
+    /// `exit_snapshot`, with `reason` in its events; or, over the quota,
+    /// only `refused` in its events. Nothing when the sandbox is not on
+    /// its way out or already has one (`None`).
+    pub async fn create_exit_snapshot(
+        &self,
+        new: NewSnapshot,
+        quota: u32,
+        reason: &str,
+        refused: &str,
+    ) -> Result<Option<SnapshotCreated>, StoreError> {
+        use sandboxer_api::SandboxState;
+        let mut tx = self.writer.begin().await?;
+        let Some(row) = super::sandboxes::fetch_in(&mut tx, &new.sandbox_id).await? else {
             tx.rollback().await?;
-            return Ok(SnapshotCreated::OverQuota { quota });
+            return Ok(None);
+        };
+        let st = row.state()?;
+        if !matches!(st, SandboxState::Expired | SandboxState::Destroying)
+            || row.exit_snapshot.is_some()
+        {
+            tx.rollback().await?;
+            return Ok(None);
         }
-        sqlx::query(
-            "INSERT INTO snapshots (id, sandbox_id, sandbox_generation, profile, profile_version, extension, host, \
-             project, label, state, created_at, updated_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)",
+        let made = insert_snapshot(&mut tx, &new, quota).await?;
+        let note = match &made {
+            SnapshotCreated::New(_) => {
+                sqlx::query("UPDATE sandboxes SET exit_snapshot = ? WHERE id = ?")
+                    .bind(&new.id)
+                    .bind(&new.sandbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+                reason
+            }
+            SnapshotCreated::OverQuota { .. } => refused,
+        };
+        super::sandboxes::insert_event(
+            &mut tx,
+            &new.sandbox_id,
+            row.generation,
+            Some(st),
+            st,
+            note,
+            now_ms(),
         )
-        .bind(&new.id)
-        .bind(&new.sandbox_id)
-        .bind(new.sandbox_generation)
-        .bind(&new.profile)
-        .bind(new.profile_version)
-        .bind(&new.extension)
-        .bind(&new.host)
-        .bind(&new.project)
-        .bind(&new.label)
-        .bind(new.now)
-        .bind(new.now)
-        .bind(new.expires_at)
-        .execute(&mut *tx)
         .await?;
-        let row = sqlx::query_as::<_, SnapshotRow>(&format!("{SELECT} WHERE id = ?"))
-            .bind(&new.id)
-            .fetch_optional(&mut *tx)
-            .await?;
         self.commit(tx).await?;
-        match row {
-            Some(row) => Ok(SnapshotCreated::New(Box::new(row.into_api()?))),
-            None => Err(StoreError::Corrupt {
-                id: new.id,
-                what: "inserted snapshot not found".into(),
-            }),
-        }
+        Ok(Some(made))
     }
 
     /// One snapshot row; with `project`, only if it belongs to that project.
@@ -417,5 +433,53 @@ impl Db {
         )
         .fetch_all(&self.reader)
         .await?)
+    }
+}
+
+/// Inserts `new` in `creating` unless the project holds `quota` live
+/// snapshots already.
+async fn insert_snapshot(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    new: &NewSnapshot,
+    quota: u32,
+) -> Result<SnapshotCreated, StoreError> {
+    let (live,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM snapshots WHERE project = ? AND state IN ('creating','ready')",
+    )
+    .bind(&new.project)
+    .fetch_one(&mut **tx)
+    .await?;
+    if live >= i64::from(quota) {
+        return Ok(SnapshotCreated::OverQuota { quota });
+    }
+    sqlx::query(
+        "INSERT INTO snapshots (id, sandbox_id, sandbox_generation, profile, profile_version, extension, host, \
+         project, label, state, created_at, updated_at, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)",
+    )
+    .bind(&new.id)
+    .bind(&new.sandbox_id)
+    .bind(new.sandbox_generation)
+    .bind(&new.profile)
+    .bind(new.profile_version)
+    .bind(&new.extension)
+    .bind(&new.host)
+    .bind(&new.project)
+    .bind(&new.label)
+    .bind(new.now)
+    .bind(new.now)
+    .bind(new.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query_as::<_, SnapshotRow>(&format!("{SELECT} WHERE id = ?"))
+        .bind(&new.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match row {
+        Some(row) => Ok(SnapshotCreated::New(Box::new(row.into_api()?))),
+        None => Err(StoreError::Corrupt {
+            id: new.id.clone(),
+            what: "inserted snapshot not found".into(),
+        }),
     }
 }

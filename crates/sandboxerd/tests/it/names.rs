@@ -141,6 +141,62 @@ async fn a_taken_name_is_refused_per_project_and_freed_when_the_sandbox_ends() {
     );
     q.include_all = true;
     assert_eq!(d.client.list_all(&q).await.expect("list").len(), 2);
+
+    // Get-or-create naming another profile than the holder has: refused.
+    let other_profile = CreateSandbox {
+        profile: "profile.burst-sandbox".into(),
+        ..named("ci-42", true)
+    };
+    let err = d
+        .client
+        .create(&other_profile, None, None)
+        .await
+        .expect_err("another profile");
+    let (status, code, _) = problem_code(&err);
+    assert_eq!((status, code.as_str()), (Some(409), "name_taken"), "{err}");
+
+    // A failed sandbox frees its name; recreating it once another holds
+    // the name is refused, not a 500.
+    let (_, dup) = d
+        .client
+        .create(
+            &named("dup", false),
+            Some(std::time::Duration::from_secs(30)),
+            None,
+        )
+        .await
+        .expect("dup");
+    let _ = d
+        .client
+        .exec(
+            &dup.id,
+            &sandboxer_api::ExecRequest {
+                cmd: sandboxer_api::Command::Shell("kill -9 -1".into()),
+                cwd: None,
+                env: Default::default(),
+                stdin: None,
+                timeout: Some("5s".into()),
+                service: None,
+            },
+        )
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.client.get(&dup.id, None).await.expect("get").state != SandboxState::Failed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox did not fail"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, taker) = d
+        .client
+        .create(&named("dup", false), None, None)
+        .await
+        .expect("the name is free");
+    let err = d.client.recreate(&dup.id, None).await.expect_err("taken");
+    let (status, code, _) = problem_code(&err);
+    assert_eq!((status, code.as_str()), (Some(409), "name_taken"), "{err}");
+    assert!(err.to_string().contains(&taker.id), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -50,11 +50,16 @@ pub async fn create(
     req: CreateSandbox,
     idempotency_key: Option<&str>,
 ) -> OpResult<Made> {
+    // Get-or-create: a live sandbox of that name is answered before
+    // anything else is checked, so it is found even when its snapshot,
+    // profile or backend could not make a new one now.
+    if let Some(found) = existing_by_name(state, actor, &req).await? {
+        return Ok(found);
+    }
     let req = fork::resolve(state, actor.scope(), req).await?;
     let keys = ssh_keys(&req)?;
     let (new, billing) = check(state, actor, &req).await?;
     tracing::Span::current().record("sandbox_id", new.id.as_str());
-    fork::record(state, &new.id, &req).await?;
     let hash = idempotency_key.map(|_| request_hash(&new.consumer.project, &req));
     let idem = idempotency_key.zip(hash.as_deref());
     let cap = match state.settings.limits.live_sandboxes_per_project {
@@ -84,6 +89,8 @@ pub async fn create(
     match created {
         Created::New(sbx) if pooled => Ok(new(sbx)),
         Created::New(sbx) => {
+            // Read by its provisioning (a fork is never served from a pool).
+            fork::record(state, &sbx.id, &req).await?;
             crate::fault::hit("create.after_insert");
             state.spawn(super::provision::provision(
                 state.clone(),
@@ -94,7 +101,7 @@ pub async fn create(
             Ok(new(sbx))
         }
         Created::Replayed(sbx) => Ok(new(sbx)),
-        Created::Existing(sandbox) => Ok(Made {
+        Created::Existing(sandbox) => same_profile(&req, sandbox).map(|sandbox| Made {
             sandbox,
             existing: true,
         }),
@@ -124,6 +131,50 @@ pub async fn create(
         )
         .field("Idempotency-Key")),
     }
+}
+
+/// With `name` and `if_exists: "return"`: the live sandbox of the project
+/// with that name (`None`: there is none, go on and create it).
+async fn existing_by_name(
+    state: &AppState,
+    actor: Actor<'_>,
+    req: &CreateSandbox,
+) -> OpResult<Option<Made>> {
+    if !validate::name(req.name.as_deref(), req.if_exists)? {
+        return Ok(None);
+    }
+    let Some(name) = req.name.as_deref() else {
+        return Ok(None);
+    };
+    let consumer = validate::consumer(req.consumer.as_ref(), actor.consumer, actor.operator)?;
+    let Some(row) = state.db.live_name_holder(&consumer.project, name).await? else {
+        return Ok(None);
+    };
+    let sandbox = same_profile(req, row.into_api()?)?;
+    Ok(Some(Made {
+        sandbox,
+        existing: true,
+    }))
+}
+
+/// `sandbox` (found by the name `req` asks for) when it is of the profile
+/// `req` names (or `req` names none); a sandbox of another profile under
+/// that name is `name_taken`.
+fn same_profile(req: &CreateSandbox, sandbox: Sandbox) -> OpResult<Sandbox> {
+    if req.profile.is_empty() || req.profile == sandbox.profile {
+        return Ok(sandbox);
+    }
+    Err(OpError::conflict(
+        ProblemCode::NameTaken,
+        format!(
+            "the name `{}` is held by live sandbox {} of profile {}, not {}",
+            sandbox.name.as_deref().unwrap_or_default(),
+            sandbox.id,
+            sandbox.profile,
+            req.profile
+        ),
+    )
+    .field("name"))
 }
 
 /// The create body's `ssh_keys`, checked (at most the 32 a sandbox holds).

@@ -390,30 +390,57 @@ async fn capture_locked(
     Ok(())
 }
 
+/// How long a cancelled exit snapshot is waited for before the teardown
+/// goes on without it.
+const EXIT_CANCEL_GRACE: Duration = Duration::from_secs(10);
+
 /// Before sandbox `row` (on its way out: its TTL ran out, or it was reaped
 /// idle) is torn down: its exit snapshot, when its profile says
-/// `ttl.on_expire: snapshot` and it has none yet. Recorded on the sandbox
-/// before the capture starts, so a crash never makes a second one; given at
-/// most `timeout`, then cancelled and `failed`. Never fails the teardown:
-/// what went wrong is on the snapshot, and in the sandbox's events.
-pub async fn exit_snapshot(
+/// `ttl.on_expire: snapshot` and it has none yet. The snapshot is made and
+/// recorded on the sandbox in one transaction before the capture starts,
+/// so a crash never makes a second one; the capture is given `timeout`,
+/// then cancelled (as at shutdown) and, if it still has not ended within
+/// [`EXIT_CANCEL_GRACE`], left behind as `failed`. Never fails the
+/// teardown: what went wrong is on the snapshot and in the events.
+pub async fn exit_snapshot(state: &AppState, row: &SandboxRow, timeout: Duration) {
+    if let Err(e) = exit_snapshot_inner(state, row, timeout).await {
+        tracing::warn!(sandbox_id = %row.id, error = %e, "exit snapshot stopped on a storage error; the teardown goes on");
+    }
+}
+
+async fn exit_snapshot_inner(
     state: &AppState,
     row: &SandboxRow,
     timeout: Duration,
 ) -> Result<(), StoreError> {
-    let Some(profile) = state.catalog.profiles.get(&row.profile) else {
-        return Ok(());
-    };
     let why = match row.termination_reason.as_deref() {
         Some("ttl_expired") => "its TTL ran out",
         Some("idle_reaped") => "it was reaped idle",
-        Some("credits_exhausted") => "its project ran out of credits",
         _ => return Ok(()),
     };
-    if profile.spec.ttl.on_expire != sandboxer_api::OnExpire::Snapshot
+    // Unassigned warm-pool members and sandboxes that never became ready
+    // hold no one's work; a retried teardown has had its chance.
+    if row.pool.is_some()
+        || row.generation == 0
+        || row.ready_at.is_none()
         || row.exit_snapshot.is_some()
         || row.teardown_attempts > 0
     {
+        return Ok(());
+    }
+    let Some(profile) = state.catalog.profiles.get(&row.profile) else {
+        // Its profile (and with it `on_expire`) left the catalog.
+        state
+            .db
+            .record_exit_snapshot(
+                &row.id,
+                None,
+                "no exit snapshot: the sandbox's profile is no longer in the catalog",
+            )
+            .await?;
+        return Ok(());
+    };
+    if profile.spec.ttl.on_expire != sandboxer_api::OnExpire::Snapshot {
         return Ok(());
     }
     if !capable(state, &row.extension, Capability::Snapshot) {
@@ -431,8 +458,9 @@ pub async fn exit_snapshot(
         return Ok(());
     }
     let now = now_ms();
+    let snap_id = new_id("snap");
     let new = NewSnapshot {
-        id: new_id("snap"),
+        id: snap_id.clone(),
         sandbox_id: row.id.clone(),
         sandbox_generation: row.generation,
         profile: row.profile.clone(),
@@ -445,64 +473,63 @@ pub async fn exit_snapshot(
         expires_at: now.saturating_add(crate::clock::millis(profile.snapshot_ttl)),
     };
     let quota = state.settings.snapshot_quota_per_project;
-    let snap = match state.db.create_snapshot(new, quota).await? {
-        SnapshotCreated::New(snap) => *snap,
-        SnapshotCreated::OverQuota { quota } => {
-            state
-                .db
-                .record_exit_snapshot(
-                    &row.id,
-                    None,
-                    &format!(
-                        "no exit snapshot: project {} already holds {quota} snapshots (the quota)",
-                        row.project
-                    ),
-                )
-                .await?;
-            return Ok(());
-        }
-    };
-    if !state
+    let made = state
         .db
-        .record_exit_snapshot(
-            &row.id,
-            Some(&snap.id),
-            &format!("exit snapshot {} started: {why}", snap.id),
-        )
-        .await?
-    {
-        return failed(
-            state,
-            &snap.id,
-            Failure::new(
-                ProblemCode::InvalidState,
-                "the sandbox already had an exit snapshot",
+        .create_exit_snapshot(
+            new,
+            quota,
+            &format!("exit snapshot {snap_id} started: {why}"),
+            &format!(
+                "no exit snapshot: project {} already holds {quota} snapshots (the quota)",
+                row.project
             ),
         )
-        .await;
+        .await?;
+    if !matches!(made, Some(SnapshotCreated::New(_))) {
+        return Ok(());
     }
     crate::fault::hit("teardown.exit_snapshot");
-    let Some(snap_row) = state.db.get_snapshot_row(&snap.id, None).await? else {
+    let Some(snap_row) = state.db.get_snapshot_row(&snap_id, None).await? else {
         return Ok(());
     };
-    let cancel = CancellationToken::new();
+    // Registered like any capture: shutdown cancels it too.
+    let handle = state.captures.begin(&row.id, &snap_id);
+    let cancel = handle.token.clone();
     let started = std::time::Instant::now();
     let capture = capture_locked(state, &snap_row, row, &cancel);
     tokio::pin!(capture);
     let done = tokio::select! {
-        r = &mut capture => r,
+        r = &mut capture => Some(r),
         () = tokio::time::sleep(timeout) => {
-            // Ends within one entry or read chunk once cancelled.
+            // A walk ends within one entry or read chunk once cancelled.
             cancel.cancel();
-            capture.await
+            tokio::time::timeout(EXIT_CANCEL_GRACE, &mut capture).await.ok()
         }
     };
+    drop(handle);
+    match done {
+        Some(r) => r?,
+        None => {
+            // Still not ended: the teardown goes on, the snapshot is failed
+            // and its partial archive removed.
+            let _ = Blobs::new(&state.settings.data_dir).remove_tmp(&snap_id);
+            failed(
+                state,
+                &snap_id,
+                Failure::new(
+                    ProblemCode::SnapshotCancelled,
+                    format!("the exit snapshot took longer than {timeout:?} and was given up"),
+                ),
+            )
+            .await?;
+        }
+    }
     tracing::info!(
-        snapshot_id = %snap.id,
+        snapshot_id = %snap_id,
         seconds = started.elapsed().as_secs_f64(),
         "exit snapshot ended"
     );
-    done
+    Ok(())
 }
 
 async fn failed(state: &AppState, id: &str, failure: Failure) -> Result<(), StoreError> {
