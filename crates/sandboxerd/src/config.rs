@@ -17,7 +17,7 @@ pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/sandboxerd.exampl
 
 /// Everything `sandboxerd` can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to serve the API on.
     pub listen: String,
@@ -368,28 +368,83 @@ pub struct Settings {
     pub egress: EgressSettings,
 }
 
+/// `SANDBOXER_*` variables that are not configuration keys: they are read
+/// elsewhere (`--config`, the log filter, crash points, `sandboxctl`'s).
+pub const NOT_CONFIG_VARS: &[&str] = &[
+    "SANDBOXER_CONFIG",
+    "SANDBOXER_LOG",
+    "SANDBOXER_FAULT",
+    "SANDBOXER_URL",
+    "SANDBOXER_TOKEN",
+];
+
+/// The configuration variables of this process's environment.
+pub fn config_vars() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("SANDBOXER_") && !NOT_CONFIG_VARS.contains(&k.as_str()))
+        .collect()
+}
+
+/// The key path a `SANDBOXER_*` variable sets (`SANDBOXER_LIMITS__BURST` →
+/// `limits.burst`).
+fn var_key(var: &str) -> String {
+    var.trim_start_matches("SANDBOXER_")
+        .to_ascii_lowercase()
+        .replace("__", ".")
+}
+
 impl Config {
     /// Layer defaults, `file`, the environment and `overrides`.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
+        Self::load_with(file, &config_vars(), overrides)
+    }
+
+    /// [`Config::load`] with the configuration variables `env` instead of
+    /// this process's. An unknown key or a bad value stops the load naming
+    /// where it came from: the file (with its line) or the variable.
+    pub fn load_with(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        overrides: Overrides,
+    ) -> anyhow::Result<Config> {
         let mut builder =
             config::Config::builder().add_source(config::Config::try_from(&Config::default())?);
         if let Some(path) = file {
             if !path.is_file() {
                 anyhow::bail!("config file {}: not found or not a file", path.display());
             }
+            // The file alone first, strictly: an error names its line.
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+            if let Err(e) = toml::from_str::<Config>(&text) {
+                anyhow::bail!("config file {}: {e}", path.display());
+            }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
+        let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
         builder = builder.add_source(
             config::Environment::with_prefix("SANDBOXER")
                 .prefix_separator("_")
-                .separator("__"),
+                .separator("__")
+                .source(Some(vars)),
         );
         let mut cfg: Config = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| match file {
-                Some(p) => anyhow::anyhow!("config {}: {e}", p.display()),
-                None => anyhow::anyhow!("config: {e}"),
+            .map_err(|e| {
+                // The file passed alone: the environment is at fault.
+                let text = e.to_string();
+                let named = env.iter().map(|(k, _)| k).find(|k| {
+                    let key = var_key(k);
+                    let last = key.rsplit('.').next().unwrap_or(&key).to_owned();
+                    text.contains(&format!("`{last}`")) || text.contains(&key)
+                });
+                match named {
+                    Some(var) => anyhow::anyhow!("environment variable {var}: {e}"),
+                    None => {
+                        anyhow::anyhow!("config from the environment (SANDBOXER_* variables): {e}")
+                    }
+                }
             })?;
         if let Some(v) = overrides.listen {
             cfg.listen = v;
@@ -615,6 +670,70 @@ mod tests {
         let path = dir.path().join("sandboxerd.toml");
         std::fs::write(&path, text)?;
         Config::load(Some(&path), Overrides::default())?.settings()
+    }
+
+    fn load_err(file: Option<&str>, env: &[(&str, &str)]) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("typo.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).expect("write");
+        }
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let err = Config::load_with(file.map(|_| path.as_path()), &env, Overrides::default())
+            .and_then(|c| c.settings().map(|_| ()))
+            .expect_err("must not load");
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn an_unknown_key_stops_the_load_naming_its_source() {
+        // In the file, top level and in a section: the file and the line.
+        for (text, key, line) in [
+            (
+                "listen = \"127.0.0.1:7443\"\nreaper_intervall = \"2s\"\n",
+                "reaper_intervall",
+                "line 2",
+            ),
+            ("profile_dir = \"p\"\n", "profile_dir", "line 1"),
+            ("[limits]\nburst = 3\nburstt = 3\n", "burstt", "line 3"),
+        ] {
+            let err = load_err(Some(text), &[]);
+            assert!(
+                err.contains("typo.toml") && err.contains(key) && err.contains(line),
+                "{text}: {err}"
+            );
+        }
+        // In the environment: the variable, not the file.
+        let err = load_err(
+            Some("[limits]\nburst = 3\n"),
+            &[("SANDBOXER_LIMITS__BURSTT", "3")],
+        );
+        assert!(
+            err.contains("SANDBOXER_LIMITS__BURSTT") && !err.contains("typo.toml"),
+            "{err}"
+        );
+        let err = load_err(None, &[("SANDBOXER_REAPER_INTERVALL", "2s")]);
+        assert!(err.contains("SANDBOXER_REAPER_INTERVALL"), "{err}");
+        // A bad value in a variable names it too.
+        let err = load_err(None, &[("SANDBOXER_SNAPSHOT_QUOTA_PER_PROJECT", "many")]);
+        assert!(
+            err.contains("SANDBOXER_SNAPSHOT_QUOTA_PER_PROJECT"),
+            "{err}"
+        );
+        // What is not configuration is not read as configuration.
+        for var in NOT_CONFIG_VARS {
+            assert!(var.starts_with("SANDBOXER_"));
+        }
+        let ok = Config::load_with(
+            None,
+            &[("SANDBOXER_LIMITS__BURST".into(), "7".into())],
+            Overrides::default(),
+        )
+        .expect("a known variable loads");
+        assert_eq!(ok.limits.burst, 7);
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn setup(dir: &Path, limits: &str) -> (String, String) {
     toml.push_str(&token_block(BETA, "beta-agent", "beta", "consumer"));
     toml.push_str(&token_block(OPERATOR, "ops", "ops", "operator"));
     toml.push_str(limits);
-    toml.push_str("\n[secrets.demo]\nenv = \"SANDBOXER_TEST_SENTINEL\"\n");
+    toml.push_str("\n[secrets.demo]\nenv = \"DEMO_TEST_SENTINEL\"\n");
     std::fs::write(&config, toml).expect("write config");
     (
         config.to_string_lossy().into_owned(),
@@ -57,7 +57,7 @@ async fn tokens_isolate_projects_audit_and_keep_secrets() {
     let data = dir.path().join("data");
     let d = testkit::daemon!()
         .args(["--config", &config, "--profiles", &profiles])
-        .envs(&[("SANDBOXER_TEST_SENTINEL", SENTINEL)])
+        .envs(&[("DEMO_TEST_SENTINEL", SENTINEL)])
         .start(&data);
     let anon = &d.client;
     let alpha = d.client_with(ALPHA);
