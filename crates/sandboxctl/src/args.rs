@@ -63,6 +63,12 @@ pub enum Command {
         /// Fresh lifetime (`30m`, `4h`); defaults to the profile's.
         #[arg(long)]
         ttl: Option<String>,
+        /// Return as soon as the recreate is accepted (`provisioning`).
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the sandbox to become ready again.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Move a sandbox's expiry forward (never past its profile's ttl.max).
     ExtendTtl {

@@ -43,9 +43,22 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
                 out
             })
         }
-        Command::Recreate { id, ttl } => {
-            let s = client.recreate(&id, ttl).await?;
-            emit_or(json, &s, || render::sandbox_details(&s, false, now()))
+        Command::Recreate {
+            id,
+            ttl,
+            no_wait,
+            timeout,
+        } => {
+            let mut s = client.recreate(&id, ttl).await?;
+            if !no_wait {
+                // Like `create`: back once it is ready, so `reachability`
+                // (and with it `enter`) is there.
+                let spinner = Spinner::new();
+                s = wait_until_ready(client, s, Instant::now() + timeout, timeout, &spinner)
+                    .await?;
+            }
+            emit_or(json, &s, || render::sandbox_details(&s, false, now()))?;
+            failed_outcome(&s)
         }
         Command::ExtendTtl { id, duration } => {
             let ext = client.extend_ttl(&id, &duration).await?;
@@ -184,8 +197,12 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
 
 /// `create`: ask, then (unless `--no-wait`) long-poll until ready, failed or the timeout.
 async fn create(client: &Client, args: CreateArgs, json: bool) -> Result<(), CliError> {
+    let profile = match args.profile.as_deref() {
+        Some(p) => Some(profile_id(client, p).await?),
+        None => None,
+    };
     let req = CreateSandbox {
-        profile: args.profile.clone().unwrap_or_default(),
+        profile: profile.clone().unwrap_or_default(),
         inputs: to_map(&args.inputs, "input").map_err(CliError::Usage)?,
         ttl: args.ttl,
         labels: to_map(&args.labels, "label").map_err(CliError::Usage)?,
@@ -208,7 +225,7 @@ async fn create(client: &Client, args: CreateArgs, json: bool) -> Result<(), Cli
         if_exists: args.reuse.then_some(sandboxer_api::IfExists::Return),
     };
     let spinner = Spinner::new();
-    spinner.show(match (&args.profile, &args.from_snapshot) {
+    spinner.show(match (&profile, &args.from_snapshot) {
         (_, Some(snap)) => format!("creating a sandbox from {snap}"),
         (Some(profile), None) => format!("creating a sandbox of {profile}"),
         (None, None) => "creating a sandbox".to_owned(),
@@ -223,6 +240,67 @@ async fn create(client: &Client, args: CreateArgs, json: bool) -> Result<(), Cli
     }
     drop(spinner);
     emit_or(json, &s, || render::sandbox_details(&s, false, Utc::now()))?;
+    failed_outcome(&s)
+}
+
+/// The profile id `given` stands for: as given when the catalog has it,
+/// else `profile.` + it (`local-shell`); a name the catalog does not know
+/// is a usage error suggesting the closest ids.
+async fn profile_id(client: &Client, given: &str) -> Result<String, CliError> {
+    let Ok(page) = client.profiles().await else {
+        // Unknown now: let the create say what is wrong.
+        return Ok(given.to_owned());
+    };
+    let ids: Vec<&str> = page.items.iter().map(|p| p.id.as_str()).collect();
+    if ids.contains(&given) {
+        return Ok(given.to_owned());
+    }
+    let prefixed = format!("profile.{given}");
+    if ids.contains(&prefixed.as_str()) {
+        return Ok(prefixed);
+    }
+    let mut close: Vec<(usize, &str)> = ids
+        .iter()
+        .map(|id| {
+            (
+                edit_distance(given, id).min(edit_distance(&prefixed, id)),
+                *id,
+            )
+        })
+        .filter(|(d, _)| *d <= 3)
+        .collect();
+    close.sort();
+    let hint = match close.first() {
+        Some((_, id)) => format!("did you mean `{id}`?"),
+        None => format!("the profiles are: {}", ids.join(", ")),
+    };
+    Err(CliError::Usage(format!(
+        "no profile `{given}` in the catalog; {hint}"
+    )))
+}
+
+/// Levenshtein distance (small strings).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// An error when `s` ended `failed` (after it was shown).
+fn failed_outcome(s: &Sandbox) -> Result<(), CliError> {
     match &s.failure {
         Some(f) if s.state == SandboxState::Failed => Err(CliError::Failed(format!(
             "sandbox {} failed: {} ({})",

@@ -49,14 +49,20 @@ async fn main() -> ExitCode {
         commands::emit(&String::from_utf8_lossy(&script));
         return ExitCode::SUCCESS;
     }
+    let json = cli.json;
     let result = match Client::new(&cli.url, cli.token) {
-        Ok(client) => commands::run(&client, cli.command, cli.json).await,
+        Ok(client) => commands::run(&client, cli.command, json).await,
         Err(e) => Err(CliError::from(e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !matches!(e, CliError::Exit(_)) {
+                // With --json the error is on stdout too, as problem+json,
+                // for a script that parses stdout.
+                if json {
+                    commands::emit(&format!("{}\n", e.problem_json()));
+                }
                 commands::note(&e.message());
             }
             ExitCode::from(e.exit_code())

@@ -46,6 +46,31 @@ impl CliError {
         }
     }
 
+    /// The error as problem+json: the daemon's problem as it sent it, or
+    /// one made here (`code` `unreachable`, `usage`, `failed` or
+    /// `invalid`) for errors of this side.
+    pub fn problem_json(&self) -> serde_json::Value {
+        let (code, status) = match self {
+            CliError::Client(e) => match &**e {
+                ClientError::Api { problem, .. } => {
+                    return serde_json::to_value(problem).unwrap_or_default()
+                }
+                ClientError::Transport(_) => ("unreachable", None),
+                ClientError::Invalid(_) => ("usage", None),
+                _ => ("invalid", None),
+            },
+            CliError::Usage(_) => ("usage", None::<u16>),
+            CliError::Failed(_) | CliError::Exit(_) => ("failed", None),
+        };
+        serde_json::json!({
+            "type": "about:blank",
+            "title": code,
+            "status": status,
+            "code": code,
+            "detail": self.to_string(),
+        })
+    }
+
     /// The one line printed to stderr.
     pub fn message(&self) -> String {
         let client_error = match self {

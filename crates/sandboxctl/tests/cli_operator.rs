@@ -1,0 +1,64 @@
+//! `sandboxctl` as an operator meets it (issue 22): a short profile name,
+//! a suggestion for a typo, `recreate` that waits until the sandbox is
+//! ready again, and errors as problem+json on stdout with `--json`. The
+//! real daemon (built beside this test) on real bubblewrap.
+
+use std::process::{Command, Output};
+
+use sandboxer_testkit as testkit;
+use testkit::{require_bwrap, DaemonBin, TestDir};
+
+fn ctl(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sandboxctl"))
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("sandboxctl")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_profile_names_waiting_recreate_and_json_errors() {
+    require_bwrap();
+    let bin = DaemonBin::beside_current_exe()
+        .expect("build the daemon first: cargo build -p sandboxerd --bins");
+    let dir = TestDir::new();
+    let d = testkit::Daemon::builder(bin).start(&dir.path().join("data"));
+    let url = d.url.as_str();
+
+    // `local-shell` stands for `profile.local-shell`.
+    let o = ctl(url, &["--json", "create", "local-shell"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let sbx: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(sbx["profile"], "profile.local-shell");
+    let id = sbx["id"].as_str().expect("id").to_owned();
+
+    // A typo is a usage error with a suggestion, and nothing is created.
+    let o = ctl(url, &["create", "local-shel"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("did you mean `profile.local-shell`"), "{err}");
+
+    // recreate waits until the sandbox is ready again: `reachability` is
+    // there when it returns.
+    let o = ctl(url, &["--json", "recreate", &id]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(again["state"], "ready", "{again}");
+    assert!(again["reachability"].is_object(), "{again}");
+    assert_eq!(again["generation"], 2);
+
+    // With --json, an API error is its problem+json on stdout (and the
+    // line on stderr); the exit code is as without.
+    let o = ctl(url, &["--json", "get", "sbx_01NOSUCHSANDBOX0000000000"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).expect("problem+json");
+    assert_eq!(p["code"], "sandbox_not_found", "{p}");
+    assert_eq!(p["status"], 404);
+    assert!(!o.stderr.is_empty());
+    // An error of this side too.
+    let o = ctl("http://127.0.0.1:9", &["--json", "list"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).expect("problem+json");
+    assert_eq!(p["code"], "unreachable", "{p}");
+}
