@@ -92,6 +92,16 @@ pub enum Command {
         /// Sandbox id (`sbx_…`).
         id: String,
     },
+    /// Freeze every process of a sandbox, keeping its memory (its TTL keeps running).
+    Pause {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+    },
+    /// Let a paused sandbox's processes run again.
+    Resume {
+        /// Sandbox id (`sbx_…`).
+        id: String,
+    },
     /// Run a command inside a sandbox; its output streams as it is written
     /// and its exit code is sandboxctl's (124 on a timeout, 128+N for signal N).
     /// One argument runs with /bin/sh -c; several are an argv.

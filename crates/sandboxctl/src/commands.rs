@@ -78,6 +78,14 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
                 out
             })
         }
+        Command::Pause { id } => {
+            let s = client.pause(&id).await?;
+            emit_or(json, &s, || format!("{} {}\n", s.id, s.state))
+        }
+        Command::Resume { id } => {
+            let s = client.resume(&id).await?;
+            emit_or(json, &s, || format!("{} {}\n", s.id, s.state))
+        }
         Command::Touch { id } => {
             let s = client.touch(&id).await?;
             emit_or(json, &s, || {
@@ -325,7 +333,10 @@ async fn wait_until_ready(
     loop {
         spinner.show(format!("{} {}", s.id, s.state));
         match s.state {
-            SandboxState::Ready | SandboxState::Active | SandboxState::Failed => return Ok(s),
+            SandboxState::Ready
+            | SandboxState::Active
+            | SandboxState::Paused
+            | SandboxState::Failed => return Ok(s),
             SandboxState::Destroying | SandboxState::Destroyed | SandboxState::Expired => {
                 return Err(CliError::Failed(format!(
                     "sandbox {} became {} while waiting for it to be ready",

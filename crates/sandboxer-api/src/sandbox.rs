@@ -21,11 +21,14 @@ pub enum SandboxState {
     Destroyed,
     Failed,
     Expired,
+    /// Every process frozen, memory kept (`POST …/pause`); `resume` makes it
+    /// `ready` again. Its TTL keeps running.
+    Paused,
 }
 
 impl SandboxState {
     /// Every state, in lifecycle order.
-    pub const ALL: [SandboxState; 8] = [
+    pub const ALL: [SandboxState; 9] = [
         SandboxState::Requested,
         SandboxState::Provisioning,
         SandboxState::Ready,
@@ -34,6 +37,7 @@ impl SandboxState {
         SandboxState::Destroyed,
         SandboxState::Failed,
         SandboxState::Expired,
+        SandboxState::Paused,
     ];
 
     /// The wire name (`ready`, `destroying`, ...).
@@ -47,12 +51,26 @@ impl SandboxState {
             SandboxState::Destroyed => "destroyed",
             SandboxState::Failed => "failed",
             SandboxState::Expired => "expired",
+            SandboxState::Paused => "paused",
         }
     }
 
     /// Whether a consumer can use the sandbox in this state.
     pub fn is_live(self) -> bool {
         matches!(self, SandboxState::Ready | SandboxState::Active)
+    }
+
+    /// Whether the sandbox exists and holds its resources (not ended):
+    /// requested to active, or paused.
+    pub fn holds_resources(self) -> bool {
+        matches!(
+            self,
+            SandboxState::Requested
+                | SandboxState::Provisioning
+                | SandboxState::Ready
+                | SandboxState::Active
+                | SandboxState::Paused
+        )
     }
 
     /// Whether nothing more will happen to the sandbox on its own.
@@ -262,6 +280,9 @@ pub struct Sandbox {
     pub destroyed_at: Option<DateTime<Utc>>,
     /// The latest activity (create, touch, extend): idle reap counts from it.
     pub last_activity_at: DateTime<Utc>,
+    /// While `paused`: since when.
+    #[serde(default)]
+    pub paused_at: Option<DateTime<Utc>>,
     /// How to get in; `null` until the sandbox is ready. The `kind` field
     /// says which shape it has (`local`: `workdir`, `pid`, `enter`).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]

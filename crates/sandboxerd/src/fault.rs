@@ -16,6 +16,10 @@ pub const POINTS: &[&str] = &[
 /// after it is recorded on the sandbox and before its capture.
 pub const EXIT_SNAPSHOT_POINTS: &[&str] = &["teardown.exit_snapshot"];
 
+/// Crash points of pause and resume: after the backend acted, before the
+/// state is recorded.
+pub const PAUSE_POINTS: &[&str] = &["pause.after_backend", "resume.after_backend"];
+
 /// Crash points of the metering ticker, reached inside the transaction of
 /// a tick that debits (before it commits).
 pub const METERING_POINTS: &[&str] = &["metering.after_debit"];

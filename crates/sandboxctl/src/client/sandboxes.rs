@@ -140,6 +140,20 @@ impl Client {
         self.call_ok(Method::GET, url, None, None).await
     }
 
+    /// `POST /v1/sandboxes/{id}/pause`: `paused` (idempotent).
+    pub async fn pause(&self, id: &str) -> Result<Sandbox, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id, "pause"], &[]);
+        self.call_ok(Method::POST, url, None, None).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/resume`: `ready` again (idempotent).
+    pub async fn resume(&self, id: &str) -> Result<Sandbox, ClientError> {
+        let id = check_id(id)?;
+        let url = self.endpoint(&["v1", "sandboxes", id, "resume"], &[]);
+        self.call_ok(Method::POST, url, None, None).await
+    }
+
     /// `POST /v1/sandboxes/{id}/touch`: marks activity (`ready` → `active`).
     pub async fn touch(&self, id: &str) -> Result<Sandbox, ClientError> {
         let id = check_id(id)?;

@@ -184,6 +184,36 @@ pub trait Extension: Send + Sync {
         state: Option<&BackendState>,
     ) -> Result<Liveness, ExtError>;
 
+    /// Whether this backend can pause sandboxes ([`Extension::pause`]).
+    fn can_pause(&self) -> bool {
+        false
+    }
+
+    /// Freezes every process of the sandbox, keeping its memory.
+    /// Idempotent: a paused sandbox stays paused.
+    async fn pause(
+        &self,
+        _sandbox_id: &str,
+        _state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        Err(ExtError::new(
+            ProblemCode::Unsupported,
+            format!("{} cannot pause sandboxes", self.id()),
+        ))
+    }
+
+    /// Lets every process of a paused sandbox run again. Idempotent.
+    async fn resume(
+        &self,
+        _sandbox_id: &str,
+        _state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        Err(ExtError::new(
+            ProblemCode::Unsupported,
+            format!("{} cannot resume sandboxes", self.id()),
+        ))
+    }
+
     /// Takes up again what the daemon itself serves for a live sandbox
     /// (e.g. its egress proxy) after a restart. Idempotent.
     async fn reattach(

@@ -35,6 +35,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(recreate_sandbox))
         .routes(routes!(extend_ttl))
         .routes(routes!(touch_sandbox))
+        .routes(routes!(pause_sandbox))
+        .routes(routes!(resume_sandbox))
         .routes(routes!(sandbox_events))
         .routes(routes!(sandbox_network_log))
 }
@@ -413,6 +415,47 @@ async fn touch_sandbox(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
     let sandbox = lifecycle::ops::touch(&state, caller.scope(), &id).await?;
+    Ok(Json(super::render::sandbox(&state, &caller, sandbox)))
+}
+
+/// Freeze every process of a sandbox, keeping its memory: `paused` (its TTL
+/// keeps running; exec, files, ports and SSH answer 409 until it is
+/// resumed). Idempotent: a paused sandbox is answered as it is.
+#[utoipa::path(
+    post, path = "/v1/sandboxes/{id}/pause", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "Paused (now or already)", body = Sandbox),
+        (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not `ready`, `active` or `paused` (`invalid_state`), or its extension cannot pause (`unsupported`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn pause_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    let sandbox = lifecycle::pause::pause(&state, caller.scope(), &id).await?;
+    Ok(Json(super::render::sandbox(&state, &caller, sandbox)))
+}
+
+/// Let a paused sandbox's processes run again: `ready`. Idempotent: a
+/// ready or active sandbox is answered as it is.
+#[utoipa::path(
+    post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "Ready (now or already)", body = Sandbox),
+        (status = 404, description = "`sandbox_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not `paused`, `ready` or `active` (`invalid_state`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn resume_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    let sandbox = lifecycle::pause::resume(&state, caller.scope(), &id).await?;
     Ok(Json(super::render::sandbox(&state, &caller, sandbox)))
 }
 

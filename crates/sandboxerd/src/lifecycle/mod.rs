@@ -26,6 +26,7 @@ pub mod error;
 pub mod hosts;
 pub mod metering;
 pub mod ops;
+pub mod pause;
 pub mod pool;
 pub mod provision;
 pub mod reaper;

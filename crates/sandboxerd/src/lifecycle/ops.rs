@@ -23,6 +23,7 @@ pub async fn destroy(state: &AppState, scope: Option<&str>, id: &str) -> OpResul
         SandboxState::Provisioning,
         SandboxState::Ready,
         SandboxState::Active,
+        SandboxState::Paused,
         SandboxState::Failed,
     ];
     let change = Change {

@@ -127,11 +127,13 @@ pub async fn expire(
             )),
             ..Change::default()
         };
+        // A paused sandbox's TTL runs too.
         let from = [
             SandboxState::Requested,
             SandboxState::Provisioning,
             SandboxState::Ready,
             SandboxState::Active,
+            SandboxState::Paused,
         ];
         if let Transition::Done { sandbox, .. } = state
             .db

@@ -57,7 +57,9 @@ pub async fn recover(state: &AppState) -> Result<usize, StoreError> {
                 ));
             }
             SandboxState::Provisioning => finish_or_fail(state, row).await?,
-            SandboxState::Ready | SandboxState::Active => check_live(state, row).await?,
+            SandboxState::Ready | SandboxState::Active | SandboxState::Paused => {
+                check_live(state, row).await?
+            }
             SandboxState::Destroying | SandboxState::Expired => {
                 state.spawn(super::teardown::destroy(state.clone(), row.id.clone()));
             }
@@ -148,6 +150,19 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
     match ext.probe(&row.id, backend_state.as_ref()).await {
         Ok(Liveness::Alive) => {
             reattach(ext.as_ref(), &row).await;
+            // The row says whether it is paused; a daemon that died between
+            // freezing (or thawing) and recording it left the other.
+            if ext.can_pause() {
+                let bs = row.backend_state();
+                let settled = if row.state()? == SandboxState::Paused {
+                    ext.pause(&row.id, bs.as_ref()).await
+                } else {
+                    ext.resume(&row.id, bs.as_ref()).await
+                };
+                if let Err(e) = settled {
+                    tracing::warn!(sandbox_id = %row.id, error = %e, "cannot bring the sandbox's processes to its recorded state");
+                }
+            }
             Ok(())
         }
         Ok(Liveness::Gone) => {
@@ -206,6 +221,7 @@ async fn fail(
         SandboxState::Provisioning,
         SandboxState::Ready,
         SandboxState::Active,
+        SandboxState::Paused,
     ];
     state
         .db

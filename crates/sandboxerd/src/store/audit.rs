@@ -122,7 +122,7 @@ impl Db {
     /// Live sandboxes of a project (requested, provisioning, ready, active).
     pub async fn live_count(&self, project: &str) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active')",
+            "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active','paused')",
         )
         .bind(project)
         .fetch_one(&self.reader)

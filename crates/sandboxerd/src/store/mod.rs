@@ -30,7 +30,7 @@ pub use outbox::OutboxEvent;
 pub use pool::{PoolMember, POOL_ACTOR, POOL_PROJECT};
 pub use rows::{EventRow, SandboxRow};
 use sandboxes::{fetch_in, insert_event, push_states, SELECT};
-pub use sandboxes::{Change, Created, ListFilter, NewLifetime, NewSandbox, Transition};
+pub use sandboxes::{Change, Created, ListFilter, NewLifetime, NewSandbox, PauseStep, Transition};
 pub use snapshots::{Captured, NewSnapshot, SnapshotCreated, SnapshotFilter, SnapshotRow};
 pub use ssh_keys::{KeyAdded, MAX_SSH_KEYS};
 

@@ -6,7 +6,7 @@ impl Db {
     pub async fn due_expiries(&self, now: i64, limit: u32) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM sandboxes INDEXED BY sandboxes_live_expiry \
-             WHERE state IN ('requested','provisioning','ready','active') AND expires_at <= ? \
+             WHERE state IN ('requested','provisioning','ready','active','paused') AND expires_at <= ? \
              ORDER BY expires_at LIMIT ?",
         )
         .bind(now)

@@ -52,6 +52,8 @@ pub struct SandboxRow {
     pub termination_detail: Option<String>,
     pub name: Option<String>,
     pub exit_snapshot: Option<String>,
+    pub paused_at: Option<i64>,
+    pub paused_ms: i64,
 }
 
 impl SandboxRow {
@@ -150,6 +152,7 @@ impl SandboxRow {
             expires_at: to_time(self.expires_at),
             destroyed_at: self.destroyed_at.map(to_time),
             last_activity_at: to_time(self.last_activity_at),
+            paused_at: self.paused_at.map(to_time),
             consumer: Consumer {
                 actor_type: self.actor_type,
                 actor: self.actor,

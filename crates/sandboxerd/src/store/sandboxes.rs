@@ -88,6 +88,16 @@ pub struct Change<'a> {
     /// This transition decides the sandbox's end: why, for people and in
     /// its JSON and deciding event. The first one set stays.
     pub termination: Option<(TerminationReason, &'a str)>,
+    /// Pause (the pause begins now) or resume (the pause ends now: its
+    /// length is added to the generation's paused time).
+    pub pause: Option<PauseStep>,
+}
+
+/// See [`Change::pause`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseStep {
+    Pause,
+    Resume,
 }
 
 /// The lifetime a recreated sandbox starts with.
@@ -115,7 +125,7 @@ pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension,
      inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
      last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
      teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route, pool, \
-     termination_reason, termination_at, termination_detail, name, exit_snapshot \
+     termination_reason, termination_at, termination_detail, name, exit_snapshot, paused_at, paused_ms \
      FROM sandboxes";
 
 impl Db {
@@ -272,7 +282,7 @@ impl Db {
             // `sandboxes_live_name` stands behind it).
             let taken: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM sandboxes WHERE project = ? AND name = ? \
-                 AND state IN ('requested', 'provisioning', 'ready', 'active')",
+                 AND state IN ('requested', 'provisioning', 'ready', 'active', 'paused')",
             )
             .bind(&new.consumer.project)
             .bind(name)
@@ -290,7 +300,7 @@ impl Db {
         }
         if let Some(cap) = cap {
             let live: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active')",
+                "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active','paused')",
             )
             .bind(&new.consumer.project)
             .fetch_one(&mut **tx)
@@ -457,11 +467,26 @@ impl Db {
                 | SandboxState::Provisioning
                 | SandboxState::Ready
                 | SandboxState::Active
+                | SandboxState::Paused
         ) {
             // Billing stops when the sandbox stops being usable.
             qb.push(", ended_at = COALESCE(ended_at, ")
                 .push_bind(now)
                 .push(")");
+        }
+        match change.pause {
+            Some(PauseStep::Pause) => {
+                qb.push(", paused_at = ").push_bind(now);
+            }
+            Some(PauseStep::Resume) => {
+                qb.push(", paused_ms = paused_ms + MAX(0, ")
+                    .push_bind(now)
+                    .push(" - COALESCE(paused_at, ")
+                    .push_bind(now)
+                    .push(")), paused_at = NULL, last_activity_at = ")
+                    .push_bind(now);
+            }
+            None => {}
         }
         if let Some(r) = &change.reachability {
             qb.push(", reachability = ")
@@ -489,7 +514,7 @@ impl Db {
                 .push_bind(life.max_expires_at)
                 .push(", last_activity_at = ")
                 .push_bind(now)
-                .push(", ready_at = NULL, destroyed_at = NULL, ended_at = NULL, settled_at = NULL");
+                .push(", ready_at = NULL, destroyed_at = NULL, ended_at = NULL, settled_at = NULL, paused_at = NULL, paused_ms = 0");
             if change.escrow.is_some() {
                 let ttl_ms = life.expires_at.saturating_sub(now);
                 qb.push(", estimate_credits = ")
@@ -627,7 +652,7 @@ impl Db {
     ) -> Result<Option<SandboxRow>, StoreError> {
         Ok(sqlx::query_as::<_, SandboxRow>(&format!(
             "{SELECT} WHERE project = ? AND name = ? \
-             AND state IN ('requested', 'provisioning', 'ready', 'active')"
+             AND state IN ('requested', 'provisioning', 'ready', 'active', 'paused')"
         ))
         .bind(project)
         .bind(name)

@@ -1025,3 +1025,57 @@ async fn a_daemon_killed_mid_tick_never_double_debits() {
         .sum();
     assert_eq!(total, debited);
 }
+
+#[tokio::test]
+async fn paused_time_is_not_billed_as_running_time() {
+    use sandboxerd::store::PauseStep;
+    let t = app_with(true, false).await;
+    grant(&t, "p", 1000).await;
+    let s = ready_sandbox(&t, "p", 600_000).await;
+    let ready = ms(s.ready_at.expect("ready_at"));
+    let step = |from: SandboxState, to: SandboxState, pause: PauseStep| {
+        let db = t.state.db.clone();
+        let id = s.id.clone();
+        async move {
+            let change = Change {
+                reason: "test: pause step",
+                pause: Some(pause),
+                ..Change::default()
+            };
+            match db.transition(&id, &[from], to, change).await.expect("step") {
+                Transition::Done { sandbox, .. } => sandbox,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    step(SandboxState::Ready, SandboxState::Paused, PauseStep::Pause).await;
+    // Paused: the ticker leaves it alone.
+    assert_eq!(
+        tick_at(&t.state, ready + 5_000)
+            .await
+            .expect("tick")
+            .debited,
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    step(SandboxState::Paused, SandboxState::Ready, PauseStep::Resume).await;
+    // 10 s since ready, of which 2.1 s (and a few ms) paused: 8 billed seconds.
+    assert_eq!(
+        tick_at(&t.state, ready + 10_000)
+            .await
+            .expect("tick")
+            .debited,
+        8
+    );
+    // Paused again: nothing more is charged while the pause lasts.
+    step(SandboxState::Ready, SandboxState::Paused, PauseStep::Pause).await;
+    assert_eq!(
+        tick_at(&t.state, ready + 60_000)
+            .await
+            .expect("tick")
+            .debited,
+        0
+    );
+    let b = consistent_balance(&t, "p").await;
+    assert_eq!(b.balance, 1000 - 8);
+}

@@ -16,6 +16,7 @@ mod hardening;
 mod lifecycle;
 mod limits;
 mod names;
+mod pause;
 mod pools;
 mod routing;
 mod security;

@@ -101,6 +101,9 @@ pub struct LocalExtension {
 /// egress proxy's socket, bound read-only into the sandbox.
 const EGRESS_DIR: &str = "egress";
 
+/// Rounds of SIGSTOP a pause makes at most before it gives up.
+const PAUSE_ROUNDS: usize = 200;
+
 /// How long a usage reading is served again.
 const USAGE_FRESH: Duration = Duration::from_millis(250);
 
@@ -365,6 +368,21 @@ impl LocalExtension {
         );
         cache.insert(key, programs.clone());
         Ok(programs)
+    }
+
+    /// Sandbox `sandbox_id`'s cgroup, whose processes pause and resume act on.
+    fn pausable(&self, sandbox_id: &str) -> Result<SandboxCgroup, ExtError> {
+        match self.cgroup_of(sandbox_id) {
+            Some(cg) if cg.exists() => Ok(cg),
+            Some(_) => Err(ExtError::new(
+                ProblemCode::BackendLost,
+                format!("the cgroup of {sandbox_id} is gone"),
+            )),
+            None => Err(ExtError::new(
+                ProblemCode::Unsupported,
+                "pausing needs the sandboxes' cgroups (`[local] limits = \"enforce\"`)",
+            )),
+        }
     }
 
     /// The usage last read for `sandbox_id` and when.
@@ -795,6 +813,54 @@ impl Extension for LocalExtension {
 
     fn watches_exits(&self) -> bool {
         true
+    }
+
+    fn can_pause(&self) -> bool {
+        matches!(self.cgroups, Some(Ok(_)))
+    }
+
+    /// SIGSTOP to every process in the sandbox's cgroup, again until every
+    /// one of them is stopped (a process that forked meanwhile has its
+    /// child stopped on the next round): a stopped process uses no CPU and
+    /// keeps its memory.
+    async fn pause(&self, sandbox_id: &str, _state: Option<&BackendState>) -> Result<(), ExtError> {
+        let cg = self.pausable(sandbox_id)?;
+        for _ in 0..PAUSE_ROUNDS {
+            let mut running = 0;
+            for pid in cg.pids() {
+                match proc_stat(pid) {
+                    Some(('T' | 't' | 'Z' | 'X', _)) => {}
+                    Some(_) => {
+                        running += 1;
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+                    }
+                    None => {}
+                }
+            }
+            if running == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Err(ExtError::new(
+            ProblemCode::Internal,
+            format!(
+                "processes of {sandbox_id} kept running after {PAUSE_ROUNDS} rounds of SIGSTOP"
+            ),
+        ))
+    }
+
+    /// SIGCONT to every process in the sandbox's cgroup.
+    async fn resume(
+        &self,
+        sandbox_id: &str,
+        _state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        let cg = self.pausable(sandbox_id)?;
+        for pid in cg.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+        Ok(())
     }
 
     async fn reattach(

@@ -255,7 +255,10 @@ pub(in crate::store) async fn meter_in(
         return Ok(0);
     }
     let end = at.min(row.ended_at.unwrap_or(at)).min(row.expires_at);
-    let seconds = billed_seconds(end - ready_at);
+    // Paused time is not running time: the pauses that ended, and the one
+    // going on (up to `end`).
+    let pausing = row.paused_at.map_or(0, |p| (end - p).max(0));
+    let seconds = billed_seconds(end - ready_at - row.paused_ms - pausing);
     let target = credits_for(row.rate_centicredits, seconds);
     let s = sums(conn, row).await?;
     let owed = target - s.debited;
