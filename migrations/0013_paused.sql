@@ -11,6 +11,11 @@ UPDATE sqlite_schema
    SET sql = replace(sql, '''failed'',''expired''))', '''failed'',''expired'',''paused''))')
  WHERE type = 'table' AND name = 'sandboxes';
 PRAGMA writable_schema = RESET;
+-- The edit took (the text above is 0001's): else the migration fails here.
+CREATE TEMP TABLE paused_check (ok INTEGER NOT NULL CHECK (ok));
+INSERT INTO paused_check
+    SELECT instr(sql, '''paused''') > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'sandboxes';
+DROP TABLE paused_check;
 
 -- While paused: when the current pause began, and the paused time of the
 -- generation so far (not billed as running time).

@@ -59,8 +59,9 @@ async fn main() -> ExitCode {
         Err(e) => {
             if !matches!(e, CliError::Exit(_)) {
                 // With --json the error is on stdout too, as problem+json,
-                // for a script that parses stdout.
-                if json {
+                // for a script that parses stdout (a sandbox that failed
+                // was printed itself: one document).
+                if json && !matches!(e, CliError::Failed(_)) {
                     commands::emit(&format!("{}\n", e.problem_json()));
                 }
                 commands::note(&e.message());

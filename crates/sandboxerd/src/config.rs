@@ -376,12 +376,29 @@ pub const NOT_CONFIG_VARS: &[&str] = &[
     "SANDBOXER_FAULT",
     "SANDBOXER_URL",
     "SANDBOXER_TOKEN",
+    "SANDBOXER_TEST_VENV",
 ];
+
+/// Whether `var` is one Kubernetes (service links) or Docker (`--link`)
+/// puts into a container's environment for a service named `sandboxer`:
+/// `SANDBOXER_SERVICE_HOST`, `SANDBOXER_SERVICE_PORT…`, `SANDBOXER_PORT`,
+/// `SANDBOXER_PORT_7443_TCP…`.
+fn is_service_link(var: &str) -> bool {
+    var.starts_with("SANDBOXER_SERVICE_")
+        || var == "SANDBOXER_PORT"
+        || var
+            .strip_prefix("SANDBOXER_PORT_")
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
 
 /// The configuration variables of this process's environment.
 pub fn config_vars() -> Vec<(String, String)> {
     std::env::vars()
-        .filter(|(k, _)| k.starts_with("SANDBOXER_") && !NOT_CONFIG_VARS.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            k.starts_with("SANDBOXER_")
+                && !NOT_CONFIG_VARS.contains(&k.as_str())
+                && !is_service_link(k)
+        })
         .collect()
 }
 
@@ -434,11 +451,23 @@ impl Config {
             .map_err(|e| {
                 // The file passed alone: the environment is at fault.
                 let text = e.to_string();
-                let named = env.iter().map(|(k, _)| k).find(|k| {
+                // An unknown key is named right after "unknown field": the
+                // variable whose last level is that name; else a variable
+                // whose key the message names.
+                let unknown = text
+                    .split_once("unknown field `")
+                    .and_then(|(_, rest)| rest.split_once('`'))
+                    .map(|(name, _)| name.to_owned());
+                let last_of = |k: &str| {
                     let key = var_key(k);
-                    let last = key.rsplit('.').next().unwrap_or(&key).to_owned();
-                    text.contains(&format!("`{last}`")) || text.contains(&key)
-                });
+                    key.rsplit('.').next().unwrap_or(&key).to_owned()
+                };
+                let named = match &unknown {
+                    Some(name) => env.iter().map(|(k, _)| k).find(|k| last_of(k) == *name),
+                    None => env.iter().map(|(k, _)| k).find(|k| {
+                        text.contains(&format!("`{}`", var_key(k))) || text.contains(&var_key(k))
+                    }),
+                };
                 match named {
                     Some(var) => anyhow::anyhow!("environment variable {var}: {e}"),
                     None => {
@@ -715,8 +744,28 @@ mod tests {
             err.contains("SANDBOXER_LIMITS__BURSTT") && !err.contains("typo.toml"),
             "{err}"
         );
-        let err = load_err(None, &[("SANDBOXER_REAPER_INTERVALL", "2s")]);
-        assert!(err.contains("SANDBOXER_REAPER_INTERVALL"), "{err}");
+        let err = load_err(
+            None,
+            &[
+                ("SANDBOXER_DATA_DIR", "/srv/x"),
+                ("SANDBOXER_REAPER_INTERVALL", "2s"),
+                ("SANDBOXER_LISTEN", "127.0.0.1:1"),
+            ],
+        );
+        assert!(
+            err.contains("SANDBOXER_REAPER_INTERVALL")
+                && !err.contains("SANDBOXER_DATA_DIR")
+                && !err.contains("SANDBOXER_LISTEN"),
+            "{err}"
+        );
+        for link in [
+            "SANDBOXER_SERVICE_HOST",
+            "SANDBOXER_PORT",
+            "SANDBOXER_PORT_7443_TCP_ADDR",
+        ] {
+            assert!(is_service_link(link), "{link}");
+        }
+        assert!(!is_service_link("SANDBOXER_PORTS"));
         // A bad value in a variable names it too.
         let err = load_err(None, &[("SANDBOXER_SNAPSHOT_QUOTA_PER_PROJECT", "many")]);
         assert!(

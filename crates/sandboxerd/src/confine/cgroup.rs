@@ -27,6 +27,9 @@ use sandboxer_api::Usage;
 
 /// The controllers a sandbox's limits and usage need.
 const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
+/// The v1 freezer, used when mounted (cgroup v2 has `cgroup.freeze` in
+/// every cgroup).
+const FREEZER: &str = "freezer";
 /// Their cgroup v2 names (`cpuacct` is part of `cpu` there).
 const V2_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 /// The CFS period the quota of `cpus` is a share of.
@@ -91,7 +94,7 @@ impl Cgroups {
                     v2_mount.get_or_insert_with(|| m.mountpoint.clone());
                 }
                 Some(opts) => {
-                    for c in V1_CONTROLLERS {
+                    for c in V1_CONTROLLERS.iter().chain([&FREEZER]) {
                         if opts.iter().any(|o| o == c) {
                             v1_mounts.entry(c).or_insert_with(|| m.mountpoint.clone());
                         }
@@ -106,8 +109,8 @@ impl Cgroups {
             if names.is_empty() {
                 own_v2 = Some(path.to_owned());
             }
-            for c in V1_CONTROLLERS {
-                if names.split(',').any(|n| n == c) {
+            for c in V1_CONTROLLERS.iter().chain([&FREEZER]) {
+                if names.split(',').any(|n| n == *c) {
                     own_v1.insert(c, path.to_owned());
                 }
             }
@@ -130,6 +133,15 @@ impl Cgroups {
                 let dir = v1_mounts[c].join(base);
                 make_parent(&dir)?;
                 parents.insert(c, dir);
+            }
+            // The freezer (for pause) where it is mounted and ours to use;
+            // without it, pause falls back to signals.
+            if let Some(mount) = v1_mounts.get(FREEZER) {
+                let base = relative(parent, own_v1.get(FREEZER).map(String::as_str));
+                let dir = mount.join(base);
+                if make_parent(&dir).is_ok() {
+                    parents.insert(FREEZER, dir);
+                }
             }
             return Ok(Cgroups::V1(parents));
         }
@@ -401,6 +413,66 @@ impl SandboxCgroup {
 
     /// Removes it; fails (EBUSY) while a process is still in it. Removing
     /// what is already gone succeeds.
+    /// Freezes (`true`) or thaws every process in it with the kernel's
+    /// freezer (v2 `cgroup.freeze`, v1 `freezer.state`), and for a freeze
+    /// waits until every one is frozen (at most `wait`). `Ok(false)`: there
+    /// is no freezer here.
+    pub fn freeze(&self, frozen: bool, wait: std::time::Duration) -> Result<bool, String> {
+        let (file, value, done): (PathBuf, &str, fn(&str) -> bool) = if self.v2 {
+            let dir = self.dir("");
+            (
+                dir.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+                |events| events.lines().any(|l| l.trim() == "frozen 1"),
+            )
+        } else {
+            match self.dirs.get(FREEZER) {
+                Some(dir) => (
+                    dir.join("freezer.state"),
+                    if frozen { "FROZEN" } else { "THAWED" },
+                    |state| state.trim() == "FROZEN",
+                ),
+                None => return Ok(false),
+            }
+        };
+        if !file.exists() {
+            return Ok(false);
+        }
+        write(&file, value)?;
+        if !frozen {
+            return Ok(true);
+        }
+        let watch = if self.v2 {
+            self.dir("").join("cgroup.events")
+        } else {
+            file.clone()
+        };
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let now = std::fs::read_to_string(&watch).unwrap_or_default();
+            if done(&now) {
+                return Ok(true);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not report frozen within {wait:?}",
+                    watch.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
+    /// Whether the kernel's freezer holds it frozen (`None`: no freezer).
+    pub fn is_frozen(&self) -> Option<bool> {
+        if self.v2 {
+            let events = std::fs::read_to_string(self.dir("").join("cgroup.freeze")).ok()?;
+            return Some(events.trim() == "1");
+        }
+        let state = std::fs::read_to_string(self.dirs.get(FREEZER)?.join("freezer.state")).ok()?;
+        Some(state.trim() != "THAWED")
+    }
+
     pub fn remove(&self) -> Result<(), String> {
         for dir in self.dirs.values() {
             match std::fs::remove_dir(dir) {

@@ -214,6 +214,12 @@ pub trait Extension: Send + Sync {
         ))
     }
 
+    /// Whether the backend holds the sandbox frozen (`None`: it cannot
+    /// tell), for the start-up reconciler.
+    async fn frozen(&self, _sandbox_id: &str, _state: Option<&BackendState>) -> Option<bool> {
+        None
+    }
+
     /// Takes up again what the daemon itself serves for a live sandbox
     /// (e.g. its egress proxy) after a restart. Idempotent.
     async fn reattach(

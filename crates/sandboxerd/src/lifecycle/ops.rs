@@ -239,11 +239,14 @@ pub async fn network_log(
         }))
 }
 
-/// `sbx` with the live usage its backend measures (`ready`/`active` only;
+/// `sbx` with the live usage its backend measures (`ready`/`active`/`paused` only;
 /// left `null` where the backend cannot tell). Read now, not cached: a
 /// client checking what its last command did sees it.
 pub async fn with_usage(state: &AppState, mut sbx: Sandbox) -> Sandbox {
-    if !matches!(sbx.state, SandboxState::Ready | SandboxState::Active) {
+    if !matches!(
+        sbx.state,
+        SandboxState::Ready | SandboxState::Active | SandboxState::Paused
+    ) {
         return sbx;
     }
     let Some(ext) = state.extensions.get(&sbx.extension) else {

@@ -16,17 +16,40 @@ use crate::store::{Change, PauseStep, Transition};
 use crate::AppState;
 
 /// `POST /v1/sandboxes/{id}/pause`: a `ready` or `active` sandbox becomes
-/// `paused`; a paused one is answered as it is.
+/// `paused`; a paused one is answered as it is (frozen again, in case).
 #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
 pub async fn pause(state: &AppState, scope: Option<&str>, id: &str) -> OpResult<Sandbox> {
-    step(state, scope, id, PauseStep::Pause).await
+    detached(state, scope, id, PauseStep::Pause).await
 }
 
 /// `POST /v1/sandboxes/{id}/resume`: a `paused` sandbox becomes `ready`;
-/// a `ready` or `active` one is answered as it is.
+/// a `ready` or `active` one is answered as it is (thawed again, in case a
+/// pause was cut off).
 #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
 pub async fn resume(state: &AppState, scope: Option<&str>, id: &str) -> OpResult<Sandbox> {
-    step(state, scope, id, PauseStep::Resume).await
+    detached(state, scope, id, PauseStep::Resume).await
+}
+
+/// Runs the step in a task of its own: a client that hangs up cannot cut
+/// it off between the backend and the record.
+async fn detached(
+    state: &AppState,
+    scope: Option<&str>,
+    id: &str,
+    how: PauseStep,
+) -> OpResult<Sandbox> {
+    let (st, scope, id) = (state.clone(), scope.map(str::to_owned), id.to_owned());
+    state
+        .tasks
+        .spawn(async move { step(&st, scope.as_deref(), &id, how).await })
+        .await
+        .map_err(|e| {
+            OpError::refused(
+                Refusal::Failed,
+                ProblemCode::Internal,
+                format!("pause task: {e}"),
+            )
+        })?
 }
 
 async fn step(
@@ -39,6 +62,12 @@ async fn step(
     let Some(row) = state.db.get_row(id, scope).await? else {
         return Err(OpError::not_found(Missing::Sandbox, id));
     };
+    if row.pool.is_some() {
+        return Err(OpError::conflict(
+            ProblemCode::InvalidState,
+            format!("sandbox {id} is an unassigned warm-pool member"),
+        ));
+    }
     let now = row.state()?;
     let (from, to, done, only): (&[SandboxState], _, &[SandboxState], _) = match step {
         PauseStep::Pause => (
@@ -54,11 +83,7 @@ async fn step(
             "paused, ready or active sandboxes can be resumed",
         ),
     };
-    if done.contains(&now) {
-        // Idempotent: already there.
-        return Ok(row.into_api()?);
-    }
-    if !from.contains(&now) {
+    if !from.contains(&now) && !done.contains(&now) {
         return Err(OpError::wrong_state(&format!("sandbox {id}"), now, only));
     }
     let Some(ext) = state.extensions.get(&row.extension) else {
@@ -75,11 +100,30 @@ async fn step(
         ));
     }
     let bs = row.backend_state();
-    let acted = match step {
-        PauseStep::Pause => ext.pause(id, bs.as_ref()).await,
-        PauseStep::Resume => ext.resume(id, bs.as_ref()).await,
+    let act = |how: PauseStep| {
+        let (ext, bs) = (ext.clone(), bs.clone());
+        async move {
+            match how {
+                PauseStep::Pause => ext.pause(id, bs.as_ref()).await,
+                PauseStep::Resume => ext.resume(id, bs.as_ref()).await,
+            }
+        }
     };
-    acted.map_err(backend_error)?;
+    // Idempotent: already there; the backend is told again (a pause cut
+    // off halfway, or a crash, may have left it otherwise).
+    if done.contains(&now) {
+        act(step).await.map_err(backend_error)?;
+        return Ok(row.into_api()?);
+    }
+    let undo = match step {
+        PauseStep::Pause => PauseStep::Resume,
+        PauseStep::Resume => PauseStep::Pause,
+    };
+    if let Err(e) = act(step).await {
+        // Never left half done: undone as well as it can be.
+        let _ = act(undo).await;
+        return Err(backend_error(e));
+    }
     crate::fault::hit(match step {
         PauseStep::Pause => "pause.after_backend",
         PauseStep::Resume => "resume.after_backend",
@@ -94,7 +138,12 @@ async fn step(
         pause: Some(step),
         ..Change::default()
     };
-    match state.db.transition(id, from, to, change).await? {
+    let recorded = state.db.transition(id, from, to, change).await;
+    if !matches!(recorded, Ok(Transition::Done { .. })) {
+        // The row did not follow: the backend goes back to what it says.
+        let _ = act(undo).await;
+    }
+    match recorded? {
         Transition::Done { sandbox, .. } => {
             state.notify(id);
             Ok(sandbox)

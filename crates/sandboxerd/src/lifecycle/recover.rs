@@ -151,13 +151,16 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
         Ok(Liveness::Alive) => {
             reattach(ext.as_ref(), &row).await;
             // The row says whether it is paused; a daemon that died between
-            // freezing (or thawing) and recording it left the other.
+            // freezing (or thawing) and recording it left the other. Only
+            // what the backend can tell is put right: processes the tenant
+            // stopped itself are never continued here.
             if ext.can_pause() {
                 let bs = row.backend_state();
-                let settled = if row.state()? == SandboxState::Paused {
-                    ext.pause(&row.id, bs.as_ref()).await
-                } else {
-                    ext.resume(&row.id, bs.as_ref()).await
+                let paused = row.state()? == SandboxState::Paused;
+                let settled = match (paused, ext.frozen(&row.id, bs.as_ref()).await) {
+                    (true, Some(false)) => ext.pause(&row.id, bs.as_ref()).await,
+                    (false, Some(true)) => ext.resume(&row.id, bs.as_ref()).await,
+                    _ => Ok(()),
                 };
                 if let Err(e) = settled {
                     tracing::warn!(sandbox_id = %row.id, error = %e, "cannot bring the sandbox's processes to its recorded state");

@@ -121,7 +121,11 @@ async fn end(
         reachability: Some(None),
         ..Change::default()
     };
-    let from = [SandboxState::Ready, SandboxState::Active];
+    let from = [
+        SandboxState::Ready,
+        SandboxState::Active,
+        SandboxState::Paused,
+    ];
     let Transition::Done { sandbox, .. } = state
         .db
         .transition(id, &from, SandboxState::Failed, change)

@@ -152,7 +152,12 @@ impl SandboxRow {
             expires_at: to_time(self.expires_at),
             destroyed_at: self.destroyed_at.map(to_time),
             last_activity_at: to_time(self.last_activity_at),
-            paused_at: self.paused_at.map(to_time),
+            // Shown while paused only (a sandbox that ended paused keeps it
+            // on the row, for its billing).
+            paused_at: self
+                .paused_at
+                .filter(|_| state == SandboxState::Paused)
+                .map(to_time),
             consumer: Consumer {
                 actor_type: self.actor_type,
                 actor: self.actor,

@@ -479,9 +479,10 @@ impl Db {
                 qb.push(", paused_at = ").push_bind(now);
             }
             Some(PauseStep::Resume) => {
-                qb.push(", paused_ms = paused_ms + MAX(0, ")
+                // Never past its expiry: time after it is billed as nothing anyway.
+                qb.push(", paused_ms = paused_ms + MAX(0, MIN(expires_at, ")
                     .push_bind(now)
-                    .push(" - COALESCE(paused_at, ")
+                    .push(") - COALESCE(paused_at, ")
                     .push_bind(now)
                     .push(")), paused_at = NULL, last_activity_at = ")
                     .push_bind(now);
@@ -615,13 +616,13 @@ impl Db {
         }
     }
 
-    /// Live (`ready`/`active`) sandboxes handed to a consumer (no warm-pool
-    /// spares) as `(id, extension, backend_state, generation)`, for the
-    /// exit watcher.
+    /// Live (`ready`/`active`/`paused`) sandboxes handed to a consumer (no
+    /// warm-pool spares) as `(id, extension, backend_state, generation)`,
+    /// for the exit watcher.
     pub async fn watched(&self) -> Result<Vec<(String, String, Option<String>, u32)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, extension, backend_state, generation FROM sandboxes \
-             WHERE state IN ('ready','active') AND pool IS NULL",
+             WHERE state IN ('ready','active','paused') AND pool IS NULL",
         )
         .fetch_all(&self.reader)
         .await?)

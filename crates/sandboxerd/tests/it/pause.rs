@@ -86,10 +86,32 @@ async fn started(d: &Daemon, req: &CreateSandbox) -> (String, std::path::PathBuf
 async fn a_paused_sandbox_stops_and_resumes_with_its_memory() {
     require_bwrap();
     let dir = TestDir::new();
+    // As root: the cgroup freezer.
     let d = testkit::daemon!().start(dir.path());
-    let (id, wd) = started(&d, &testkit::local_shell()).await;
+    stops_and_resumes(&d).await;
+}
 
-    let (status, sbx) = post(&d, &id, "pause").await;
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_sandbox_stops_and_resumes_with_its_memory_unprivileged() {
+    require_bwrap();
+    let Some((uid, gid)) = super::limits::unprivileged() else {
+        return;
+    };
+    // An unprivileged daemon's delegated cgroups have no freezer: SIGSTOP.
+    let dir = TestDir::new();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    for p in [dir.path(), data.as_path()] {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+    }
+    let d = testkit::daemon!().user((uid, gid)).start(&data);
+    stops_and_resumes(&d).await;
+}
+
+async fn stops_and_resumes(d: &Daemon) {
+    let (id, wd) = started(d, &testkit::local_shell()).await;
+
+    let (status, sbx) = post(d, &id, "pause").await;
     assert_eq!(
         (status, sbx["state"].as_str()),
         (200, Some("paused")),
@@ -98,15 +120,19 @@ async fn a_paused_sandbox_stops_and_resumes_with_its_memory() {
     assert!(sbx["paused_at"].is_string(), "{sbx}");
     let states_now = states(&id);
     assert!(!states_now.is_empty(), "no process of the sandbox found");
+    // Frozen by the cgroup freezer (`D`), or stopped by SIGSTOP where
+    // there is none (`T`).
     assert!(
-        states_now.iter().all(|s| matches!(s, 'T' | 't' | 'Z')),
-        "every process is stopped: {states_now:?}"
+        states_now
+            .iter()
+            .all(|s| matches!(s, 'D' | 'T' | 't' | 'Z')),
+        "every process is frozen: {states_now:?}"
     );
     let frozen = counter(&wd);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(counter(&wd), frozen, "a paused sandbox made progress");
     // Idempotent, and nothing reaches inside meanwhile.
-    let (status, again) = post(&d, &id, "pause").await;
+    let (status, again) = post(d, &id, "pause").await;
     assert_eq!((status, again["state"].as_str()), (200, Some("paused")));
     let r = reqwest::Client::new()
         .post(format!("{}/v1/sandboxes/{id}/exec", d.url))
@@ -121,7 +147,7 @@ async fn a_paused_sandbox_stops_and_resumes_with_its_memory() {
         "{events:?}"
     );
 
-    let (status, sbx) = post(&d, &id, "resume").await;
+    let (status, sbx) = post(d, &id, "resume").await;
     assert_eq!(
         (status, sbx["state"].as_str()),
         (200, Some("ready")),
@@ -139,11 +165,11 @@ async fn a_paused_sandbox_stops_and_resumes_with_its_memory() {
         after > frozen && after < frozen + 200,
         "{frozen} then {after}"
     );
-    let (status, again) = post(&d, &id, "resume").await;
+    let (status, again) = post(d, &id, "resume").await;
     assert_eq!((status, again["state"].as_str()), (200, Some("ready")));
 
     // A paused sandbox can be destroyed; nothing of it is left.
-    post(&d, &id, "pause").await;
+    post(d, &id, "pause").await;
     let (_, gone) = d
         .client
         .destroy(&id, Some(Duration::from_secs(30)))

@@ -101,8 +101,12 @@ pub struct LocalExtension {
 /// egress proxy's socket, bound read-only into the sandbox.
 const EGRESS_DIR: &str = "egress";
 
-/// Rounds of SIGSTOP a pause makes at most before it gives up.
+/// Rounds of SIGSTOP a pause makes at most before it gives up (without a
+/// freezer).
 const PAUSE_ROUNDS: usize = 200;
+
+/// How long the kernel's freezer may take to freeze a sandbox.
+const FREEZE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a usage reading is served again.
 const USAGE_FRESH: Duration = Duration::from_millis(250);
@@ -716,6 +720,10 @@ impl Extension for LocalExtension {
     ) -> Result<(), ExtError> {
         let st = self.load_state(sandbox_id, state);
         self.egress.stop(sandbox_id);
+        // A v1-frozen task dies of SIGKILL only once thawed.
+        if let Some(cg) = self.cgroup_of(sandbox_id) {
+            let _ = cg.freeze(false, FREEZE_WAIT);
+        }
         if let Some(pid) = st.pid {
             if owns_pid(pid, st.pid_start) {
                 // SIGKILL to the namespace's pid 1 ends every process in it.
@@ -819,12 +827,31 @@ impl Extension for LocalExtension {
         matches!(self.cgroups, Some(Ok(_)))
     }
 
-    /// SIGSTOP to every process in the sandbox's cgroup, again until every
-    /// one of them is stopped (a process that forked meanwhile has its
-    /// child stopped on the next round): a stopped process uses no CPU and
-    /// keeps its memory.
+    /// The kernel's freezer on the sandbox's cgroup where there is one
+    /// (cgroup v2, or the v1 `freezer` controller): every task frozen,
+    /// whatever it does (vfork, threads, signals of its own), checked by
+    /// the kernel. Elsewhere, SIGSTOP to every process in the cgroup again
+    /// until each is stopped.
     async fn pause(&self, sandbox_id: &str, _state: Option<&BackendState>) -> Result<(), ExtError> {
         let cg = self.pausable(sandbox_id)?;
+        let frozen = {
+            let cg = cg.clone();
+            tokio::task::spawn_blocking(move || cg.freeze(true, FREEZE_WAIT))
+                .await
+                .map_err(|e| ExtError::new(ProblemCode::Internal, format!("freeze task: {e}")))?
+        };
+        match frozen {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                // Never left half frozen.
+                let _ = cg.freeze(false, FREEZE_WAIT);
+                return Err(ExtError::new(
+                    ProblemCode::Internal,
+                    format!("freezing {sandbox_id}: {e}"),
+                ));
+            }
+        }
         for _ in 0..PAUSE_ROUNDS {
             let mut running = 0;
             for pid in cg.pids() {
@@ -842,6 +869,10 @@ impl Extension for LocalExtension {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // Never left half stopped.
+        for pid in cg.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
         Err(ExtError::new(
             ProblemCode::Internal,
             format!(
@@ -850,17 +881,30 @@ impl Extension for LocalExtension {
         ))
     }
 
-    /// SIGCONT to every process in the sandbox's cgroup.
+    /// Thaws the freezer, or SIGCONT to every process in the cgroup.
     async fn resume(
         &self,
         sandbox_id: &str,
         _state: Option<&BackendState>,
     ) -> Result<(), ExtError> {
         let cg = self.pausable(sandbox_id)?;
-        for pid in cg.pids() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        match cg.freeze(false, FREEZE_WAIT) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                for pid in cg.pids() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+                }
+                Ok(())
+            }
+            Err(e) => Err(ExtError::new(
+                ProblemCode::Internal,
+                format!("thawing {sandbox_id}: {e}"),
+            )),
         }
-        Ok(())
+    }
+
+    async fn frozen(&self, sandbox_id: &str, _state: Option<&BackendState>) -> Option<bool> {
+        self.cgroup_of(sandbox_id)?.is_frozen()
     }
 
     async fn reattach(
