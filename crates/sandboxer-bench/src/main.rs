@@ -25,6 +25,7 @@ mod footprint;
 mod header;
 mod load;
 mod memory;
+mod pause;
 mod pool;
 mod report;
 mod requests;
@@ -267,6 +268,11 @@ async fn measure(
 
     eprintln!("== egress proxy: 10 MB downloads through the proxy and direct");
     sections.push(egress::egress_section(plan, repo, bin, scratch).await?);
+    // Measured with the first daemon, reported last in number order.
+    if let Some(p) = sections.iter().position(|s| s.title.starts_with("9.")) {
+        let pausing = sections.remove(p);
+        sections.push(pausing);
+    }
     Ok(sections)
 }
 
@@ -302,6 +308,8 @@ async fn with_daemon(
         format!("{} sequential creates", plan.creates),
         memory(daemon.pid())?,
     ));
+    eprintln!("== pause and resume");
+    let pausing = pause::pause_section(plan, daemon).await?;
     eprintln!("== {} concurrent creates", plan.concurrent);
     let (concurrent, peak) = concurrent_section(plan, daemon, &client).await?;
     phases.push((
@@ -311,7 +319,7 @@ async fn with_daemon(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = memory(daemon.pid())?;
     let memory = memory_section(plan, idle, &phases, peak, after);
-    Ok(vec![creates, get, list, concurrent, memory])
+    Ok(vec![creates, get, list, concurrent, memory, pausing])
 }
 
 fn create_request(label: &str) -> CreateSandbox {
