@@ -3,24 +3,14 @@
 //! ways (a file and a directory), ls-files, ports. The real daemon (built
 //! beside this test) on real bubblewrap.
 
-use std::process::{Command, Output};
+mod common;
+
+use common::ctl;
+use common::text;
 use std::time::Duration;
 
 use sandboxer_testkit as testkit;
 use testkit::{local_shell, require_bwrap, DaemonBin, TestDir};
-
-fn ctl(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sandboxctl"))
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("sandboxctl")
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_processes_cp_and_ports_from_the_command_line() {

@@ -3,19 +3,12 @@
 //! ready again, and errors as problem+json on stdout with `--json`. The
 //! real daemon (built beside this test) on real bubblewrap.
 
-use std::process::{Command, Output};
+mod common;
+
+use common::ctl;
 
 use sandboxer_testkit as testkit;
 use testkit::{require_bwrap, DaemonBin, TestDir};
-
-fn ctl(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sandboxctl"))
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("sandboxctl")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn short_profile_names_waiting_recreate_and_json_errors() {

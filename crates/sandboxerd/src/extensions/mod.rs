@@ -196,10 +196,7 @@ pub trait Extension: Send + Sync {
         _sandbox_id: &str,
         _state: Option<&BackendState>,
     ) -> Result<(), ExtError> {
-        Err(ExtError::new(
-            ProblemCode::Unsupported,
-            format!("{} cannot pause sandboxes", self.id()),
-        ))
+        Err(cannot_pause(self.id()))
     }
 
     /// Lets every process of a paused sandbox run again. Idempotent.
@@ -208,10 +205,7 @@ pub trait Extension: Send + Sync {
         _sandbox_id: &str,
         _state: Option<&BackendState>,
     ) -> Result<(), ExtError> {
-        Err(ExtError::new(
-            ProblemCode::Unsupported,
-            format!("{} cannot resume sandboxes", self.id()),
-        ))
+        Err(cannot_pause(self.id()))
     }
 
     /// Whether the backend holds the sandbox frozen (`None`: it cannot
@@ -422,6 +416,14 @@ pub trait HostInventory: Send + Sync {
     async fn owned(&self, host: &str) -> Result<Vec<sandboxer_api::StaleItem>, ExtError>;
     /// Remove what sandbox `sandbox_id` left on `host` (idempotent).
     async fn reap(&self, host: &str, sandbox_id: &str) -> Result<(), ExtError>;
+}
+
+/// What a backend that cannot pause answers to pause and resume.
+fn cannot_pause(id: &str) -> ExtError {
+    ExtError::new(
+        ProblemCode::Unsupported,
+        format!("{id} cannot pause or resume sandboxes"),
+    )
 }
 
 /// The extensions the daemon has code for, by id.

@@ -196,19 +196,7 @@ pub async fn create(
         .get(&row.profile)
         .map(|p| p.snapshot_ttl)
         .unwrap_or(Duration::from_secs(7 * 86_400));
-    let new = NewSnapshot {
-        id: new_id("snap"),
-        sandbox_id: row.id.clone(),
-        sandbox_generation: row.generation,
-        profile: row.profile.clone(),
-        profile_version: row.profile_version,
-        extension: row.extension.clone(),
-        host: row.host.clone(),
-        project: row.project.clone(),
-        label,
-        now,
-        expires_at: now.saturating_add(crate::clock::millis(ttl)),
-    };
+    let new = snapshot_of(&row, new_id("snap"), label, now, ttl);
     let quota = state.settings.snapshot_quota_per_project;
     let snap = match state.db.create_snapshot(new, quota).await? {
         SnapshotCreated::New(snap) => *snap,
@@ -224,6 +212,29 @@ pub async fn create(
     };
     state.spawn(capture(state.clone(), snap.id.clone()));
     Ok(snap)
+}
+
+/// A new snapshot `id` of sandbox `row`'s current generation, kept `ttl`.
+fn snapshot_of(
+    row: &SandboxRow,
+    id: String,
+    label: Option<String>,
+    now: i64,
+    ttl: Duration,
+) -> NewSnapshot {
+    NewSnapshot {
+        id,
+        sandbox_id: row.id.clone(),
+        sandbox_generation: row.generation,
+        profile: row.profile.clone(),
+        profile_version: row.profile_version,
+        extension: row.extension.clone(),
+        host: row.host.clone(),
+        project: row.project.clone(),
+        label,
+        now,
+        expires_at: now.saturating_add(crate::clock::millis(ttl)),
+    }
 }
 
 /// Capture snapshot `id` (in `creating`): archive the sandbox's workspace,
@@ -459,19 +470,13 @@ async fn exit_snapshot_inner(
     }
     let now = now_ms();
     let snap_id = new_id("snap");
-    let new = NewSnapshot {
-        id: snap_id.clone(),
-        sandbox_id: row.id.clone(),
-        sandbox_generation: row.generation,
-        profile: row.profile.clone(),
-        profile_version: row.profile_version,
-        extension: row.extension.clone(),
-        host: row.host.clone(),
-        project: row.project.clone(),
-        label: Some(format!("exit snapshot: {why}")),
+    let new = snapshot_of(
+        row,
+        snap_id.clone(),
+        Some(format!("exit snapshot: {why}")),
         now,
-        expires_at: now.saturating_add(crate::clock::millis(profile.snapshot_ttl)),
-    };
+        profile.snapshot_ttl,
+    );
     let quota = state.settings.snapshot_quota_per_project;
     let made = state
         .db
