@@ -135,7 +135,11 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if let Some(c) = &caller {
         req.extensions_mut().insert(c.clone());
     }
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // For the request's log line (`observe_request`, outside this layer).
+    if let Some(c) = &caller {
+        resp.extensions_mut().insert(c.clone());
+    }
     if mutating {
         if let Some(c) = &caller {
             let sandbox_id = sandbox_of(&path).map(str::to_owned).or_else(|| {

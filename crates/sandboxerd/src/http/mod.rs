@@ -215,16 +215,55 @@ async fn problem_for_plain_errors(resp: Response) -> Response {
     ApiError::new(status, code, detail).into_response()
 }
 
+/// Counts each request for `/metrics` and logs one line for it (method,
+/// route, path, status, duration, project, request id), inside a span
+/// that carries the request id to everything logged while it is served.
+/// The id is the request's `X-Request-Id` when it sends a usable one (1 to
+/// 128 visible ASCII characters), else a new `req_<ULID>`; it is echoed in
+/// the answer's `X-Request-Id`.
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use tracing::Instrument;
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().as_str().to_owned();
-    let resp = next.run(req).await.into_response();
-    state
-        .metrics
-        .count_request(&route, &method, resp.status().as_u16());
+    let path = req.uri().path().to_owned();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::store::new_id("req"));
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut resp = next.run(req).instrument(span).await.into_response();
+    let status = resp.status().as_u16();
+    state.metrics.count_request(&route, &method, status);
+    let project = resp
+        .extensions()
+        .get::<caller::Caller>()
+        .map(|c| c.consumer.project.clone())
+        .unwrap_or_default();
+    let code = resp.extensions().get::<ProblemCode>().map(|c| c.as_str());
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        path = %path,
+        status,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        project = %project,
+        code,
+        "request"
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
     resp
 }
+
+/// The header a request id travels in.
+const REQUEST_ID: &str = "x-request-id";

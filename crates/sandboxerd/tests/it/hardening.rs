@@ -557,3 +557,55 @@ async fn on_a_full_disk_no_answer_claims_a_write_that_was_not_committed() {
     let s = c.get(&id, None).await.expect("get");
     assert_eq!(s.state, sandboxctl::api::SandboxState::Destroyed, "{s:?}");
 }
+
+/// Issue 22: one log line per request, with a request id that is echoed
+/// (or made) in `X-Request-Id`.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_request_is_logged_once_with_its_request_id() {
+    let dir = TestDir::new();
+    let d = testkit::daemon!().start(dir.path());
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!(
+            "{}/v1/sandboxes/sbx_01NOSUCHSANDBOX0000000000",
+            d.url
+        ))
+        .header("X-Request-Id", "trace-4242")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("trace-4242")
+    );
+    // Without one (or with an unusable one), the daemon makes one.
+    let r = http
+        .get(format!("{}/healthz", d.url))
+        .header("X-Request-Id", "bad id with spaces")
+        .send()
+        .await
+        .expect("healthz");
+    let made = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("an id")
+        .to_owned();
+    assert!(made.starts_with("req_"), "{made}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = d.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"message\":\"request\"") && l.contains("trace-4242"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per request: {log}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).expect("json log line");
+    assert_eq!(line["route"], "/v1/sandboxes/{id}", "{line}");
+    assert_eq!(line["status"], 404, "{line}");
+    assert_eq!(line["code"], "sandbox_not_found", "{line}");
+    assert_eq!(line["project"], "default", "{line}");
+    assert!(log.contains(&made), "the made id is logged");
+}
