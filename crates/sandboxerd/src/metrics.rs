@@ -330,7 +330,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP sandboxer_outbox_backlog Lifecycle events not yet delivered.\n\
+            "# HELP sandboxer_outbox_backlog Lifecycle events not yet delivered to the configured receiver (0 without one).\n\
              # TYPE sandboxer_outbox_backlog gauge\nsandboxer_outbox_backlog {outbox_backlog}"
         );
         out.push_str("# HELP sandboxer_sandboxes Sandboxes by lifecycle state.\n# TYPE sandboxer_sandboxes gauge\n");

@@ -64,7 +64,13 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> ApiResult<imp
     // Counts span every project: operators only.
     caller.require_operator("GET /metrics")?;
     let by_state = state.db.count_by_state().await?;
-    let backlog = state.db.outbox_backlog().await?;
+    // Undelivered to a configured receiver: without one, events are only
+    // kept for `GET /v1/events`, and nothing is behind.
+    let backlog = if state.settings.state_hub_url.is_some() {
+        state.db.outbox_backlog().await?
+    } else {
+        0
+    };
     let pools = crate::lifecycle::pool::gauges(&state).await?;
     let mut text = state.metrics.render(&by_state, backlog, &pools);
     state.extensions.egress.render_metrics(&mut text);

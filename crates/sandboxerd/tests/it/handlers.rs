@@ -54,6 +54,12 @@ async fn health_ready_and_metrics() {
         ),
         "{text}"
     );
+    // No receiver configured: an event written is not a backlog.
+    assert!(text.contains("sandboxer_outbox_backlog 0\n"), "{text}");
+    assert!(
+        text.contains("sandboxer_sandboxes{state=\"paused\"} 0"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
