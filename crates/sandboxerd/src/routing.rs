@@ -51,6 +51,8 @@ pub enum PlaceError {
     UnknownHost { host: String, hosts: Vec<String> },
     /// The bound extension has no code in this daemon.
     NotBuiltIn(String),
+    /// The bound extension places on hosts, and none is configured.
+    NoHosts(String),
     /// Every candidate was skipped; the route says why.
     NoCandidate(Route),
 }
@@ -225,6 +227,9 @@ pub async fn place(
         let c = candidate(state, ext_spec, profile, ttl);
         if !c.built_in {
             return Err(PlaceError::NotBuiltIn(ext_id));
+        }
+        if c.hosts.is_empty() {
+            return Err(PlaceError::NoHosts(ext_id));
         }
         let host = match choose_host(spec, &c.hosts, needs.host.as_deref(), &[], &c.down) {
             Some(h) => h,

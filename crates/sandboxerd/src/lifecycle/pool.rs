@@ -389,6 +389,7 @@ async fn start_member(
         .await
         .map_err(|e| match e {
             PlaceError::NotBuiltIn(ext) => format!("extension {ext} is not built in"),
+            PlaceError::NoHosts(ext) => format!("extension {ext} has no placement host configured"),
             PlaceError::UnknownHost { host, .. } => format!("unknown host {host}"),
             PlaceError::NoCandidate(route) => format!(
                 "no routing candidate can take it now: {}",

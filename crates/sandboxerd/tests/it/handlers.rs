@@ -821,3 +821,24 @@ async fn errors_from_the_framework_are_problems_too() {
         None,
     );
 }
+
+/// Issue 22: a profile on a backend with no placement host configured is
+/// refused at create, saying so, instead of failing later with an empty
+/// host name.
+#[tokio::test]
+async fn a_profile_without_a_configured_host_is_refused_at_create() {
+    let t = TestApp::new().await;
+    let repo = testkit::repo_root().join("tests/fixtures/compose-canary");
+    let (s, _, b) = t
+        .call(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"profile": "profile.compose-e2e", "inputs": {"repo": repo}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["code"], "unknown_host", "{b}");
+    assert_eq!(b["field"], "placement.host", "{b}");
+    let detail = b["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("no placement host configured"), "{detail}");
+}

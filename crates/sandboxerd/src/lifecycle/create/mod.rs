@@ -314,6 +314,13 @@ pub fn place_error(profile: &str, e: PlaceError) -> OpError {
                 hosts.join(", ")
             ),
         ),
+        PlaceError::NoHosts(ext) => OpError::invalid(
+            ProblemCode::UnknownHost,
+            "placement.host",
+            format!(
+                "{profile} runs on {ext}, which has no placement host configured: add one (`[[hosts]]` in the daemon's config) and restart"
+            ),
+        ),
         PlaceError::NotBuiltIn(ext) => OpError::refused(
             Refusal::Unavailable,
             ProblemCode::ExtensionUnavailable,
