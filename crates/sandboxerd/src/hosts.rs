@@ -125,14 +125,12 @@ impl HostConfig {
         if self.user.is_empty() {
             anyhow::bail!("{}: must not be empty", key("user"));
         }
-        let mut parts = self.host_key.split_whitespace();
-        match (parts.next(), parts.next()) {
-            (Some(alg), Some(_)) if alg.starts_with("ssh-") || alg.starts_with("ecdsa-") => {}
-            _ => anyhow::bail!(
-                "{}: must be an OpenSSH public key line like `ssh-ed25519 AAAA…`",
+        let Some(host_key) = normalize_host_key(&self.host_key) else {
+            anyhow::bail!(
+                "{}: must be an OpenSSH public key line like `ssh-ed25519 AAAA…` (or `ssh-keyscan` output)",
                 key("host_key")
-            ),
-        }
+            );
+        };
         let engine = match self.engine.as_str() {
             "docker" => Engine::Docker,
             "podman" => Engine::Podman,
@@ -163,7 +161,7 @@ impl HostConfig {
             port: self.port,
             user: self.user.clone(),
             identity_file: self.identity_file.clone(),
-            host_key: self.host_key.trim().to_owned(),
+            host_key,
             engine,
             workdir: self.workdir.trim_end_matches('/').to_owned(),
             labels: self.labels.clone(),
@@ -187,9 +185,64 @@ pub fn check_all(hosts: &[HostConfig]) -> anyhow::Result<Vec<Host>> {
     Ok(out)
 }
 
+/// The `<algorithm> <base64>` of a host key given as a public key line
+/// (`ssh-ed25519 AAAA… comment`) or as `ssh-keyscan` prints it (`host
+/// ssh-ed25519 AAAA…`, `[host]:2222 …`, `# comment` lines, one line per
+/// key type): the ed25519 key when there is one, else the first.
+pub fn normalize_host_key(text: &str) -> Option<String> {
+    let keys: Vec<(String, String)> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let alg = parts.by_ref().find(|p| {
+                p.starts_with("ssh-") || p.starts_with("ecdsa-") || p.starts_with("sk-")
+            })?;
+            let b64 = parts.next()?;
+            Some((alg.to_owned(), b64.to_owned()))
+        })
+        .collect();
+    let (alg, b64) = keys
+        .iter()
+        .find(|(alg, _)| alg == "ssh-ed25519")
+        .or_else(|| keys.first())?;
+    Some(format!("{alg} {b64}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_keys_are_taken_as_ssh_keyscan_prints_them() {
+        let scan = "# sandboxer01:22 SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\n\
+                    sandboxer01 ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC\n\
+                    # sandboxer01:22 SSH-2.0-OpenSSH_9.2p1\n\
+                    sandboxer01 ecdsa-sha2-nistp256 AAAAE2VjZHNh\n\
+                    sandboxer01 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEx\n";
+        assert_eq!(
+            normalize_host_key(scan).as_deref(),
+            Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEx")
+        );
+        assert_eq!(
+            normalize_host_key("[10.0.0.5]:2222 ecdsa-sha2-nistp256 AAAAE2V").as_deref(),
+            Some("ecdsa-sha2-nistp256 AAAAE2V")
+        );
+        assert_eq!(
+            normalize_host_key("ssh-ed25519 AAAAC3Nz root@box").as_deref(),
+            Some("ssh-ed25519 AAAAC3Nz")
+        );
+        for bad in ["", "# only a comment", "AAAA", "host AAAA"] {
+            assert_eq!(normalize_host_key(bad), None, "{bad}");
+        }
+        let mut h = good();
+        h.host_key = scan.into();
+        assert_eq!(
+            h.check(0).expect("keyscan output is accepted").host_key,
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEx"
+        );
+    }
 
     fn good() -> HostConfig {
         HostConfig {
