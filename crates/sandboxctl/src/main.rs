@@ -23,6 +23,16 @@ use crate::commands::CliError;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These print a config block and a shell script: no JSON to give.
+    if cli.json
+        && matches!(
+            cli.command,
+            Command::Token(TokenCommand::New { .. }) | Command::Completions { .. }
+        )
+    {
+        eprintln!("error: `--json` is not taken by `completions` or `token new` (they print a shell script and a config block)");
+        return ExitCode::from(2);
+    }
     if let Command::Token(TokenCommand::New {
         actor_type,
         actor,

@@ -49,6 +49,14 @@ async fn short_profile_names_waiting_recreate_and_json_errors() {
     assert_eq!(p["code"], "sandbox_not_found", "{p}");
     assert_eq!(p["status"], 404);
     assert!(!o.stderr.is_empty());
+    // `--json` where there is no JSON to give is a usage error.
+    for args in [
+        &["--json", "completions", "bash"][..],
+        &["--json", "token", "new", "--actor", "a", "--project", "p"],
+    ] {
+        let o = ctl(url, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+    }
     // An error of this side too.
     let o = ctl("http://127.0.0.1:9", &["--json", "list"]);
     assert_eq!(o.status.code(), Some(3), "{o:?}");

@@ -683,11 +683,32 @@ impl TokenConfig {
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() {
+    let joined = if p.is_absolute() {
         p.to_owned()
     } else {
         std::env::current_dir()?.join(p)
-    })
+    };
+    Ok(lexical(&joined))
+}
+
+/// `p` without `.` components, and with `dir/..` taken away (by the text,
+/// not following links: the path as written, in canonical form).
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            // `/..` is `/`; a relative path keeps a leading `..`.
+            Component::ParentDir => {
+                if !out.pop() && !out.has_root() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -699,6 +720,21 @@ mod tests {
         let path = dir.path().join("sandboxerd.toml");
         std::fs::write(&path, text)?;
         Config::load(Some(&path), Overrides::default())?.settings()
+    }
+
+    #[test]
+    fn paths_are_kept_in_canonical_form() {
+        assert_eq!(lexical(Path::new("/x/./data")), PathBuf::from("/x/data"));
+        assert_eq!(
+            lexical(Path::new("/x/y/../data/.")),
+            PathBuf::from("/x/data")
+        );
+        assert_eq!(lexical(Path::new("/../data")), PathBuf::from("/data"));
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(
+            absolute(Path::new("./data")).expect("abs"),
+            cwd.join("data")
+        );
     }
 
     fn load_err(file: Option<&str>, env: &[(&str, &str)]) -> String {

@@ -105,7 +105,8 @@ pub fn compact_duration(span: chrono::TimeDelta) -> String {
 /// `in 1h55m` or `5m ago`.
 pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let span = t - now;
-    if span.num_seconds() >= 0 {
+    // By the millisecond: a moment ago is `0s ago`, never `in 0s`.
+    if span.num_milliseconds() > 0 {
         format!("in {}", compact_duration(span))
     } else {
         format!("{} ago", compact_duration(span))
@@ -196,6 +197,10 @@ mod tests {
             .expect("valid time");
         assert_eq!(relative(now + d(90), now), "in 1m");
         assert_eq!(relative(now - d(90), now), "1m ago");
+        let ms = chrono::TimeDelta::milliseconds;
+        assert_eq!(relative(now - ms(300), now), "0s ago");
+        assert_eq!(relative(now, now), "0s ago");
+        assert_eq!(relative(now + ms(300), now), "in 0s");
     }
 
     #[test]
