@@ -128,7 +128,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    let config_file = args.config.as_deref().map_or_else(
+        || "(none: defaults and environment)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    match runtime.block_on(run(settings, config_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -138,7 +142,46 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(settings: sandboxerd::config::Settings) -> anyhow::Result<()> {
+/// What an operator needs to see at start: where the configuration and
+/// data are, what the catalog holds, how callers are authenticated, and
+/// which backends can serve now (and why not).
+async fn log_startup(state: &sandboxerd::AppState, config_file: &str) {
+    let s = &state.settings;
+    let auth = if s.tokens.is_empty() {
+        "no tokens: one local operator, loopback only".to_owned()
+    } else {
+        format!("{} API token(s)", s.tokens.len())
+    };
+    let profiles: Vec<&str> = state.catalog.profiles.keys().map(String::as_str).collect();
+    tracing::info!(
+        config = %config_file,
+        data_dir = %s.data_dir.display(),
+        profiles_dir = %s.profiles_dir.display(),
+        extensions_dir = %s.extensions_dir.display(),
+        auth = %auth,
+        profiles = %profiles.join(","),
+        rejected = state.catalog.rejected.len(),
+        ssh_gateway = %s.ssh_gateway.as_ref().map_or_else(|| "off".to_owned(), |g| g.listen.to_string()),
+        state_hub = %s.state_hub_url.as_deref().unwrap_or("none"),
+        "configuration"
+    );
+    for id in state.catalog.extensions.keys() {
+        let Some(ext) = state.extensions.get(id) else {
+            tracing::warn!(extension = %id, "extension in the catalog has no code in this daemon");
+            continue;
+        };
+        let a = ext.availability().await;
+        tracing::info!(
+            extension = %id,
+            available = a.available,
+            reason = %a.reason.unwrap_or_default(),
+            hosts = %ext.hosts().join(","),
+            "backend"
+        );
+    }
+}
+
+async fn run(settings: sandboxerd::config::Settings, config_file: String) -> anyhow::Result<()> {
     if settings.tokens.is_empty() && !settings.listen.ip().is_loopback() {
         anyhow::bail!(
             "refusing to listen on {}: no API tokens are configured, so only a loopback address \
@@ -150,6 +193,7 @@ async fn run(settings: sandboxerd::config::Settings) -> anyhow::Result<()> {
     // Before anything else touches the data dir; held until the process exits.
     let _lock = sandboxerd::datadir::lock(&settings.data_dir)?;
     let state = sandboxerd::build_state(settings).await?;
+    log_startup(&state, &config_file).await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

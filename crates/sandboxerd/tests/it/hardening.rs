@@ -558,10 +558,11 @@ async fn on_a_full_disk_no_answer_claims_a_write_that_was_not_committed() {
     assert_eq!(s.state, sandboxctl::api::SandboxState::Destroyed, "{s:?}");
 }
 
-/// Issue 22: one log line per request, with a request id that is echoed
-/// (or made) in `X-Request-Id`.
+/// Issue 22: the start logs where the configuration and data are, the
+/// catalog, the auth mode and each backend's availability; then one log
+/// line per request, with a request id echoed (or made) in `X-Request-Id`.
 #[tokio::test(flavor = "multi_thread")]
-async fn each_request_is_logged_once_with_its_request_id() {
+async fn the_start_and_each_request_are_logged() {
     let dir = TestDir::new();
     let d = testkit::daemon!().start(dir.path());
     let http = reqwest::Client::new();
@@ -608,4 +609,42 @@ async fn each_request_is_logged_once_with_its_request_id() {
     assert_eq!(line["code"], "sandbox_not_found", "{line}");
     assert_eq!(line["project"], "default", "{line}");
     assert!(log.contains(&made), "the made id is logged");
+    // The start said where things are and what can serve.
+    let line = |msg: &str| -> Vec<serde_json::Value> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == msg)
+            .collect()
+    };
+    let config = line("configuration");
+    assert_eq!(config.len(), 1, "{log}");
+    assert!(
+        config[0]["data_dir"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(&dir.path().display().to_string()),
+        "{}",
+        config[0]
+    );
+    assert!(config[0]["profiles"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("profile.local-shell"));
+    assert!(config[0]["auth"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("loopback only"));
+    let backends = line("backend");
+    assert!(
+        backends
+            .iter()
+            .any(|b| b["extension"] == "ext.local" && b["available"] == true),
+        "{backends:?}"
+    );
+    assert!(
+        backends
+            .iter()
+            .any(|b| b["extension"] == "ext.compose-ssh" && b["available"] == false),
+        "{backends:?}"
+    );
 }
