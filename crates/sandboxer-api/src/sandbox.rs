@@ -60,18 +60,15 @@ impl SandboxState {
         matches!(self, SandboxState::Ready | SandboxState::Active)
     }
 
-    /// Whether the sandbox exists and holds its resources (not ended):
-    /// requested to active, or paused.
-    pub fn holds_resources(self) -> bool {
-        matches!(
-            self,
-            SandboxState::Requested
-                | SandboxState::Provisioning
-                | SandboxState::Ready
-                | SandboxState::Active
-                | SandboxState::Paused
-        )
-    }
+    /// The states in which a sandbox exists and holds its resources (not
+    /// ended): requested to active, or paused. Its TTL runs in each.
+    pub const HOLDING: [SandboxState; 5] = [
+        SandboxState::Requested,
+        SandboxState::Provisioning,
+        SandboxState::Ready,
+        SandboxState::Active,
+        SandboxState::Paused,
+    ];
 
     /// Whether nothing more will happen to the sandbox on its own.
     pub fn is_settled(self) -> bool {

@@ -128,13 +128,7 @@ pub async fn expire(
             ..Change::default()
         };
         // A paused sandbox's TTL runs too.
-        let from = [
-            SandboxState::Requested,
-            SandboxState::Provisioning,
-            SandboxState::Ready,
-            SandboxState::Active,
-            SandboxState::Paused,
-        ];
+        let from = SandboxState::HOLDING;
         if let Transition::Done { sandbox, .. } = state
             .db
             .transition(id, &from, SandboxState::Expired, change)

@@ -219,16 +219,14 @@ async fn fail(
         reachability: Some(None),
         ..Change::default()
     };
-    let from = [
-        SandboxState::Requested,
-        SandboxState::Provisioning,
-        SandboxState::Ready,
-        SandboxState::Active,
-        SandboxState::Paused,
-    ];
     state
         .db
-        .transition(&row.id, &from, SandboxState::Failed, change)
+        .transition(
+            &row.id,
+            &SandboxState::HOLDING,
+            SandboxState::Failed,
+            change,
+        )
         .await?;
     Ok(())
 }

@@ -119,11 +119,12 @@ impl Db {
         Ok((items.into_iter().map(|(_, e)| e).collect(), next))
     }
 
-    /// Live sandboxes of a project (requested, provisioning, ready, active).
+    /// Live sandboxes of a project (requested to active, or paused).
     pub async fn live_count(&self, project: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active','paused')",
-        )
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN {}",
+            super::HOLDING
+        ))
         .bind(project)
         .fetch_one(&self.reader)
         .await?)

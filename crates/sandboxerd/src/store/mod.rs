@@ -23,6 +23,12 @@ mod sandboxes;
 mod snapshots;
 mod ssh_keys;
 pub use audit::{AuditFilter, NewAudit};
+
+/// [`SandboxState::HOLDING`] as an SQL list, for `state IN {HOLDING}`: the
+/// one place the states that hold a project's cap, a name and a running
+/// TTL are written down for the queries (and the partial indexes of
+/// migration 0013 list the same).
+pub(crate) const HOLDING: &str = "('requested','provisioning','ready','active','paused')";
 pub use ledger::{
     Billing, Escrow, Extended, Granted, LedgerFilter, Rerouted, Shortfall, Target, UsageFilter,
 };

@@ -1,14 +1,14 @@
 //! Queries of the reaper's sweeps: each is one indexed query.
-use super::{Db, StoreError};
+use super::{Db, StoreError, HOLDING};
 
 impl Db {
     /// Live sandboxes whose `expires_at` has passed (oldest expiry first).
     pub async fn due_expiries(&self, now: i64, limit: u32) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
+        Ok(sqlx::query_scalar(&format!(
             "SELECT id FROM sandboxes INDEXED BY sandboxes_live_expiry \
-             WHERE state IN ('requested','provisioning','ready','active','paused') AND expires_at <= ? \
-             ORDER BY expires_at LIMIT ?",
-        )
+             WHERE state IN {HOLDING} AND expires_at <= ? \
+             ORDER BY expires_at LIMIT ?"
+        ))
         .bind(now)
         .bind(limit)
         .fetch_all(&self.reader)

@@ -280,28 +280,23 @@ impl Db {
             // Inside the writer's transaction: no other create runs between
             // this look and the insert (and the partial unique index
             // `sandboxes_live_name` stands behind it).
-            let taken: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM sandboxes WHERE project = ? AND name = ? \
-                 AND state IN ('requested', 'provisioning', 'ready', 'active', 'paused')",
-            )
-            .bind(&new.consumer.project)
-            .bind(name)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if let Some(id) = taken {
-                if !new.reuse_by_name {
-                    return Ok(Some(Created::NameTaken(id)));
-                }
-                return match fetch_in(tx, &id).await? {
-                    Some(row) => Ok(Some(Created::Existing(row.into_api()?))),
-                    None => Ok(Some(Created::NameTaken(id))),
-                };
+            let holder = sqlx::query_as::<_, SandboxRow>(&name_holder_query())
+                .bind(&new.consumer.project)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if let Some(row) = holder {
+                return Ok(Some(if new.reuse_by_name {
+                    Created::Existing(row.into_api()?)
+                } else {
+                    Created::NameTaken(row.id)
+                }));
             }
         }
         if let Some(cap) = cap {
-            let live: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN ('requested','provisioning','ready','active','paused')",
-            )
+            let live: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM sandboxes WHERE project = ? AND state IN {HOLDING}"
+            ))
             .bind(&new.consumer.project)
             .fetch_one(&mut **tx)
             .await?;
@@ -651,14 +646,11 @@ impl Db {
         project: &str,
         name: &str,
     ) -> Result<Option<SandboxRow>, StoreError> {
-        Ok(sqlx::query_as::<_, SandboxRow>(&format!(
-            "{SELECT} WHERE project = ? AND name = ? \
-             AND state IN ('requested', 'provisioning', 'ready', 'active', 'paused')"
-        ))
-        .bind(project)
-        .bind(name)
-        .fetch_optional(&self.reader)
-        .await?)
+        Ok(sqlx::query_as::<_, SandboxRow>(&name_holder_query())
+            .bind(project)
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?)
     }
 
     /// Records sandbox `id`'s exit snapshot (`snapshot`, when one was
@@ -798,6 +790,11 @@ impl Db {
         .fetch_all(&self.reader)
         .await?)
     }
+}
+
+/// The live sandbox of a project (`?`) with a name (`?`).
+fn name_holder_query() -> String {
+    format!("{SELECT} WHERE project = ? AND name = ? AND state IN {HOLDING}")
 }
 
 pub(super) async fn fetch_in(

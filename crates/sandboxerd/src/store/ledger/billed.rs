@@ -33,7 +33,10 @@ impl Db {
             .push_bind(now)
             .push(" WHERE id = ")
             .push_bind(id)
-            .push(" AND state IN ('requested','provisioning','ready','active','paused') AND expires_at > ")
+            .push(format!(
+                " AND state IN {} AND expires_at > ",
+                crate::store::HOLDING
+            ))
             .push_bind(now);
         if let Some(p) = project {
             qb.push(" AND project = ").push_bind(p);
