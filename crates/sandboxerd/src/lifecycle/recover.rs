@@ -83,7 +83,7 @@ async fn finish_or_fail(state: &AppState, row: SandboxRow) -> Result<(), StoreEr
     let backend_state = row.backend_state();
     if let Some(bs) = &backend_state {
         if let Ok(Liveness::Alive) = ext.probe(&row.id, Some(bs)).await {
-            reattach(ext.as_ref(), &row).await;
+            reattach(ext.as_ref(), &row.id, Some(bs)).await;
             if let Ok(info) = ext.wait_ready(&row.id, bs, FINISH_TIMEOUT).await {
                 let change = Change {
                     reason: "recovered after restart: backend reports the sandbox reachable",
@@ -149,17 +149,17 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
     let backend_state = row.backend_state();
     match ext.probe(&row.id, backend_state.as_ref()).await {
         Ok(Liveness::Alive) => {
-            reattach(ext.as_ref(), &row).await;
+            reattach(ext.as_ref(), &row.id, backend_state.as_ref()).await;
             // The row says whether it is paused; a daemon that died between
             // freezing (or thawing) and recording it left the other. Only
             // what the backend can tell is put right: processes the tenant
             // stopped itself are never continued here.
             if ext.can_pause() {
-                let bs = row.backend_state();
+                let bs = backend_state.as_ref();
                 let paused = row.state()? == SandboxState::Paused;
-                let settled = match (paused, ext.frozen(&row.id, bs.as_ref()).await) {
-                    (true, Some(false)) => ext.pause(&row.id, bs.as_ref()).await,
-                    (false, Some(true)) => ext.resume(&row.id, bs.as_ref()).await,
+                let settled = match (paused, ext.frozen(&row.id, bs).await) {
+                    (true, Some(false)) => ext.pause(&row.id, bs).await,
+                    (false, Some(true)) => ext.resume(&row.id, bs).await,
                     _ => Ok(()),
                 };
                 if let Err(e) = settled {
@@ -194,9 +194,13 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
 /// Serves again what the daemon serves for a live sandbox; a failure is
 /// logged and leaves the sandbox as it is (its egress, say, answers 502
 /// until the next start).
-async fn reattach(ext: &dyn crate::extensions::Extension, row: &SandboxRow) {
-    if let Err(e) = ext.reattach(&row.id, row.backend_state().as_ref()).await {
-        tracing::warn!(sandbox_id = %row.id, error = %e, "cannot take up the sandbox's services again");
+async fn reattach(
+    ext: &dyn crate::extensions::Extension,
+    id: &str,
+    backend_state: Option<&serde_json::Value>,
+) {
+    if let Err(e) = ext.reattach(id, backend_state).await {
+        tracing::warn!(sandbox_id = %id, error = %e, "cannot take up the sandbox's services again");
     }
 }
 
