@@ -260,6 +260,11 @@ pub struct TtlSpec {
     /// `exit_snapshot`, so a fork (`from_snapshot`) brings the work back.
     #[serde(default, skip_serializing_if = "OnExpire::is_destroy")]
     pub on_expire: OnExpire,
+    /// `true`: the TTL stops while the sandbox is paused and runs on from
+    /// where it was at resume. A pause then lasts at most `ttl.max`; past
+    /// that the sandbox expires paused (reason `ttl_expired`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_stops_clock: bool,
 }
 
 /// `ttl.on_expire`.
@@ -400,6 +405,11 @@ pub struct Pricing {
     pub credits_per_hour: i64,
     #[serde(default)]
     pub credits_per_snapshot_gib: i64,
+    /// The rate of a paused sandbox (its memory is kept): 0 (the default)
+    /// to `credits_per_hour`, scaled by the profile's `price_factor_percent`
+    /// like the running rate.
+    #[serde(default)]
+    pub credits_per_paused_hour: i64,
 }
 
 /// An extension with its live availability, as `GET /v1/extensions` shows it.

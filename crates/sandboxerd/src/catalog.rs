@@ -131,7 +131,15 @@ impl Catalog {
                     spec.id
                 )));
             }
-            if spec.pricing.credits_per_hour < 0 || spec.pricing.credits_per_snapshot_gib < 0 {
+            if spec.pricing.credits_per_paused_hour > spec.pricing.credits_per_hour {
+                return Err(err(
+                    "field `pricing.credits_per_paused_hour`: at most `credits_per_hour` (a paused sandbox never costs more than a running one)".into(),
+                ));
+            }
+            if spec.pricing.credits_per_hour < 0
+                || spec.pricing.credits_per_snapshot_gib < 0
+                || spec.pricing.credits_per_paused_hour < 0
+            {
                 return Err(err("field `pricing`: prices cannot be negative".into()));
             }
             if spec.pricing.credits_per_hour > crate::ledger::MAX_CREDITS_PER_HOUR {

@@ -193,6 +193,23 @@ pub struct CreditsConfig {
     /// `false`: usage is metered and debited all the same, and a balance may
     /// go below zero.
     pub enforce: bool,
+    /// What happens to a project's running sandboxes (those with a price)
+    /// when its balance reaches zero: `none` (the default: they run on),
+    /// `pause` (resumed when credits are granted), `snapshot_and_destroy`
+    /// (an exit snapshot, then teardown) or `destroy`. Termination reason
+    /// `credits_exhausted`.
+    pub on_exhausted: OnExhausted,
+}
+
+/// `[credits] on_exhausted`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    #[default]
+    None,
+    Pause,
+    SnapshotAndDestroy,
+    Destroy,
 }
 
 /// One `[[tokens]]` entry.

@@ -204,6 +204,10 @@ fn target(profile: &LoadedProfile, c: &Candidate<'_>, host: String) -> Target {
             &c.spec.pricing,
             profile.spec.price_factor_percent,
         ),
+        paused_rate_centicredits: crate::ledger::paused_rate_centicredits(
+            &c.spec.pricing,
+            profile.spec.price_factor_percent,
+        ),
         estimate_credits: c.breakdown.credits,
         breakdown: c.breakdown.clone(),
     }

@@ -4,5 +4,6 @@
 mod pricing;
 
 pub use pricing::{
-    billed_seconds, credits_for, estimate, rate_centicredits, MAX_CREDITS, MAX_CREDITS_PER_HOUR,
+    billed_seconds, credits_for, credits_for_mix, estimate, paused_rate_centicredits,
+    rate_centicredits, MAX_CREDITS, MAX_CREDITS_PER_HOUR,
 };

@@ -24,6 +24,15 @@ pub fn rate_centicredits(pricing: &Pricing, factor_percent: u32) -> i64 {
         .saturating_mul(i64::from(factor_percent))
 }
 
+/// The paused rate in hundredths of a credit: `credits_per_paused_hour ×
+/// factor_percent`, never above the running rate.
+pub fn paused_rate_centicredits(pricing: &Pricing, factor_percent: u32) -> i64 {
+    pricing
+        .credits_per_paused_hour
+        .clamp(0, pricing.credits_per_hour.clamp(0, MAX_CREDITS_PER_HOUR))
+        .saturating_mul(i64::from(factor_percent))
+}
+
 /// Whole seconds billed for `ms` milliseconds of running time (rounded up;
 /// nothing for none).
 pub fn billed_seconds(ms: i64) -> i64 {
@@ -42,6 +51,28 @@ pub fn credits_for(rate: i64, seconds: i64) -> i64 {
         return 0;
     }
     let n = i128::from(rate) * i128::from(seconds);
+    let credits = (n + CENTI_SECONDS_PER_CREDIT - 1) / CENTI_SECONDS_PER_CREDIT;
+    i64::try_from(credits)
+        .unwrap_or(MAX_CREDITS)
+        .min(MAX_CREDITS)
+}
+
+/// Credits for `running` seconds at `rate` plus `paused` seconds at
+/// `paused_rate` (hundredths of a credit per hour), rounded up once, at
+/// most [`MAX_CREDITS`]. Never decreases as either grows; with
+/// `paused_rate <= rate` never more than `credits_for(rate, running + paused)`.
+pub fn credits_for_mix(rate: i64, running: i64, paused_rate: i64, paused: i64) -> i64 {
+    let part = |r: i64, s: i64| {
+        if r <= 0 || s <= 0 {
+            0
+        } else {
+            i128::from(r) * i128::from(s)
+        }
+    };
+    let n = part(rate, running) + part(paused_rate, paused);
+    if n == 0 {
+        return 0;
+    }
     let credits = (n + CENTI_SECONDS_PER_CREDIT - 1) / CENTI_SECONDS_PER_CREDIT;
     i64::try_from(credits)
         .unwrap_or(MAX_CREDITS)
@@ -67,7 +98,33 @@ mod tests {
         Pricing {
             credits_per_hour,
             credits_per_snapshot_gib: 0,
+            credits_per_paused_hour: 0,
         }
+    }
+
+    #[test]
+    fn paused_time_is_charged_at_the_paused_rate_and_never_past_the_running_price() {
+        // 36 credits/hour running, 3.6 paused: 100 s running is 1 credit,
+        // 1000 s paused another 1, and the sum is rounded once.
+        assert_eq!(credits_for_mix(3600, 100, 360, 1000), 2);
+        assert_eq!(credits_for_mix(3600, 50, 360, 500), 1);
+        assert_eq!(credits_for_mix(3600, 0, 0, 1000), 0);
+        for (run, paused) in [(1, 1), (7, 3599), (3599, 1), (0, 0), (12345, 6789)] {
+            assert!(
+                credits_for_mix(3700, run, 1900, paused) <= credits_for(3700, run + paused),
+                "{run}+{paused}"
+            );
+        }
+        let p = Pricing {
+            credits_per_hour: 10,
+            credits_per_snapshot_gib: 0,
+            credits_per_paused_hour: 50,
+        };
+        assert_eq!(
+            paused_rate_centicredits(&p, 100),
+            1000,
+            "capped at the running rate"
+        );
     }
 
     #[test]

@@ -78,10 +78,14 @@ pub async fn grant(
         .grant(project, amount, reason, idempotency_key)
         .await?
     {
-        Granted::New(entry) => Ok(Grant {
-            entry,
-            replayed: false,
-        }),
+        Granted::New(entry) => {
+            // Sandboxes the budget paused may resume now.
+            super::budget::spawn_pass(state);
+            Ok(Grant {
+                entry,
+                replayed: false,
+            })
+        }
         Granted::Replayed(entry) => Ok(Grant {
             entry,
             replayed: true,

@@ -32,11 +32,16 @@ pub struct Tick {
     pub settled: usize,
 }
 
-/// Tick every `interval` until `stop` is cancelled.
+/// Tick every `interval` until `stop` is cancelled; after each tick, the
+/// budget step-down (`[credits] on_exhausted`) looks at the new balances.
 pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
     crate::periodic::every(interval, stop, "metering tick", || {
         let state = state.clone();
-        async move { tick_at(&state, now_ms()).await }
+        async move {
+            let tick = tick_at(&state, now_ms()).await?;
+            super::budget::pass(&state).await?;
+            Ok::<_, StoreError>(tick)
+        }
     })
     .await;
 }

@@ -20,6 +20,7 @@ use crate::store::StoreError;
 use crate::AppState;
 
 pub mod access;
+pub mod budget;
 pub mod create;
 pub mod credits;
 pub mod error;

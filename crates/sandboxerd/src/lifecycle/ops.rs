@@ -183,6 +183,14 @@ pub async fn extend(
         }
         Extended::NotExtendable => match state.db.get_sandbox(id, scope).await? {
             None => Err(OpError::not_found(Missing::Sandbox, id)),
+            Some(sbx) if sbx.state == SandboxState::Paused && sbx.expires_at > chrono::Utc::now() => {
+                Err(OpError::conflict(
+                    ProblemCode::InvalidState,
+                    format!(
+                        "sandbox {id} is paused with its TTL clock stopped (`ttl.pause_stops_clock`); resume it, then extend"
+                    ),
+                ))
+            }
             Some(sbx) => Err(OpError::conflict(
                 ProblemCode::InvalidState,
                 format!(

@@ -5,29 +5,59 @@
 //! sandbox's processes to the state its row records (`recover`).
 //!
 //! A paused sandbox keeps its name and its place in the project's cap, its
-//! TTL runs on (it expires paused like any other), its paused time is not
-//! billed as running time, and it is not idle-reaped. Exec, files, ports,
+//! TTL runs on (it expires paused like any other) unless its profile says
+//! `ttl.pause_stops_clock`, its paused time is billed at the paused rate
+//! (not as running time), and it is not idle-reaped. Exec, files, ports,
 //! SSH and snapshots answer 409 `invalid_state` until it is resumed.
 use sandboxer_api::{ProblemCode, Sandbox, SandboxState};
 
 use super::error::{Missing, OpError, OpResult, Refusal};
 use crate::extensions::ExtError;
-use crate::store::{Change, PauseStep, Transition};
+use crate::store::{Change, Escrow, PauseStep, Transition};
 use crate::AppState;
+
+/// Who asks for a pause step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A client, through the API.
+    User,
+    /// The budget step-down (`[credits] on_exhausted = "pause"`).
+    Credits,
+}
+
+impl Cause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cause::User => "user",
+            Cause::Credits => "credits_exhausted",
+        }
+    }
+}
 
 /// `POST /v1/sandboxes/{id}/pause`: a `ready` or `active` sandbox becomes
 /// `paused`; a paused one is answered as it is (frozen again, in case).
 #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
 pub async fn pause(state: &AppState, scope: Option<&str>, id: &str) -> OpResult<Sandbox> {
-    detached(state, scope, id, PauseStep::Pause).await
+    detached(state, scope, id, PauseStep::Pause, Cause::User).await
 }
 
 /// `POST /v1/sandboxes/{id}/resume`: a `paused` sandbox becomes `ready`;
 /// a `ready` or `active` one is answered as it is (thawed again, in case a
-/// pause was cut off).
+/// pause was cut off). A sandbox the budget paused stays paused (402)
+/// while its project's balance is not above zero.
 #[tracing::instrument(skip_all, fields(sandbox_id = %id))]
 pub async fn resume(state: &AppState, scope: Option<&str>, id: &str) -> OpResult<Sandbox> {
-    detached(state, scope, id, PauseStep::Resume).await
+    detached(state, scope, id, PauseStep::Resume, Cause::User).await
+}
+
+/// A pause or resume step asked for by the daemon itself (`cause`).
+pub async fn step_for(
+    state: &AppState,
+    id: &str,
+    how: PauseStep,
+    cause: Cause,
+) -> OpResult<Sandbox> {
+    detached(state, None, id, how, cause).await
 }
 
 /// Runs the step in a task of its own: a client that hangs up cannot cut
@@ -37,11 +67,12 @@ async fn detached(
     scope: Option<&str>,
     id: &str,
     how: PauseStep,
+    cause: Cause,
 ) -> OpResult<Sandbox> {
     let (st, scope, id) = (state.clone(), scope.map(str::to_owned), id.to_owned());
     state
         .tasks
-        .spawn(async move { step(&st, scope.as_deref(), &id, how).await })
+        .spawn(async move { step(&st, scope.as_deref(), &id, how, cause).await })
         .await
         .map_err(|e| {
             OpError::refused(
@@ -57,6 +88,7 @@ async fn step(
     scope: Option<&str>,
     id: &str,
     step: PauseStep,
+    cause: Cause,
 ) -> OpResult<Sandbox> {
     let _guard = state.locks.lock(id).await;
     let Some(row) = state.db.get_row(id, scope).await? else {
@@ -86,6 +118,33 @@ async fn step(
     if !from.contains(&now) && !done.contains(&now) {
         return Err(OpError::wrong_state(&format!("sandbox {id}"), now, only));
     }
+    if step == PauseStep::Resume
+        && now == SandboxState::Paused
+        && row.pause_reason.as_deref() == Some(Cause::Credits.as_str())
+    {
+        // The budget paused it; it resumes when the project has credits.
+        let balance = state.db.balance(&row.project).await?;
+        if balance.balance <= 0 {
+            return Err(OpError::refused(
+                Refusal::Credits,
+                ProblemCode::InsufficientCredits,
+                format!(
+                    "sandbox {id} was paused because project `{}` ran out of credits (balance {}); it resumes when credits are granted",
+                    row.project, balance.balance
+                ),
+            ));
+        }
+    }
+    // `ttl.pause_stops_clock`: the longest a pause may then last.
+    let clock = match step {
+        PauseStep::Pause => state
+            .catalog
+            .profiles
+            .get(&row.profile)
+            .filter(|p| p.spec.ttl.pause_stops_clock)
+            .map(|p| crate::clock::millis(p.ttl_max)),
+        PauseStep::Resume => None,
+    };
     let Some(ext) = state.extensions.get(&row.extension) else {
         return Err(OpError::refused(
             Refusal::Unavailable,
@@ -128,14 +187,21 @@ async fn step(
         PauseStep::Pause => "pause.after_backend",
         PauseStep::Resume => "resume.after_backend",
     });
-    let reason = match step {
-        PauseStep::Pause => "paused",
-        PauseStep::Resume => "resumed",
+    let reason = match (step, cause) {
+        (PauseStep::Pause, Cause::User) => "paused",
+        (PauseStep::Pause, Cause::Credits) => "paused: the project ran out of credits",
+        (PauseStep::Resume, Cause::User) => "resumed",
+        (PauseStep::Resume, Cause::Credits) => "resumed: the project has credits again",
     };
     let change = Change {
         reason,
         generation: Some(row.generation),
         pause: Some(step),
+        pause_reason: Some(cause.as_str()),
+        pause_clock: clock,
+        escrow: Some(Escrow {
+            enforce: state.settings.credits.enforce,
+        }),
         ..Change::default()
     };
     let recorded = state.db.transition(id, from, to, change).await;
@@ -154,9 +220,11 @@ async fn step(
             only,
         )),
         Transition::NotFound => Err(OpError::not_found(Missing::Sandbox, id)),
-        Transition::InsufficientCredits(_) => Err(OpError::conflict(
-            ProblemCode::InvalidState,
-            "credits refused a pause step, which reserves nothing",
+        // A pause that stops the clock reserves what its longest would cost.
+        Transition::InsufficientCredits(short) => Err(OpError::insufficient(
+            short,
+            &row.project,
+            "a pause with its TTL clock stopped",
         )),
     }
 }

@@ -151,7 +151,7 @@ impl Db {
             "UPDATE sandboxes SET pool = NULL, generation = 1, actor_type = ?, actor = ?, project = ?, \
              inputs = ?, labels = ?, created_at = ?, updated_at = ?, ready_at = ?, last_activity_at = ?, \
              expires_at = ?, max_expires_at = ?, estimate_credits = ?, accrued_credits = 0, \
-             rate_centicredits = ?, route = ?, placement_host = ?, name = ? \
+             rate_centicredits = ?, route = ?, placement_host = ?, name = ?, paused_rate_centicredits = ? \
              WHERE id = ? AND pool = ? AND state = 'ready' AND generation = 0",
         )
         .bind(&new.consumer.actor_type)
@@ -175,6 +175,7 @@ impl Db {
         )
         .bind(&new.placement_host)
         .bind(&new.name)
+        .bind(billing.paused_rate_centicredits)
         .bind(&id)
         .bind(pool)
         .execute(&mut *tx)

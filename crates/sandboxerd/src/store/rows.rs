@@ -54,6 +54,14 @@ pub struct SandboxRow {
     pub exit_snapshot: Option<String>,
     pub paused_at: Option<i64>,
     pub paused_ms: i64,
+    /// Hundredths of a credit per hour of paused time.
+    pub paused_rate_centicredits: i64,
+    /// `user` or `credits_exhausted`, while paused.
+    pub pause_reason: Option<String>,
+    /// `ttl.pause_stops_clock`: the TTL left when the pause began.
+    pub ttl_left_ms: Option<i64>,
+    /// `ttl.pause_stops_clock`: credits added to the estimate for the pause.
+    pub pause_reserve_credits: i64,
 }
 
 impl SandboxRow {

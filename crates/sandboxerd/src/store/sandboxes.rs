@@ -89,8 +89,17 @@ pub struct Change<'a> {
     /// its JSON and deciding event. The first one set stays.
     pub termination: Option<(TerminationReason, &'a str)>,
     /// Pause (the pause begins now) or resume (the pause ends now: its
-    /// length is added to the generation's paused time).
+    /// length is added to the generation's paused time; a stopped clock
+    /// starts again with the TTL it had left).
     pub pause: Option<PauseStep>,
+    /// With a pause: who paused it (`user`, `credits_exhausted`).
+    pub pause_reason: Option<&'a str>,
+    /// With a pause: `ttl.pause_stops_clock`, and the longest the pause may
+    /// last (milliseconds). The TTL left is kept, `expires_at` becomes the
+    /// end of the longest pause, and the paused time of that pause is added
+    /// to the estimate (and reserved, with `escrow`): refused with
+    /// `InsufficientCredits` when it cannot be.
+    pub pause_clock: Option<i64>,
 }
 
 /// See [`Change::pause`].
@@ -125,8 +134,8 @@ pub(crate) const SELECT: &str = "SELECT id, profile, profile_version, extension,
      inputs, labels, generation, created_at, updated_at, ready_at, expires_at, max_expires_at, destroyed_at, \
      last_activity_at, reachability, backend_state, failure_code, failure_message, estimate_credits, accrued_credits, \
      teardown_attempts, next_teardown_at, rate_centicredits, ended_at, settled_at, route, pool, \
-     termination_reason, termination_at, termination_detail, name, exit_snapshot, paused_at, paused_ms \
-     FROM sandboxes";
+     termination_reason, termination_at, termination_detail, name, exit_snapshot, paused_at, paused_ms, \
+     paused_rate_centicredits, pause_reason, ttl_left_ms, pause_reserve_credits FROM sandboxes";
 
 impl Db {
     /// Insert a sandbox in `requested`, honouring an `Idempotency-Key`.
@@ -170,8 +179,8 @@ impl Db {
         sqlx::query(
             "INSERT INTO sandboxes (id, profile, profile_version, extension, host, state, actor_type, actor, project, \
              inputs, labels, generation, created_at, updated_at, expires_at, max_expires_at, last_activity_at, estimate_credits, \
-             rate_centicredits, route, placement_host, name) \
-             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             rate_centicredits, route, placement_host, name, paused_rate_centicredits) \
+             VALUES (?, ?, ?, ?, ?, 'requested', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&new.id)
         .bind(&new.profile)
@@ -198,6 +207,7 @@ impl Db {
         )
         .bind(&new.placement_host)
         .bind(&new.name)
+        .bind(billing.paused_rate_centicredits)
         .execute(&mut *tx)
         .await?;
         if billing.enforce && new.estimate_credits > 0 {
@@ -469,18 +479,66 @@ impl Db {
                 .push_bind(now)
                 .push(")");
         }
+        let mut rebalance_after = false;
         match change.pause {
             Some(PauseStep::Pause) => {
-                qb.push(", paused_at = ").push_bind(now);
+                qb.push(", paused_at = ")
+                    .push_bind(now)
+                    .push(", pause_reason = ")
+                    .push_bind(change.pause_reason.unwrap_or("user"));
+                if let Some(longest) = change.pause_clock.filter(|_| row.ttl_left_ms.is_none()) {
+                    // The clock stops: the TTL left is kept, and the pause
+                    // itself may last `longest` (then it expires paused).
+                    let reserve = crate::ledger::credits_for(
+                        row.paused_rate_centicredits,
+                        crate::ledger::billed_seconds(longest),
+                    );
+                    // The ceiling moves by the longest pause (and back by
+                    // what it did not last, at resume).
+                    qb.push(", ttl_left_ms = ")
+                        .push_bind((row.expires_at - now).max(0))
+                        .push(", expires_at = ")
+                        .push_bind(now.saturating_add(longest))
+                        .push(", max_expires_at = max_expires_at + ")
+                        .push_bind(longest)
+                        .push(", pause_reserve_credits = ")
+                        .push_bind(reserve)
+                        .push(", estimate_credits = estimate_credits + ")
+                        .push_bind(reserve);
+                    rebalance_after = reserve > 0;
+                }
             }
             Some(PauseStep::Resume) => {
+                let paused_at = row.paused_at.unwrap_or(now);
                 // Never past its expiry: time after it is billed as nothing anyway.
-                qb.push(", paused_ms = paused_ms + MAX(0, MIN(expires_at, ")
-                    .push_bind(now)
-                    .push(") - COALESCE(paused_at, ")
-                    .push_bind(now)
-                    .push(")), paused_at = NULL, last_activity_at = ")
+                let paused = (now.min(row.expires_at) - paused_at).max(0);
+                qb.push(", paused_ms = paused_ms + ")
+                    .push_bind(paused)
+                    .push(", paused_at = NULL, pause_reason = NULL, last_activity_at = ")
                     .push_bind(now);
+                if let Some(left) = row.ttl_left_ms {
+                    // The clock starts again where it stopped; the ceiling
+                    // moves by the pause, and the estimate keeps what the
+                    // pause cost instead of what its longest could have.
+                    let cost = crate::ledger::credits_for(
+                        row.paused_rate_centicredits,
+                        crate::ledger::billed_seconds(paused),
+                    );
+                    // No extend is taken while the clock is stopped, so
+                    // `expires_at` is still the end of the longest pause.
+                    let longest = (row.expires_at - paused_at).max(0);
+                    let ceiling = row.max_expires_at + paused - longest;
+                    qb.push(", expires_at = ")
+                        .push_bind(now.saturating_add(left).min(ceiling))
+                        .push(", max_expires_at = ")
+                        .push_bind(ceiling)
+                        .push(", ttl_left_ms = NULL, pause_reserve_credits = 0")
+                        .push(", estimate_credits = estimate_credits - ")
+                        .push_bind(row.pause_reserve_credits)
+                        .push(" + ")
+                        .push_bind(cost);
+                    rebalance_after = row.pause_reserve_credits != cost;
+                }
             }
             None => {}
         }
@@ -548,7 +606,10 @@ impl Db {
         }
         qb.push(" WHERE id = ").push_bind(id);
         qb.build().execute(&mut *tx).await?;
-        if let (Some(escrow), Some(_)) = (change.escrow, change.new_generation) {
+        if let Some(escrow) = change
+            .escrow
+            .filter(|_| change.new_generation.is_some() || rebalance_after)
+        {
             if let Some(after) = fetch_in(&mut tx, id).await? {
                 if let Err(short) = ledger::rebalance(&mut tx, &after, escrow.enforce, now).await? {
                     tx.rollback().await?;

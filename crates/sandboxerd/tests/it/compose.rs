@@ -211,6 +211,38 @@ async fn two_service_stack_comes_up_labelled_and_goes_without_a_trace() {
     assert_eq!(host["telemetry"]["reachable"], true, "{host}");
     assert_eq!(host["telemetry"]["compose"], "docker-compose", "{host}");
 
+    // Pause freezes every container of the stack (`docker pause`), resume
+    // lets them go; a paused stack is torn down all the same.
+    let in_state = |status: &str| {
+        lines(&format!(
+            "docker ps -q --filter label={LABEL}={} --filter status={status}",
+            sbx.id
+        ))
+        .len()
+    };
+    let step = |what: &'static str| {
+        let url = format!("{}/v1/sandboxes/{}/{what}", d.url, sbx.id);
+        async move {
+            let r = reqwest::Client::new().post(url).send().await.expect(what);
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.expect("json");
+            (
+                status,
+                body["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    assert_eq!(step("pause").await, (200, "paused".to_owned()));
+    assert_eq!((in_state("paused"), in_state("running")), (2, 0));
+    assert_eq!(
+        step("pause").await,
+        (200, "paused".to_owned()),
+        "idempotent"
+    );
+    assert_eq!(step("resume").await, (200, "ready".to_owned()));
+    assert_eq!((in_state("paused"), in_state("running")), (0, 2));
+    assert_eq!(step("pause").await, (200, "paused".to_owned()));
+
     let (_, gone) = c
         .destroy(&sbx.id, Some(Duration::from_secs(90)))
         .await

@@ -109,6 +109,16 @@ async fn grant(t: &TestApp, project: &str, amount: i64) {
 
 /// A sandbox row made ready at once (no backend), charged at `RATE`.
 async fn ready_sandbox(t: &TestApp, project: &str, ttl_ms: i64) -> Sandbox {
+    ready_sandbox_paused_at(t, project, ttl_ms, 0).await
+}
+
+/// [`ready_sandbox`] charged `paused_rate` (hundredths per hour) while paused.
+async fn ready_sandbox_paused_at(
+    t: &TestApp,
+    project: &str,
+    ttl_ms: i64,
+    paused_rate: i64,
+) -> Sandbox {
     let new = NewSandbox {
         profile: "profile.metered".into(),
         estimate_credits: sandboxerd::ledger::credits_for(
@@ -119,6 +129,7 @@ async fn ready_sandbox(t: &TestApp, project: &str, ttl_ms: i64) -> Sandbox {
     };
     let billing = Billing {
         rate_centicredits: RATE,
+        paused_rate_centicredits: paused_rate,
         route: None,
         enforce: t.state.settings.credits.enforce,
     };
@@ -1078,4 +1089,49 @@ async fn paused_time_is_not_billed_as_running_time() {
     );
     let b = consistent_balance(&t, "p").await;
     assert_eq!(b.balance, 1000 - 8);
+}
+
+#[tokio::test]
+async fn paused_time_is_billed_at_the_paused_rate() {
+    use sandboxerd::ledger::{billed_seconds, credits_for_mix};
+    use sandboxerd::store::PauseStep;
+    let t = app_with(true, false).await;
+    grant(&t, "p", 1000).await;
+    // One credit a second running, a tenth of that paused.
+    let s = ready_sandbox_paused_at(&t, "p", 600_000, RATE / 10).await;
+    let ready = ms(s.ready_at.expect("ready_at"));
+    let change = Change {
+        reason: "test: pause",
+        pause: Some(PauseStep::Pause),
+        ..Change::default()
+    };
+    let paused = match t
+        .state
+        .db
+        .transition(&s.id, &[SandboxState::Ready], SandboxState::Paused, change)
+        .await
+        .expect("pause")
+    {
+        Transition::Done { sandbox, .. } => sandbox,
+        other => panic!("{other:?}"),
+    };
+    let paused_at = ms(paused.paused_at.expect("paused_at"));
+    // 20 s after ready, nearly all of it paused: metered while paused, at
+    // the paused rate (2 credits for 20 s), plus the moment it ran.
+    let at = ready + 20_000;
+    let running = billed_seconds(paused_at - ready);
+    let expected = credits_for_mix(RATE, running, RATE / 10, billed_seconds(at - paused_at));
+    assert!((2..=3).contains(&expected), "{expected}");
+    assert_eq!(tick_at(&t.state, at).await.expect("tick").debited, expected);
+    // A repeated tick for the same instant debits nothing more.
+    assert_eq!(tick_at(&t.state, at).await.expect("tick").debited, 0);
+    let entries = ledger_of(&t, "p").await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.reason.contains("paused at 360.00 credits/hour")),
+        "{entries:?}"
+    );
+    let b = consistent_balance(&t, "p").await;
+    assert_eq!(b.balance, 1000 - expected);
 }

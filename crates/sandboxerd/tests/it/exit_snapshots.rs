@@ -46,7 +46,7 @@ fn keep() -> CreateSandbox {
     }
 }
 
-async fn sh(d: &Daemon, id: &str, cmd: &str) -> String {
+pub(super) async fn sh(d: &Daemon, id: &str, cmd: &str) -> String {
     let r = d
         .client
         .exec(
@@ -67,7 +67,7 @@ async fn sh(d: &Daemon, id: &str, cmd: &str) -> String {
 }
 
 /// Polls until sandbox `id` is `destroyed` (at most `limit`).
-async fn destroyed(d: &Daemon, id: &str, limit: Duration) -> sandboxer_api::Sandbox {
+pub(super) async fn destroyed(d: &Daemon, id: &str, limit: Duration) -> sandboxer_api::Sandbox {
     let deadline = Instant::now() + limit;
     loop {
         let s = d.client.get(id, None).await.expect("get");

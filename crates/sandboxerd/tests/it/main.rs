@@ -4,6 +4,7 @@
 //! hold). Run one group with `cargo nextest run -E 'test(/^escapes::/)'`.
 
 mod access;
+mod budget;
 mod compose;
 mod credits;
 mod e2e;

@@ -18,7 +18,7 @@ use testkit::{require_bwrap, Daemon, TestDir};
 /// 50 ms: it goes on from where it was only if the memory was kept.
 const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /workspace/n.tmp; mv /workspace/n.tmp /workspace/n; sleep 0.05; done";
 
-async fn post(d: &Daemon, id: &str, what: &str) -> (u16, Value) {
+pub(super) async fn post(d: &Daemon, id: &str, what: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{}/v1/sandboxes/{id}/{what}", d.url))
         .send()
@@ -28,7 +28,7 @@ async fn post(d: &Daemon, id: &str, what: &str) -> (u16, Value) {
     (status, r.json().await.expect("json"))
 }
 
-fn counter(workdir: &Path) -> u64 {
+pub(super) fn counter(workdir: &Path) -> u64 {
     std::fs::read_to_string(workdir.join("n"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -37,7 +37,7 @@ fn counter(workdir: &Path) -> u64 {
 
 /// The state letters (/proc/<pid>/stat) of the host processes in sandbox
 /// `id`'s cgroup.
-fn states(id: &str) -> Vec<char> {
+pub(super) fn states(id: &str) -> Vec<char> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -58,7 +58,7 @@ fn states(id: &str) -> Vec<char> {
     out
 }
 
-async fn started(d: &Daemon, req: &CreateSandbox) -> (String, std::path::PathBuf) {
+pub(super) async fn started(d: &Daemon, req: &CreateSandbox) -> (String, std::path::PathBuf) {
     let sbx = testkit::ready_sandbox(&d.client, req).await;
     let wd = testkit::workdir(&sbx);
     d.client

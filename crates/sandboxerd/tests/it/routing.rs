@@ -480,6 +480,7 @@ fn spec(id: &str, class: ExtensionClass, credits_per_hour: i64) -> ExtensionSpec
         pricing: Pricing {
             credits_per_hour,
             credits_per_snapshot_gib: 0,
+            credits_per_paused_hour: 0,
         },
         hosts: vec![],
         backend: None,

@@ -226,6 +226,7 @@ if [ -d "$d" ] && [ -f "$d/{OVERRIDE_FILE}" ]; then
     fi
   done
 fi
+{e} ps -q --filter label={label} --filter status=paused | xargs -r {e} unpause >/dev/null 2>&1
 {e} ps -aq --filter label={label} | xargs -r {e} rm -f -v >/dev/null || exit 1
 {e} network ls -q --filter label={label} | xargs -r {e} network rm >/dev/null || exit 1
 {e} volume ls -q --filter label={label} | xargs -r {e} volume rm -f >/dev/null || exit 1
@@ -234,6 +235,32 @@ rm -rf "$d" || exit 1
         );
         pool.run(&script, ProblemCode::TeardownFailed, "teardown")
             .await?;
+        Ok(())
+    }
+
+    /// `docker pause` (or `unpause`) every container of the sandbox that is
+    /// running (or paused): what `docker-compose pause` does for the
+    /// project, but it also takes containers the stack started outside its
+    /// compose file, and needs neither the file nor the project's folder.
+    async fn freeze(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+        freeze: bool,
+    ) -> Result<(), ExtError> {
+        let s = self.known_state(state)?;
+        let pool = self.pool_or_err(&s.host)?;
+        let e = &s.tooling.engine;
+        let label = sh_quote(&format!("label={LABEL}={sandbox_id}"));
+        let (from, verb) = if freeze {
+            ("running", "pause")
+        } else {
+            ("paused", "unpause")
+        };
+        let cmd = format!(
+            "{e} ps -q --filter {label} --filter status={from} | xargs -r {e} {verb} >/dev/null"
+        );
+        pool.run(&cmd, ProblemCode::HostError, verb).await?;
         Ok(())
     }
 
@@ -477,6 +504,34 @@ impl Extension for ComposeExtension {
 
     fn can_snapshot(&self) -> bool {
         true
+    }
+
+    fn can_pause(&self) -> bool {
+        true
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    async fn pause(&self, sandbox_id: &str, state: Option<&BackendState>) -> Result<(), ExtError> {
+        self.freeze(sandbox_id, state, true).await
+    }
+
+    #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    async fn resume(&self, sandbox_id: &str, state: Option<&BackendState>) -> Result<(), ExtError> {
+        self.freeze(sandbox_id, state, false).await
+    }
+
+    async fn frozen(&self, sandbox_id: &str, state: Option<&BackendState>) -> Option<bool> {
+        let s = parse_state(state)?;
+        let pool = self.pool(&s.host)?;
+        let rows = self.containers(&pool, &s.tooling, sandbox_id).await.ok()?;
+        let states: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+        if states.contains(&"running") {
+            Some(false)
+        } else if states.contains(&"paused") {
+            Some(true)
+        } else {
+            None
+        }
     }
 
     #[tracing::instrument(skip_all, fields(sandbox_id = %sandbox_id))]

@@ -297,6 +297,7 @@ async fn check(
     };
     let billing = Billing {
         rate_centicredits: placed.target.rate_centicredits,
+        paused_rate_centicredits: placed.target.paused_rate_centicredits,
         route: placed.route,
         enforce: state.settings.credits.enforce,
     };

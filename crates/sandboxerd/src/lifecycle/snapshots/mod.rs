@@ -427,8 +427,13 @@ async fn exit_snapshot_inner(
     let why = match row.termination_reason.as_deref() {
         Some("ttl_expired") => "its TTL ran out",
         Some("idle_reaped") => "it was reaped idle",
+        Some("credits_exhausted") => "its project ran out of credits",
         _ => return Ok(()),
     };
+    // `[credits] on_exhausted = "snapshot_and_destroy"` asks for it
+    // whatever the profile says.
+    let policy_asks = row.termination_reason.as_deref() == Some("credits_exhausted")
+        && state.settings.credits.on_exhausted == crate::config::OnExhausted::SnapshotAndDestroy;
     // Unassigned warm-pool members and sandboxes that never became ready
     // hold no one's work; a retried teardown has had its chance.
     if row.pool.is_some()
@@ -451,7 +456,7 @@ async fn exit_snapshot_inner(
             .await?;
         return Ok(());
     };
-    if profile.spec.ttl.on_expire != sandboxer_api::OnExpire::Snapshot {
+    if profile.spec.ttl.on_expire != sandboxer_api::OnExpire::Snapshot && !policy_asks {
         return Ok(());
     }
     if !capable(state, &row.extension, Capability::Snapshot) {

@@ -33,8 +33,10 @@ impl Db {
             .push_bind(now)
             .push(" WHERE id = ")
             .push_bind(id)
+            // A pause that stopped the clock holds the TTL left aside;
+            // `expires_at` is then the end of the pause.
             .push(format!(
-                " AND state IN {} AND expires_at > ",
+                " AND ttl_left_ms IS NULL AND state IN {} AND expires_at > ",
                 crate::store::HOLDING
             ))
             .push_bind(now);
@@ -82,7 +84,8 @@ impl Db {
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM sandboxes WHERE state IN ('ready','active') \
+            "SELECT id FROM sandboxes WHERE (state IN ('ready','active') \
+             OR (state = 'paused' AND paused_rate_centicredits > 0)) \
              AND ready_at IS NOT NULL AND rate_centicredits > 0 AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(after.unwrap_or(""))
@@ -101,7 +104,8 @@ impl Db {
             let Some(row) = fetch_in(&mut tx, id).await? else {
                 continue;
             };
-            if row.state()?.is_live() && row.settled_at.is_none() {
+            let state = row.state()?;
+            if (state.is_live() || state == SandboxState::Paused) && row.settled_at.is_none() {
                 total += meter_in(&mut tx, &row, at, enforce, now).await?;
             }
         }
@@ -131,6 +135,39 @@ impl Db {
         let done = settle_in(&mut tx, &row, end, enforce, now_ms()).await?;
         self.commit(tx).await?;
         Ok(done)
+    }
+
+    /// Priced sandboxes (assigned, running: `ready` or `active`, and with
+    /// `paused` also paused ones) of projects whose balance has reached
+    /// zero (a project never granted anything has zero), for the budget
+    /// step-down; at most `limit`, by id.
+    pub async fn exhausted_ids(&self, paused: bool, limit: u32) -> Result<Vec<String>, StoreError> {
+        let states = if paused {
+            "('ready','active','paused')"
+        } else {
+            "('ready','active')"
+        };
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT s.id FROM sandboxes s LEFT JOIN balances b ON b.project = s.project \
+             WHERE COALESCE(b.balance, 0) <= 0 AND s.state IN {states} AND s.pool IS NULL \
+             AND s.rate_centicredits > 0 ORDER BY s.id LIMIT ?"
+        ))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Sandboxes the budget step-down paused whose project's balance is
+    /// above zero again; at most `limit`, by id.
+    pub async fn budget_resumable_ids(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.id FROM sandboxes s JOIN balances b ON b.project = s.project \
+             WHERE b.balance > 0 AND s.state = 'paused' AND s.pause_reason = 'credits_exhausted' \
+             ORDER BY s.id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     /// Mark settled, in one statement, every ended generation that has
@@ -187,7 +224,7 @@ impl Db {
         }
         sqlx::query(
             "UPDATE sandboxes SET extension = ?, host = ?, rate_centicredits = ?, estimate_credits = ?, \
-             route = ?, backend_state = NULL, updated_at = ? WHERE id = ?",
+             route = ?, backend_state = NULL, updated_at = ?, paused_rate_centicredits = ? WHERE id = ?",
         )
         .bind(&to.extension)
         .bind(&to.host)
@@ -195,6 +232,7 @@ impl Db {
         .bind(to.estimate_credits)
         .bind(serde_json::to_string(route).unwrap_or_default())
         .bind(now)
+        .bind(to.paused_rate_centicredits)
         .bind(id)
         .execute(&mut *tx)
         .await?;

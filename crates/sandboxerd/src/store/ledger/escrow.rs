@@ -6,7 +6,7 @@
 use sandboxer_api::LedgerKind;
 use sqlx::SqliteConnection;
 
-use crate::ledger::{billed_seconds, credits_for, MAX_CREDITS};
+use crate::ledger::{billed_seconds, credits_for_mix, MAX_CREDITS};
 use crate::store::{new_id, SandboxRow};
 
 use super::Shortfall;
@@ -256,10 +256,18 @@ pub(in crate::store) async fn meter_in(
     }
     let end = at.min(row.ended_at.unwrap_or(at)).min(row.expires_at);
     // Paused time is not running time: the pauses that ended, and the one
-    // going on (up to `end`).
+    // going on (up to `end`), are charged at the paused rate. (With
+    // `ttl.pause_stops_clock`, `expires_at` is the latest the pause may
+    // last while it does, so `end` bounds it too.)
     let pausing = row.paused_at.map_or(0, |p| (end - p).max(0));
     let seconds = billed_seconds(end - ready_at - row.paused_ms - pausing);
-    let target = credits_for(row.rate_centicredits, seconds);
+    let paused_seconds = billed_seconds(row.paused_ms + pausing);
+    let target = credits_for_mix(
+        row.rate_centicredits,
+        seconds,
+        row.paused_rate_centicredits,
+        paused_seconds,
+    );
     let s = sums(conn, row).await?;
     let owed = target - s.debited;
     if owed <= 0 {
@@ -272,11 +280,18 @@ pub(in crate::store) async fn meter_in(
     }
     let cumulative = s.debited + amount;
     let consumed = amount.min(held);
-    let reason = format!(
+    let mut reason = format!(
         "{seconds}s of running time at {}.{:02} credits/hour",
         row.rate_centicredits / 100,
         row.rate_centicredits % 100
     );
+    if row.paused_rate_centicredits > 0 && paused_seconds > 0 {
+        reason.push_str(&format!(
+            " and {paused_seconds}s paused at {}.{:02} credits/hour",
+            row.paused_rate_centicredits / 100,
+            row.paused_rate_centicredits % 100
+        ));
+    }
     if consumed > 0 {
         let key = format!("use:{}:{}:{cumulative}", row.id, row.generation);
         append(

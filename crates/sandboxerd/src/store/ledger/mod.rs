@@ -36,6 +36,8 @@ pub struct Target {
     pub host: String,
     /// Hundredths of a credit per hour of running time.
     pub rate_centicredits: i64,
+    /// Hundredths of a credit per hour of paused time.
+    pub paused_rate_centicredits: i64,
     /// The price of the requested lifetime.
     pub estimate_credits: i64,
     pub breakdown: sandboxer_api::CostBreakdown,
@@ -47,6 +49,8 @@ pub struct Target {
 pub struct Billing {
     /// Hundredths of a credit per hour of running time.
     pub rate_centicredits: i64,
+    /// Hundredths of a credit per hour of paused time.
+    pub paused_rate_centicredits: i64,
     /// The router's decision (routed profiles only).
     pub route: Option<Route>,
     /// `[credits] enforce`: reserve the estimate or refuse the create.
