@@ -57,6 +57,8 @@ pub struct AppState {
     pub captures: Arc<lifecycle::snapshots::Captures>,
     /// Sandboxes whose teardown is running now.
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
+    /// A budget step-down pass is running (one at a time).
+    pub budget_pass: Arc<AtomicBool>,
     /// Execs running and activity written per sandbox (API v1.1 access).
     pub access_gates: Arc<lifecycle::access::Gates>,
     /// The SSH gateway, when `[ssh_gateway]` is set.
@@ -174,6 +176,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         events,
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
+        budget_pass: Arc::new(AtomicBool::new(false)),
         access_gates: Arc::new(lifecycle::access::Gates::default()),
         ssh_gateway,
         captures: Arc::new(lifecycle::snapshots::Captures::default()),

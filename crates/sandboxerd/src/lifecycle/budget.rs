@@ -42,15 +42,26 @@ pub async fn pass(state: &AppState) -> Result<Pass, StoreError> {
                         continue;
                     }
                     Err(e) if is_gone(&e) => continue,
-                    // A backend that cannot pause (or failed to): destroyed
-                    // instead, never left running on no credits.
+                    // A backend that can never pause: destroyed instead
+                    // (after an exit snapshot), never left running on no
+                    // credits.
+                    Err(e) if is_unsupported(&e) => {
+                        tracing::warn!(sandbox_id = %id, error = %e, "its backend cannot pause; destroying it instead");
+                    }
+                    // Anything else (a host out of reach, a busy store) is
+                    // tried again by the next pass.
                     Err(e) => {
-                        tracing::warn!(sandbox_id = %id, error = %e, "pausing for lack of credits failed; destroying it instead");
+                        tracing::warn!(sandbox_id = %id, error = %e, "pausing for lack of credits failed; the next pass retries");
+                        continue;
                     }
                 }
             }
-            if end(state, &id).await? {
-                done.destroyed += 1;
+            match end(state, &id).await {
+                Ok(true) => done.destroyed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %id, error = %e, "ending for lack of credits failed; the next pass retries")
+                }
             }
         }
     }
@@ -70,14 +81,32 @@ pub async fn pass(state: &AppState) -> Result<Pass, StoreError> {
     Ok(done)
 }
 
-/// A pass in the background (after a grant), logged if it fails.
+/// A pass in the background (after a metering tick or a grant), logged if
+/// it fails; skipped while one is running (that one, or the next tick's,
+/// sees the new balances).
 pub fn spawn_pass(state: &AppState) {
+    use std::sync::atomic::Ordering;
+    if state.budget_pass.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let st = state.clone();
     state.spawn(async move {
         if let Err(e) = pass(&st).await {
             tracing::warn!(error = %e, "budget pass failed; the next metering tick retries");
         }
+        st.budget_pass.store(false, Ordering::Release);
     });
+}
+
+/// The backend can never pause this sandbox.
+fn is_unsupported(e: &super::OpError) -> bool {
+    matches!(
+        e,
+        super::OpError::Refused {
+            code: ProblemCode::Unsupported,
+            ..
+        }
+    )
 }
 
 /// The sandbox left or moved on meanwhile: nothing to do.
@@ -99,6 +128,7 @@ async fn end(state: &AppState, id: &str) -> Result<bool, StoreError> {
     let change = Change {
         reason: "the project ran out of credits",
         termination: Some((TerminationReason::CreditsExhausted, detail)),
+        budget: Some(true),
         ..Change::default()
     };
     let from = [

@@ -39,7 +39,8 @@ pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
         let state = state.clone();
         async move {
             let tick = tick_at(&state, now_ms()).await?;
-            super::budget::pass(&state).await?;
+            // In a task of its own: backend calls never hold up metering.
+            super::budget::spawn_pass(&state);
             Ok::<_, StoreError>(tick)
         }
     })

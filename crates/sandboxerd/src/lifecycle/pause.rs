@@ -118,6 +118,12 @@ async fn step(
     if !from.contains(&now) && !done.contains(&now) {
         return Err(OpError::wrong_state(&format!("sandbox {id}"), now, only));
     }
+    if row.expires_at <= crate::store::now_ms() {
+        return Err(OpError::conflict(
+            ProblemCode::InvalidState,
+            format!("sandbox {id} is past its expiry; it is being torn down"),
+        ));
+    }
     if step == PauseStep::Resume
         && now == SandboxState::Paused
         && row.pause_reason.as_deref() == Some(Cause::Credits.as_str())
@@ -135,15 +141,19 @@ async fn step(
             ));
         }
     }
-    // `ttl.pause_stops_clock`: the longest a pause may then last.
-    let clock = match step {
-        PauseStep::Pause => state
+    // `ttl.pause_stops_clock`: the longest a pause may then last, so that
+    // a generation's pauses add up to at most `ttl.max` (a pause/resume
+    // loop never keeps a sandbox for ever). A budget pause never stops
+    // the clock: a project out of credits does not keep a sandbox longer.
+    let clock = match (step, cause) {
+        (PauseStep::Pause, Cause::User) => state
             .catalog
             .profiles
             .get(&row.profile)
             .filter(|p| p.spec.ttl.pause_stops_clock)
-            .map(|p| crate::clock::millis(p.ttl_max)),
-        PauseStep::Resume => None,
+            .map(|p| crate::clock::millis(p.ttl_max) - row.paused_ms)
+            .filter(|longest| *longest > 0),
+        _ => None,
     };
     let Some(ext) = state.extensions.get(&row.extension) else {
         return Err(OpError::refused(
@@ -199,6 +209,7 @@ async fn step(
         pause: Some(step),
         pause_reason: Some(cause.as_str()),
         pause_clock: clock,
+        budget: (cause == Cause::Credits).then_some(step == PauseStep::Pause),
         escrow: Some(Escrow {
             enforce: state.settings.credits.enforce,
         }),

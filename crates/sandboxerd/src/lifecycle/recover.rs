@@ -157,10 +157,13 @@ async fn check_live(state: &AppState, row: SandboxRow) -> Result<(), StoreError>
             if ext.can_pause() {
                 let bs = backend_state.as_ref();
                 let paused = row.state()? == SandboxState::Paused;
+                // Told again unless the backend confirms the recorded state
+                // (both steps are idempotent): a backend that cannot tell,
+                // or a stack half paused by a cut-off step, is put right.
                 let settled = match (paused, ext.frozen(&row.id, bs).await) {
-                    (true, Some(false)) => ext.pause(&row.id, bs).await,
-                    (false, Some(true)) => ext.resume(&row.id, bs).await,
-                    _ => Ok(()),
+                    (true, Some(true)) | (false, Some(false)) => Ok(()),
+                    (true, _) => ext.pause(&row.id, bs).await,
+                    (false, _) => ext.resume(&row.id, bs).await,
                 };
                 if let Err(e) = settled {
                     tracing::warn!(sandbox_id = %row.id, error = %e, "cannot bring the sandbox's processes to its recorded state");

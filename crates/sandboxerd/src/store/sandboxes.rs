@@ -100,6 +100,10 @@ pub struct Change<'a> {
     /// to the estimate (and reserved, with `escrow`): refused with
     /// `InsufficientCredits` when it cannot be.
     pub pause_clock: Option<i64>,
+    /// The budget step-down: only when the project's balance is at or below
+    /// zero (`Some(true)`) or above it (`Some(false)`), read in the same
+    /// transaction (a grant since the step-down's list was read wins).
+    pub budget: Option<bool>,
 }
 
 /// See [`Change::pause`].
@@ -445,11 +449,21 @@ impl Db {
         let guards_ok = change.generation.is_none_or(|g| g == row.generation)
             && change.expired_by.is_none_or(|t| row.expires_at <= t)
             && change.idle_since.is_none_or(|t| row.last_activity_at <= t);
-        if !from.contains(&current) || !guards_ok {
+        let now = now_ms();
+        // A pause step of a sandbox past its expiry would bring it back (or
+        // push its expiry past its ceiling): it is the reaper's.
+        let alive = change.pause.is_none() || row.expires_at > now;
+        let budget_ok = match change.budget {
+            None => true,
+            Some(exhausted) => {
+                let (balance, _) = ledger::balance_in(&mut tx, &row.project).await?;
+                (balance <= 0) == exhausted
+            }
+        };
+        if !from.contains(&current) || !guards_ok || !alive || !budget_ok {
             tx.rollback().await?;
             return Ok(Transition::Refused(row.into_api()?));
         }
-        let now = now_ms();
         if let (Some(escrow), Some(_)) = (change.escrow, change.new_generation) {
             // The old generation's use ends here; it is charged and its
             // reservation released before the new lifetime reserves its own.
@@ -568,7 +582,8 @@ impl Db {
                 .push_bind(life.max_expires_at)
                 .push(", last_activity_at = ")
                 .push_bind(now)
-                .push(", ready_at = NULL, destroyed_at = NULL, ended_at = NULL, settled_at = NULL, paused_at = NULL, paused_ms = 0");
+                .push(", ready_at = NULL, destroyed_at = NULL, ended_at = NULL, settled_at = NULL, paused_at = NULL, paused_ms = 0")
+                .push(", pause_reason = NULL, ttl_left_ms = NULL, pause_reserve_credits = 0");
             if change.escrow.is_some() {
                 let ttl_ms = life.expires_at.saturating_sub(now);
                 qb.push(", estimate_credits = ")

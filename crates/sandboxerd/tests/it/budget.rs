@@ -14,11 +14,20 @@ use super::pause::{counter, post, started, states};
 use sandboxer_testkit as testkit;
 use testkit::{require_bwrap, Daemon, TestDir};
 
-/// A daemon metering every 200 ms with `on_exhausted = policy` (ext.local
-/// costs 1 credit/hour: the first tick debits one credit from a project
-/// that has none).
+/// The project of a daemon without tokens.
+const PROJECT: &str = "default";
+
+/// A daemon metering every 200 ms with `on_exhausted = policy`, where
+/// ext.local costs one credit a second.
 fn daemon(dir: &Path, policy: &str) -> Daemon {
+    let (profiles, extensions) = super::credits::catalog(dir);
     testkit::daemon!()
+        .args([
+            "--profiles",
+            profiles.to_str().expect("utf-8"),
+            "--extensions",
+            extensions.to_str().expect("utf-8"),
+        ])
         .envs(&[
             ("SANDBOXER_CREDITS__ON_EXHAUSTED", policy),
             ("SANDBOXER_METERING_INTERVAL", "200ms"),
@@ -38,21 +47,37 @@ async fn until(d: &Daemon, id: &str, limit: Duration, done: impl Fn(&Sandbox) ->
     }
 }
 
+async fn grant(d: &Daemon, amount: i64) {
+    let (status, _) = d
+        .client
+        .grant(PROJECT, amount, "test grant", None)
+        .await
+        .expect("grant");
+    assert_eq!(status, 201);
+}
+
+/// The reasons of sandbox `id`'s events, oldest first.
+async fn reasons(d: &Daemon, id: &str) -> Vec<String> {
+    let events = d.client.events(id).await.expect("events");
+    events.items.into_iter().map(|e| e.reason).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn credits_running_out_pauses_and_a_grant_resumes() {
     require_bwrap();
     let dir = TestDir::new();
     let d = daemon(dir.path(), "pause");
+    // Credits for a few seconds: the counter starts, then the balance runs out.
+    grant(&d, 5).await;
     let (id, wd) = started(&d, &testkit::local_shell()).await;
-    let project = d.client.get(&id, None).await.expect("get").consumer.project;
 
-    // The first debit takes the balance below zero: paused, not ended.
-    let paused = until(&d, &id, Duration::from_secs(20), |s| {
+    // The balance reaches zero: paused, not ended.
+    let paused = until(&d, &id, Duration::from_secs(30), |s| {
         s.state == SandboxState::Paused
     })
     .await;
     assert_eq!(paused.termination, None, "{paused:?}");
-    let balance = d.client.balance(&project).await.expect("balance");
+    let balance = d.client.balance(PROJECT).await.expect("balance");
     assert!(balance.balance <= 0, "{balance:?}");
     let frozen = counter(&wd);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -64,13 +89,13 @@ async fn credits_running_out_pauses_and_a_grant_resumes() {
     assert!(states(&id)
         .iter()
         .all(|s| matches!(s, 'D' | 'T' | 't' | 'Z')));
-    let events = d.client.events(&id).await.expect("events");
     assert!(
-        events
-            .items
+        reasons(&d, &id)
+            .await
             .iter()
-            .any(|e| e.reason.contains("ran out of credits")),
-        "{events:?}"
+            .any(|r| r == "paused: the project ran out of credits"),
+        "{:?}",
+        reasons(&d, &id).await
     );
     // Its consumer cannot resume it while the project has nothing.
     let (status, problem) = post(&d, &id, "resume").await;
@@ -84,12 +109,7 @@ async fn credits_running_out_pauses_and_a_grant_resumes() {
     assert_eq!(status, 200);
 
     // A grant: the sandbox resumes by itself, its memory intact.
-    let (status, _) = d
-        .client
-        .grant(&project, 100, "top up", None)
-        .await
-        .expect("grant");
-    assert_eq!(status, 201);
+    grant(&d, 1000).await;
     until(&d, &id, Duration::from_secs(20), |s| {
         s.state == SandboxState::Ready
     })
@@ -104,54 +124,27 @@ async fn credits_running_out_pauses_and_a_grant_resumes() {
     }
     let after = counter(&wd);
     assert!(after < frozen + 200, "{frozen} then {after}: memory lost");
-    // The money adds up: what was debited is what the balance lost.
-    let s = d.client.get(&id, None).await.expect("get");
-    let balance = d.client.balance(&project).await.expect("balance");
+    // The money adds up: the balance is the grants less what was debited.
+    let (_, gone) = d
+        .client
+        .destroy(&id, Some(Duration::from_secs(30)))
+        .await
+        .expect("destroy");
+    let balance = d.client.balance(PROJECT).await.expect("balance");
     assert_eq!(
         balance.balance,
-        100 - s.cost.accrued_credits,
-        "{balance:?} {s:?}"
+        1005 - gone.cost.accrued_credits,
+        "{balance:?} {gone:?}"
     );
-    // It stays running while the balance is above zero (1 credit an hour).
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        d.client.get(&id, None).await.expect("get").state,
-        SandboxState::Ready
-    );
+    assert!(gone.cost.accrued_credits >= 5, "{gone:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credits_running_out_with_snapshot_and_destroy_keeps_the_work() {
     require_bwrap();
     let dir = TestDir::new();
-    // ext.local at one credit a second, and a project with four.
-    let (profiles, extensions) = super::credits::catalog(dir.path());
-    let d = testkit::daemon!()
-        .args([
-            "--profiles",
-            profiles.to_str().expect("utf-8"),
-            "--extensions",
-            extensions.to_str().expect("utf-8"),
-        ])
-        .envs(&[
-            ("SANDBOXER_CREDITS__ON_EXHAUSTED", "snapshot_and_destroy"),
-            ("SANDBOXER_METERING_INTERVAL", "250ms"),
-        ])
-        .start(&dir.path().join("data"));
-    let probe = testkit::local_shell();
-    let project = {
-        let s = testkit::ready_sandbox(&d.client, &probe).await;
-        d.client
-            .destroy(&s.id, Some(Duration::from_secs(30)))
-            .await
-            .expect("destroy");
-        s.consumer.project
-    };
-    let spent = d.client.balance(&project).await.expect("balance").balance;
-    d.client
-        .grant(&project, 4 - spent, "four seconds", None)
-        .await
-        .expect("grant");
+    let d = daemon(dir.path(), "snapshot_and_destroy");
+    grant(&d, 8).await;
     let sbx = testkit::ready_sandbox(&d.client, &testkit::local_shell()).await;
     sh(
         &d,
@@ -159,16 +152,13 @@ async fn credits_running_out_with_snapshot_and_destroy_keeps_the_work() {
         "echo 'kept when the credits ran out' > work.txt",
     )
     .await;
-    let gone = destroyed(&d, &sbx.id, Duration::from_secs(30)).await;
+    let gone = destroyed(&d, &sbx.id, Duration::from_secs(40)).await;
     let t = gone.termination.clone().expect("termination");
     assert_eq!(t.reason.as_str(), "credits_exhausted", "{gone:?}");
     let snap = gone.exit_snapshot.clone().expect("an exit snapshot");
-    assert!(d.client.balance(&project).await.expect("balance").balance <= 0);
+    assert!(d.client.balance(PROJECT).await.expect("balance").balance <= 0);
     // With credits again, a fork of the exit snapshot holds the work.
-    d.client
-        .grant(&project, 1000, "top up", None)
-        .await
-        .expect("grant");
+    grant(&d, 1000).await;
     let fork = CreateSandbox {
         from_snapshot: Some(snap),
         ..testkit::local_shell()
@@ -184,19 +174,28 @@ async fn credits_running_out_with_snapshot_and_destroy_keeps_the_work() {
 async fn credits_running_out_with_destroy_ends_paused_sandboxes_too() {
     require_bwrap();
     let dir = TestDir::new();
-    let d = testkit::daemon!()
-        .envs(&[
-            ("SANDBOXER_CREDITS__ON_EXHAUSTED", "destroy"),
-            ("SANDBOXER_METERING_INTERVAL", "1s"),
-        ])
-        .start(&dir.path().join("data"));
+    let d = daemon(dir.path(), "destroy");
+    grant(&d, 4).await;
     let (id, _) = started(&d, &testkit::local_shell()).await;
-    let _ = post(&d, &id, "pause").await;
-    let gone = destroyed(&d, &id, Duration::from_secs(30)).await;
+    let (status, paused) = post(&d, &id, "pause").await;
+    assert_eq!(
+        (status, paused["state"].as_str()),
+        (200, Some("paused")),
+        "{paused}"
+    );
+    // A paused sandbox costs nothing here (no paused rate); another one,
+    // running, spends the rest.
+    let other = testkit::ready_sandbox(&d.client, &testkit::local_shell()).await;
+    let gone = destroyed(&d, &id, Duration::from_secs(40)).await;
+    destroyed(&d, &other.id, Duration::from_secs(40)).await;
     assert_eq!(
         gone.termination.as_ref().map(|t| t.reason.as_str()),
         Some("credits_exhausted")
     );
+    // It was paused (by its user) when the credits ran out.
+    let r = reasons(&d, &id).await;
+    let at = |what: &str| r.iter().position(|x| x == what);
+    assert!(at("paused") < at("the project ran out of credits"), "{r:?}");
     assert_eq!(gone.exit_snapshot, None, "destroy takes no snapshot");
     assert!(states(&id).is_empty(), "processes left");
 }

@@ -252,13 +252,23 @@ rm -rf "$d" || exit 1
         let pool = self.pool_or_err(&s.host)?;
         let e = &s.tooling.engine;
         let label = sh_quote(&format!("label={LABEL}={sandbox_id}"));
-        let (from, verb) = if freeze {
-            ("running", "pause")
+        // Every container that could run (a `restarting` one of a crash
+        // loop too), then a check that none is left running: a half-done
+        // step fails, and the lifecycle undoes it.
+        let (from, verb, left) = if freeze {
+            (
+                "--filter status=running --filter status=restarting",
+                "pause",
+                "running --filter status=restarting",
+            )
         } else {
-            ("paused", "unpause")
+            ("--filter status=paused", "unpause", "paused")
         };
         let cmd = format!(
-            "{e} ps -q --filter {label} --filter status={from} | xargs -r {e} {verb} >/dev/null"
+            "ids=$({e} ps -q --filter {label} {from}) || exit 1\n\
+             [ -z \"$ids\" ] || {e} {verb} $ids >/dev/null || exit 1\n\
+             left=$({e} ps -q --filter {label} --filter status={left}) || exit 1\n\
+             [ -z \"$left\" ] || {{ echo \"still not {verb}d: $left\" >&2; exit 1; }}"
         );
         pool.run(&cmd, ProblemCode::HostError, verb).await?;
         Ok(())
@@ -524,13 +534,17 @@ impl Extension for ComposeExtension {
         let s = parse_state(state)?;
         let pool = self.pool(&s.host)?;
         let rows = self.containers(&pool, &s.tooling, sandbox_id).await.ok()?;
+        // All paused, or none: a mix (a step cut off) cannot be told.
         let states: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
-        if states.contains(&"running") {
-            Some(false)
-        } else if states.contains(&"paused") {
-            Some(true)
-        } else {
-            None
+        let paused = states.iter().filter(|s| **s == "paused").count();
+        let running = states
+            .iter()
+            .filter(|s| matches!(**s, "running" | "restarting"))
+            .count();
+        match (paused, running) {
+            (0, r) if r > 0 => Some(false),
+            (p, 0) if p > 0 => Some(true),
+            _ => None,
         }
     }
 

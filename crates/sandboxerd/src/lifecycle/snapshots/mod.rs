@@ -431,9 +431,13 @@ async fn exit_snapshot_inner(
         _ => return Ok(()),
     };
     // `[credits] on_exhausted = "snapshot_and_destroy"` asks for it
-    // whatever the profile says.
+    // whatever the profile says, and so does `pause` (whose sandbox is
+    // destroyed only where its backend cannot pause: its work is kept).
     let policy_asks = row.termination_reason.as_deref() == Some("credits_exhausted")
-        && state.settings.credits.on_exhausted == crate::config::OnExhausted::SnapshotAndDestroy;
+        && matches!(
+            state.settings.credits.on_exhausted,
+            crate::config::OnExhausted::SnapshotAndDestroy | crate::config::OnExhausted::Pause
+        );
     // Unassigned warm-pool members and sandboxes that never became ready
     // hold no one's work; a retried teardown has had its chance.
     if row.pool.is_some()

@@ -104,7 +104,7 @@ pub(super) async fn append(
 }
 
 /// A project's cached `(balance, reserved)`.
-pub(super) async fn balance_in(
+pub(in crate::store) async fn balance_in(
     conn: &mut SqliteConnection,
     project: &str,
 ) -> Result<(i64, i64), sqlx::Error> {

@@ -26,8 +26,8 @@ use crate::ledger::{billed_seconds, MAX_CREDITS};
 mod billed;
 mod escrow;
 
-use escrow::{append, balance_in, NewEntry};
-pub(super) use escrow::{check_available, rebalance, reserve_new, settle_in};
+use escrow::{append, NewEntry};
+pub(super) use escrow::{balance_in, check_available, rebalance, reserve_new, settle_in};
 
 /// Where a sandbox goes and what it costs there.
 #[derive(Debug, Clone, PartialEq, Eq)]
