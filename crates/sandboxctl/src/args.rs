@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::ArgValueCandidates;
 use sandboxer_api::{SandboxState, SnapshotState};
 
 /// Drive a sand-boxer daemon: create, inspect, extend and destroy sandboxes.
@@ -42,6 +43,7 @@ pub enum Command {
     /// Show one sandbox.
     Get {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
     },
     /// List sandboxes.
@@ -51,6 +53,7 @@ pub enum Command {
     #[command(visible_alias = "rm")]
     Destroy {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Return as soon as teardown has started.
         #[arg(long)]
@@ -59,6 +62,7 @@ pub enum Command {
     /// Tear a sandbox down and provision it again: same id, fresh TTL.
     Recreate {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Fresh lifetime (`30m`, `4h`); defaults to the profile's.
         #[arg(long)]
@@ -73,6 +77,7 @@ pub enum Command {
     /// Move a sandbox's expiry forward (never past its profile's ttl.max).
     ExtendTtl {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// How far to move it (`30m`, `2h`).
         duration: String,
@@ -83,23 +88,28 @@ pub enum Command {
     /// Roll a sandbox's workspace back to a snapshot, in place.
     Restore {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         sandbox: String,
         /// Snapshot id (`snap_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::snapshots))]
         snapshot: String,
     },
     /// Mark activity on a sandbox, so the idle reaper leaves it alone.
     Touch {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
     },
     /// Freeze every process of a sandbox, keeping its memory (its TTL keeps running).
     Pause {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
     },
     /// Let a paused sandbox's processes run again.
     Resume {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
     },
     /// Run a command inside a sandbox; its output streams as it is written
@@ -107,6 +117,7 @@ pub enum Command {
     /// One argument runs with /bin/sh -c; several are an argv.
     Exec {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Working directory inside (default /workspace).
         #[arg(long)]
@@ -130,6 +141,7 @@ pub enum Command {
     /// Start a background process in a sandbox; prints its id (`proc_…`).
     Start {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Working directory inside (default /workspace).
         #[arg(long)]
@@ -147,11 +159,13 @@ pub enum Command {
     /// List a sandbox's background processes.
     Ps {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
     },
     /// A background process's output; `-f` follows it until it ends.
     Logs {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Process id (`proc_…`).
         process: String,
@@ -165,6 +179,7 @@ pub enum Command {
     /// Signal a background process (its process group).
     Kill {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Process id (`proc_…`).
         process: String,
@@ -187,6 +202,7 @@ pub enum Command {
     /// List files in a sandbox (symlinks are shown, never followed).
     LsFiles {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Directory inside.
         #[arg(default_value = "/workspace")]
@@ -198,11 +214,13 @@ pub enum Command {
     /// TCP ports listening inside a sandbox, with their URLs through the daemon.
     Ports {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
     },
     /// Print the URL of a port inside a sandbox, through the daemon's proxy.
     Open {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Port inside.
         port: u16,
@@ -217,6 +235,7 @@ pub enum Command {
     /// with a key made for this session and removed after it).
     Shell {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Run this instead of a login shell (after `--`).
         #[arg(last = true)]
@@ -225,12 +244,14 @@ pub enum Command {
     /// Show the lifecycle transitions of a sandbox.
     Events {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
     },
     /// Show the egress proxy's allow/deny decisions for a sandbox with
     /// `network: {mode: egress}`, oldest first.
     NetworkLog {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// Only the refusals.
         #[arg(long)]
@@ -259,7 +280,9 @@ pub enum Command {
     Canary {
         /// Host id.
         host: String,
-        /// The canary stack on the daemon's machine (`tests/fixtures/compose-canary`).
+        /// The canary stack (`tests/fixtures/compose-canary`): a path on the
+        /// daemon's machine; a relative one is taken from the directory
+        /// sandboxctl runs in and sent as an absolute path.
         #[arg(long)]
         repo: String,
         /// How long each of ready and destroyed may take.
@@ -298,6 +321,7 @@ pub enum Command {
     /// What a sandbox of a profile would cost, and where it would run now.
     Estimate {
         /// Profile id (`profile.…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::profiles))]
         profile: String,
         /// Lifetime to price (`30m`, `4h`); defaults to the profile's.
         #[arg(long)]
@@ -334,6 +358,7 @@ pub enum SshKeyCommand {
     /// Register a public key (a `.pub` file or the key line itself).
     Add {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// `~/.ssh/id_ed25519.pub`, or `ssh-ed25519 AAAA…`.
         key: String,
@@ -341,11 +366,13 @@ pub enum SshKeyCommand {
     /// The keys registered for a sandbox.
     List {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
     },
     /// Remove a key by its `SHA256:…` fingerprint.
     Rm {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         id: String,
         /// `SHA256:…`
         fingerprint: String,
@@ -358,6 +385,7 @@ pub enum SnapshotCommand {
     /// Snapshot a sandbox's workspace and (by default) wait until it is ready.
     Create {
         /// Sandbox id (`sbx_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::sandboxes))]
         sandbox: String,
         /// Free text to recognise the snapshot by.
         #[arg(long)]
@@ -388,12 +416,14 @@ pub enum SnapshotCommand {
     /// Show one snapshot.
     Get {
         /// Snapshot id (`snap_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::snapshots))]
         id: String,
     },
     /// Delete a snapshot (and its archive, unless another snapshot shares it).
     #[command(visible_alias = "rm")]
     Delete {
         /// Snapshot id (`snap_…`).
+        #[arg(add = ArgValueCandidates::new(crate::complete::snapshots))]
         id: String,
     },
 }
@@ -437,10 +467,10 @@ pub enum CreditsCommand {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Profile id (`profile.…`); with `--from-snapshot`, defaults to the snapshot's.
-    #[arg(required_unless_present = "from_snapshot")]
+    #[arg(required_unless_present = "from_snapshot", add = ArgValueCandidates::new(crate::complete::profiles))]
     pub profile: Option<String>,
     /// Fork: start the workspace from this snapshot (`snap_…`).
-    #[arg(long, value_name = "SNAPSHOT")]
+    #[arg(long, value_name = "SNAPSHOT", add = ArgValueCandidates::new(crate::complete::snapshots))]
     pub from_snapshot: Option<String>,
     /// Lifetime (`30m`, `2h`); defaults to the profile's.
     #[arg(long)]
@@ -483,7 +513,7 @@ pub struct ListArgs {
     #[arg(long)]
     pub state: Option<SandboxState>,
     /// Only sandboxes of this profile.
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::complete::profiles))]
     pub profile: Option<String>,
     /// Only sandboxes on this extension.
     #[arg(long)]

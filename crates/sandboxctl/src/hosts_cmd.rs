@@ -121,6 +121,22 @@ struct CanaryReport {
     failure: Option<String>,
 }
 
+/// `--repo` as the daemon must see it: a relative path is resolved here,
+/// against sandboxctl's working directory (the daemon's is not the
+/// operator's), canonical when it exists on this machine.
+fn absolute_repo(repo: &str) -> Result<String, CliError> {
+    let path = std::path::Path::new(repo);
+    if path.is_absolute() {
+        return Ok(repo.to_owned());
+    }
+    let full = std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .map_err(|e| CliError::Usage(format!("--repo {repo}: {e}")))?;
+    full.into_os_string()
+        .into_string()
+        .map_err(|_| CliError::Usage(format!("--repo {repo}: the path is not UTF-8")))
+}
+
 async fn canary(
     client: &Client,
     host: String,
@@ -128,6 +144,7 @@ async fn canary(
     timeout: Duration,
     json: bool,
 ) -> Result<(), CliError> {
+    let repo = absolute_repo(&repo)?;
     let req = CreateSandbox {
         profile: "profile.sandbox-canary".into(),
         inputs: [("repo".to_owned(), repo)].into_iter().collect(),
@@ -180,4 +197,26 @@ async fn canary(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absolute_repo;
+
+    #[test]
+    fn a_relative_repo_is_resolved_against_the_callers_directory() {
+        let here = std::env::current_dir().expect("cwd");
+        let got = absolute_repo("no/such/dir").expect("resolved");
+        assert_eq!(got, here.join("no/such/dir").to_str().expect("utf-8"));
+        // One that exists is canonical (no `.` or `..` left).
+        let got = absolute_repo("./src/../src").expect("resolved");
+        assert_eq!(
+            got,
+            std::fs::canonicalize("src")
+                .expect("src")
+                .to_str()
+                .expect("utf-8")
+        );
+        assert_eq!(absolute_repo("/srv/canary").expect("as is"), "/srv/canary");
+    }
 }

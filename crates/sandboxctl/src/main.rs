@@ -7,6 +7,7 @@
 mod access_cmd;
 mod args;
 mod commands;
+mod complete;
 mod hosts_cmd;
 mod output;
 mod render;
@@ -20,8 +21,20 @@ use sandboxctl::Client;
 use crate::args::{Cli, Command, TokenCommand};
 use crate::commands::CliError;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // A shell asking for completions (`COMPLETE=bash sandboxctl -- ...`)
+    // is answered here and the process ends; nothing else runs.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     // These print a config block and a shell script: no JSON to give.
     if cli.json
@@ -54,10 +67,18 @@ async fn main() -> ExitCode {
         };
     }
     if let Command::Completions { shell } = cli.command {
-        let mut script = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "sandboxctl", &mut script);
-        commands::emit(&String::from_utf8_lossy(&script));
-        return ExitCode::SUCCESS;
+        // The registration: the shell calls sandboxctl back for each
+        // completion, which asks the daemon for ids (`complete.rs`).
+        return match complete::registration(shell) {
+            Ok(script) => {
+                commands::emit(&script);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let json = cli.json;
     let result = match Client::new(&cli.url, cli.token) {

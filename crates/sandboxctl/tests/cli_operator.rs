@@ -63,3 +63,66 @@ async fn short_profile_names_waiting_recreate_and_json_errors() {
     let p: serde_json::Value = serde_json::from_slice(&o.stdout).expect("problem+json");
     assert_eq!(p["code"], "unreachable", "{p}");
 }
+
+/// What bash's registration asks `sandboxctl` for when `words` are typed
+/// and the cursor is on the last one (clap_complete's `COMPLETE` protocol,
+/// as the script `sandboxctl completions bash` prints calls it).
+fn complete(url: &str, words: &[&str]) -> Vec<String> {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxctl"))
+        .env("COMPLETE", "bash")
+        .env("_CLAP_IFS", "\n")
+        .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_COMPLETE_SPACE", "true")
+        .env("SANDBOXER_URL", url)
+        .arg("--")
+        .args(words)
+        .output()
+        .expect("sandboxctl");
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_offer_the_daemons_sandbox_snapshot_and_profile_ids() {
+    require_bwrap();
+    let bin = DaemonBin::beside_current_exe()
+        .expect("build the daemon first: cargo build -p sandboxerd --bins");
+    let dir = TestDir::new();
+    let d = testkit::Daemon::builder(bin).start(&dir.path().join("data"));
+    let url = d.url.as_str();
+    let o = ctl(url, &["--json", "create", "local-shell"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let sbx: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let id = sbx["id"].as_str().expect("id").to_owned();
+    let o = ctl(url, &["--json", "snapshot", "create", &id]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let snap: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let snap_id = snap["id"].as_str().expect("id").to_owned();
+
+    // The registration script calls sandboxctl back with COMPLETE set.
+    let o = ctl(url, &["completions", "bash"]);
+    let script = String::from_utf8_lossy(&o.stdout);
+    assert!(script.contains("COMPLETE=\"bash\""), "{script}");
+    assert!(script.contains("complete -o nospace"), "{script}");
+
+    let got = complete(url, &["sandboxctl", "destroy", ""]);
+    assert!(got.iter().any(|c| c == &id), "{got:?}");
+    let got = complete(url, &["sandboxctl", "pause", "sbx_"]);
+    assert!(got.iter().any(|c| c == &id), "{got:?}");
+    let got = complete(url, &["sandboxctl", "create", "profile.local"]);
+    assert!(got.iter().any(|c| c == "profile.local-shell"), "{got:?}");
+    let got = complete(url, &["sandboxctl", "create", "--from-snapshot", ""]);
+    assert!(got.iter().any(|c| c == &snap_id), "{got:?}");
+    // Subcommands still complete statically.
+    let got = complete(url, &["sandboxctl", "paus"]);
+    assert_eq!(got, vec!["pause".to_owned()]);
+    // A daemon that is not there leaves ids uncompleted, quickly.
+    let started = std::time::Instant::now();
+    let got = complete("http://127.0.0.1:9", &["sandboxctl", "destroy", ""]);
+    assert!(got.iter().all(|c| !c.starts_with("sbx_")), "{got:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -52,15 +52,23 @@ async fn get_profile(
         .ok_or_else(|| ApiError::not_found(Missing::Profile, &id))
 }
 
+/// The catalog entry with its live availability; an entry that lists no
+/// hosts shows the ones its backend places on (ext.compose-ssh takes its
+/// hosts from the daemon's `[[hosts]]`).
 async fn with_availability(state: &AppState, spec: &sandboxer_api::ExtensionSpec) -> Extension {
-    let availability = match state.extensions.get(&spec.id) {
+    let backend = state.extensions.get(&spec.id);
+    let availability = match &backend {
         Some(ext) => ext.availability().await,
         None => Availability {
             available: false,
             reason: Some("no backend of this id is built into this daemon".into()),
         },
     };
-    Extension::new(spec.clone(), availability)
+    let mut entry = Extension::new(spec.clone(), availability);
+    if entry.hosts.is_empty() {
+        entry.hosts = backend.map(|b| b.hosts()).unwrap_or_default();
+    }
+    entry
 }
 
 /// Every extension, with whether it can provision right now.

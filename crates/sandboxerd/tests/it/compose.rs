@@ -147,6 +147,18 @@ async fn two_service_stack_comes_up_labelled_and_goes_without_a_trace() {
 
     let hosts = c.hosts().await.expect("GET /v1/hosts");
     assert_eq!(hosts.items[0].id, "testhost");
+    // The catalog entry lists no hosts; the configured ones are shown
+    // (`sandboxctl extensions` HOSTS).
+    let (_, exts) = c
+        .request_json(sandboxctl::Method::GET, "/v1/extensions", None)
+        .await
+        .expect("GET /v1/extensions");
+    let compose = exts["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == "ext.compose-ssh"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(compose["hosts"], serde_json::json!(["testhost"]), "{exts}");
     assert_eq!(hosts.items[0].labels["tier"], "test");
 
     let (status, sbx) = c
