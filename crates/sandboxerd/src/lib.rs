@@ -59,6 +59,9 @@ pub struct AppState {
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
     /// A budget step-down pass is running (one at a time).
     pub budget_pass: Arc<AtomicBool>,
+    /// Per host, how many sandboxes' leftovers the last stale sweep found
+    /// (the status page).
+    pub stale_seen: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
     /// Execs running and activity written per sandbox (API v1.1 access).
     pub access_gates: Arc<lifecycle::access::Gates>,
     /// The SSH gateway, when `[ssh_gateway]` is set.
@@ -177,6 +180,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
         budget_pass: Arc::new(AtomicBool::new(false)),
+        stale_seen: Arc::default(),
         access_gates: Arc::new(lifecycle::access::Gates::default()),
         ssh_gateway,
         captures: Arc::new(lifecycle::snapshots::Captures::default()),

@@ -91,10 +91,18 @@ fn unauthorized(detail: &str) -> Response {
     resp
 }
 
+/// The status page without a (valid) token: to the login form.
+fn to_login() -> Response {
+    axum::response::Redirect::to("/ui/login").into_response()
+}
+
 /// Resolve the caller, apply the rate limit, run the request, audit it.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let tokens = &state.settings.tokens;
+    // The status page: a browser's token comes in its cookie, and a page
+    // without one is sent to the login form rather than answered 401.
+    let ui = super::ui::is_ui(&path);
     let caller = if tokens.is_empty() {
         Some(Caller::local_operator())
     } else {
@@ -106,13 +114,18 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .map(str::trim);
+            .map(str::trim)
+            .or_else(|| ui.then(|| super::ui::cookie_token(req.headers())).flatten());
         match bearer {
             Some(b) => match lookup(tokens, b) {
                 Some((_, caller)) => Some(caller),
+                None if ui && super::ui::is_public(&path) => None,
+                None if ui => return to_login(),
                 None => return unauthorized("the bearer token is not valid"),
             },
             None if PUBLIC.contains(&path.as_str()) => None,
+            None if ui && super::ui::is_public(&path) => None,
+            None if ui => return to_login(),
             None => return unauthorized("this route needs `Authorization: Bearer <token>`"),
         }
     };

@@ -29,6 +29,7 @@ pub mod render;
 pub mod sandboxes;
 pub mod server;
 pub mod snapshots;
+pub mod ui;
 
 use error::ApiError;
 
@@ -140,6 +141,7 @@ pub fn app(state: AppState) -> Router {
             "/openapi.json",
             axum::routing::get(move || async move { Json(api) }),
         )
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

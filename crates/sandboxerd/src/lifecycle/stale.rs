@@ -124,6 +124,12 @@ impl Sweeper {
                 }
             };
             let ids: BTreeSet<String> = items.into_iter().map(|i| i.sandbox_id).collect();
+            // For the status page: what the last sweep found on the host.
+            state
+                .stale_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(host.clone(), ids.len());
             // Forget what is no longer stale on this host.
             self.seen
                 .retain(|(h, id), _| h != &host || ids.contains(id));

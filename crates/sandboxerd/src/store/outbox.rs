@@ -130,4 +130,26 @@ impl Db {
         };
         Ok(Some((items, next)))
     }
+
+    /// The newest `limit` events, newest first (of `project`'s sandboxes
+    /// only, without their warm-pool past, when given): the status page.
+    pub async fn recent_events(
+        &self,
+        project: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT e.seq, e.id, e.sandbox_id, e.generation, e.from_state, e.to_state, e.reason, e.at, e.termination FROM events e",
+        );
+        if let Some(p) = project {
+            qb.push(
+                " JOIN sandboxes s ON s.id = e.sandbox_id AND e.generation > 0 AND s.project = ",
+            )
+            .push_bind(p);
+        }
+        qb.push(" ORDER BY e.seq DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.reader).await?;
+        rows.into_iter().map(EventRow::into_api).collect()
+    }
 }

@@ -23,3 +23,4 @@ mod routing;
 mod security;
 mod snapshots;
 mod ssh_gateway;
+mod ui;

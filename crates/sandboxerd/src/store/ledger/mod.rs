@@ -184,6 +184,31 @@ impl Db {
         })
     }
 
+    /// Every project's balance (or `project`'s), by project, at most `limit`.
+    pub async fn balances(
+        &self,
+        project: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Balance>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT project, balance, reserved FROM balances \
+             WHERE (?1 IS NULL OR project = ?1) ORDER BY project LIMIT ?2",
+        )
+        .bind(project)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(project, balance, reserved)| Balance {
+                project,
+                balance,
+                reserved,
+                available: balance - reserved,
+            })
+            .collect())
+    }
+
     /// A project's `(balance, reserved)` summed from its ledger rows: what
     /// the cached row must always equal.
     pub async fn balance_from_ledger(&self, project: &str) -> Result<(i64, i64), StoreError> {

@@ -1,0 +1,310 @@
+//! `/ui`: the operators' status page, server-rendered (maud templates, no
+//! JavaScript build chain). Sandboxes by state with their TTL countdown and
+//! termination reasons, hosts with telemetry and stale counts, pools,
+//! projects' credits and recent events on `/ui`; one sandbox with its
+//! events and snapshots on `/ui/sandboxes/{id}`. A small script of our own
+//! (`live.js`) refreshes the page on every change the daemon announces on
+//! `/ui/live` (server-sent events) and counts TTLs down between changes.
+//!
+//! Behind the same tokens as the API: an operator sees everything, a
+//! consumer its project. A browser cannot send a bearer header, so
+//! `/ui/login` takes the token once and keeps it in an HttpOnly,
+//! SameSite=Strict cookie scoped to `/ui` (checked by `auth::authenticate`
+//! exactly like the header). Without tokens (loopback) every caller is the
+//! local operator and there is nothing to log in to.
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Form, Router};
+use futures::Stream;
+use serde::Deserialize;
+
+use super::caller::Caller;
+use crate::AppState;
+
+mod pages;
+
+/// The cookie that carries a browser's token.
+pub const COOKIE: &str = "sandboxer_ui";
+
+/// Paths under `/ui` anyone may load (the login form and the assets).
+pub fn is_public(path: &str) -> bool {
+    path == "/ui/login" || path.starts_with("/ui/assets/")
+}
+
+/// Whether `path` is the status page's.
+pub fn is_ui(path: &str) -> bool {
+    path == "/ui" || path.starts_with("/ui/")
+}
+
+/// The token in the request's `sandboxer_ui` cookie.
+pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// The status page's routes (outside the OpenAPI document: they answer
+/// HTML, not the API).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(index))
+        .route("/ui/sandboxes/{id}", get(sandbox))
+        .route("/ui/login", get(login_form).post(login))
+        .route("/ui/logout", axum::routing::post(logout))
+        .route("/ui/live", get(live))
+        .route("/ui/assets/live.js", get(script))
+        .route("/ui/assets/style.css", get(style))
+}
+
+/// What every page answers with: no caching, no framing, scripts and
+/// styles only from here.
+fn html(status: StatusCode, markup: maud::Markup) -> Response {
+    let mut resp = (status, markup.into_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+async fn index(State(state): State<AppState>, caller: Caller) -> Response {
+    match pages::index(&state, &caller).await {
+        Ok(page) => html(StatusCode::OK, page),
+        Err(e) => html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::error(&state, &caller, &e.to_string()),
+        ),
+    }
+}
+
+async fn sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
+    match pages::sandbox(&state, &caller, &id).await {
+        Ok(Some(page)) => html(StatusCode::OK, page),
+        Ok(None) => html(
+            StatusCode::NOT_FOUND,
+            pages::error(&state, &caller, &format!("no sandbox `{id}` here")),
+        ),
+        Err(e) => html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::error(&state, &caller, &e.to_string()),
+        ),
+    }
+}
+
+async fn login_form(State(state): State<AppState>) -> Response {
+    if state.settings.tokens.is_empty() {
+        return Redirect::to("/ui").into_response();
+    }
+    html(StatusCode::OK, pages::login(None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// A token is kept as a cookie value: only the characters a cookie value
+/// may hold unquoted (RFC 6265), which every token sandboxctl makes has.
+fn cookie_safe(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 512
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\'))
+}
+
+/// A form posted from another site (a login forced on the operator's
+/// browser) is refused: `Sec-Fetch-Site`, or else `Origin`, must say it
+/// came from this page.
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest == host),
+        (None, _) => true,
+        _ => false,
+    }
+}
+
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if state.settings.tokens.is_empty() {
+        return Redirect::to("/ui").into_response();
+    }
+    if !same_origin(&headers) {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::login(Some("the form was not posted from this page")),
+        );
+    }
+    let token = f.token.trim();
+    if !cookie_safe(token) || super::auth::lookup(&state.settings.tokens, token).is_none() {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("that token is not valid here")),
+        );
+    }
+    let cookie = format!("{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=43200");
+    let mut resp = Redirect::to("/ui").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+async fn logout(headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let mut resp = Redirect::to("/ui/login").into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("sandboxer_ui=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    resp
+}
+
+/// `change` each time a sandbox the caller may see changes (coalesced to
+/// one every 200 ms), and a comment every 15 s so proxies keep it open.
+async fn live(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = state.events.subscribe();
+    let scope = caller.scope().map(str::to_owned);
+    let stream = futures::stream::unfold((rx, state, scope), |(mut rx, state, scope)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(id) => {
+                    if let Some(p) = &scope {
+                        // A consumer hears only of its own project's sandboxes.
+                        match state.db.get_row(&id, Some(p)).await {
+                            Ok(Some(_)) => {}
+                            _ => continue,
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+            // Whatever else changes meanwhile is in the same refresh.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
+                rx.try_recv()
+            {}
+            let event = SseEvent::default().event("change").data("changed");
+            return Some((Ok(event), (rx, state, scope)));
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("live.js"))
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("style.css"))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookie_is_found_among_others_and_only_by_its_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sandboxer_ui=tok-en_1; sandboxer_uix=no"),
+        );
+        assert_eq!(cookie_token(&h), Some("tok-en_1"));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("sandboxer_uix=no"));
+        assert_eq!(cookie_token(&h), None);
+    }
+
+    #[test]
+    fn only_plain_tokens_become_cookies() {
+        assert!(cookie_safe("abcDEF123-_.~"));
+        for bad in ["", "a b", "a;b", "a,b", "a\"b", "a\\b", "é"] {
+            assert!(!cookie_safe(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_form_from_another_site_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!same_origin(&h));
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:7443"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(!same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:7443"),
+        );
+        assert!(same_origin(&h));
+    }
+}
