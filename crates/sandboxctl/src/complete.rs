@@ -42,8 +42,12 @@ where
     else {
         return Vec::new();
     };
-    rt.block_on(async { tokio::time::timeout(BUDGET, f(client)).await })
-        .unwrap_or_default()
+    let found = rt
+        .block_on(async { tokio::time::timeout(BUDGET, f(client)).await })
+        .unwrap_or_default();
+    // A name lookup still blocked in its thread is not waited for.
+    rt.shutdown_background();
+    found
 }
 
 fn candidate(id: String, help: String) -> CompletionCandidate {

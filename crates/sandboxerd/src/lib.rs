@@ -59,6 +59,11 @@ pub struct AppState {
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
     /// A budget step-down pass is running (one at a time).
     pub budget_pass: Arc<AtomicBool>,
+    /// The status page's browser sessions.
+    pub ui_sessions: Arc<http::ui::session::Sessions>,
+    /// Cancelled when the daemon starts to stop: streams that never end
+    /// on their own (the status page's) end then.
+    pub closing: tokio_util::sync::CancellationToken,
     /// Per host, how many sandboxes' leftovers the last stale sweep found
     /// (the status page).
     pub stale_seen: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
@@ -180,6 +185,8 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         locks: Arc::new(lifecycle::Locks::default()),
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
         budget_pass: Arc::new(AtomicBool::new(false)),
+        ui_sessions: Arc::default(),
+        closing: tokio_util::sync::CancellationToken::new(),
         stale_seen: Arc::default(),
         access_gates: Arc::new(lifecycle::access::Gates::default()),
         ssh_gateway,
@@ -247,6 +254,14 @@ pub async fn serve(
         stop_tx,
     );
     let server = tokio::spawn(server);
+    {
+        // Endless streams end as soon as the stop begins.
+        let (mut rx, closing) = (stop_rx.clone(), state.closing.clone());
+        tokio::spawn(async move {
+            let _ = rx.wait_for(|s| *s).await;
+            closing.cancel();
+        });
+    }
     let mut stop_rx2 = stop_rx.clone();
     // Once asked to stop, give the server `grace` to drain before cutting it off.
     let drained = async {

@@ -70,17 +70,19 @@ pub fn lookup(tokens: &[TokenEntry], bearer: &str) -> Option<(usize, Caller)> {
             .zip(digest.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 && found.is_none() {
-            found = Some((
-                i,
-                Caller {
-                    consumer: t.consumer.clone(),
-                    operator: t.operator,
-                    token: Some(i),
-                },
-            ));
+            found = caller_of(tokens, i).map(|c| (i, c));
         }
     }
     found
+}
+
+/// The caller configured token `i` stands for.
+pub fn caller_of(tokens: &[TokenEntry], i: usize) -> Option<Caller> {
+    tokens.get(i).map(|t| Caller {
+        consumer: t.consumer.clone(),
+        operator: t.operator,
+        token: Some(i),
+    })
 }
 
 fn unauthorized(detail: &str) -> Response {
@@ -114,19 +116,29 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .map(str::trim)
-            .or_else(|| ui.then(|| super::ui::cookie_token(req.headers())).flatten());
-        match bearer {
-            Some(b) => match lookup(tokens, b) {
+            .map(str::trim);
+        // A browser on the status page: its session cookie.
+        let session = ui
+            .then(|| super::ui::cookie_token(req.headers()))
+            .flatten()
+            .and_then(|id| state.ui_sessions.token(id))
+            .and_then(|i| caller_of(tokens, i));
+        match (bearer, session) {
+            (Some(b), _) => match lookup(tokens, b) {
                 Some((_, caller)) => Some(caller),
-                None if ui && super::ui::is_public(&path) => None,
-                None if ui => return to_login(),
                 None => return unauthorized("the bearer token is not valid"),
             },
-            None if PUBLIC.contains(&path.as_str()) => None,
-            None if ui && super::ui::is_public(&path) => None,
-            None if ui => return to_login(),
-            None => return unauthorized("this route needs `Authorization: Bearer <token>`"),
+            (None, Some(caller)) => Some(caller),
+            (None, None) if PUBLIC.contains(&path.as_str()) => None,
+            (None, None) if ui && super::ui::is_public(&path) => None,
+            // The live stream is read by a script: an answer it understands.
+            (None, None) if path == "/ui/live" => {
+                return unauthorized("the status page's session is missing or ended")
+            }
+            (None, None) if ui => return to_login(),
+            (None, None) => {
+                return unauthorized("this route needs `Authorization: Bearer <token>`")
+            }
         }
     };
     if let Some(Caller { token: Some(i), .. }) = &caller {

@@ -132,10 +132,12 @@ impl Db {
     }
 
     /// The newest `limit` events, newest first (of `project`'s sandboxes
-    /// only, without their warm-pool past, when given): the status page.
+    /// only, without their warm-pool past, when given; of one sandbox when
+    /// `sandbox` is): the status page.
     pub async fn recent_events(
         &self,
         project: Option<&str>,
+        sandbox: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -147,9 +149,48 @@ impl Db {
             )
             .push_bind(p);
         }
+        qb.push(" WHERE 1 = 1");
+        if let Some(id) = sandbox {
+            qb.push(" AND e.sandbox_id = ").push_bind(id);
+        }
         qb.push(" ORDER BY e.seq DESC LIMIT ")
             .push_bind(i64::from(limit));
         let rows: Vec<EventRow> = qb.build_query_as().fetch_all(&self.reader).await?;
         rows.into_iter().map(EventRow::into_api).collect()
+    }
+
+    /// Whether any of `ids` is a sandbox of `project`.
+    pub async fn any_in_project(&self, ids: &[String], project: &str) -> Result<bool, StoreError> {
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE project = ",
+        );
+        qb.push_bind(project).push(" AND id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        qb.push("))");
+        Ok(qb
+            .build_query_scalar::<bool>()
+            .fetch_one(&self.reader)
+            .await?)
+    }
+
+    /// Live (assigned) sandboxes by state and host, of `project` when given.
+    pub async fn live_counts(
+        &self,
+        project: Option<&str>,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT state, host, COUNT(*) FROM sandboxes WHERE state IN {} AND pool IS NULL \
+             AND (?1 IS NULL OR project = ?1) GROUP BY state, host",
+            super::HOLDING
+        ))
+        .bind(project)
+        .fetch_all(&self.reader)
+        .await?)
     }
 }

@@ -357,6 +357,8 @@ async fn the_status_page_takes_the_api_tokens_and_scopes_a_consumer() {
     for part in ["sandboxer_ui=", "HttpOnly", "SameSite=Strict", "Path=/ui"] {
         assert!(cookie.contains(part), "{cookie}");
     }
+    // A session id, never the token itself.
+    assert!(!cookie.contains(ALPHA), "{cookie}");
     let jar = cookie.split(';').next().expect("pair").to_owned();
 
     // The consumer sees its project's sandbox, not the other's, and no hosts.
@@ -386,7 +388,8 @@ async fn the_status_page_takes_the_api_tokens_and_scopes_a_consumer() {
         .await
         .expect("api");
     assert_eq!(r.status(), 401);
-    // A forged cookie is sent to the login form again.
+    // A forged cookie is sent to the login form again; the live stream,
+    // read by a script, is answered 401.
     let r = http
         .get(format!("{}/ui", d.url))
         .header("cookie", "sandboxer_ui=forged")
@@ -394,6 +397,43 @@ async fn the_status_page_takes_the_api_tokens_and_scopes_a_consumer() {
         .await
         .expect("forged");
     assert_eq!(r.status(), 303);
+    let r = http
+        .get(format!("{}/ui/live", d.url))
+        .send()
+        .await
+        .expect("live");
+    assert_eq!(r.status(), 401);
+    // Logging out ends the session on the daemon, not only in the browser.
+    let r = http
+        .post(format!("{}/ui/logout", d.url))
+        .header("cookie", &jar)
+        .header("origin", same)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(r.status(), 303);
+    let r = http
+        .get(format!("{}/ui", d.url))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .expect("after logout");
+    assert_eq!(r.status(), 303, "the old cookie is dead");
+    // Logins, refused or not, are in the audit trail.
+    let audit = d
+        .client_with(OPERATOR)
+        .request_json(sandboxctl::Method::GET, "/v1/audit?limit=100", None)
+        .await
+        .expect("audit")
+        .1;
+    let logins: Vec<u64> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["path"] == "/ui/login")
+        .filter_map(|e| e["status"].as_u64())
+        .collect();
+    assert!(logins.contains(&401) && logins.contains(&303), "{logins:?}");
 
     // The operator sees both, and the hosts.
     let r = login(OPERATOR, same).await;

@@ -24,7 +24,11 @@
     if (busy) { again = true; return; }
     busy = true;
     fetch(window.location.href, { credentials: "same-origin", cache: "no-store" })
-      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (r) {
+        // The session ended: the login form, as a page of its own.
+        if (r.redirected) { window.location.assign(r.url); return null; }
+        return r.ok ? r.text() : null;
+      })
       .then(function (text) {
         if (!text) return;
         var doc = new DOMParser().parseFromString(text, "text/html");
@@ -52,6 +56,8 @@
     es.onerror = function () {
       if (status) status.className = "live-status off";
       document.body.setAttribute("data-live", "off");
+      // Closed for good (the session ended: 401): a reload goes to the login.
+      if (es.readyState === EventSource.CLOSED) refresh();
     };
   }
   document.addEventListener("DOMContentLoaded", function () {

@@ -8,9 +8,9 @@
 //!
 //! Behind the same tokens as the API: an operator sees everything, a
 //! consumer its project. A browser cannot send a bearer header, so
-//! `/ui/login` takes the token once and keeps it in an HttpOnly,
-//! SameSite=Strict cookie scoped to `/ui` (checked by `auth::authenticate`
-//! exactly like the header). Without tokens (loopback) every caller is the
+//! `/ui/login` takes the token once and opens a session (`session.rs`):
+//! an opaque id in an HttpOnly, SameSite=Strict cookie scoped to `/ui`,
+//! never the token itself. Without tokens (loopback) every caller is the
 //! local operator and there is nothing to log in to.
 use std::convert::Infallible;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use super::caller::Caller;
 use crate::AppState;
 
 mod pages;
+pub mod session;
 
 /// The cookie that carries a browser's token.
 pub const COOKIE: &str = "sandboxer_ui";
@@ -42,7 +43,7 @@ pub fn is_ui(path: &str) -> bool {
     path == "/ui" || path.starts_with("/ui/")
 }
 
-/// The token in the request's `sandboxer_ui` cookie.
+/// The session id in the request's `sandboxer_ui` cookie.
 pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
@@ -96,13 +97,23 @@ fn html(status: StatusCode, markup: maud::Markup) -> Response {
     resp
 }
 
+/// A storage error: logged, and a page that says no more than that.
+fn failed(state: &AppState, caller: &Caller, e: crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "rendering the status page failed");
+    html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        pages::error(
+            state,
+            caller,
+            "the page could not be made; the daemon's log says why",
+        ),
+    )
+}
+
 async fn index(State(state): State<AppState>, caller: Caller) -> Response {
     match pages::index(&state, &caller).await {
         Ok(page) => html(StatusCode::OK, page),
-        Err(e) => html(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            pages::error(&state, &caller, &e.to_string()),
-        ),
+        Err(e) => failed(&state, &caller, e),
     }
 }
 
@@ -117,10 +128,7 @@ async fn sandbox(
             StatusCode::NOT_FOUND,
             pages::error(&state, &caller, &format!("no sandbox `{id}` here")),
         ),
-        Err(e) => html(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            pages::error(&state, &caller, &e.to_string()),
-        ),
+        Err(e) => failed(&state, &caller, e),
     }
 }
 
@@ -134,16 +142,6 @@ async fn login_form(State(state): State<AppState>) -> Response {
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
-}
-
-/// A token is kept as a cookie value: only the characters a cookie value
-/// may hold unquoted (RFC 6265), which every token sandboxctl makes has.
-fn cookie_safe(token: &str) -> bool {
-    !token.is_empty()
-        && token.len() <= 512
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\'))
 }
 
 /// A form posted from another site (a login forced on the operator's
@@ -165,6 +163,42 @@ fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether the page was reached over HTTPS (a TLS proxy in front says so):
+/// the cookie is then `Secure`.
+fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+/// Writes a login (or its refusal) to the audit trail, like an API call.
+async fn audit_login(state: &AppState, caller: Option<&Caller>, status: StatusCode) {
+    let (actor_type, actor, project, role) = match caller {
+        Some(c) => (
+            c.consumer.actor_type.as_str(),
+            c.consumer.actor.as_str(),
+            c.consumer.project.as_str(),
+            c.role(),
+        ),
+        None => ("-", "-", "-", "-"),
+    };
+    let entry = crate::store::NewAudit {
+        actor_type,
+        actor,
+        project,
+        role,
+        method: "POST",
+        path: "/ui/login",
+        sandbox_id: None,
+        status: status.as_u16(),
+        code: (status == StatusCode::UNAUTHORIZED).then_some("unauthorized"),
+    };
+    if let Err(e) = state.db.audit(entry).await {
+        tracing::error!(error = %e, "writing the audit trail failed");
+    }
+}
+
 async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -180,13 +214,34 @@ async fn login(
         );
     }
     let token = f.token.trim();
-    if !cookie_safe(token) || super::auth::lookup(&state.settings.tokens, token).is_none() {
+    let found = (token.len() <= 512)
+        .then(|| super::auth::lookup(&state.settings.tokens, token))
+        .flatten();
+    let Some((index, caller)) = found else {
+        audit_login(&state, None, StatusCode::UNAUTHORIZED).await;
+        // Slows guessing down (tokens are 256-bit: this is for the log).
+        tokio::time::sleep(Duration::from_millis(250)).await;
         return html(
             StatusCode::UNAUTHORIZED,
             pages::login(Some("that token is not valid here")),
         );
-    }
-    let cookie = format!("{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=43200");
+    };
+    let id = match state.ui_sessions.open(index) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "no randomness for a session id");
+            return html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                pages::login(Some("the daemon could not open a session")),
+            );
+        }
+    };
+    audit_login(&state, Some(&caller), StatusCode::SEE_OTHER).await;
+    let secure = if over_https(&headers) { "; Secure" } else { "" };
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        session::TTL.as_secs()
+    );
     let mut resp = Redirect::to("/ui").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -194,9 +249,12 @@ async fn login(
     resp
 }
 
-async fn logout(headers: HeaderMap) -> Response {
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return StatusCode::FORBIDDEN.into_response();
+    }
+    if let Some(id) = cookie_token(&headers) {
+        state.ui_sessions.close(id);
     }
     let mut resp = Redirect::to("/ui/login").into_response();
     resp.headers_mut().insert(
@@ -206,38 +264,61 @@ async fn logout(headers: HeaderMap) -> Response {
     resp
 }
 
-/// `change` each time a sandbox the caller may see changes (coalesced to
-/// one every 200 ms), and a comment every 15 s so proxies keep it open.
+/// Ids gathered into one refresh at most.
+const BURST: usize = 256;
+
+/// `change` after each burst of changes to sandboxes the caller may see
+/// (gathered over 200 ms; a consumer's are checked against its project in
+/// one query per burst, not one per change), and a comment every 15 s so
+/// proxies keep it open. Ends when the daemon starts to stop.
 async fn live(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     let rx = state.events.subscribe();
     let scope = caller.scope().map(str::to_owned);
+    let closing = state.closing.clone();
     let stream = futures::stream::unfold((rx, state, scope), |(mut rx, state, scope)| async move {
         loop {
+            let mut ids = std::collections::BTreeSet::new();
+            let mut lagged = false;
             match rx.recv().await {
                 Ok(id) => {
-                    if let Some(p) = &scope {
-                        // A consumer hears only of its own project's sandboxes.
-                        match state.db.get_row(&id, Some(p)).await {
-                            Ok(Some(_)) => {}
-                            _ => continue,
-                        }
-                    }
+                    ids.insert(id.to_string());
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                Err(RecvError::Lagged(_)) => lagged = true,
+                Err(RecvError::Closed) => return None,
             }
             // Whatever else changes meanwhile is in the same refresh.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
-                rx.try_recv()
-            {}
-            let event = SseEvent::default().event("change").data("changed");
-            return Some((Ok(event), (rx, state, scope)));
+            loop {
+                match rx.try_recv() {
+                    Ok(id) if ids.len() < BURST => {
+                        ids.insert(id.to_string());
+                    }
+                    Ok(_) | Err(TryRecvError::Lagged(_)) => lagged = true,
+                    Err(_) => break,
+                }
+            }
+            let seen = match &scope {
+                None => true,
+                // A consumer hears only of its own project's sandboxes
+                // (a lag, which may hide some, refreshes all the same).
+                Some(p) => {
+                    lagged || {
+                        let ids: Vec<String> = ids.into_iter().collect();
+                        state.db.any_in_project(&ids, p).await.unwrap_or(false)
+                    }
+                }
+            };
+            if seen {
+                let event = SseEvent::default().event("change").data("changed");
+                return Some((Ok(event), (rx, state, scope)));
+            }
         }
     });
+    let stream = futures::StreamExt::take_until(stream, async move { closing.cancelled().await });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
@@ -279,14 +360,6 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("sandboxer_uix=no"));
         assert_eq!(cookie_token(&h), None);
-    }
-
-    #[test]
-    fn only_plain_tokens_become_cookies() {
-        assert!(cookie_safe("abcDEF123-_.~"));
-        for bad in ["", "a b", "a;b", "a,b", "a\"b", "a\\b", "é"] {
-            assert!(!cookie_safe(bad), "{bad:?}");
-        }
     }
 
     #[test]

@@ -122,7 +122,19 @@ pub async fn index(state: &AppState, caller: &Caller) -> Result<Markup, StoreErr
             ..ListFilter::default()
         })
         .await?;
-    let events = state.db.recent_events(scope, EVENTS).await?;
+    let events = state.db.recent_events(scope, None, EVENTS).await?;
+    // Counts of every live sandbox (the table shows the newest only).
+    let tally = state.db.live_counts(scope).await?;
+    let count = |f: &dyn Fn(&str, &str) -> bool| -> i64 {
+        tally
+            .iter()
+            .filter(|(st, host, _)| f(st, host))
+            .map(|(_, _, n)| n)
+            .sum()
+    };
+    // Links to the API's JSON work in a browser only without tokens (the
+    // session cookie is the page's alone).
+    let api_links = state.settings.tokens.is_empty();
     let balances = state.db.balances(scope, 200).await?;
     let pools = if caller.operator {
         crate::lifecycle::pool::gauges(state).await?
@@ -134,9 +146,9 @@ pub async fn index(state: &AppState, caller: &Caller) -> Result<Markup, StoreErr
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let counts: Vec<(SandboxState, usize)> = LIVE_ORDER
+    let counts: Vec<(SandboxState, i64)> = LIVE_ORDER
         .iter()
-        .map(|st| (*st, live.iter().filter(|s| s.state == *st).count()))
+        .map(|st| (*st, count(&|s, _| s == st.as_str())))
         .collect();
     let body = html! {
         section.summary {
@@ -172,7 +184,7 @@ pub async fn index(state: &AppState, caller: &Caller) -> Result<Markup, StoreErr
                     }
                 }
                 @if more.is_some() {
-                    p.more { "Only the newest " (LIVE) " are shown; " a href="/v1/sandboxes" { "the API" } " has them all." }
+                    p.more { "Only the newest " (LIVE) " are shown; " code { "GET /v1/sandboxes" } " has them all." }
                 }
             }
         }
@@ -220,8 +232,8 @@ pub async fn index(state: &AppState, caller: &Caller) -> Result<Markup, StoreErr
                                     td { @if seen.reachable == Some(true) { span.badge.ready { "yes" } } @else if seen.reachable == Some(false) { span.badge.failed { "no" } } @else { "unknown" } }
                                     td { @if let Some(ms) = seen.checked_at_ms { @if let Some(t) = DateTime::from_timestamp_millis(ms) { (at(t)) } } }
                                     td { (seen.engine.as_deref().unwrap_or("-")) " · " (seen.compose.as_deref().unwrap_or("-")) }
-                                    td.num { (live.iter().filter(|s| s.host == h.id).count()) }
-                                    td.num { @match stale.get(&h.id) { Some(n) => { a href={ "/v1/hosts/" (h.id) "/stale" } { (n) } } None => { "-" } } }
+                                    td.num { (count(&|_, host| host == h.id)) }
+                                    td.num { @match stale.get(&h.id) { Some(n) => { (n) } None => { "-" } } }
                                     td.detail { (seen.error.as_deref().unwrap_or("")) }
                                 }
                             }
@@ -259,7 +271,7 @@ pub async fn index(state: &AppState, caller: &Caller) -> Result<Markup, StoreErr
                     tbody {
                         @for b in &balances {
                             tr class=@if b.balance <= 0 { "exhausted" } @else { "" } {
-                                td { a href={ "/v1/credits/" (b.project) "/ledger" } { (b.project) } }
+                                td { @if api_links { a href={ "/v1/credits/" (b.project) "/ledger" } { (b.project) } } @else { (b.project) } }
                                 td.num { (b.balance) }
                                 td.num { (b.reserved) }
                                 td.num { (b.available) }
@@ -315,8 +327,12 @@ pub async fn sandbox(
     let Some(s) = state.db.get_sandbox(id, scope).await? else {
         return Ok(None);
     };
+    // What the API would show this caller (host paths and pids are for
+    // operators).
+    let s = crate::http::render::sandbox(state, caller, s);
     let now = Utc::now();
-    let (events, _) = state.db.events(id, 0, 500).await?;
+    let events = state.db.recent_events(scope, Some(id), 500).await?;
+    let api_links = state.settings.tokens.is_empty();
     let (snapshots, _) = state
         .db
         .list_snapshots(&SnapshotFilter {
@@ -350,15 +366,19 @@ pub async fn sandbox(
                     dt { "failure" } dd { code { (f.code.as_str()) } " " (f.message) }
                 }
                 @if let Some(snap) = &s.exit_snapshot {
-                    dt { "exit snapshot" } dd { a href={ "/v1/snapshots/" (snap) } { (snap) } }
+                    dt { "exit snapshot" } dd { code { (snap) } }
                 }
                 @for (k, v) in &s.labels { dt { "label " (k) } dd { (v) } }
             }
-            p.api {
-                "JSON: "
-                a href={ "/v1/sandboxes/" (s.id) } { "sandbox" } " · "
-                a href={ "/v1/sandboxes/" (s.id) "/events" } { "events" } " · "
-                a href={ "/v1/snapshots?sandbox=" (s.id) } { "snapshots" }
+            @if api_links {
+                p.api {
+                    "JSON: "
+                    a href={ "/v1/sandboxes/" (s.id) } { "sandbox" } " · "
+                    a href={ "/v1/sandboxes/" (s.id) "/events" } { "events" } " · "
+                    a href={ "/v1/snapshots?sandbox=" (s.id) } { "snapshots" }
+                }
+            } @else {
+                p.api { "JSON (with a token): " code { "GET /v1/sandboxes/" (s.id) } ", " code { "…/events" } ", " code { "GET /v1/snapshots?sandbox=" (s.id) } }
             }
             @if let Some(r) = reach { h3 { "Reachability" } pre { (r) } }
         }
@@ -372,7 +392,7 @@ pub async fn sandbox(
                     tbody {
                         @for sn in &snapshots {
                             tr {
-                                td { a href={ "/v1/snapshots/" (sn.id) } { (sn.id) } }
+                                td { code { (sn.id) } }
                                 td { (format!("{:?}", sn.state).to_lowercase()) }
                                 td { (sn.label.as_deref().unwrap_or("")) }
                                 td.num { @if let Some(b) = sn.size_bytes { (b) " B" } }
@@ -384,7 +404,7 @@ pub async fn sandbox(
             }
         }
         section id="sandbox-events" {
-            h2 { "Events" }
+            h2 { "Events (newest first)" }
             (events_table(&events, false))
         }
     };
