@@ -37,6 +37,9 @@ pub(crate) use proto::{reply_err, reply_ok};
 pub struct Options {
     /// The inherited listening socket.
     pub listen_fd: i32,
+    /// Instead of `listen_fd`: bind a socket at this path (a backend that
+    /// cannot hand a descriptor over, such as a container's). Made 0600.
+    pub listen_path: Option<PathBuf>,
     /// Where background processes' output is spilled (inside the sandbox).
     pub log_dir: PathBuf,
     /// Bytes of output kept per background process (older output is dropped).
@@ -52,6 +55,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             listen_fd: 3,
+            listen_path: None,
             log_dir: PathBuf::from("/run/sandboxer/logs"),
             max_log_bytes: 64 << 20,
             max_processes: 256,
@@ -60,7 +64,7 @@ impl Default for Options {
     }
 }
 
-const USAGE: &str = "usage: sandboxer-agent [--listen-fd N] [--log-dir DIR] [--max-log-bytes N] [--max-processes N] [--egress-socket PATH --egress-port N]";
+const USAGE: &str = "usage: sandboxer-agent [--listen-fd N | --listen PATH] [--log-dir DIR] [--max-log-bytes N] [--max-processes N] [--egress-socket PATH --egress-port N]";
 
 impl Options {
     /// Parses the agent's arguments (after the program name).
@@ -76,6 +80,7 @@ impl Options {
             let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
             match flag.as_str() {
                 "--listen-fd" => o.listen_fd = number(value()?)? as i32,
+                "--listen" => o.listen_path = Some(PathBuf::from(value()?)),
                 "--log-dir" => o.log_dir = PathBuf::from(value()?),
                 "--max-log-bytes" => o.max_log_bytes = number(value()?)?.max(4096),
                 "--max-processes" => o.max_processes = number(value()?)?.max(1) as usize,
@@ -106,6 +111,23 @@ pub(crate) struct Agent {
     pub procs: procs::Table,
 }
 
+/// A listening socket at `path` (whatever was there removed first), 0600
+/// where the filesystem allows.
+/// The standard library's sockets are close-on-exec.
+fn bind_path(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    // gVisor refuses a mode change of a socket made on the host; the
+    // directory (0700) is what keeps everyone else out, so that is kept.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(l)
+}
+
 /// The agent's `main`: serves until the socket fails. Returns the exit code.
 pub fn run(opts: Options) -> i32 {
     // Not dumpable: code in the sandbox (same uid, no capabilities) cannot
@@ -113,16 +135,28 @@ pub fn run(opts: Options) -> i32 {
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
-    // The descriptor came without close-on-exec: nothing started here may inherit it.
     let fd = opts.listen_fd;
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        eprintln!(
-            "sandboxer-agent: descriptor {fd} is not open: {}",
-            std::io::Error::last_os_error()
-        );
-        return 2;
-    }
-    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    let std_listener = match &opts.listen_path {
+        Some(path) => match bind_path(path) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("sandboxer-agent: {}: {e}", path.display());
+                return 2;
+            }
+        },
+        None => {
+            // The descriptor came without close-on-exec: nothing started
+            // here may inherit it.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+                eprintln!(
+                    "sandboxer-agent: descriptor {fd} is not open: {}",
+                    std::io::Error::last_os_error()
+                );
+                return 2;
+            }
+            unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) }
+        }
+    };
     if let Err(e) = std_listener.set_nonblocking(true) {
         eprintln!("sandboxer-agent: descriptor {fd}: {e}");
         return 2;

@@ -25,6 +25,11 @@ pub struct Profile {
     pub routing: Option<crate::Routing>,
     /// `process` | `container` | `gvisor` | `microvm` | `saas`.
     pub isolation: Isolation,
+    /// `ext.docker`: the image the sandbox runs (a reference to an image
+    /// on the Docker host, e.g. `local/python:3.12`; never pulled unless
+    /// `[docker] pull` allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(default)]
     pub network: NetworkPolicy,
     #[serde(default)]

@@ -314,6 +314,22 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
             ));
         }
     }
+    // A container needs an image; only containers take one.
+    let docker = candidates
+        .iter()
+        .any(|e| e.backend.as_deref().unwrap_or(&e.id) == crate::extensions::docker::ID);
+    match (&spec.image, docker) {
+        (None, true) if spec.extension.is_some() => {
+            return Err("field `image`: ext.docker runs a container of an image; name one (e.g. `image: local/busybox`)".into())
+        }
+        (Some(image), _) if image.trim().is_empty() || image.len() > 255 || image.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Err("field `image`: an image reference (`name[:tag]`, `name@sha256:…`), without spaces".into())
+        }
+        (Some(_), false) => {
+            return Err("field `image`: only ext.docker runs images; this profile's extensions do not".into())
+        }
+        _ => {}
+    }
     if spec.ttl.on_expire == sandboxer_api::OnExpire::Snapshot {
         if let Some(ext) = candidates.iter().find(|e| !e.capabilities.snapshot) {
             return Err(format!(

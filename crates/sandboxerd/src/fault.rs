@@ -20,6 +20,9 @@ pub const EXIT_SNAPSHOT_POINTS: &[&str] = &["teardown.exit_snapshot"];
 /// state is recorded.
 pub const PAUSE_POINTS: &[&str] = &["pause.after_backend", "resume.after_backend"];
 
+/// ext.docker: the container is made, not started, and its id not recorded.
+pub const DOCKER_POINTS: &[&str] = &["docker.after_create"];
+
 /// Crash points of the metering ticker, reached inside the transaction of
 /// a tick that debits (before it commits).
 pub const METERING_POINTS: &[&str] = &["metering.after_debit"];

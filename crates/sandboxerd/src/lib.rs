@@ -102,14 +102,21 @@ pub fn registry(settings: &Settings) -> Registry {
             registry.egress.protect(addr);
         }
     }
-    registry.insert(Arc::new(
+    let local = Arc::new(
         extensions::local::LocalExtension::with_access(
             &settings.data_dir,
             settings.local.clone(),
             &settings.access,
         )
         .with_egress(registry.egress.clone()),
-    ));
+    );
+    registry.insert(local.clone());
+    // Containers whose workspaces (and snapshots) are ext.local's.
+    registry.insert(Arc::new(extensions::docker::DockerExtension::new(
+        &settings.data_dir,
+        local,
+        &settings.access,
+    )));
     registry.insert(Arc::new(extensions::compose::ComposeExtension::new(
         &settings.hosts,
     )));
@@ -304,7 +311,9 @@ pub fn start_background(state: &AppState) -> tokio_util::sync::CancellationToken
         state.settings.metering_interval,
         stop.clone(),
     ));
-    if !state.settings.hosts.is_empty() && !state.settings.stale_sweep_interval.is_zero() {
+    if !lifecycle::stale::swept_hosts(state).is_empty()
+        && !state.settings.stale_sweep_interval.is_zero()
+    {
         state.spawn(lifecycle::stale::run(
             state.clone(),
             state.settings.stale_sweep_interval,

@@ -40,8 +40,10 @@ pub struct Placed {
 pub struct Needs {
     /// `placement.host` of the create.
     pub host: Option<String>,
-    /// A fork runs where its snapshot was taken.
+    /// A fork runs where its snapshot was taken...
     pub fork_of: Option<String>,
+    /// ...or on another extension that reads the same archives.
+    pub fork_readers: Vec<String>,
 }
 
 /// Why nothing can be placed.
@@ -94,7 +96,7 @@ pub fn static_skip(
         return Some("no backend of this id is built into this daemon".into());
     }
     if let Some(ext) = &needs.fork_of {
-        if *ext != c.spec.id {
+        if *ext != c.spec.id && !needs.fork_readers.contains(&c.spec.id) {
             return Some(format!("the snapshot to fork was taken on {ext}"));
         }
         if !caps.restore {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod archive;
 pub mod compose;
+pub mod docker;
 pub mod fsutil;
 pub mod local;
 
@@ -341,6 +342,14 @@ pub trait Extension: Send + Sync {
         Ok(())
     }
 
+    /// The format of this backend's snapshot archives, when another
+    /// backend shares it (ext.local and ext.docker archive the same
+    /// workspace directory): a snapshot then forks and restores across
+    /// them. `None`: only this backend reads its snapshots.
+    fn snapshot_format(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The backend's host inventory, when it places on hosts.
     fn inventory(&self) -> Option<&dyn HostInventory> {
         None
@@ -452,6 +461,17 @@ impl Registry {
 
     pub fn get(&self, id: &str) -> Option<Arc<dyn Extension>> {
         self.by_id.get(id).cloned()
+    }
+
+    /// Whether a snapshot taken on extension `taken_on` can be forked or
+    /// restored on extension `into` (the same one, or one that shares its
+    /// archive format).
+    pub fn snapshots_compatible(&self, taken_on: &str, into: &str) -> bool {
+        if taken_on == into {
+            return true;
+        }
+        let format = |id: &str| self.get(id).and_then(|e| e.snapshot_format());
+        format(taken_on).is_some_and(|f| Some(f) == format(into))
     }
 
     pub fn ids(&self) -> impl Iterator<Item = &str> {

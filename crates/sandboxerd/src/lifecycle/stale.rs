@@ -99,6 +99,17 @@ pub async fn reap(
     (reaped, errors)
 }
 
+/// The hosts the sweep looks at: the configured placement hosts, and this
+/// machine's own Docker Engine where ext.docker places (`local`).
+pub fn swept_hosts(state: &AppState) -> Vec<String> {
+    let mut hosts: Vec<String> = state.settings.hosts.iter().map(|h| h.id.clone()).collect();
+    let local = crate::extensions::docker::HOST;
+    if !hosts.iter().any(|h| h == local) && state.extensions.inventory_for(local).is_some() {
+        hosts.push(local.to_owned());
+    }
+    hosts
+}
+
 /// The periodic sweep's memory: since when each (host, sandbox id) has
 /// been seen stale without a break. It starts empty at every start, so a
 /// restarted daemon waits a whole grace period again.
@@ -113,7 +124,7 @@ impl Sweeper {
     pub async fn sweep(&mut self, state: &AppState, grace: Duration) -> usize {
         let now = Instant::now();
         let mut reaped = 0;
-        for host in state.settings.hosts.iter().map(|h| h.id.clone()) {
+        for host in swept_hosts(state) {
             let items = match stale_items(state, &host).await {
                 Ok(items) => items,
                 Err(e) => {

@@ -7,6 +7,7 @@ mod access;
 mod budget;
 mod compose;
 mod credits;
+mod docker;
 mod e2e;
 mod egress;
 mod escapes;

@@ -117,6 +117,10 @@ const DISK_WALK_LIMIT: usize = 200_000;
 /// Seccomp programs as the bytes bubblewrap reads, in load order.
 type Programs = Arc<Vec<Vec<u8>>>;
 
+/// The snapshot format of a workspace directory's archive (ext.local's,
+/// and ext.docker's, which keeps its workspaces the same way).
+pub const WORKSPACE_ARCHIVE: &str = "workspace-dir";
+
 /// The `pids` limit of a profile that does not set one.
 pub const DEFAULT_PIDS: u64 = 512;
 
@@ -437,6 +441,72 @@ impl LocalExtension {
         self.root.join(sandbox_id)
     }
 
+    /// The directory of sandbox `sandbox_id` (its `workspace` inside).
+    pub fn sandbox_dir(&self, sandbox_id: &str) -> PathBuf {
+        self.dir_of(sandbox_id)
+    }
+
+    /// The agent binary as installed under the data dir, or why there is none.
+    pub fn agent_binary(&self) -> Result<&Path, &str> {
+        self.agent.as_deref().map_err(String::as_str)
+    }
+
+    /// The workspace part of a provision, also for a backend that runs the
+    /// sandbox elsewhere (ext.docker bind-mounts it): `<dir>/workspace`
+    /// made (on its own disk image when the profile sets `resources.disk`),
+    /// filled from a fork's snapshot or the profile's copy input, owned by
+    /// the sandbox's ids. Answers the sandbox's directory.
+    pub async fn prepare_workspace(&self, req: &ProvisionRequest) -> Result<PathBuf, ExtError> {
+        let dir = self.dir_of(&req.sandbox_id);
+        let workspace = dir.join("workspace");
+        let copy_from = match (
+            req.profile.workspace.mode.as_str(),
+            &req.profile.workspace.from_input,
+        ) {
+            // A fork starts from its snapshot, not from the profile's source.
+            _ if req.from_snapshot.is_some() => None,
+            ("copy", Some(input)) => req.inputs.get(input).map(PathBuf::from),
+            _ => None,
+        };
+        let dir2 = dir.clone();
+        let from_snapshot = req.from_snapshot.clone();
+        let ids = self.ids;
+        let disk = self.disk_for(req)?;
+        tokio::task::spawn_blocking(move || {
+            prepare_dir(&dir2, &workspace, copy_from.as_deref(), ids, disk.as_ref())?;
+            match &from_snapshot {
+                Some(src) => fill_from_snapshot(&workspace, src, ids),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| {
+            ExtError::new(ProblemCode::ProvisionFailed, format!("workspace task: {e}"))
+        })??;
+        Ok(dir)
+    }
+
+    /// Removes what [`LocalExtension::prepare_workspace`] made (its disk
+    /// image detached first); idempotent.
+    pub async fn release_workspace(&self, sandbox_id: &str) -> Result<(), ExtError> {
+        let dir = self.dir_of(sandbox_id);
+        let disks = match &self.disks {
+            Some(Ok(d)) => Some(d.clone()),
+            _ => None,
+        };
+        let id = sandbox_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            release_dir(&dir, &id, disks.as_deref()).map_err(|e| {
+                ExtError::new(
+                    ProblemCode::TeardownFailed,
+                    format!("removing {}: {e}", dir.display()),
+                )
+            })
+        })
+        .await
+        .map_err(|e| ExtError::new(ProblemCode::TeardownFailed, format!("teardown task: {e}")))?
+    }
+
     fn load_state(&self, sandbox_id: &str, state: Option<&BackendState>) -> LocalState {
         let mut st: LocalState = state
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -557,34 +627,8 @@ impl Extension for LocalExtension {
                 "bubblewrap (`bwrap`) is not installed; install it with `apt-get install bubblewrap`",
             ));
         }
-        let dir = self.dir_of(&req.sandbox_id);
-        let workspace = dir.join("workspace");
-        let copy_from = match (
-            req.profile.workspace.mode.as_str(),
-            &req.profile.workspace.from_input,
-        ) {
-            // A fork starts from its snapshot, not from the profile's source.
-            _ if req.from_snapshot.is_some() => None,
-            ("copy", Some(input)) => req.inputs.get(input).map(PathBuf::from),
-            _ => None,
-        };
-        let dir2 = dir.clone();
-        let workspace2 = workspace.clone();
-        let from_snapshot = req.from_snapshot.clone();
-        let ids = self.ids;
-        let disk = self.disk_for(req)?;
         let started = Instant::now();
-        tokio::task::spawn_blocking(move || {
-            prepare_dir(&dir2, &workspace2, copy_from.as_deref(), ids, disk.as_ref())?;
-            match &from_snapshot {
-                Some(src) => fill_from_snapshot(&workspace2, src, ids),
-                None => Ok(()),
-            }
-        })
-        .await
-        .map_err(|e| {
-            ExtError::new(ProblemCode::ProvisionFailed, format!("workspace task: {e}"))
-        })??;
+        let dir = self.prepare_workspace(req).await?;
 
         let egress =
             (req.profile.network.mode == NetworkMode::Egress).then(|| req.profile.network.clone());
@@ -1059,6 +1103,10 @@ impl Extension for LocalExtension {
         tokio::task::spawn_blocking(move || restore_in_place(&dir, &src, ids))
             .await
             .map_err(|e| ExtError::new(ProblemCode::RestoreFailed, format!("restore task: {e}")))?
+    }
+
+    fn snapshot_format(&self) -> Option<&'static str> {
+        Some(WORKSPACE_ARCHIVE)
     }
 
     async fn recover_workspace(

@@ -41,7 +41,11 @@ pub async fn resolve(
         req.profile = snap.profile.clone();
     }
     let profile = super::super::validate::profile(state, &req.profile)?;
-    if !profile.candidates().contains(&snap.extension.as_str()) {
+    if !profile
+        .candidates()
+        .iter()
+        .any(|c| state.extensions.snapshots_compatible(&snap.extension, c))
+    {
         return Err(OpError::invalid(
             ProblemCode::SnapshotIncompatible,
             "profile",

@@ -268,9 +268,21 @@ async fn check(
             .map(|s| s.extension),
         _ => None,
     };
+    let fork_readers = fork_of
+        .as_deref()
+        .map(|taken_on| {
+            state
+                .extensions
+                .ids()
+                .filter(|id| state.extensions.snapshots_compatible(taken_on, id))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
     let needs = Needs {
         host: req.placement.as_ref().and_then(|p| p.host.clone()),
         fork_of,
+        fork_readers,
     };
     let placed = routing::place(state, profile, ttl, &needs)
         .await

@@ -36,9 +36,12 @@ pub async fn fork_source(
         )));
     };
     // A router may place a fork on any candidate of its profile: only the
-    // snapshot's own extension can read its archive.
+    // snapshot's own extension (or one sharing its format) reads its archive.
     if let Some(row) = state.db.get_row(sandbox_id, None).await? {
-        if row.extension != snap.extension {
+        if !state
+            .extensions
+            .snapshots_compatible(&snap.extension, &row.extension)
+        {
             return Ok(Err(ExtError::new(
                 ProblemCode::SnapshotIncompatible,
                 format!(
@@ -110,7 +113,10 @@ pub async fn restore(
             format!("extension {} cannot restore snapshots", row.extension),
         ));
     }
-    if snap.extension != row.extension {
+    if !state
+        .extensions
+        .snapshots_compatible(&snap.extension, &row.extension)
+    {
         return Err(OpError::invalid(
             ProblemCode::SnapshotIncompatible,
             "snapshot_id",
