@@ -85,6 +85,9 @@ pub enum Command {
     /// Snapshots of sandbox workspaces: create, list, show, delete.
     #[command(subcommand, visible_alias = "snap")]
     Snapshot(SnapshotCommand),
+    /// ext.docker templates: images built from a Dockerfile (operators build and remove).
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Roll a sandbox's workspace back to a snapshot, in place.
     Restore {
         /// Sandbox id (`sbx_…`).
@@ -376,6 +379,35 @@ pub enum SshKeyCommand {
         id: String,
         /// `SHA256:…`
         fingerprint: String,
+    },
+}
+
+/// The `template` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Build a template, printing the build's output as it comes; the same
+    /// inputs are not built twice.
+    Build {
+        /// Template id (lower-case letters, digits, `.`, `_`, `-`).
+        id: String,
+        /// The Dockerfile (alone: no other file is sent).
+        #[arg(
+            short = 'f',
+            long,
+            conflicts_with = "context",
+            required_unless_present = "context"
+        )]
+        file: Option<std::path::PathBuf>,
+        /// A directory to send as the build context (its `Dockerfile` at the top).
+        #[arg(long)]
+        context: Option<std::path::PathBuf>,
+    },
+    /// The templates and their current builds.
+    List,
+    /// Remove a template's builds (refused while a sandbox runs one).
+    Rm {
+        /// Template id.
+        id: String,
     },
 }
 

@@ -181,6 +181,7 @@ pub async fn run(client: &Client, command: Command, json: bool) -> Result<(), Cl
             emit_or(json, &page.items, || render::audit_table(&page.items))
         }
         Command::Credits(cmd) => credits(client, cmd, json).await,
+        Command::Template(cmd) => crate::template_cmd::run(client, cmd, json).await,
         Command::Estimate { profile, ttl } => {
             let e = client.estimate(&profile, ttl.as_deref()).await?;
             emit_or(json, &e, || render::estimate_details(&e))

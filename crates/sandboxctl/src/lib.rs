@@ -20,7 +20,7 @@ pub mod client;
 pub mod hosts;
 pub mod token;
 
-pub use client::{Client, ClientError, ListQuery, SnapshotQuery, UsageQuery};
+pub use client::{Client, ClientError, ListQuery, SnapshotQuery, TemplateSource, UsageQuery};
 /// HTTP methods, for [`Client::request_json`].
 pub use reqwest::Method;
 /// The wire types of the API, re-exported so users need no second dependency.

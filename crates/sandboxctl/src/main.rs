@@ -12,6 +12,7 @@ mod hosts_cmd;
 mod output;
 mod render;
 mod table;
+mod template_cmd;
 
 use std::process::ExitCode;
 

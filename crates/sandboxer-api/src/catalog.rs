@@ -30,6 +30,10 @@ pub struct Profile {
     /// `[docker] pull` allows it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// `ext.docker`: instead of `image`, a template built with
+    /// `POST /v1/templates` (its current build).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     #[serde(default)]
     pub network: NetworkPolicy,
     #[serde(default)]

@@ -11,6 +11,7 @@ pub mod problem;
 pub mod routing;
 pub mod sandbox;
 pub mod snapshot;
+pub mod template;
 
 pub use access::*;
 pub use catalog::*;
@@ -20,6 +21,7 @@ pub use problem::{Problem, ProblemCode};
 pub use routing::*;
 pub use sandbox::*;
 pub use snapshot::*;
+pub use template::*;
 
 use serde::{Deserialize, Serialize};
 

@@ -118,6 +118,7 @@ problem_codes! {
     SnapshotNotFound = "snapshot_not_found",
     HostNotFound = "host_not_found",
     ProjectNotFound = "project_not_found",
+    TemplateNotFound = "template_not_found",
     // Fields of a request the daemon refuses.
     InvalidDuration = "invalid_duration",
     TtlExceedsMax = "ttl_exceeds_max",
@@ -143,6 +144,9 @@ problem_codes! {
     // Snapshots, restore and fork.
     SnapshotUnsupported = "snapshot_unsupported",
     SnapshotIncompatible = "snapshot_incompatible",
+    // Templates (ext.docker images built from a Dockerfile).
+    InvalidTemplate = "invalid_template",
+    TemplateBuildFailed = "template_build_failed",
     SnapshotQuotaExceeded = "snapshot_quota_exceeded",
     SnapshotCorrupt = "snapshot_corrupt",
     SnapshotUnavailable = "snapshot_unavailable",

@@ -318,9 +318,23 @@ fn validate_profile(catalog: &Catalog, spec: Profile) -> Result<LoadedProfile, S
     let docker = candidates
         .iter()
         .any(|e| e.backend.as_deref().unwrap_or(&e.id) == crate::extensions::docker::ID);
+    if spec.image.is_some() && spec.template.is_some() {
+        return Err("field `template`: give `image` or `template`, not both".into());
+    }
+    if let Some(t) = &spec.template {
+        if !crate::templates::valid_id(t) {
+            return Err(
+                "field `template`: a template id (lower-case letters, digits, `.`, `_`, `-`)"
+                    .into(),
+            );
+        }
+        if !docker {
+            return Err("field `template`: only ext.docker runs templates; this profile's extensions do not".into());
+        }
+    }
     match (&spec.image, docker) {
-        (None, true) if spec.extension.is_some() => {
-            return Err("field `image`: ext.docker runs a container of an image; name one (e.g. `image: local/busybox`)".into())
+        (None, true) if spec.extension.is_some() && spec.template.is_none() => {
+            return Err("field `image`: ext.docker runs a container of an image; name one (e.g. `image: local/busybox`) or a `template`".into())
         }
         (Some(image), _) if image.trim().is_empty() || image.len() > 255 || image.chars().any(|c| c.is_whitespace() || c.is_control()) => {
             return Err("field `image`: an image reference (`name[:tag]`, `name@sha256:…`), without spaces".into())

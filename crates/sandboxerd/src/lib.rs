@@ -32,6 +32,7 @@ pub mod routing;
 pub mod secrets;
 pub mod sshgw;
 pub mod store;
+pub mod templates;
 
 use catalog::Catalog;
 use config::Settings;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub teardowns_in_flight: Arc<lifecycle::InFlight>,
     /// A budget step-down pass is running (one at a time).
     pub budget_pass: Arc<AtomicBool>,
+    /// ext.docker's templates (images built from a Dockerfile).
+    pub templates: Arc<templates::Templates>,
     /// The status page's browser sessions.
     pub ui_sessions: Arc<http::ui::session::Sessions>,
     /// Cancelled when the daemon starts to stop: streams that never end
@@ -182,6 +185,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         )),
         None => None,
     };
+    let settings_data_dir = settings.data_dir.clone();
     let state = AppState {
         db,
         catalog: Arc::new(catalog),
@@ -193,6 +197,7 @@ pub async fn build_state(settings: Settings) -> anyhow::Result<AppState> {
         teardowns_in_flight: Arc::new(lifecycle::InFlight::default()),
         budget_pass: Arc::new(AtomicBool::new(false)),
         ui_sessions: Arc::default(),
+        templates: Arc::new(templates::Templates::new(&settings_data_dir)),
         closing: tokio_util::sync::CancellationToken::new(),
         stale_seen: Arc::default(),
         access_gates: Arc::new(lifecycle::access::Gates::default()),

@@ -60,7 +60,7 @@ impl EventStream {
 }
 
 /// Where the first event in `buf` ends: (its length, the blank line's length).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(super) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
     let crlf = buf
         .windows(4)
@@ -73,7 +73,9 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// One event's lines: `event:` names it, `data:` lines join with `\n`.
-fn parse_event(raw: &[u8]) -> Option<ExecEvent> {
+/// One raw event: its name and data (`None` for a keep-alive comment or an
+/// event without data).
+pub(super) fn parse_raw(raw: &[u8]) -> Option<(String, String)> {
     let text = String::from_utf8_lossy(raw);
     let mut name = "message".to_string();
     let mut data: Vec<&str> = Vec::new();
@@ -85,10 +87,13 @@ fn parse_event(raw: &[u8]) -> Option<ExecEvent> {
         }
     }
     if data.is_empty() {
-        // A keep-alive comment, or an event without data.
         return None;
     }
-    let data = data.join("\n");
+    Some((name, data.join("\n")))
+}
+
+fn parse_event(raw: &[u8]) -> Option<ExecEvent> {
+    let (name, data) = parse_raw(raw)?;
     Some(match name.as_str() {
         "stdout" => ExecEvent::Stdout(data),
         "stderr" => ExecEvent::Stderr(data),
@@ -131,7 +136,7 @@ impl Client {
 
     /// Sends a request whose answer is read as it comes; a non-2xx answer
     /// is read whole and answered as its problem.
-    async fn open_stream(
+    pub(super) async fn open_stream(
         &self,
         method: Method,
         url: Url,

@@ -27,12 +27,14 @@ mod error;
 mod query;
 mod sandboxes;
 mod snapshots;
+mod templates;
 
 pub use access::{Download, EventStream, ExecEvent};
 pub(crate) use error::api_error;
 pub use error::ClientError;
 use error::{chain, transport_error};
 pub use query::{format_duration, ListQuery, SnapshotQuery, UsageQuery};
+pub use templates::TemplateSource;
 
 /// How long to wait for a TCP/TLS connection to the daemon.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -29,6 +29,7 @@ pub mod render;
 pub mod sandboxes;
 pub mod server;
 pub mod snapshots;
+pub mod templates;
 pub mod ui;
 
 use error::ApiError;
@@ -67,6 +68,7 @@ fn routers() -> OpenApiRouter<AppState> {
         .merge(hosts::router())
         .merge(credits::router())
         .merge(access::router())
+        .merge(templates::router())
 }
 
 /// The OpenAPI document of everything the daemon serves.

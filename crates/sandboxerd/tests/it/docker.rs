@@ -426,3 +426,192 @@ async fn gvisor_runs_the_sandbox_on_its_own_kernel_where_runsc_is_registered() {
     assert_eq!(gone.state, SandboxState::Destroyed);
     assert!(containers_of(&sbx.id).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_builds_once_streams_its_log_and_runs_as_a_sandbox() {
+    let dir = TestDir::new();
+    // `profile.templated` runs the template `greeter`.
+    let profiles = profiles(dir.path());
+    let docker = std::fs::read_to_string(profiles.join("docker.yaml")).expect("read");
+    std::fs::write(
+        profiles.join("templated.yaml"),
+        docker
+            .replace("profile.docker", "profile.templated")
+            .replace("image: local/busybox", "template: greeter"),
+    )
+    .expect("write");
+    let d = daemon(dir.path(), &[]);
+    let tid = format!("greeter-{}", std::process::id());
+    // The profile names `greeter`: built under that id below, after a
+    // unique one shows caching.
+    let dockerfile = format!(
+        "FROM local/busybox\nRUN echo built-by-{tid} > /etc/greeting\nLABEL purpose=test\n"
+    );
+    let mut lines = Vec::new();
+    let first = d
+        .client
+        .build_template(
+            &tid,
+            sandboxctl::TemplateSource::Dockerfile(dockerfile.clone()),
+            |l| lines.push(l.to_owned()),
+        )
+        .await
+        .expect("build");
+    assert!(!first.cached, "{first:?}");
+    assert_eq!(first.image, format!("sandboxer-template/{tid}:current"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Step") || l.contains("RUN")),
+        "the build's output streamed: {lines:?}"
+    );
+    // The same Dockerfile again: not rebuilt, same image.
+    let again = d
+        .client
+        .build_template(
+            &tid,
+            sandboxctl::TemplateSource::Dockerfile(dockerfile),
+            |_| {},
+        )
+        .await
+        .expect("rebuild");
+    assert!(again.cached, "{again:?}");
+    assert_eq!(again.image_id, first.image_id);
+    assert_eq!(again.content_hash, first.content_hash);
+    let listed = d.client.templates().await.expect("list");
+    assert!(listed.items.iter().any(|t| t.id == tid), "{listed:?}");
+    // A broken Dockerfile fails with the build's error.
+    let err = d
+        .client
+        .build_template(
+            &format!("{tid}-broken"),
+            sandboxctl::TemplateSource::Dockerfile("FROM local/busybox\nRUN exit 3\n".into()),
+            |_| {},
+        )
+        .await
+        .expect_err("a failing RUN");
+    assert!(err.to_string().contains("template_build_failed"), "{err}");
+    // Builds have no network: nothing is pulled.
+    let err = d
+        .client
+        .build_template(
+            &format!("{tid}-pull"),
+            sandboxctl::TemplateSource::Dockerfile("FROM sandboxer-test/not-here:1\n".into()),
+            |_| {},
+        )
+        .await
+        .expect_err("an image that is not on the host");
+    assert!(err.to_string().contains("template_build_failed"), "{err}");
+
+    // A sandbox of the profile that names the template runs the build.
+    d.client
+        .build_template(
+            "greeter",
+            sandboxctl::TemplateSource::Dockerfile(
+                "FROM local/busybox\nRUN echo hello-from-the-template > /etc/greeting\n".into(),
+            ),
+            |_| {},
+        )
+        .await
+        .expect("greeter");
+    let sbx = testkit::ready_sandbox(&d.client, &req("profile.templated")).await;
+    assert_eq!(
+        sh(&d, &sbx.id, "cat /etc/greeting").await,
+        "hello-from-the-template\n"
+    );
+    // Removing a template a sandbox runs is refused; after it, it goes.
+    let err = d
+        .client
+        .delete_template("greeter")
+        .await
+        .expect_err("in use");
+    assert!(err.to_string().contains("invalid_state"), "{err}");
+    d.client
+        .destroy(&sbx.id, Some(Duration::from_secs(60)))
+        .await
+        .expect("destroy");
+    d.client.delete_template("greeter").await.expect("rm");
+    d.client.delete_template(&tid).await.expect("rm");
+    let err = d.client.template(&tid).await.expect_err("gone");
+    assert!(err.to_string().contains("template_not_found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_operators_build_templates_and_bad_input_is_named() {
+    let dir = TestDir::new();
+    let config = dir.path().join("tokens.toml");
+    std::fs::write(
+        &config,
+        testkit::token_block("consumer-tok", "c", "p", "consumer")
+            + &testkit::token_block("operator-tok", "o", "ops", "operator"),
+    )
+    .expect("write");
+    require_docker();
+    let d = testkit::daemon!()
+        .args(["--config", config.to_str().expect("utf-8")])
+        .start(&dir.path().join("data"));
+    let err = d
+        .client_with("consumer-tok")
+        .build_template(
+            "x",
+            sandboxctl::TemplateSource::Dockerfile("FROM local/busybox\n".into()),
+            |_| {},
+        )
+        .await
+        .expect_err("a consumer");
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    let http = reqwest::Client::new();
+    for (body, status, code, field) in [
+        (
+            serde_json::json!({"id": "Bad/Id", "dockerfile": "FROM x"}),
+            422,
+            "invalid_template",
+            "id",
+        ),
+        (
+            serde_json::json!({"id": "ok", "dockerfile": "  "}),
+            422,
+            "invalid_template",
+            "dockerfile",
+        ),
+        (
+            serde_json::json!({"id": "ok", "dockerfile": "FROM x", "extra": 1}),
+            422,
+            "invalid_json",
+            "body",
+        ),
+    ] {
+        let r = http
+            .post(format!("{}/v1/templates", d.url))
+            .bearer_auth("operator-tok")
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let p: serde_json::Value = r.json().await.expect("problem");
+        assert_eq!(
+            (p["code"].as_str(), p["field"].as_str()),
+            (Some(code), Some(field)),
+            "{p}"
+        );
+    }
+    let r = http
+        .post(format!("{}/v1/templates", d.url))
+        .bearer_auth("operator-tok")
+        .header("content-type", "text/plain")
+        .body("FROM x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 415);
+    let r = http
+        .post(format!("{}/v1/templates", d.url))
+        .bearer_auth("operator-tok")
+        .header("content-type", "application/x-tar")
+        .body(vec![0u8; 1024])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 422, "a tar without ?id=");
+}

@@ -484,11 +484,18 @@ impl Extension for DockerExtension {
             .kit
             .as_ref()
             .map_err(|e| ExtError::new(ProblemCode::BackendUnavailable, e.clone()))?;
-        let Some(image) = req.profile.image.clone() else {
-            return Err(ExtError::new(
-                ProblemCode::ProvisionFailed,
-                format!("profile {} names no `image` for ext.docker", req.profile.id),
-            ));
+        let image = match (&req.profile.image, &req.profile.template) {
+            (Some(image), _) => image.clone(),
+            (None, Some(template)) => crate::templates::image_of(template),
+            (None, None) => {
+                return Err(ExtError::new(
+                    ProblemCode::ProvisionFailed,
+                    format!(
+                        "profile {} names no `image` or `template` for ext.docker",
+                        req.profile.id
+                    ),
+                ))
+            }
         };
         let runtime = match req.profile.isolation {
             Isolation::Gvisor => {
@@ -600,9 +607,14 @@ impl Extension for DockerExtension {
             Err(e) if status_of(&e) == Some(404) => {
                 return Err(ExtError::new(
                     ProblemCode::ProvisionFailed,
-                    format!(
-                        "image `{image}` is not on the Docker host (nothing is pulled: build or load it there, see docs/extensions/docker.md)"
-                    ),
+                    match &req.profile.template {
+                        Some(t) => format!(
+                            "template `{t}` has not been built (POST /v1/templates, or `sandboxctl template build {t}`)"
+                        ),
+                        None => format!(
+                            "image `{image}` is not on the Docker host (nothing is pulled: build or load it there, see docs/extensions/docker.md)"
+                        ),
+                    },
                 ))
             }
             Err(e) => return Err(docker_error(ProblemCode::ProvisionFailed, "creating the container", e)),

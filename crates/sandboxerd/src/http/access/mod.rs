@@ -149,7 +149,7 @@ pub(super) async fn call<T: serde::de::DeserializeOwned>(
 }
 
 /// Whether the client asked for server-sent events.
-fn wants_events(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_events(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
