@@ -177,6 +177,11 @@ pub fn check_all(hosts: &[HostConfig]) -> anyhow::Result<Vec<Host>> {
     let mut out: Vec<Host> = Vec::with_capacity(hosts.len());
     for (i, h) in hosts.iter().enumerate() {
         let host = h.check(i)?;
+        if host.id == "local" {
+            anyhow::bail!(
+                "config `hosts[{i}].id`: `local` is this machine (ext.local, ext.docker); name the placement host otherwise"
+            );
+        }
         if out.iter().any(|o| o.id == host.id) {
             anyhow::bail!("config `hosts[{i}].id`: `{}` is defined twice", host.id);
         }

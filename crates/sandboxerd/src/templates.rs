@@ -84,10 +84,7 @@ impl Templates {
     pub fn new(data_dir: &std::path::Path) -> Self {
         Templates {
             docker: Docker::connect_with_unix_defaults().map_err(|e| e.to_string()),
-            deployment: std::fs::canonicalize(data_dir)
-                .unwrap_or_else(|_| data_dir.to_path_buf())
-                .display()
-                .to_string(),
+            deployment: crate::extensions::docker::deployment_id(data_dir),
             building: tokio::sync::Mutex::new(()),
         }
     }
@@ -136,7 +133,7 @@ impl Templates {
             .filter_map(|i| {
                 let id = i.labels.get(LABEL)?.clone();
                 let current = image_of(&id);
-                i.repo_tags.iter().any(|t| *t == current).then(|| Template {
+                i.repo_tags.contains(&current).then(|| Template {
                     image: current,
                     content_hash: i.labels.get(HASH_LABEL).cloned().unwrap_or_default(),
                     image_id: i.id.clone(),

@@ -49,13 +49,46 @@ fn profiles(dir: &Path) -> PathBuf {
     profiles
 }
 
-fn daemon(dir: &Path, env: &[(&str, &str)]) -> Daemon {
+/// A daemon, and on drop (a failed assertion included) whatever its
+/// deployment left on the engine.
+struct Docked {
+    d: Daemon,
+    data: PathBuf,
+}
+
+impl std::ops::Deref for Docked {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.d
+    }
+}
+
+impl std::ops::DerefMut for Docked {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.d
+    }
+}
+
+impl Drop for Docked {
+    fn drop(&mut self) {
+        if let Ok(id) = std::fs::read_to_string(self.data.join("deployment-id")) {
+            let _ = testkit::sh(&format!(
+                "docker ps -aq --filter label=io.sandboxer.deployment={} | xargs -r docker rm -f >/dev/null 2>&1",
+                id.trim()
+            ));
+        }
+    }
+}
+
+fn daemon(dir: &Path, env: &[(&str, &str)]) -> Docked {
     require_bwrap();
     require_docker();
-    testkit::daemon!()
+    let data = dir.join("data");
+    let d = testkit::daemon!()
         .args(["--profiles", profiles(dir).to_str().expect("utf-8")])
         .envs(env)
-        .start(&dir.join("data"))
+        .start(&data);
+    Docked { d, data }
 }
 
 fn req(profile: &str) -> CreateSandbox {
@@ -228,6 +261,33 @@ async fn a_container_runs_commands_files_and_ports_and_its_limits_hold() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Code inside swaps the agent's socket for a symlink to the host's
+    // Docker socket: the daemon does not follow it (the sandbox has cut
+    // itself off; nothing reaches dockerd).
+    let r = exec(
+        &d,
+        &sbx.id,
+        "rm /run/sandboxer/agent.sock && ln -s /var/run/docker.sock /run/sandboxer/agent.sock",
+    )
+    .await;
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    let err = d
+        .client
+        .exec(
+            &sbx.id,
+            &sandboxer_api::ExecRequest {
+                cmd: sandboxer_api::Command::Shell("true".into()),
+                cwd: None,
+                env: Default::default(),
+                stdin: None,
+                timeout: None,
+                service: None,
+            },
+        )
+        .await
+        .expect_err("the socket is a symlink now");
+    assert!(err.to_string().contains("agent_unreachable"), "{err}");
+
     // Destroyed: no container, no workspace.
     let (_, gone) = d
         .client
@@ -291,7 +351,14 @@ async fn a_snapshot_forks_across_ext_docker_and_ext_local() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_between_create_and_start_leaves_nothing() {
     let dir = TestDir::new();
-    let mut d = daemon(dir.path(), &[("SANDBOXER_FAULT", "docker.after_create")]);
+    require_bwrap();
+    require_docker();
+    let data = dir.path().join("data");
+    // Not a `Docked`: what it leaves is for the next start to clear.
+    let mut d = testkit::daemon!()
+        .args(["--profiles", profiles(dir.path()).to_str().expect("utf-8")])
+        .env("SANDBOXER_FAULT", "docker.after_create")
+        .start(&data);
     let client = d.client.clone();
     let create = tokio::spawn(async move {
         let _ = client
@@ -312,9 +379,9 @@ async fn kill9_between_create_and_start_leaves_nothing() {
     // The container was made (labelled) but never recorded or started.
     let (_, made) = testkit::sh(&format!(
         "docker ps -aq --filter label=io.sandboxer.deployment={}",
-        std::fs::canonicalize(dir.path().join("data"))
-            .expect("data")
-            .display()
+        std::fs::read_to_string(data.join("deployment-id"))
+            .expect("deployment-id")
+            .trim()
     ));
     assert_eq!(
         made.lines().count(),
@@ -355,7 +422,9 @@ async fn the_stale_sweep_removes_an_orphaned_container() {
     let dir = TestDir::new();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).expect("mkdir");
-    let deployment = std::fs::canonicalize(&data).expect("data");
+    // The deployment's id, fixed ahead so the orphan can carry it.
+    let deployment = format!("{:032x}", u128::from(std::process::id()) << 64 | 0xd0c4e2);
+    std::fs::write(data.join("deployment-id"), &deployment).expect("write");
     // A container of this deployment that no sandbox row owns (an id of
     // its own: a run that failed before may have left one of another).
     let orphan = format!("sbx_01ORPHAN{:014}", std::process::id());
@@ -364,7 +433,7 @@ async fn the_stale_sweep_removes_an_orphaned_container() {
         "docker create --name sandboxer-orphan-{} --label io.sandboxer.sandbox-id={orphan} \
          --label io.sandboxer.deployment={} --network none local/busybox sleep 600",
         std::process::id(),
-        deployment.display()
+        deployment
     ));
     assert!(ok, "{out}");
     let d = daemon(

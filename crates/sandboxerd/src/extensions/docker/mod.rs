@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -71,8 +71,9 @@ struct DockerState {
 struct AgentKit {
     /// `<data>/agent/docker`, mounted at [`AGENT_MOUNT`].
     dir: PathBuf,
-    /// The dynamic loader's file name in `lib/`.
-    loader: String,
+    /// The dynamic loader's file name in `lib/` (`None`: the agent is
+    /// linked statically and runs as it is).
+    loader: Option<String>,
 }
 
 /// Copies the installed agent and the shared libraries `ldd` says it needs
@@ -115,12 +116,6 @@ fn install_kit(agent: &Path, data_dir: &Path) -> Result<AgentKit, String> {
             libs.push(PathBuf::from(path));
         }
     }
-    let loader = loader.ok_or_else(|| {
-        format!(
-            "preparing the agent for containers: ldd named no dynamic loader for {}",
-            agent.display()
-        )
-    })?;
     for src in libs.iter().chain(std::iter::once(&agent.to_path_buf())) {
         let name = src.file_name().unwrap_or_default();
         let dst = if src == agent {
@@ -136,11 +131,39 @@ fn install_kit(agent: &Path, data_dir: &Path) -> Result<AgentKit, String> {
     }
     Ok(AgentKit {
         dir,
-        loader: loader
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        loader: loader.and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())),
     })
+}
+
+/// This deployment's id, for the [`DEPLOYMENT`] label: random, made once
+/// and kept as `<data_dir>/deployment-id` (two daemons whose data dirs
+/// share a path, on one engine, still never take each other's containers).
+pub fn deployment_id(data_dir: &Path) -> String {
+    let path = data_dir.join("deployment-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return id.to_owned();
+        }
+    }
+    let mut bytes = [0u8; 16];
+    let made = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map(|()| hex::encode(bytes));
+    match made {
+        Ok(id) => {
+            // Written whole or not at all.
+            let tmp = data_dir.join(format!(".deployment-id.{}", std::process::id()));
+            let _ = std::fs::create_dir_all(data_dir)
+                .and_then(|()| std::fs::write(&tmp, &id))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or(id)
+        }
+        // No randomness: the data dir's path, as a last resort.
+        Err(_) => data_dir.display().to_string(),
+    }
 }
 
 /// The Docker backend.
@@ -194,10 +217,7 @@ impl DockerExtension {
             .agent_binary()
             .map_err(str::to_owned)
             .and_then(|a| install_kit(a, data_dir));
-        let deployment = std::fs::canonicalize(data_dir)
-            .unwrap_or_else(|_| data_dir.to_path_buf())
-            .display()
-            .to_string();
+        let deployment = deployment_id(data_dir);
         DockerExtension {
             docker,
             local,
@@ -276,8 +296,8 @@ impl DockerExtension {
             {
                 Ok(()) => {}
                 Err(e) if status_of(&e) == Some(404) => {}
-                // "removal already in progress"
-                Err(e) if status_of(&e) == Some(409) => {}
+                // "removal already in progress": gone before the workspace goes.
+                Err(e) if status_of(&e) == Some(409) => self.until_gone(&name).await?,
                 Err(e) => {
                     return Err(docker_error(
                         ProblemCode::TeardownFailed,
@@ -288,6 +308,31 @@ impl DockerExtension {
             }
         }
         Ok(())
+    }
+
+    /// Waits (at most 30 s) until container `name` no longer exists.
+    async fn until_gone(&self, name: &str) -> Result<(), ExtError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = bounded(
+                "inspecting the container",
+                self.docker()?.inspect_container(
+                    name,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                ),
+            )
+            .await?;
+            match found {
+                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    return Err(ExtError::new(
+                        ProblemCode::TeardownFailed,
+                        format!("container {name} was still being removed after 30s"),
+                    ))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Containers of this deployment (of sandbox `only` when given).
@@ -372,7 +417,25 @@ pub async fn connect_verified(
     socket: &Path,
     container: &str,
 ) -> std::io::Result<tokio::net::UnixStream> {
-    let stream = tokio::net::UnixStream::connect(socket).await?;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    // The socket itself, never what a symlink put in its place points to
+    // (the directory above it is the daemon's, so only the last name can
+    // be swapped): opened as a path, checked to be a socket, and connected
+    // to through that very descriptor.
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(socket)?;
+    if !handle.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is not a socket", socket.display()),
+        ));
+    }
+    let stream =
+        tokio::net::UnixStream::connect(format!("/proc/self/fd/{}", handle.as_raw_fd())).await?;
+    drop(handle);
     let cred = stream.peer_cred()?;
     let pid = cred.pid().ok_or_else(|| {
         std::io::Error::new(
@@ -514,7 +577,12 @@ impl Extension for DockerExtension {
         let ids = self.local.ids();
         {
             let made = run.clone();
+            let top = dir.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                // dockerd (root) makes the bind mounts: the sandbox's host
+                // user needs no way into its directory from the host, so
+                // other processes of that uid on the host have none either.
+                std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o700))?;
                 std::fs::create_dir_all(&made)?;
                 std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o700))?;
                 std::os::unix::fs::chown(&made, Some(ids.uid), Some(ids.gid))
@@ -546,17 +614,25 @@ impl Extension for DockerExtension {
                 .iter()
                 .map(|(k, v)| format!("{k}={}", v.expose())),
         );
-        let loader = format!("{AGENT_MOUNT}/lib/{}", kit.loader);
-        let mut cmd = vec![
-            "--library-path".to_owned(),
-            format!("{AGENT_MOUNT}/lib"),
-            format!("{AGENT_MOUNT}/sandboxer-agent"),
+        // A dynamically linked agent runs through its own loader and
+        // libraries (the image may have another libc, or none).
+        let agent_bin = format!("{AGENT_MOUNT}/sandboxer-agent");
+        let (entry, mut cmd) = match &kit.loader {
+            Some(loader) => (
+                format!("{AGENT_MOUNT}/lib/{loader}"),
+                vec![
+                    "--library-path".to_owned(),
+                    format!("{AGENT_MOUNT}/lib"),
+                    agent_bin,
+                ],
+            ),
+            None => (agent_bin, Vec::new()),
+        };
+        cmd.extend([
             "--listen".into(),
             format!("{RUN_MOUNT}/{}", agent::SOCKET),
             "--log-dir".into(),
             format!("{RUN_MOUNT}/logs"),
-        ];
-        cmd.extend([
             "--max-log-bytes".into(),
             self.agent_limits.max_log_bytes.to_string(),
             "--max-processes".into(),
@@ -568,10 +644,25 @@ impl Extension for DockerExtension {
                 format!("{}:/workspace:rw", dir.join("workspace").display()),
                 format!("{}:{RUN_MOUNT}:rw", run.display()),
             ]),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_owned(),
-                "rw,nosuid,nodev,size=64m".to_owned(),
-            )])),
+            // Memory-backed (charged to the container's limit): the agent's
+            // spilled process output never lands on the host's disk.
+            tmpfs: Some(HashMap::from([
+                ("/tmp".to_owned(), "rw,nosuid,nodev,size=64m".to_owned()),
+                (
+                    format!("{RUN_MOUNT}/logs"),
+                    "rw,nosuid,nodev,noexec,size=64m".to_owned(),
+                ),
+            ])),
+            // What pid 1 writes (code in the sandbox can write there too,
+            // through /proc/1/fd/1) is capped, not the host's disk.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("local".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), "1m".to_owned()),
+                    ("max-file".to_owned(), "2".to_owned()),
+                    ("compress".to_owned(), "false".to_owned()),
+                ])),
+            }),
             readonly_rootfs: Some(true),
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
@@ -590,7 +681,7 @@ impl Extension for DockerExtension {
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             user: Some(format!("{}:{}", ids.uid, ids.gid)),
-            entrypoint: Some(vec![loader]),
+            entrypoint: Some(vec![entry]),
             cmd: Some(cmd),
             env: Some(env),
             working_dir: Some("/workspace".into()),
