@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod concurrent;
+mod docker;
 mod egress;
 mod fixtures;
 mod floor;
@@ -268,10 +269,14 @@ async fn measure(
 
     eprintln!("== egress proxy: 10 MB downloads through the proxy and direct");
     sections.push(egress::egress_section(plan, repo, bin, scratch).await?);
-    // Measured with the first daemon, reported last in number order.
+    // Measured with the first daemon, reported in number order.
     if let Some(p) = sections.iter().position(|s| s.title.starts_with("9.")) {
         let pausing = sections.remove(p);
         sections.push(pausing);
+    }
+    eprintln!("== ext.docker beside docker run by hand");
+    if let Some(s) = docker::docker_section(plan, repo, bin, scratch).await? {
+        sections.push(s);
     }
     Ok(sections)
 }

@@ -21,6 +21,11 @@ impl Samples {
         self.0[rank.clamp(1, self.0.len()) - 1]
     }
 
+    /// Every sample, in order.
+    pub fn all(&self) -> Vec<Duration> {
+        self.0.clone()
+    }
+
     /// The median.
     pub fn p50(&self) -> Duration {
         self.pct(50.0)
