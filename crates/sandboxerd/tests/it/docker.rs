@@ -684,3 +684,58 @@ async fn only_operators_build_templates_and_bad_input_is_named() {
         .expect("post");
     assert_eq!(r.status(), 422, "a tar without ?id=");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_pools_and_routing_take_ext_docker_like_the_others() {
+    let dir = TestDir::new();
+    let profiles = profiles(dir.path());
+    let docker = std::fs::read_to_string(profiles.join("docker.yaml")).expect("read");
+    // A pool of two containers kept ready.
+    std::fs::write(
+        profiles.join("pooled.yaml"),
+        docker.replace("profile.docker", "profile.pooled")
+            + "pool:\n  size: 2\n  max_age: 30m\n",
+    )
+    .expect("write");
+    // Routed between ext.docker and ext.local by price: ext.local costs 1
+    // credit an hour, ext.docker 2; with ext.local listed first too.
+    let routed = docker
+        .replace("profile.docker", "profile.routed")
+        .replace(
+            "extension: ext.docker\n",
+            "routing:\n  policy: lowest-cost\n  candidates: [ext.docker, ext.local]\n",
+        )
+        .replace("isolation: container", "isolation: process");
+    std::fs::write(profiles.join("routed.yaml"), &routed).expect("write");
+    let d = daemon(dir.path(), &[]);
+
+    // The pool fills with containers, and a create is handed one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, m) = d
+            .client
+            .request_json(sandboxctl::Method::GET, "/metrics", None)
+            .await
+            .expect("metrics");
+        let text = m.as_str().unwrap_or_default().to_owned();
+        if text
+            .lines()
+            .any(|l| l.starts_with("sandboxer_pool_members{profile=\"profile.pooled\",state=\"ready\"} 2"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool did not fill: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let sbx = testkit::ready_sandbox(&d.client, &req("profile.pooled")).await;
+    assert_eq!(sbx.extension, "ext.docker");
+    assert_eq!(sh(&d, &sbx.id, "echo from-the-pool").await, "from-the-pool\n");
+    eprintln!("pooled create answered in {:?}", started.elapsed());
+
+    // The router takes the cheaper candidate, and the money is ext.local's.
+    let routed = testkit::ready_sandbox(&d.client, &req("profile.routed")).await;
+    assert_eq!(routed.extension, "ext.local", "{:?}", routed.route);
+    let route = routed.route.clone().expect("route");
+    assert_eq!(route.considered.len(), 2, "{route:?}");
+}
