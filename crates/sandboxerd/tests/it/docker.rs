@@ -693,8 +693,7 @@ async fn warm_pools_and_routing_take_ext_docker_like_the_others() {
     // A pool of two containers kept ready.
     std::fs::write(
         profiles.join("pooled.yaml"),
-        docker.replace("profile.docker", "profile.pooled")
-            + "pool:\n  size: 2\n  max_age: 30m\n",
+        docker.replace("profile.docker", "profile.pooled") + "pool:\n  size: 2\n  max_age: 30m\n",
     )
     .expect("write");
     // Routed between ext.docker and ext.local by price: ext.local costs 1
@@ -718,10 +717,9 @@ async fn warm_pools_and_routing_take_ext_docker_like_the_others() {
             .await
             .expect("metrics");
         let text = m.as_str().unwrap_or_default().to_owned();
-        if text
-            .lines()
-            .any(|l| l.starts_with("sandboxer_pool_members{profile=\"profile.pooled\",state=\"ready\"} 2"))
-        {
+        if text.lines().any(|l| {
+            l.starts_with("sandboxer_pool_members{profile=\"profile.pooled\",state=\"ready\"} 2")
+        }) {
             break;
         }
         assert!(Instant::now() < deadline, "the pool did not fill: {text}");
@@ -730,7 +728,10 @@ async fn warm_pools_and_routing_take_ext_docker_like_the_others() {
     let started = Instant::now();
     let sbx = testkit::ready_sandbox(&d.client, &req("profile.pooled")).await;
     assert_eq!(sbx.extension, "ext.docker");
-    assert_eq!(sh(&d, &sbx.id, "echo from-the-pool").await, "from-the-pool\n");
+    assert_eq!(
+        sh(&d, &sbx.id, "echo from-the-pool").await,
+        "from-the-pool\n"
+    );
     eprintln!("pooled create answered in {:?}", started.elapsed());
 
     // The router takes the cheaper candidate, and the money is ext.local's.
