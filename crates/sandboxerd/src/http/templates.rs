@@ -68,6 +68,7 @@ struct BuildParams {
     responses(
         (status = 201, description = "Built", body = Template),
         (status = 200, description = "The same context was built before; it is current again (`cached`)", body = Template),
+        (status = 400, description = "`unknown_parameter`: `?id=` with a JSON body, or a query parameter this route does not take", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: not an operator", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Context over 64 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor a tar", body = Problem, content_type = "application/problem+json"),
