@@ -35,6 +35,20 @@ pub struct OutboxEvent {
     pub termination_detail: Option<String>,
 }
 
+/// `SELECT … FROM events e`, of `project`'s sandboxes only when given: a
+/// consumer's feed leaves out the warm-pool past (generation 0) of the
+/// sandboxes handed out to it.
+fn scoped_events(project: Option<&str>) -> sqlx::QueryBuilder<'_, sqlx::Sqlite> {
+    let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "SELECT e.seq, e.id, e.sandbox_id, e.generation, e.from_state, e.to_state, e.reason, e.at, e.termination FROM events e",
+    );
+    if let Some(p) = project {
+        qb.push(" JOIN sandboxes s ON s.id = e.sandbox_id AND e.generation > 0 AND s.project = ")
+            .push_bind(p);
+    }
+    qb
+}
+
 impl Db {
     /// Undelivered events, oldest first.
     pub async fn undelivered(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -101,17 +115,7 @@ impl Db {
                 None => return Ok(None),
             },
         };
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT e.seq, e.id, e.sandbox_id, e.generation, e.from_state, e.to_state, e.reason, e.at, e.termination FROM events e",
-        );
-        if let Some(p) = project {
-            // A consumer's feed leaves out the warm-pool past (generation 0)
-            // of the sandboxes handed out to it.
-            qb.push(
-                " JOIN sandboxes s ON s.id = e.sandbox_id AND e.generation > 0 AND s.project = ",
-            )
-            .push_bind(p);
-        }
+        let mut qb = scoped_events(project);
         qb.push(" WHERE e.seq > ")
             .push_bind(after_seq)
             .push(" ORDER BY e.seq LIMIT ")
@@ -140,15 +144,7 @@ impl Db {
         sandbox: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT e.seq, e.id, e.sandbox_id, e.generation, e.from_state, e.to_state, e.reason, e.at, e.termination FROM events e",
-        );
-        if let Some(p) = project {
-            qb.push(
-                " JOIN sandboxes s ON s.id = e.sandbox_id AND e.generation > 0 AND s.project = ",
-            )
-            .push_bind(p);
-        }
+        let mut qb = scoped_events(project);
         qb.push(" WHERE 1 = 1");
         if let Some(id) = sandbox {
             qb.push(" AND e.sandbox_id = ").push_bind(id);

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use sandboxer_api::{CreateSandbox, SandboxState};
 
-use super::exit_snapshots::{destroyed, sh};
+use super::exit_snapshots::{destroyed, exec, sh};
 use sandboxer_testkit as testkit;
 use testkit::{require_bwrap, require_docker, Daemon, TestDir};
 
-/// Profiles: `profile.docker` (runc, 64 MiB, 64 pids) and `profile.gvisor`
+/// Profiles: `profile.docker` (runc, 128 MiB, 64 pids) and `profile.gvisor`
 /// (runsc, 512 MiB) beside the shipped `profile.local-shell`.
 fn profiles(dir: &Path) -> PathBuf {
     let profiles = dir.join("profiles");
@@ -31,7 +31,7 @@ fn profiles(dir: &Path) -> PathBuf {
             "extension: ext.docker\nimage: local/busybox\n",
         )
         .replace("isolation: process", "isolation: container")
-        .replace("memory: 512MiB", "memory: 64MiB\n  pids: 64");
+        .replace("memory: 512MiB", "memory: 128MiB\n  pids: 64");
     assert!(
         docker.contains("image: local/busybox"),
         "the template changed"
@@ -43,7 +43,7 @@ fn profiles(dir: &Path) -> PathBuf {
         docker
             .replace("profile.docker", "profile.gvisor")
             .replace("isolation: container", "isolation: gvisor")
-            .replace("memory: 64MiB\n  pids: 64", "memory: 512MiB"),
+            .replace("memory: 128MiB\n  pids: 64", "memory: 512MiB"),
     )
     .expect("write");
     profiles
@@ -109,23 +109,6 @@ fn containers_of(id: &str) -> Vec<String> {
         .collect()
 }
 
-async fn exec(d: &Daemon, id: &str, cmd: &str) -> sandboxer_api::ExecResult {
-    d.client
-        .exec(
-            id,
-            &sandboxer_api::ExecRequest {
-                cmd: sandboxer_api::Command::Shell(cmd.into()),
-                cwd: None,
-                env: Default::default(),
-                stdin: None,
-                timeout: Some("60s".into()),
-                service: None,
-            },
-        )
-        .await
-        .expect("exec")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_runs_commands_files_and_ports_and_its_limits_hold() {
     let dir = TestDir::new();
@@ -185,10 +168,10 @@ async fn a_container_runs_commands_files_and_ports_and_its_limits_hold() {
         .expect("text");
     assert!(body.contains("served-from-the-container"), "{body}");
 
-    // The memory limit (64 MiB, no swap): a process that takes more dies;
+    // The memory limit (128 MiB, no swap): a process that takes more dies;
     // the sandbox lives on.
-    let r = exec(&d, &sbx.id, "head -c 200m /dev/zero | tail > /dev/null").await;
-    assert_ne!(r.exit_code, Some(0), "200 MiB in a 64 MiB sandbox");
+    let r = exec(&d, &sbx.id, "head -c 400m /dev/zero | tail > /dev/null").await;
+    assert_ne!(r.exit_code, Some(0), "400 MiB in a 128 MiB sandbox");
     // The pids limit (64): a fork bomb is refused past it, and the sandbox
     // answers again once the bomb's processes end.
     let r = exec(
@@ -210,30 +193,9 @@ async fn a_container_runs_commands_files_and_ports_and_its_limits_hold() {
     assert_eq!(sh(&d, &sbx.id, "echo alive").await, "alive\n");
 
     // Pause freezes it (a counter stops), resume lets it go on.
-    d.client
-        .start_process(
-            &sbx.id,
-            &sandboxer_api::StartProcess {
-                cmd: sandboxer_api::Command::Shell(
-                    "i=0; while :; do i=$((i+1)); echo $i > n.tmp; mv n.tmp n; sleep 0.05; done"
-                        .into(),
-                ),
-                cwd: None,
-                env: Default::default(),
-                tag: None,
-                service: None,
-            },
-        )
-        .await
-        .expect("start");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let workdir = PathBuf::from(reach["workdir"].as_str().expect("workdir"));
-    let count = || {
-        std::fs::read_to_string(workdir.join("n"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    super::pause::start_counter(&d, &sbx.id, &workdir).await;
+    let count = || super::pause::counter(&workdir);
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{}/v1/sandboxes/{}/pause", d.url, sbx.id))

@@ -46,9 +46,9 @@ fn keep() -> CreateSandbox {
     }
 }
 
-pub(super) async fn sh(d: &Daemon, id: &str, cmd: &str) -> String {
-    let r = d
-        .client
+/// Runs `cmd` by `/bin/sh -c` in sandbox `id` (at most 60 s); its result.
+pub(super) async fn exec(d: &Daemon, id: &str, cmd: &str) -> sandboxer_api::ExecResult {
+    d.client
         .exec(
             id,
             &sandboxer_api::ExecRequest {
@@ -56,12 +56,17 @@ pub(super) async fn sh(d: &Daemon, id: &str, cmd: &str) -> String {
                 cwd: None,
                 env: Default::default(),
                 stdin: None,
-                timeout: Some("30s".into()),
+                timeout: Some("60s".into()),
                 service: None,
             },
         )
         .await
-        .expect("exec");
+        .expect("exec")
+}
+
+/// [`exec`] that must succeed; its standard output.
+pub(super) async fn sh(d: &Daemon, id: &str, cmd: &str) -> String {
+    let r = exec(d, id, cmd).await;
     assert_eq!(r.exit_code, Some(0), "{cmd}: {}", r.stderr);
     r.stdout
 }

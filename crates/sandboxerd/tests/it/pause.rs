@@ -61,9 +61,16 @@ pub(super) fn states(id: &str) -> Vec<char> {
 pub(super) async fn started(d: &Daemon, req: &CreateSandbox) -> (String, std::path::PathBuf) {
     let sbx = testkit::ready_sandbox(&d.client, req).await;
     let wd = testkit::workdir(&sbx);
+    start_counter(d, &sbx.id, &wd).await;
+    (sbx.id, wd)
+}
+
+/// Starts [`COUNTER`] in sandbox `id` as a background process and waits
+/// until it has counted to 3 in `wd` (the workspace on the host).
+pub(super) async fn start_counter(d: &Daemon, id: &str, wd: &Path) {
     d.client
         .start_process(
-            &sbx.id,
+            id,
             &StartProcess {
                 cmd: sandboxer_api::Command::Shell(COUNTER.into()),
                 cwd: None,
@@ -75,11 +82,10 @@ pub(super) async fn started(d: &Daemon, req: &CreateSandbox) -> (String, std::pa
         .await
         .expect("start");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while counter(&wd) < 3 {
+    while counter(wd) < 3 {
         assert!(Instant::now() < deadline, "the counter did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (sbx.id, wd)
 }
 
 #[tokio::test(flavor = "multi_thread")]
