@@ -4,8 +4,7 @@ use std::path::Path;
 use sandboxctl::{Client, TemplateSource};
 
 use crate::args::TemplateCommand;
-use crate::commands::CliError;
-use crate::output::{emit, emit_json, note};
+use crate::output::{emit, emit_json, note, CliError};
 use crate::table::Table;
 
 /// Runs one `template` subcommand.

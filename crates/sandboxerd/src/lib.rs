@@ -315,6 +315,7 @@ pub fn start_background(state: &AppState) -> tokio_util::sync::CancellationToken
         state.clone(),
         state.settings.metering_interval,
         stop.clone(),
+        lifecycle::budget::spawn_pass,
     ));
     if !lifecycle::stale::swept_hosts(state).is_empty()
         && !state.settings.stale_sweep_interval.is_zero()

@@ -33,10 +33,7 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// The largest context a build takes (the tar, or the Dockerfile).
 pub const MAX_CONTEXT: usize = 64 << 20;
 
-/// The image a profile's `template: <id>` runs.
-pub fn image_of(id: &str) -> String {
-    format!("sandboxer-template/{id}:current")
-}
+pub use crate::extensions::docker::template_image as image_of;
 
 /// A template id: 1 to 63 lower-case letters, digits, `.`, `_`, `-`,
 /// starting with a letter or digit (it becomes part of an image name).

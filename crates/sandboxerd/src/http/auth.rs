@@ -104,7 +104,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let tokens = &state.settings.tokens;
     // The status page: a browser's token comes in its cookie, and a page
     // without one is sent to the login form rather than answered 401.
-    let ui = super::ui::is_ui(&path);
+    let ui = super::ui::session::is_ui(&path);
     let caller = if tokens.is_empty() {
         Some(Caller::local_operator())
     } else {
@@ -119,7 +119,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             .map(str::trim);
         // A browser on the status page: its session cookie.
         let session = ui
-            .then(|| super::ui::cookie_token(req.headers()))
+            .then(|| super::ui::session::cookie_token(req.headers()))
             .flatten()
             .and_then(|id| state.ui_sessions.token(id))
             .and_then(|i| caller_of(tokens, i));
@@ -130,7 +130,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             },
             (None, Some(caller)) => Some(caller),
             (None, None) if PUBLIC.contains(&path.as_str()) => None,
-            (None, None) if ui && super::ui::is_public(&path) => None,
+            (None, None) if ui && super::ui::session::is_public(&path) => None,
             // The live stream is read by a script: an answer it understands.
             (None, None) if path == "/ui/live" => {
                 return unauthorized("the status page's session is missing or ended")

@@ -32,15 +32,20 @@ pub struct Tick {
     pub settled: usize,
 }
 
-/// Tick every `interval` until `stop` is cancelled; after each tick, the
-/// budget step-down (`[credits] on_exhausted`) looks at the new balances.
-pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
+/// Tick every `interval` until `stop` is cancelled; after each tick,
+/// `after` (the budget step-down, which looks at the new balances in a
+/// task of its own, so backend calls never hold up metering).
+pub async fn run(
+    state: AppState,
+    interval: Duration,
+    stop: CancellationToken,
+    after: fn(&AppState),
+) {
     crate::periodic::every(interval, stop, "metering tick", || {
         let state = state.clone();
         async move {
             let tick = tick_at(&state, now_ms()).await?;
-            // In a task of its own: backend calls never hold up metering.
-            super::budget::spawn_pass(&state);
+            after(&state);
             Ok::<_, StoreError>(tick)
         }
     })

@@ -135,6 +135,12 @@ fn install_kit(agent: &Path, data_dir: &Path) -> Result<AgentKit, String> {
     })
 }
 
+/// The image a profile's `template: <id>` runs (`crate::templates`
+/// builds it).
+pub fn template_image(id: &str) -> String {
+    format!("sandboxer-template/{id}:current")
+}
+
 /// This deployment's id, for the [`DEPLOYMENT`] label: random, made once
 /// and kept as `<data_dir>/deployment-id` (two daemons whose data dirs
 /// share a path, on one engine, still never take each other's containers).
@@ -549,7 +555,7 @@ impl Extension for DockerExtension {
             .map_err(|e| ExtError::new(ProblemCode::BackendUnavailable, e.clone()))?;
         let image = match (&req.profile.image, &req.profile.template) {
             (Some(image), _) => image.clone(),
-            (None, Some(template)) => crate::templates::image_of(template),
+            (None, Some(template)) => template_image(template),
             (None, None) => {
                 return Err(ExtError::new(
                     ProblemCode::ProvisionFailed,

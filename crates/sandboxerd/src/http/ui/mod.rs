@@ -30,31 +30,7 @@ use crate::AppState;
 mod pages;
 pub mod session;
 
-/// The cookie that carries a browser's token.
-pub const COOKIE: &str = "sandboxer_ui";
-
-/// Paths under `/ui` anyone may load (the login form and the assets).
-pub fn is_public(path: &str) -> bool {
-    path == "/ui/login" || path.starts_with("/ui/assets/")
-}
-
-/// Whether `path` is the status page's.
-pub fn is_ui(path: &str) -> bool {
-    path == "/ui" || path.starts_with("/ui/")
-}
-
-/// The session id in the request's `sandboxer_ui` cookie.
-pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.trim())
-        .filter(|v| !v.is_empty())
-}
+pub use session::{cookie_token, is_public, is_ui, COOKIE};
 
 /// The status page's routes (outside the OpenAPI document: they answer
 /// HTML, not the API).
@@ -348,19 +324,6 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_cookie_is_found_among_others_and_only_by_its_name() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; sandboxer_ui=tok-en_1; sandboxer_uix=no"),
-        );
-        assert_eq!(cookie_token(&h), Some("tok-en_1"));
-        let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("sandboxer_uix=no"));
-        assert_eq!(cookie_token(&h), None);
-    }
 
     #[test]
     fn a_form_from_another_site_is_refused() {
