@@ -702,3 +702,113 @@ async fn warm_pools_and_routing_take_ext_docker_like_the_others() {
     let route = routed.route.clone().expect("route");
     assert_eq!(route.considered.len(), 2, "{route:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_reaches_only_what_the_allow_list_names_from_a_container() {
+    require_bwrap();
+    require_docker();
+    let dir = TestDir::new();
+    let profiles = profiles(dir.path());
+    let docker = std::fs::read_to_string(profiles.join("docker.yaml")).expect("read");
+    assert!(
+        docker.contains("network:\n  mode: none\n"),
+        "the template changed"
+    );
+    let egress = |text: &str, from: &str, to: &str| {
+        text.replace(from, to).replace(
+            "network:\n  mode: none\n",
+            "network:\n  mode: egress\n  allow: [allowed.test]\n",
+        )
+    };
+    std::fs::write(
+        profiles.join("egress.yaml"),
+        egress(&docker, "profile.docker", "profile.docker-egress"),
+    )
+    .expect("write");
+    let gvisor = std::fs::read_to_string(profiles.join("gvisor.yaml")).expect("read");
+    std::fs::write(
+        profiles.join("gvisor-egress.yaml"),
+        egress(&gvisor, "profile.gvisor", "profile.gvisor-egress"),
+    )
+    .expect("write");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[egress.resolve]\n\"allowed.test\" = \"127.0.0.1\"\n\"denied.test\" = \"127.0.0.1\"\n",
+    )
+    .expect("write");
+    let data = dir.path().join("data");
+    let d = Docked {
+        d: testkit::daemon!()
+            .args([
+                "--profiles",
+                profiles.to_str().expect("utf-8"),
+                "--config",
+                config.to_str().expect("utf-8"),
+            ])
+            .start(&data),
+        data,
+    };
+    let origin = testkit::Origin::start().await;
+    // runc, and gVisor where runsc is registered (its agent reaches the
+    // proxy's socket on the host: `--host-uds=all`).
+    let (_, runtimes) = testkit::sh("docker info --format '{{json .Runtimes}}'");
+    let mut profiles = vec!["profile.docker-egress"];
+    if runtimes.contains("runsc") {
+        profiles.push("profile.gvisor-egress");
+    }
+    for profile in profiles {
+        egress_from(&d, profile, origin.port).await;
+    }
+}
+
+async fn egress_from(d: &Docked, profile: &str, port: u16) {
+    let sbx = testkit::ready_sandbox(&d.client, &req(profile)).await;
+    // Through the proxy (busybox wget honours http_proxy): the allowed host
+    // answers, the other one is refused by the proxy.
+    let out = sh(
+        d,
+        &sbx.id,
+        &format!("wget -q -O- http://allowed.test:{port}/from-a-container"),
+    )
+    .await;
+    assert_eq!(out.trim(), "hello /from-a-container");
+    let r = exec(
+        d,
+        &sbx.id,
+        &format!("wget -q -O- http://denied.test:{port}/no"),
+    )
+    .await;
+    assert_ne!(r.exit_code, Some(0), "denied.test was reached: {r:?}");
+    // Around the proxy there is no way out: the container has no network.
+    let r = exec(
+        d,
+        &sbx.id,
+        &format!("wget -q -Y off -O- http://172.17.0.1:{port}/direct"),
+    )
+    .await;
+    assert_ne!(r.exit_code, Some(0), "reached the host directly: {r:?}");
+    let log = d
+        .client
+        .request_json(
+            sandboxctl::Method::GET,
+            &format!("/v1/sandboxes/{}/network-log", sbx.id),
+            None,
+        )
+        .await
+        .expect("network-log")
+        .1;
+    let items = log["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        items
+            .iter()
+            .any(|e| e["host"] == "denied.test" && e["decision"] == "denied"),
+        "{log}"
+    );
+    assert!(
+        items
+            .iter()
+            .any(|e| e["host"] == "allowed.test" && e["decision"] == "allowed"),
+        "{log}"
+    );
+}

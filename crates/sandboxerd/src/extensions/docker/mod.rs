@@ -64,6 +64,10 @@ struct DockerState {
     container: String,
     image: String,
     runtime: String,
+    /// The profile's network rules, for `mode: egress` (served again after
+    /// a daemon restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    egress: Option<sandboxer_api::NetworkPolicy>,
 }
 
 /// The agent and what it needs to run in an image without its libraries.
@@ -602,6 +606,14 @@ impl Extension for DockerExtension {
                 )
             })?;
         }
+        // `network: {mode: egress}`: the daemon's filtering proxy, reached
+        // through its socket mounted in and the agent's loopback relay; the
+        // container still has no network of its own.
+        let egress = (req.profile.network.mode == sandboxer_api::NetworkMode::Egress)
+            .then(|| req.profile.network.clone());
+        if let Some(network) = &egress {
+            self.local.serve_egress(&req.sandbox_id, network)?;
+        }
         let r = &req.profile.resources;
         let memory = r.memory.as_deref().and_then(crate::config::parse_size);
         let mut env: Vec<String> = vec![
@@ -620,6 +632,15 @@ impl Extension for DockerExtension {
                 .iter()
                 .map(|(k, v)| format!("{k}={}", v.expose())),
         );
+        if egress.is_some() {
+            let proxy = format!("http://127.0.0.1:{}", self.local.egress_port());
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.push(format!("{k}={proxy}"));
+            }
+            for k in ["NO_PROXY", "no_proxy"] {
+                env.push(format!("{k}=localhost,127.0.0.1,::1"));
+            }
+        }
         // A dynamically linked agent runs through its own loader and
         // libraries (the image may have another libc, or none).
         let agent_bin = format!("{AGENT_MOUNT}/sandboxer-agent");
@@ -644,12 +665,26 @@ impl Extension for DockerExtension {
             "--max-processes".into(),
             self.agent_limits.max_processes.to_string(),
         ]);
+        let mut binds = vec![
+            format!("{}:{AGENT_MOUNT}:ro", kit.dir.display()),
+            format!("{}:/workspace:rw", dir.join("workspace").display()),
+            format!("{}:{RUN_MOUNT}:rw", run.display()),
+        ];
+        if egress.is_some() {
+            cmd.extend([
+                "--egress-socket".into(),
+                format!("{}/{}", agent::EGRESS_DIR_IN_SANDBOX, agent::EGRESS_SOCKET),
+                "--egress-port".into(),
+                self.local.egress_port().to_string(),
+            ]);
+            binds.push(format!(
+                "{}:{}:ro",
+                self.local.egress_dir(&req.sandbox_id).display(),
+                agent::EGRESS_DIR_IN_SANDBOX
+            ));
+        }
         let host = HostConfig {
-            binds: Some(vec![
-                format!("{}:{AGENT_MOUNT}:ro", kit.dir.display()),
-                format!("{}:/workspace:rw", dir.join("workspace").display()),
-                format!("{}:{RUN_MOUNT}:rw", run.display()),
-            ]),
+            binds: Some(binds),
             // Memory-backed (charged to the container's limit): the agent's
             // spilled process output never lands on the host's disk.
             tmpfs: Some(HashMap::from([
@@ -720,6 +755,7 @@ impl Extension for DockerExtension {
             container: created.id.clone(),
             image,
             runtime: runtime.into(),
+            egress,
         };
         crate::fault::hit("docker.after_create");
         bounded(
@@ -816,8 +852,23 @@ impl Extension for DockerExtension {
         sandbox_id: &str,
         _state: Option<&BackendState>,
     ) -> Result<(), ExtError> {
+        self.local.stop_egress(sandbox_id);
         self.remove(sandbox_id).await?;
         self.local.release_workspace(sandbox_id).await
+    }
+
+    async fn reattach(
+        &self,
+        sandbox_id: &str,
+        state: Option<&BackendState>,
+    ) -> Result<(), ExtError> {
+        let st = state.and_then(|s| serde_json::from_value::<DockerState>(s.clone()).ok());
+        match st.and_then(|s| s.egress) {
+            Some(network) if !self.local.egress_served(sandbox_id) => {
+                self.local.serve_egress(sandbox_id, &network)
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn probe(

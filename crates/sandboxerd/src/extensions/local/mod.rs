@@ -272,7 +272,9 @@ impl LocalExtension {
     /// Serves sandbox `sandbox_id`'s egress proxy on `<dir>/egress/proxy.sock`
     /// (the directory made when missing), connectable by the sandbox's
     /// host user.
-    fn serve_egress(&self, sandbox_id: &str, network: &NetworkPolicy) -> Result<(), ExtError> {
+    /// Serves sandbox `sandbox_id`'s egress proxy on `<dir>/egress/proxy.sock`
+    /// (also for ext.docker, which mounts that directory into the container).
+    pub fn serve_egress(&self, sandbox_id: &str, network: &NetworkPolicy) -> Result<(), ExtError> {
         let fail = |e: String| {
             ExtError::new(
                 ProblemCode::ProvisionFailed,
@@ -290,6 +292,26 @@ impl LocalExtension {
         self.egress
             .serve(sandbox_id, &dir.join(agent::EGRESS_SOCKET), policy, group)
             .map_err(|e| fail(e.to_string()))
+    }
+
+    /// The directory holding sandbox `sandbox_id`'s egress proxy socket.
+    pub fn egress_dir(&self, sandbox_id: &str) -> PathBuf {
+        self.dir_of(sandbox_id).join(EGRESS_DIR)
+    }
+
+    /// The loopback port the agent relays to the egress proxy, inside.
+    pub fn egress_port(&self) -> u16 {
+        self.egress.proxy_port()
+    }
+
+    /// Stops serving sandbox `sandbox_id`'s egress proxy (idempotent).
+    pub fn stop_egress(&self, sandbox_id: &str) {
+        self.egress.stop(sandbox_id);
+    }
+
+    /// Whether sandbox `sandbox_id`'s egress proxy is served now.
+    pub fn egress_served(&self, sandbox_id: &str) -> bool {
+        self.egress.is_served(sandbox_id)
     }
 
     /// Who this backend's sandboxes are on the host.
