@@ -54,6 +54,8 @@ pub const DEPLOYMENT: &str = "io.sandboxer.deployment";
 const AGENT_MOUNT: &str = "/.sandboxer";
 /// Where the agent's socket and logs are, inside.
 const RUN_MOUNT: &str = "/run/sandboxer";
+/// How long the registered runtimes are taken as known.
+const RUNTIMES_FOR: Duration = Duration::from_secs(10);
 /// Every Docker API call gives up after this.
 const CALL: Duration = Duration::from_secs(30);
 
@@ -187,6 +189,10 @@ pub struct DockerExtension {
     deployment: String,
     /// What the last availability check saw.
     seen: Mutex<HostSeen>,
+    /// The runtimes dockerd had registered, and when that was asked: a
+    /// routed create probes availability, and `docker info` is not asked
+    /// more than every [`RUNTIMES_FOR`].
+    runtimes: Mutex<Option<(Instant, Vec<String>)>>,
 }
 
 /// A Docker API failure as the backend's error.
@@ -238,6 +244,7 @@ impl DockerExtension {
             },
             deployment,
             seen: Mutex::new(HostSeen::default()),
+            runtimes: Mutex::new(None),
         }
     }
 
@@ -264,13 +271,21 @@ impl DockerExtension {
         self.run_dir(sandbox_id).join(agent::SOCKET)
     }
 
-    /// The runtimes dockerd has registered (`runc`, `runsc`, ...).
+    /// The runtimes dockerd has registered (`runc`, `runsc`, ...), as
+    /// asked at most [`RUNTIMES_FOR`] ago.
     async fn runtimes(&self) -> Result<Vec<String>, ExtError> {
+        if let Some((at, names)) = &*self.runtimes.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < RUNTIMES_FOR {
+                return Ok(names.clone());
+            }
+        }
         let info = bounded("docker info", self.docker()?.info())
             .await?
             .map_err(|e| docker_error(ProblemCode::BackendUnavailable, "docker info", e))?;
         let mut names: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
         names.sort();
+        *self.runtimes.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), names.clone()));
         Ok(names)
     }
 
