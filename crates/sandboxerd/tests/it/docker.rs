@@ -264,6 +264,20 @@ async fn a_container_runs_commands_files_and_ports_and_its_limits_hold() {
     assert!(!workdir.exists(), "the workspace is removed");
 }
 
+/// A snapshot of sandbox `from`, forked into a ready sandbox of `profile`.
+async fn fork_onto(d: &Daemon, from: &str, profile: &str) -> sandboxer_api::Sandbox {
+    let (_, snap) = d
+        .client
+        .create_snapshot(from, None, Some(Duration::from_secs(60)))
+        .await
+        .expect("snapshot");
+    let fork = CreateSandbox {
+        from_snapshot: Some(snap.id),
+        ..req(profile)
+    };
+    testkit::ready_sandbox(&d.client, &fork).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_forks_across_ext_docker_and_ext_local() {
     let dir = TestDir::new();
@@ -275,17 +289,8 @@ async fn a_snapshot_forks_across_ext_docker_and_ext_local() {
         "mkdir -p out && echo made-in-a-container > out/r.txt",
     )
     .await;
-    let (_, snap) = d
-        .client
-        .create_snapshot(&from_docker.id, None, Some(Duration::from_secs(60)))
-        .await
-        .expect("snapshot");
     // Forked onto ext.local (bubblewrap).
-    let fork = CreateSandbox {
-        from_snapshot: Some(snap.id.clone()),
-        ..req("profile.local-shell")
-    };
-    let on_local = testkit::ready_sandbox(&d.client, &fork).await;
+    let on_local = fork_onto(&d, &from_docker.id, "profile.local-shell").await;
     assert_eq!(on_local.extension, "ext.local");
     assert_eq!(
         sh(&d, &on_local.id, "cat out/r.txt").await,
@@ -293,16 +298,7 @@ async fn a_snapshot_forks_across_ext_docker_and_ext_local() {
     );
     // And back: a file written on ext.local, forked into a container.
     sh(&d, &on_local.id, "echo made-in-bubblewrap > out/b.txt").await;
-    let (_, snap2) = d
-        .client
-        .create_snapshot(&on_local.id, None, Some(Duration::from_secs(60)))
-        .await
-        .expect("snapshot");
-    let fork = CreateSandbox {
-        from_snapshot: Some(snap2.id.clone()),
-        ..req("profile.docker")
-    };
-    let in_docker = testkit::ready_sandbox(&d.client, &fork).await;
+    let in_docker = fork_onto(&d, &on_local.id, "profile.docker").await;
     assert_eq!(in_docker.extension, "ext.docker");
     assert_eq!(
         sh(&d, &in_docker.id, "cat out/r.txt out/b.txt").await,

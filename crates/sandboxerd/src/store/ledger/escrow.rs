@@ -280,16 +280,16 @@ pub(in crate::store) async fn meter_in(
     }
     let cumulative = s.debited + amount;
     let consumed = amount.min(held);
+    // A rate in hundredths of a credit per hour, for people.
+    let per_hour = |r: i64| format!("{}.{:02} credits/hour", r / 100, r % 100);
     let mut reason = format!(
-        "{seconds}s of running time at {}.{:02} credits/hour",
-        row.rate_centicredits / 100,
-        row.rate_centicredits % 100
+        "{seconds}s of running time at {}",
+        per_hour(row.rate_centicredits)
     );
     if row.paused_rate_centicredits > 0 && paused_seconds > 0 {
         reason.push_str(&format!(
-            " and {paused_seconds}s paused at {}.{:02} credits/hour",
-            row.paused_rate_centicredits / 100,
-            row.paused_rate_centicredits % 100
+            " and {paused_seconds}s paused at {}",
+            per_hour(row.paused_rate_centicredits)
         ));
     }
     if consumed > 0 {

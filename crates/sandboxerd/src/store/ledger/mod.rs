@@ -163,6 +163,16 @@ impl LedgerRow {
     }
 }
 
+/// A project's numbers as the API shows them (`available = balance - reserved`).
+fn balance_of(project: String, balance: i64, reserved: i64) -> Balance {
+    Balance {
+        project,
+        balance,
+        reserved,
+        available: balance - reserved,
+    }
+}
+
 const LEDGER_SELECT: &str =
     "SELECT seq, id, project, sandbox_id, generation, kind, amount, reason, \
      idempotency_key, created_at FROM ledger";
@@ -176,12 +186,7 @@ impl Db {
                 .fetch_optional(&self.reader)
                 .await?
                 .unwrap_or((0, 0));
-        Ok(Balance {
-            project: project.to_owned(),
-            balance,
-            reserved,
-            available: balance - reserved,
-        })
+        Ok(balance_of(project.to_owned(), balance, reserved))
     }
 
     /// Every project's balance (or `project`'s), by project, at most `limit`.
@@ -200,12 +205,7 @@ impl Db {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(project, balance, reserved)| Balance {
-                project,
-                balance,
-                reserved,
-                available: balance - reserved,
-            })
+            .map(|(project, balance, reserved)| balance_of(project, balance, reserved))
             .collect())
     }
 
