@@ -339,16 +339,8 @@ impl DockerExtension {
     async fn until_gone(&self, name: &str) -> Result<(), ExtError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let found = bounded(
-                "inspecting the container",
-                self.docker()?.inspect_container(
-                    name,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                ),
-            )
-            .await?;
-            match found {
-                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            match self.inspect(name).await {
+                Ok(None) => return Ok(()),
                 _ if Instant::now() >= deadline => {
                     return Err(ExtError::new(
                         ProblemCode::TeardownFailed,
@@ -399,12 +391,17 @@ impl DockerExtension {
             .collect())
     }
 
-    /// The container's state: (running, paused), `None` when it is gone.
+    /// Sandbox `sandbox_id`'s container's state (see [`DockerExtension::inspect`]).
     async fn state_of(&self, sandbox_id: &str) -> Result<Option<(bool, bool)>, ExtError> {
+        self.inspect(&Self::name(sandbox_id)).await
+    }
+
+    /// Container `name`'s state: (running, paused), `None` when it is gone.
+    async fn inspect(&self, name: &str) -> Result<Option<(bool, bool)>, ExtError> {
         match bounded(
             "inspecting the container",
             self.docker()?.inspect_container(
-                &Self::name(sandbox_id),
+                name,
                 None::<bollard::query_parameters::InspectContainerOptions>,
             ),
         )

@@ -30,7 +30,7 @@ use crate::AppState;
 mod pages;
 pub mod session;
 
-pub use session::{cookie_token, is_public, is_ui, COOKIE};
+use session::{cookie_token, COOKIE};
 
 /// The status page's routes (outside the OpenAPI document: they answer
 /// HTML, not the API).
@@ -213,12 +213,17 @@ async fn login(
         }
     };
     audit_login(&state, Some(&caller), StatusCode::SEE_OTHER).await;
-    let secure = if over_https(&headers) { "; Secure" } else { "" };
-    let cookie = format!(
-        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        session::TTL.as_secs()
-    );
-    let mut resp = Redirect::to("/ui").into_response();
+    redirect_setting("/ui", &id, session::TTL.as_secs(), over_https(&headers))
+}
+
+/// A redirect to `to` that sets the session cookie to `value` for
+/// `max_age` seconds (0 and an empty value: removes it); the cookie's
+/// attributes are written here only.
+fn redirect_setting(to: &str, value: &str, max_age: u64, secure: bool) -> Response {
+    let secure = if secure { "; Secure" } else { "" };
+    let cookie =
+        format!("{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let mut resp = Redirect::to(to).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -232,12 +237,7 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie_token(&headers) {
         state.ui_sessions.close(id);
     }
-    let mut resp = Redirect::to("/ui/login").into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("sandboxer_ui=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
-    resp
+    redirect_setting("/ui/login", "", 0, over_https(&headers))
 }
 
 /// Ids gathered into one refresh at most.
