@@ -641,6 +641,18 @@ async fn only_operators_build_templates_and_bad_input_is_named() {
         .await
         .expect("post");
     assert_eq!(r.status(), 422, "a tar without ?id=");
+    // A context over the 64 MiB limit is refused before any build.
+    let r = http
+        .post(format!("{}/v1/templates?id=huge", d.url))
+        .bearer_auth("operator-tok")
+        .header("content-type", "application/x-tar")
+        .body(vec![0u8; (64 << 20) + 1])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 413, "a 64 MiB + 1 context");
+    let (_, images) = testkit::sh("docker images -q sandboxer-template/huge");
+    assert!(images.trim().is_empty(), "nothing was built: {images}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
